@@ -1,0 +1,12 @@
+# cython: language_level=3
+"""fastgw's hot path, compiled as one C module from included parts (as uvloop does).
+
+- ``_router.pxi``: path normalization, the trie router, backend-path templates.
+- ``_http.pxi``:   one-pass HTTP/1.1 head scanners, chunked framing, head builders,
+                   and the client/upstream connection state machines.
+- ``_stats.pxi``:  the per-worker writer into the shared-memory stats ring.
+"""
+
+include "_router.pxi"
+include "_http.pxi"
+include "_stats.pxi"

@@ -1,0 +1,1 @@
+# part of fastgw/_core.pyx (see its docstring)
