@@ -1,0 +1,502 @@
+"""The supervisor (``fastgw run``): N worker processes on SO_REUSEPORT sockets, signals, reload.
+
+The supervisor owns every listening socket for its whole life: per listen address it
+opens one SO_REUSEPORT socket per worker slot, and worker ``i`` inherits socket ``i`` of
+each address. Because the sockets are never closed while the gateway runs, a reload or a
+worker restart never drops a connection that waits in the accept backlog.
+
+- **Start**: load and validate the config, open the sockets, start the workers, wait until
+  each one has written its ready byte, log ``serving: ...``.
+- **Reload** (SIGHUP, or :meth:`Supervisor.reload` from the admin listener): validate the
+  file; a bad file is logged line by line and nothing changes. A good one starts a new
+  worker per slot on the same sockets; once *all* new workers are ready the old ones get
+  SIGTERM (they drain: stop accepting, finish in-flight requests, close idle connections)
+  and SIGKILL after ``limits.drain_timeout``. If a new worker fails to start, the new
+  generation is killed and the old one keeps serving.
+- **Crash**: a worker that exits on its own is logged and restarted on its socket, with
+  an exponential backoff while it keeps dying young.
+- **Stop** (SIGTERM/SIGINT): SIGTERM to every worker, wait up to the drain timeout,
+  SIGKILL what is left, exit 0. A second stop signal kills the workers at once.
+
+Workers are ``python -m fastgw worker ...`` subprocesses (see ``fastgw.cli``), which call
+``fastgw.server.run_worker``. Every event is one line on stderr prefixed ``fastgw[supervisor]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastgw import config as fconfig
+
+PREFIX = "fastgw[supervisor]"
+#: How long a (re)started worker may take to write its ready byte.
+READY_TIMEOUT = 30.0
+#: A worker that dies sooner than this after its start counts as crash-looping.
+CRASH_WINDOW = 5.0
+#: Backoff before restart number k of a crash-looping worker: BASE * 2**(k-1), at most MAX.
+BACKOFF_BASE = 0.25
+BACKOFF_MAX = 15.0
+DEFAULT_DRAIN_TIMEOUT = 30.0
+LISTEN_BACKLOG = 4096
+
+
+def log(message: str) -> None:
+    """Write one supervisor event line to stderr."""
+    sys.stderr.write(f"{PREFIX} {message}\n")
+    sys.stderr.flush()
+
+
+def open_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket with SO_REUSEPORT (so several can share ``host:port``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+@dataclass(eq=False)
+class Worker:
+    """One worker process and what the supervisor knows about it."""
+
+    slot: int
+    generation: int
+    proc: asyncio.subprocess.Process
+    started: float
+    ready: asyncio.Future[bool]
+    retiring: bool = False
+    kill_timer: asyncio.TimerHandle | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signum)
+
+
+class Supervisor:
+    """Runs the workers of one gateway; see the module docstring for the life cycle.
+
+    ``workers`` overrides the config's ``workers``; ``worker_cmd`` replaces the command
+    prefix ``[python, -m, fastgw, worker]`` (the worker arguments are appended to it).
+    """
+
+    def __init__(
+        self,
+        config_path: str,
+        workers: int | None = None,
+        worker_cmd: list[str] | None = None,
+    ) -> None:
+        self.config_path = os.path.abspath(config_path)
+        self.workers_override = workers
+        self.worker_cmd = list(worker_cmd or [sys.executable, "-m", "fastgw", "worker"])
+        self.config: Any = None
+        self.generation = 0
+        # sockets[(host, port)] = one listening socket per worker slot
+        self.sockets: dict[tuple[str, int], list[socket.socket]] = {}
+        self.addresses: list[tuple[str, int]] = []
+        self.current: list[Worker | None] = []
+        self.all_workers: set[Worker] = set()
+        self.fail_counts: list[int] = []
+        self.stopping = False
+        self.stats_region: Any = None
+        self.stats_name: str | None = None
+        self.admin: Any = None
+        self._stop_event: asyncio.Event | None = None
+        self._reload_lock: asyncio.Lock | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ----------------------------------------------------------------- config helpers
+
+    @property
+    def drain_timeout(self) -> float:
+        limits = getattr(self.config, "limits", None) or {}
+        return float(limits.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT))
+
+    def _worker_count(self, cfg: Any) -> int:
+        count = self.workers_override if self.workers_override else cfg.workers
+        return max(1, int(count))
+
+    @staticmethod
+    def _addresses(cfg: Any) -> list[tuple[str, int]]:
+        return [(str(item["host"]), int(item["port"])) for item in cfg.listen]
+
+    def _load(self) -> tuple[Any, list[str]]:
+        """Load and validate the config file: ``(config, [])`` or ``(None, errors)``."""
+        try:
+            return fconfig.load(self.config_path), []
+        except fconfig.ConfigError as exc:
+            return None, list(exc.errors) or [str(exc)]
+        except OSError as exc:
+            return None, [f"{self.config_path}: {exc.strerror or exc}"]
+
+    # ----------------------------------------------------------------- sockets
+
+    def _ensure_sockets(self, addresses: list[tuple[str, int]], count: int) -> list[str]:
+        """Open whatever sockets ``addresses`` x ``count`` slots still need; errors as lines."""
+        errors: list[str] = []
+        for host, port in addresses:
+            socks = self.sockets.setdefault((host, port), [])
+            while len(socks) < count:
+                # Port 0: the first socket picks a port, its siblings share it.
+                bind_port = socks[0].getsockname()[1] if socks else port
+                try:
+                    socks.append(open_listener(host, bind_port))
+                except OSError as exc:
+                    errors.append(f"listen {host}:{port}: {exc.strerror or exc}")
+                    break
+        return errors
+
+    def _close_unused_sockets(self, addresses: list[tuple[str, int]], count: int) -> None:
+        for key in list(self.sockets):
+            socks = self.sockets[key]
+            keep = count if key in addresses else 0
+            for sock in socks[keep:]:
+                sock.close()
+            del socks[keep:]
+            if not socks:
+                del self.sockets[key]
+
+    def bound_addresses(self) -> list[tuple[str, int]]:
+        """The ``(host, port)`` actually bound per listen address (resolves port 0)."""
+        return [(host, self.sockets[(host, port)][0].getsockname()[1]) for host, port in self.addresses]
+
+    # ----------------------------------------------------------------- workers
+
+    async def _spawn(self, slot: int, generation: int) -> Worker:
+        """Start the worker for ``slot`` on its sockets; does not wait for readiness."""
+        loop = asyncio.get_running_loop()
+        fds = [self.sockets[addr][slot].fileno() for addr in self.addresses]
+        ready_r, ready_w = os.pipe()
+        cmd = list(self.worker_cmd)
+        cmd += ["--config", self.config_path]
+        for fd in fds:
+            cmd += ["--fd", str(fd)]
+        cmd += ["--index", str(slot), "--generation", str(generation), "--ready-fd", str(ready_w)]
+        if self.stats_name:
+            cmd += ["--stats", self.stats_name]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd, pass_fds=[*fds, ready_w], stdin=asyncio.subprocess.DEVNULL
+            )
+        except BaseException:
+            os.close(ready_r)
+            raise
+        finally:
+            os.close(ready_w)
+        worker = Worker(slot, generation, proc, time.monotonic(), loop.create_future())
+        self.all_workers.add(worker)
+
+        def on_ready_fd() -> None:
+            loop.remove_reader(ready_r)
+            try:
+                data = os.read(ready_r, 1)
+            except OSError:
+                data = b""
+            os.close(ready_r)
+            if not worker.ready.done():
+                worker.ready.set_result(bool(data))
+
+        loop.add_reader(ready_r, on_ready_fd)
+        self._spawn_task(self._watch(worker))
+        return worker
+
+    async def _wait_ready(self, worker: Worker) -> bool:
+        try:
+            return await asyncio.wait_for(asyncio.shield(worker.ready), READY_TIMEOUT)
+        except asyncio.TimeoutError:
+            log(f"worker {worker.slot} pid {worker.pid} not ready after {READY_TIMEOUT:g}s")
+            return False
+
+    async def _watch(self, worker: Worker) -> None:
+        """Wait for ``worker`` to exit; restart it if nobody asked it to go."""
+        returncode = await worker.proc.wait()
+        worker.exited.set()
+        self.all_workers.discard(worker)
+        if worker.kill_timer is not None:
+            worker.kill_timer.cancel()
+        if not worker.ready.done():
+            worker.ready.set_result(False)
+        how = _describe_exit(returncode)
+        if worker.retiring or self.stopping:
+            log(f"worker {worker.slot} pid {worker.pid} gen {worker.generation} exited ({how})")
+            return
+        log(f"worker {worker.slot} pid {worker.pid} gen {worker.generation} died unexpectedly ({how})")
+        if worker.slot >= len(self.current) or self.current[worker.slot] is not worker:
+            return
+        lived = time.monotonic() - worker.started
+        count = self.fail_counts[worker.slot] + 1 if lived < CRASH_WINDOW else 0
+        self.fail_counts[worker.slot] = count
+        delay = min(BACKOFF_BASE * 2 ** (count - 1), BACKOFF_MAX) if count else 0.0
+        if delay:
+            log(f"worker {worker.slot} is crash-looping; restart in {delay:g}s")
+            await asyncio.sleep(delay)
+        if self.stopping or self.current[worker.slot] is not worker:
+            return
+        new = await self._spawn(worker.slot, self.generation)
+        self.current[worker.slot] = new
+        if await self._wait_ready(new):
+            log(f"worker {new.slot} pid {new.pid} gen {new.generation} ready (restarted)")
+        elif new.alive:
+            new.signal(signal.SIGKILL)  # its watcher restarts it again, with backoff
+
+    def _retire(self, worker: Worker) -> None:
+        """SIGTERM (drain), then SIGKILL after the drain timeout."""
+        worker.retiring = True
+        if not worker.alive:
+            return
+        worker.signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        worker.kill_timer = loop.call_later(self.drain_timeout, self._force_kill, worker)
+
+    def _force_kill(self, worker: Worker) -> None:
+        if worker.alive:
+            log(f"worker {worker.slot} pid {worker.pid} still running after drain timeout; SIGKILL")
+            worker.signal(signal.SIGKILL)
+
+    async def _start_generation(self, count: int, generation: int) -> list[Worker] | None:
+        """Start ``count`` workers and wait for all; on any failure kill them all: None."""
+        started = [await self._spawn(slot, generation) for slot in range(count)]
+        oks = await asyncio.gather(*(self._wait_ready(w) for w in started))
+        if all(oks):
+            return started
+        for worker, ok in zip(started, oks, strict=True):
+            worker.retiring = True
+            if not ok:
+                log(f"worker {worker.slot} pid {worker.pid} gen {generation} failed to start")
+            worker.signal(signal.SIGKILL)
+        await asyncio.gather(*(w.exited.wait() for w in started))
+        return None
+
+    # ----------------------------------------------------------------- reload
+
+    def reload(self) -> list[str]:
+        """Validate the config file and, if good, start the swap to a new generation.
+
+        Returns the validation errors (empty = accepted; the swap then runs in the
+        background, its outcome is logged). For callers that can await,
+        :meth:`reload_and_wait` also reports workers that fail to start.
+        """
+        cfg, errors = self._load()
+        if errors:
+            self._log_refused(errors)
+            return errors
+        self._spawn_task(self._swap(cfg))
+        return []
+
+    async def reload_and_wait(self) -> list[str]:
+        """Like :meth:`reload`, but returns once the new workers serve (or failed)."""
+        cfg, errors = self._load()
+        if errors:
+            self._log_refused(errors)
+            return errors
+        return await self._swap(cfg)
+
+    @staticmethod
+    def _log_refused(errors: list[str]) -> None:
+        log(f"reload refused: {len(errors)} error(s) in config; old config keeps serving")
+        for line in errors:
+            log(f"config error: {line}")
+
+    async def _swap(self, cfg: Any) -> list[str]:
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            if self.stopping:
+                return ["gateway is stopping"]
+            addresses = self._addresses(cfg)
+            count = self._worker_count(cfg)
+            errors = self._ensure_sockets(addresses, count)
+            if errors:
+                for line in errors:
+                    log(f"reload failed: {line}")
+                return errors
+            old_addresses, old_config = self.addresses, self.config
+            self.addresses, self.config = addresses, cfg
+            generation = self.generation + 1
+            log(f"reload: starting generation {generation} ({count} workers)")
+            started = await self._start_generation(count, generation)
+            if started is None:
+                self.addresses, self.config = old_addresses, old_config
+                log(f"reload failed: generation {generation} did not start; old workers keep serving")
+                return [f"generation {generation}: a worker failed to start (see log)"]
+            self.generation = generation
+            previous = self.current
+            self.current = list(started)
+            self.fail_counts = [0] * count
+            for worker in previous:
+                if worker is not None:
+                    self._retire(worker)
+            self._close_unused_sockets(addresses, count)
+            self._on_config_changed(cfg)
+            routes = len(getattr(cfg, "routes", ()))
+            log(f"reload done: generation {generation} serving ({count} workers, {routes} routes)")
+            return []
+
+    def _on_sighup(self) -> None:
+        log("SIGHUP: reloading " + self.config_path)
+        self.reload()
+
+    # ----------------------------------------------------------------- stats + admin
+
+    def _start_stats_and_admin(self, cfg: Any) -> None:
+        """Create the stats region and start the admin listener, when those modules exist.
+
+        ``fastgw.stats`` and ``fastgw.admin`` are optional here so that the process
+        model runs on its own; every other part of the supervisor is independent of them.
+        """
+        try:
+            from fastgw import stats as fstats
+        except ImportError:
+            fstats = None  # type: ignore[assignment]
+        if fstats is not None and hasattr(fstats, "StatsRegion"):
+            self.stats_region = fstats.StatsRegion.create(cfg, workers=self._worker_count(cfg))
+            self.stats_name = getattr(self.stats_region, "name", None)
+        try:
+            from fastgw import admin as fadmin
+        except ImportError:
+            fadmin = None  # type: ignore[assignment]
+        if fadmin is not None and hasattr(fadmin, "AdminServer") and getattr(cfg, "admin", None):
+            self.admin = fadmin.AdminServer(self, cfg)
+
+    def _on_config_changed(self, cfg: Any) -> None:
+        for part in (self.stats_region, self.admin):
+            hook = getattr(part, "update_config", None)
+            if hook is not None:
+                hook(cfg)
+
+    async def _close_stats_and_admin(self) -> None:
+        for part in (self.admin, self.stats_region):
+            close = getattr(part, "close", None)
+            if close is not None:
+                result = close()
+                if asyncio.iscoroutine(result):
+                    await result
+
+    # ----------------------------------------------------------------- life cycle
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log(f"internal error: {type(exc).__name__}: {exc}")
+
+    def _on_stop_signal(self, signum: int) -> None:
+        assert self._stop_event is not None
+        name = signal.Signals(signum).name
+        if self._stop_event.is_set():
+            log(f"{name} again: killing workers now")
+            for worker in list(self.all_workers):
+                worker.signal(signal.SIGKILL)
+            return
+        log(f"{name}: stopping (drain timeout {self.drain_timeout:g}s)")
+        self._stop_event.set()
+
+    async def serve(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the process exit code."""
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        cfg, errors = self._load()
+        if errors:
+            for line in errors:
+                log(f"config error: {line}")
+            return 1
+        self.config = cfg
+        self.addresses = self._addresses(cfg)
+        count = self._worker_count(cfg)
+        errors = self._ensure_sockets(self.addresses, count)
+        if errors:
+            for line in errors:
+                log(line)
+            self._close_unused_sockets([], 0)
+            return 1
+        self._start_stats_and_admin(cfg)
+        if self.admin is not None and hasattr(self.admin, "start"):
+            await self.admin.start()
+        loop = self._loop
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop_signal, signum)
+        self.generation = 1
+        self.current = [None] * count
+        self.fail_counts = [0] * count
+        started = await self._start_generation(count, self.generation)
+        if started is None:
+            log("workers failed to start; exiting")
+            await self._shutdown()
+            return 1
+        self.current = list(started)
+        where = ", ".join(f"{h}:{p}" for h, p in self.bound_addresses())
+        pids = " ".join(str(w.pid) for w in started)
+        log(f"serving: {count} workers on {where} (pids {pids}; {len(getattr(cfg, 'routes', ()))} routes)")
+        await self._stop_event.wait()
+        await self._shutdown()
+        log("stopped")
+        return 0
+
+    async def _shutdown(self) -> None:
+        self.stopping = True
+        workers = list(self.all_workers)
+        for worker in workers:
+            worker.retiring = True
+            worker.signal(signal.SIGTERM)
+        if workers:
+            waits = [asyncio.ensure_future(w.exited.wait()) for w in workers]
+            _, pending = await asyncio.wait(waits, timeout=self.drain_timeout)
+            if pending:
+                for worker in workers:
+                    if worker.alive:
+                        log(f"worker {worker.slot} pid {worker.pid} still running after drain timeout; SIGKILL")
+                        worker.signal(signal.SIGKILL)
+                await asyncio.wait(pending, timeout=5.0)
+        for task in list(self._tasks):
+            task.cancel()
+        await self._close_stats_and_admin()
+        self._close_unused_sockets([], 0)
+        if self._loop is not None:
+            for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                self._loop.remove_signal_handler(signum)
+
+
+def run(config_path: str, workers: int | None = None, worker_cmd: list[str] | None = None) -> int:
+    """Run a supervisor on a uvloop loop until it is stopped; returns the exit code."""
+    import uvloop
+
+    return uvloop.run(Supervisor(config_path, workers, worker_cmd).serve())
