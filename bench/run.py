@@ -1,0 +1,695 @@
+"""fastgw beside nginx, HAProxy, Caddy and a plain aiohttp proxy, measured the same way.
+
+    python bench/run.py                      # all scenarios, all proxies, 3 rounds x 5 s
+    python bench/run.py --smoke              # CI: 1 round, 2 s, plain, fastgw + nginx
+    python bench/run.py --scenarios plain,post --proxies fastgw,nginx --rounds 5 --duration 10
+
+Method (shared/BENCHMARKING.md): each proxy runs one worker pinned to core 0; wrk
+(``-t1 -c64 --latency``) and a fast nginx upstream are pinned to core 1. Each proxy is
+started fresh for each measurement, checked (exact upstream body; 401 without the key in
+the gateway scenario) or its row is FAIL, warmed up, then measured. The figure that
+compares proxies fairly is the CPU time of the proxy's whole process tree (utime+stime
+from /proc/PID/stat) over the window divided by the requests served: the load core is
+often the limit, and then req/s says little. A row is flagged when the load core was
+>= 95% busy. The proxy order alternates over rounds and medians of rounds are quoted.
+Results go to stdout, ``bench/results/<stamp>.json`` and a PNG chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchlib import (
+    API_KEY,
+    BENCH,
+    GET_BODY,
+    LOAD_CPU,
+    POST_BODY,
+    POST_BODY_SENT,
+    PROXY_CPU,
+    REPO,
+    RESULTS,
+    Procs,
+    busy_fraction,
+    cpu_seconds_between,
+    cpu_times,
+    ensure_tools,
+    free_port,
+    http_call,
+    machine_info,
+    python_bin,
+    start_upstream,
+    tail,
+    tree_cpu_ticks,
+    wait_port,
+    which,
+)
+
+ALL_SCENARIOS = ("plain", "post", "gateway", "routes", "close")
+ALL_PROXIES = ("fastgw", "nginx", "haproxy", "caddy", "aiohttp")
+SCRIPTS = {s: BENCH / f"{s}.lua" for s in ALL_SCENARIOS}
+NROUTES = 1000
+CONNECTIONS = 64
+LOAD_BUSY_FLAG = 0.95
+GATEWAY_PLUGINS = ("key_auth", "request_id", "response_headers")
+
+
+class NotApplicable(Exception):
+    """This proxy cannot run this scenario (its row reads "n/a: <reason>")."""
+
+
+# ---- proxy configurations ----------------------------------------------------------------------
+
+@dataclass
+class Launch:
+    cmd: list[str]
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+    startup_timeout: float = 15.0
+
+
+def nginx_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
+    """nginx proxy_pass, upstream keepalive 64, one worker; the gateway job with map/if/add_header."""
+    log = "access_log off;"
+    auth = ""
+    extra = ""
+    if scenario == "gateway":
+        log = (f"log_format gw '$remote_addr - $request_id [$time_local] \"$request\" $status "
+               f"$body_bytes_sent $request_time $upstream_response_time';\n"
+               f"    access_log {wd}/nginx-access.log gw buffer=64k flush=1s;")
+        auth = f'map $http_apikey $bench_auth {{ default 0; "{API_KEY}" 1; }}'
+        extra = """
+            if ($bench_auth = 0) { return 401 '{"error":"unauthorized","status":401}\\n'; }
+            proxy_set_header X-Request-Id $request_id;
+            add_header X-Request-Id $request_id always;
+            add_header X-Gateway bench always;"""
+    proxy = f"""proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;{extra}"""
+    if scenario == "routes":
+        locations = "\n".join(f"        location /r{i}/items/ {{ {proxy} }}" for i in range(NROUTES))
+        locations += "\n        location / { return 404; }"
+    else:
+        locations = f"        location / {{ {proxy} }}"
+    conf = f"""
+worker_processes 1;
+daemon off;
+pid {wd}/nginx.pid;
+error_log {wd}/nginx-error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+    {log}
+    {auth}
+    default_type application/json;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    client_body_buffer_size 64k;
+    upstream up {{ server 127.0.0.1:{up}; keepalive 64; keepalive_requests 10000000; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+{locations}
+    }}
+}}
+"""
+    path = wd / "nginx.conf"
+    path.write_text(conf)
+    return Launch([which("nginx") or "nginx", "-p", str(wd), "-c", str(path)])
+
+
+def haproxy_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
+    """HAProxy in http mode, one thread, http-reuse always."""
+    fe = []
+    glob_log = ""
+    if scenario == "gateway":
+        glob_log = "    log stdout format raw local0 info"
+        fe = [
+            "    log global",
+            "    option httplog",
+            f"    http-request deny deny_status 401 unless {{ req.hdr(apikey) -m str {API_KEY} }}",
+            "    unique-id-format %{+X}o%pid-%rt",
+            "    unique-id-header X-Request-Id",
+            "    http-response set-header X-Request-Id %[unique-id]",
+            "    http-response set-header X-Gateway bench",
+        ]
+    elif scenario == "routes":
+        (wd / "routes.lst").write_text("".join(f"/r{i}/items/\n" for i in range(NROUTES)))
+        fe = [f"    http-request deny deny_status 404 unless {{ path_beg -f {wd}/routes.lst }}"]
+    conf = "\n".join([
+        "global",
+        "    nbthread 1",
+        "    maxconn 8000",
+        glob_log,
+        "defaults",
+        "    mode http",
+        "    timeout connect 5s",
+        "    timeout client 300s",
+        "    timeout server 300s",
+        "    timeout http-keep-alive 300s",
+        "    option http-keep-alive",
+        "    http-reuse always",
+        "frontend fe",
+        f"    bind 127.0.0.1:{port}",
+        *fe,
+        "    default_backend be",
+        "backend be",
+        f"    server s1 127.0.0.1:{up} maxconn 1000",
+        "",
+    ])
+    path = wd / "haproxy.cfg"
+    path.write_text(conf)
+    return Launch([which("haproxy") or "haproxy", "-db", "-f", str(path)])
+
+
+def caddy_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
+    """Caddy reverse_proxy (admin API off, no automatic HTTPS), GOMAXPROCS=1."""
+    rp = f"reverse_proxy 127.0.0.1:{up}"
+    body = f"        {rp}"
+    if scenario == "gateway":
+        body = f"""        log {{
+            output file {wd}/caddy-access.log
+        }}
+        @nokey not header apikey {API_KEY}
+        respond @nokey `{{"error":"unauthorized","status":401}}` 401
+        header X-Gateway bench
+        header X-Request-Id {{http.request.uuid}}
+        {rp} {{
+            header_up X-Request-Id {{http.request.uuid}}
+        }}"""
+    elif scenario == "routes":
+        paths = " ".join(f"/r{i}/items/*" for i in range(NROUTES))
+        body = f"""        @routes path {paths}
+        handle @routes {{
+            {rp}
+        }}
+        handle {{
+            respond 404
+        }}"""
+    conf = f"""{{
+    admin off
+    auto_https off
+}}
+http://:{port} {{
+    bind 127.0.0.1
+{body}
+}}
+"""
+    path = wd / "Caddyfile"
+    path.write_text(conf)
+    env = dict(os.environ, GOMAXPROCS="1", HOME=str(wd), XDG_DATA_HOME=str(wd), XDG_CONFIG_HOME=str(wd))
+    return Launch([which("caddy") or "caddy", "run", "--config", str(path), "--adapter", "caddyfile"], env=env)
+
+
+def aiohttp_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
+    """bench/aiohttp_proxy.py on uvloop with one keep-alive ClientSession."""
+    cmd = [python_bin(), str(BENCH / "aiohttp_proxy.py"), "--port", str(port),
+           "--upstream", f"http://127.0.0.1:{up}"]
+    if scenario == "gateway":
+        cmd += ["--gateway", "--access-log", str(wd / "aiohttp-access.log")]
+    elif scenario == "routes":
+        cmd += ["--routes", str(NROUTES)]
+    return Launch(cmd)
+
+
+def fastgw_config(scenario: str, port: int, up: int, wd: Path, admin_port: int, workers: int = 1) -> dict:
+    """The fastgw config doing the scenario's job (see shared/DESIGN.md for the schema)."""
+    if scenario == "routes":
+        resources: dict = {f"/r{i}/items": {"/{id}": {"GET": {}}} for i in range(NROUTES)}
+    else:
+        resources = {"/api/orders": {"POST": {}, "/{orderId}": {"GET": {}}}}
+    service: dict = {
+        "name": "bench",
+        "stages": {"prod": {"backend": {"targets": [f"http://127.0.0.1:{up}"]}}},
+        "resources": resources,
+    }
+    cfg: dict = {
+        "listen": [{"host": "127.0.0.1", "port": port}],
+        "workers": workers,
+        "admin": {"host": "127.0.0.1", "port": admin_port, "token": "bench-admin-token"},
+        "stats": {"path": str(wd / "fastgw-stats.sqlite")},
+        "services": [service],
+    }
+    if scenario == "gateway":
+        cfg["consumers"] = [{"name": "bench", "credentials": {"key-auth": [API_KEY]}}]
+        service["plugins"] = [
+            {"name": "key-auth"},
+            {"name": "request-id"},
+            {"name": "response-headers", "config": {"add": {"X-Gateway": "bench"}}},
+        ]
+        cfg["access_log"] = {"enabled": True, "path": str(wd / "fastgw-access.log")}
+    else:
+        cfg["access_log"] = {"enabled": False}
+    return cfg
+
+
+def fastgw_command() -> list[str]:
+    exe = REPO / ".venv" / "bin" / "fastgw"
+    return [str(exe)] if exe.exists() else [python_bin(), "-m", "fastgw"]
+
+
+def fastgw_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
+    """``fastgw run -c <generated config> --workers 1`` from the repo."""
+    if not (REPO / "fastgw" / "server.py").exists() or not (REPO / "fastgw" / "workers.py").exists():
+        raise NotApplicable("engine missing (fastgw/server.py, fastgw/workers.py)")
+    if scenario == "gateway":
+        missing = [p for p in GATEWAY_PLUGINS if not (REPO / "fastgw" / "plugins" / f"{p}.py").exists()]
+        if missing:
+            raise NotApplicable(f"plugin missing ({', '.join(missing)})")
+    cfg = fastgw_config(scenario, port, up, wd, free_port())
+    path = wd / "fastgw.json"
+    path.write_text(json.dumps(cfg, indent=1))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return Launch([*fastgw_command(), "run", "-c", str(path), "--workers", "1"], env=env, cwd=REPO,
+                  startup_timeout=30.0)
+
+
+LAUNCHERS: dict[str, Callable[[str, int, int, Path], Launch]] = {
+    "fastgw": fastgw_launch,
+    "nginx": nginx_launch,
+    "haproxy": haproxy_launch,
+    "caddy": caddy_launch,
+    "aiohttp": aiohttp_launch,
+}
+TOOL_OF = {"nginx": "nginx", "haproxy": "haproxy", "caddy": "caddy"}
+
+
+# ---- checks: each proxy must do the job before it is timed --------------------------------------
+
+def check(scenario: str, port: int) -> str | None:
+    """None when the proxy answers as the scenario requires, else what is wrong."""
+    try:
+        if scenario in ("plain", "close"):
+            hdrs = {"Connection": "close"} if scenario == "close" else {}
+            for _ in range(3):
+                a = http_call(port, "GET", "/api/orders/123", hdrs)
+                if a.status != 200 or a.body != GET_BODY:
+                    return f"GET /api/orders/123 -> {a.status} {a.body[:80]!r}"
+        elif scenario == "post":
+            for _ in range(3):
+                a = http_call(port, "POST", "/api/orders", {"Content-Type": "application/json"},
+                              POST_BODY_SENT)
+                if a.status != 200 or a.body != POST_BODY:
+                    return f"POST /api/orders (4 KB) -> {a.status} {a.body[:80]!r}"
+        elif scenario == "gateway":
+            a = http_call(port, "GET", "/api/orders/123")
+            if a.status != 401:
+                return f"no key -> {a.status}, not 401"
+            a = http_call(port, "GET", "/api/orders/123", {"apikey": "wrong-key"})
+            if a.status != 401:
+                return f"wrong key -> {a.status}, not 401"
+            a = http_call(port, "GET", "/api/orders/123", {"apikey": API_KEY})
+            if a.status != 200 or a.body != GET_BODY:
+                return f"with key -> {a.status} {a.body[:80]!r}"
+            if a.headers.get("x-gateway") != "bench":
+                return "no X-Gateway response header"
+            if not a.headers.get("x-seen-request-id"):
+                return "no X-Request-Id reached the upstream"
+        elif scenario == "routes":
+            for path in ("/r0/items/1", "/r500/items/abc", f"/r{NROUTES - 1}/items/99999"):
+                a = http_call(port, "GET", path)
+                if a.status != 200 or a.body != GET_BODY:
+                    return f"GET {path} -> {a.status} {a.body[:80]!r}"
+            a = http_call(port, "GET", f"/r{NROUTES}/items/1")
+            if a.status != 404:
+                return f"unknown route -> {a.status}, not 404"
+    except Exception as exc:  # noqa: BLE001 - any failure makes the row FAIL
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+# ---- one measurement ---------------------------------------------------------------------------
+
+WRKJSON = re.compile(r"^WRKJSON (\{.*\})$", re.M)
+
+
+@dataclass
+class Sample:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float  # proxy CPU per request
+    load_busy: float  # load core (wrk + upstream) busy fraction
+    proxy_core_busy: float
+    foreign: float  # share of the proxy core used by other processes during the window
+    requests: int
+    errors: int
+
+
+def run_wrk(script: Path, port: int, seconds: float, procs: Procs, wd: Path) -> dict:
+    """Run wrk on the load core; return the WRKJSON summary printed by the script's done()."""
+    wrk = which("wrk") or "wrk"
+    cmd = [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "5s",
+           "-s", str(script), f"http://127.0.0.1:{port}"]
+    out = wd / "wrk.out"
+    out.write_bytes(b"")
+    proc = procs.spawn(cmd, cpu=LOAD_CPU, log=out)
+    try:
+        proc.wait(seconds + 30)
+    finally:
+        procs.stop(proc)
+    text = out.read_text(errors="replace")
+    m = WRKJSON.search(text)
+    if not m:
+        raise RuntimeError(f"wrk printed no summary: {text.strip()[-300:]}")
+    return json.loads(m.group(1))
+
+
+def measure(proxy_proc: subprocess.Popen, script: Path, port: int, seconds: float, procs: Procs,
+            wd: Path) -> Sample:
+    cpu0, tree0 = cpu_times(), tree_cpu_ticks(proxy_proc.pid)
+    res = run_wrk(script, port, seconds, procs, wd)
+    cpu1, tree1 = cpu_times(), tree_cpu_ticks(proxy_proc.pid)
+    proxy_cpu = cpu_seconds_between(tree0, tree1)
+    n = max(1, res["requests"])
+    wall = res["duration_us"] / 1e6
+    core_busy = busy_fraction(cpu0, cpu1, PROXY_CPU)
+    window = (cpu1[PROXY_CPU][1] - cpu0[PROXY_CPU][1]) / os.sysconf("SC_CLK_TCK")
+    foreign = max(0.0, core_busy - proxy_cpu / window) if window > 0 else 0.0
+    errors = res["err_connect"] + res["err_read"] + res["err_write"] + res["err_status"] + res["err_timeout"]
+    return Sample(
+        rps=res["requests"] / wall if wall > 0 else 0.0,
+        p50_ms=res["lat_p50_us"] / 1000, p99_ms=res["lat_p99_us"] / 1000,
+        cpu_us=proxy_cpu * 1e6 / n, load_busy=busy_fraction(cpu0, cpu1, LOAD_CPU),
+        proxy_core_busy=core_busy, foreign=foreign, requests=res["requests"], errors=errors,
+    )
+
+
+@dataclass
+class Row:
+    scenario: str
+    proxy: str
+    status: str = "ok"  # ok | FAIL: ... | n/a: ...
+    samples: list[Sample] = field(default_factory=list)
+
+    def med(self, attr: str) -> float | None:
+        vals = [getattr(s, attr) for s in self.samples]
+        return statistics.median(vals) if vals else None
+
+    def flags(self) -> list[str]:
+        out = []
+        if self.samples and max(s.load_busy for s in self.samples) >= LOAD_BUSY_FLAG:
+            out.append("LOAD>=95%")
+        if self.samples and max(s.foreign for s in self.samples) > 0.10:
+            out.append("NOISY")
+        if any(s.errors > 0.01 * max(1, s.requests) for s in self.samples):
+            out.append("ERRORS")
+        return out
+
+
+def measure_one(scenario: str, proxy: str, up: int, args: argparse.Namespace, procs: Procs,
+                wd: Path, log: Callable[[str], None]) -> Sample | str:
+    """Start the proxy fresh, check it, warm it up, measure it, stop it. A str is a FAIL/n/a reason."""
+    pdir = wd / f"{scenario}-{proxy}"
+    pdir.mkdir(exist_ok=True)
+    port = free_port()
+    try:
+        launch = LAUNCHERS[proxy](scenario, port, up, pdir)
+    except NotApplicable as exc:
+        return f"n/a: {exc}"
+    proc = procs.spawn(launch.cmd, cpu=PROXY_CPU, log=pdir / "proxy.out", env=launch.env, cwd=launch.cwd)
+    try:
+        if not wait_port(port, proc, launch.startup_timeout):
+            why = "exited" if proc.poll() is not None else "did not listen"
+            return f"FAIL: {why}: {tail(pdir / 'proxy.out', 4)}"[:300]
+        problem = check(scenario, port)
+        if problem:
+            return f"FAIL: {problem}"[:300]
+        if args.warmup > 0:
+            run_wrk(SCRIPTS[scenario], port, args.warmup, procs, pdir)
+        sample = measure(proc, SCRIPTS[scenario], port, args.duration, procs, pdir)
+        if proc.poll() is not None:
+            return f"FAIL: exited during the run: {tail(pdir / 'proxy.out', 4)}"[:300]
+        return sample
+    except RuntimeError as exc:
+        return f"FAIL: {exc}"[:300]
+    finally:
+        procs.stop(proc)
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+def efficiency(rows: dict[tuple[str, str], Row], scenario: str, proxy: str) -> float | None:
+    base, row = rows.get((scenario, "nginx")), rows.get((scenario, proxy))
+    if not base or not row or not base.samples or not row.samples:
+        return None
+    return base.med("cpu_us") / row.med("cpu_us")  # type: ignore[operator]
+
+
+def paired_ratios(rows: dict[tuple[str, str], Row], scenario: str, proxy: str) -> list[float]:
+    """nginx µs/req ÷ proxy µs/req for each round where both were measured."""
+    base, row = rows.get((scenario, "nginx")), rows.get((scenario, proxy))
+    if not base or not row:
+        return []
+    return [b.cpu_us / s.cpu_us for b, s in zip(base.samples, row.samples, strict=False) if s.cpu_us > 0]
+
+
+def format_table(rows: dict[tuple[str, str], Row], scenarios: list[str], proxies: list[str],
+                 args: argparse.Namespace) -> str:
+    lines = []
+    head = (f"{'proxy':<9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU µs/req':>12}{'eff.':>8}"
+            f"{'load core':>11}{'proxy core':>12}  flags")
+    for sc in scenarios:
+        lines.append("")
+        lines.append(f"== {sc}: medians of {args.rounds} round(s) x {args.duration:g} s, "
+                     f"wrk -t1 -c{CONNECTIONS}; eff. = nginx µs/req ÷ proxy µs/req")
+        lines.append(head)
+        for px in proxies:
+            row = rows[(sc, px)]
+            if not row.samples:
+                lines.append(f"{px:<9}{row.status[:110]}")
+                continue
+            eff = efficiency(rows, sc, px)
+            flags = " ".join(row.flags() + ([] if row.status == "ok" else [row.status]))
+            lines.append(
+                f"{px:<9}{row.med('rps'):>9,.0f}{row.med('p50_ms'):>9.2f}{row.med('p99_ms'):>9.2f}"
+                f"{row.med('cpu_us'):>12.1f}{(f'{eff:.2f}x' if eff else '-'):>8}"
+                f"{row.med('load_busy') * 100:>10.0f}%{row.med('proxy_core_busy') * 100:>11.0f}%  {flags}")
+    lines.append("")
+    if "fastgw" in proxies and "nginx" in proxies:
+        lines.append("fastgw / nginx efficiency (nginx CPU µs/req ÷ fastgw CPU µs/req; >1 = fastgw cheaper):")
+        for sc in scenarios:
+            eff = efficiency(rows, sc, "fastgw")
+            per = paired_ratios(rows, sc, "fastgw")
+            if eff is None:
+                why = rows[(sc, "fastgw")].status if rows[(sc, "fastgw")].status != "ok" else "no data"
+                lines.append(f"  {sc:<8} -  ({why})")
+            else:
+                rounds = " ".join(f"{r:.2f}" for r in per)
+                lines.append(f"  {sc:<8} {eff:.2f}x   (per round: {rounds})")
+    return "\n".join(lines)
+
+
+def to_json(rows: dict[tuple[str, str], Row], scenarios: list[str], proxies: list[str],
+            args: argparse.Namespace, info: dict, notes: list[str]) -> dict:
+    out_rows = []
+    for sc in scenarios:
+        for px in proxies:
+            row = rows[(sc, px)]
+            eff = efficiency(rows, sc, px)
+            out_rows.append({
+                "scenario": sc, "proxy": px, "status": row.status, "flags": row.flags(),
+                "median": None if not row.samples else {
+                    k: row.med(k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us", "load_busy",
+                                            "proxy_core_busy", "foreign")},
+                "efficiency_vs_nginx": eff,
+                "rounds": [s.__dict__ for s in row.samples],
+            })
+    return {
+        "machine": info,
+        "params": {"rounds": args.rounds, "duration_s": args.duration, "warmup_s": args.warmup,
+                   "connections": CONNECTIONS, "threads": 1, "proxy_cpu": PROXY_CPU, "load_cpu": LOAD_CPU,
+                   "scenarios": scenarios, "proxies": proxies, "smoke": args.smoke},
+        "fastgw_vs_nginx": {sc: efficiency(rows, sc, "fastgw") for sc in scenarios},
+        "rows": out_rows,
+        "notes": notes,
+    }
+
+
+def ensure_matplotlib(log: Callable[[str], None]) -> bool:
+    """Import matplotlib, installing it into the venv (never elsewhere) when it is missing."""
+    try:
+        importlib.import_module("matplotlib")
+        return True
+    except ImportError:
+        pass
+    if sys.prefix == sys.base_prefix:
+        log("matplotlib missing and not running in a venv: no PNG")
+        return False
+    log("installing matplotlib into the venv for the chart")
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], check=True,
+                       timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        importlib.invalidate_caches()
+        importlib.import_module("matplotlib")
+        return True
+    except (subprocess.SubprocessError, OSError, ImportError):
+        log("matplotlib could not be installed: no PNG")
+        return False
+
+
+def plot(data: dict, path: Path) -> None:
+    """Grouped bars of CPU µs/req (left) and req/s (right) per scenario and proxy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios, proxies = data["params"]["scenarios"], data["params"]["proxies"]
+    by = {(r["scenario"], r["proxy"]): r for r in data["rows"]}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / max(1, len(proxies))
+    for ax, key, title in ((axes[0], "cpu_us", "proxy CPU µs per request (lower is better)"),
+                           (axes[1], "rps", "requests per second (load core may limit)")):
+        for j, px in enumerate(proxies):
+            xs, ys = [], []
+            for i, sc in enumerate(scenarios):
+                med = by[(sc, px)]["median"]
+                if med:
+                    xs.append(i + (j - (len(proxies) - 1) / 2) * width)
+                    ys.append(med[key])
+            bars = ax.bar(xs, ys, width, label=px)
+            if key == "cpu_us":
+                ax.bar_label(bars, fmt="%.0f", fontsize=7)
+        ax.set_xticks(range(len(scenarios)), scenarios)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    m = data["machine"]
+    fig.suptitle(f"fastgw bench {m['date']} - {m['cpu_model']}, {m['cpus']} cores, kernel {m['kernel']}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- main --------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="fastgw beside nginx, HAProxy, Caddy and aiohttp.")
+    ap.add_argument("--smoke", action="store_true", help="CI check: 1 round, 2 s, plain, fastgw+nginx")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per proxy and round")
+    ap.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds before each measurement")
+    ap.add_argument("--scenarios", default=",".join(ALL_SCENARIOS))
+    ap.add_argument("--proxies", default=",".join(ALL_PROXIES))
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG")
+    ap.add_argument("--no-install", action="store_true", help="do not apt-get/pip install anything")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when any row is FAIL")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (configs, logs)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.rounds, args.duration, args.warmup = 1, 2.0, 1.0
+        args.scenarios, args.proxies = "plain", "fastgw,nginx"
+    args.scenario_list = [s for s in args.scenarios.split(",") if s]
+    args.proxy_list = [p for p in args.proxies.split(",") if p]
+    for s in args.scenario_list:
+        if s not in ALL_SCENARIOS:
+            ap.error(f"unknown scenario {s!r} (known: {', '.join(ALL_SCENARIOS)})")
+    for p in args.proxy_list:
+        if p not in ALL_PROXIES:
+            ap.error(f"unknown proxy {p!r} (known: {', '.join(ALL_PROXIES)})")
+    if args.rounds < 1 or args.duration < 1:
+        ap.error("--rounds and --duration must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    scenarios, proxies = args.scenario_list, args.proxy_list
+    notes: list[str] = []
+
+    def log(msg: str) -> None:
+        print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+    if (os.cpu_count() or 1) < 2:
+        notes.append("fewer than 2 CPUs: proxy and load share a core, CPU µs/req still valid")
+    tools = {"wrk", "nginx"} | {TOOL_OF[p] for p in proxies if p in TOOL_OF}
+    found = ensure_tools(sorted(tools), log) if not args.no_install else {t: which(t) for t in tools}
+    if not found["wrk"] or not found["nginx"]:
+        log("wrk and nginx are required (apt-get install wrk nginx-light)")
+        return 2
+
+    procs = Procs()
+    procs.install_signal_handlers()
+    wd = Path(tempfile.mkdtemp(prefix="fastgw-bench-"))
+    os.chmod(wd, 0o755)  # nginx workers run as nobody
+    rows = {(s, p): Row(s, p) for s in scenarios for p in proxies}
+    for (_s, p), row in rows.items():
+        if p in TOOL_OF and not found.get(TOOL_OF[p]):
+            row.status = f"n/a: {TOOL_OF[p]} not installed"
+    info = machine_info()
+    log(f"{info['cpu_model']}, {info['cpus']} cores, kernel {info['kernel']}, load {info['loadavg']}")
+    rc = 0
+    try:
+        up = free_port()
+        start_upstream(procs, wd, up)
+        for sc in scenarios:
+            for rnd in range(args.rounds):
+                order = [p for p in proxies if rows[(sc, p)].status == "ok"]
+                order = order[rnd % len(order):] + order[:rnd % len(order)] if order else []
+                if rnd % 2:
+                    order.reverse()
+                for px in order:
+                    row = rows[(sc, px)]
+                    if row.status != "ok":
+                        continue
+                    log(f"{sc} round {rnd + 1}/{args.rounds}: {px}")
+                    res = measure_one(sc, px, up, args, procs, wd, log)
+                    if isinstance(res, str):
+                        row.status = res
+                        log(f"  {px}: {res}")
+                    else:
+                        row.samples.append(res)
+                        log(f"  {px}: {res.rps:,.0f} req/s, {res.cpu_us:.1f} µs/req, "
+                            f"load core {res.load_busy:.0%}")
+    except KeyboardInterrupt:
+        log("interrupted: reporting what was measured")
+        notes.append("interrupted")
+        rc = 130
+    finally:
+        procs.stop_all()
+        if args.keep:
+            log(f"configs and logs kept in {wd}")
+        else:
+            shutil.rmtree(wd, ignore_errors=True)
+
+    print(format_table(rows, scenarios, proxies, args))
+    data = to_json(rows, scenarios, proxies, args, info, notes)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S") + ("-smoke" if args.smoke else "")
+    jpath = args.out / f"{stamp}.json"
+    if ensure_matplotlib(log) if not args.no_install else importlib.util.find_spec("matplotlib"):
+        try:
+            plot(data, args.out / f"{stamp}.png")
+            data["png"] = f"{stamp}.png"
+        except Exception as exc:  # noqa: BLE001 - the chart is optional
+            notes.append(f"no PNG: {exc}")
+    else:
+        notes.append("no PNG: matplotlib not available")
+    jpath.write_text(json.dumps(data, indent=1))
+    print(f"\nresults: {jpath}" + (f"  chart: {args.out / data['png']}" if "png" in data else ""))
+    if rc == 0 and any(r.status.startswith("FAIL") for r in rows.values()):
+        if args.strict:
+            rc = 1
+        if any(r.status.startswith("FAIL") for (_s, p), r in rows.items() if p == "nginx"):
+            rc = 2  # the baseline itself is broken: a setup problem
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
