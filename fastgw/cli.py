@@ -163,8 +163,10 @@ def _set_parent_death_signal() -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    # The supervisor forwards Ctrl-C as SIGTERM (drain), so a worker ignores SIGINT itself.
+    # The supervisor forwards Ctrl-C as SIGTERM (drain) and owns reload, so a worker
+    # ignores the SIGINT and SIGHUP a terminal sends to the whole process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _set_parent_death_signal()
     if os.getppid() == 1:
         return 1  # the supervisor died before we got here

@@ -16,7 +16,7 @@ worker restart never drops a connection that waits in the accept backlog.
 - **Crash**: a worker that exits on its own is logged and restarted on its socket, with
   an exponential backoff while it keeps dying young.
 - **Stop** (SIGTERM/SIGINT): SIGTERM to every worker, wait up to the drain timeout,
-  SIGKILL what is left, exit 0. A second stop signal kills the workers at once.
+  SIGKILL what is left, exit 0. A second SIGINT (Ctrl-C twice) kills the workers at once.
 
 Workers are ``python -m fastgw worker ...`` subprocesses (see ``fastgw.cli``), which call
 ``fastgw.server.run_worker``. Every event is one line on stderr prefixed ``fastgw[supervisor]``.
@@ -41,7 +41,7 @@ PREFIX = "fastgw[supervisor]"
 READY_TIMEOUT = 30.0
 #: A worker that dies sooner than this after its start counts as crash-looping.
 CRASH_WINDOW = 5.0
-#: Backoff before restart number k of a crash-looping worker: BASE * 2**(k-1), at most MAX.
+#: Backoff before restart number k (k >= 2) of a crash-looping worker: BASE * 2**(k-2), at most MAX.
 BACKOFF_BASE = 0.25
 BACKOFF_MAX = 15.0
 DEFAULT_DRAIN_TIMEOUT = 30.0
@@ -259,7 +259,7 @@ class Supervisor:
         lived = time.monotonic() - worker.started
         count = self.fail_counts[worker.slot] + 1 if lived < CRASH_WINDOW else 0
         self.fail_counts[worker.slot] = count
-        delay = min(BACKOFF_BASE * 2 ** (count - 1), BACKOFF_MAX) if count else 0.0
+        delay = min(BACKOFF_BASE * 2 ** (count - 2), BACKOFF_MAX) if count > 1 else 0.0
         if delay:
             log(f"worker {worker.slot} is crash-looping; restart in {delay:g}s")
             await asyncio.sleep(delay)
@@ -291,6 +291,8 @@ class Supervisor:
         started = [await self._spawn(slot, generation) for slot in range(count)]
         oks = await asyncio.gather(*(self._wait_ready(w) for w in started))
         if all(oks):
+            for worker in started:
+                log(f"worker {worker.slot} pid {worker.pid} gen {generation} ready")
             return started
         for worker, ok in zip(started, oks, strict=True):
             worker.retiring = True
@@ -381,7 +383,9 @@ class Supervisor:
         except ImportError:
             fstats = None  # type: ignore[assignment]
         if fstats is not None and hasattr(fstats, "StatsRegion"):
-            self.stats_region = fstats.StatsRegion.create(cfg, workers=self._worker_count(cfg))
+            # Room for as many workers as CPUs, so a reload may raise the count (the file is sparse).
+            capacity = max(self._worker_count(cfg), os.cpu_count() or 1)
+            self.stats_region = fstats.StatsRegion.create(cfg, workers=capacity)
             self.stats_name = getattr(self.stats_region, "name", None)
         try:
             from fastgw import admin as fadmin
@@ -421,6 +425,10 @@ class Supervisor:
         assert self._stop_event is not None
         name = signal.Signals(signum).name
         if self._stop_event.is_set():
+            if signum != signal.SIGINT:
+                log(f"{name}: already stopping")
+                return
+            # A second Ctrl-C is a person who does not want to wait for the drain.
             log(f"{name} again: killing workers now")
             for worker in list(self.all_workers):
                 worker.signal(signal.SIGKILL)
@@ -447,9 +455,15 @@ class Supervisor:
                 log(line)
             self._close_unused_sockets([], 0)
             return 1
-        self._start_stats_and_admin(cfg)
-        if self.admin is not None and hasattr(self.admin, "start"):
-            await self.admin.start()
+        try:
+            self._start_stats_and_admin(cfg)
+            if self.admin is not None and hasattr(self.admin, "start"):
+                await self.admin.start()
+        except Exception as exc:
+            log(f"cannot start stats/admin: {type(exc).__name__}: {exc}")
+            await self._close_stats_and_admin()
+            self._close_unused_sockets([], 0)
+            return 1
         loop = self._loop
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,688 @@
+"""Shared test helpers: free ports, a real backend, a gateway subprocess, a raw HTTP client.
+
+Everything here uses real sockets and real processes, on loopback only.
+
+- :func:`free_port` — a TCP port that is free on 127.0.0.1 right now.
+- :class:`Backend` — a small asyncio HTTP/1.1 server (keep-alive) in a thread of the test
+  process. Routes:
+
+  ================  ==========================================================
+  ``/slow?ms=N``    answers after N ms (echo body, see below)
+  ``/status/N``     answers status N (JSON body, none for 204/304)
+  ``/bytes/N``      N bytes (``x`` repeated), Content-Length, written in pieces
+  ``/chunked?n=K&size=S``  K chunks of S bytes, ``Transfer-Encoding: chunked``
+  ``/close``        answers, then closes the connection (``Connection: close``)
+  anything else     echo: ``{"method", "path", "query", "headers", "raw_headers",
+                    "body", "backend"}`` as JSON (headers: lower-cased name -> value)
+  ================  ==========================================================
+
+  Every request is appended to ``backend.requests`` (a :class:`Echo` dict).
+- :class:`Gateway` — ``python -m fastgw run`` on a config dict written to a temp file,
+  with stderr captured to a file; :meth:`Gateway.start` returns once the supervisor
+  logged ``serving:`` (all workers ready). ``reload(config)``, ``stop()``,
+  ``worker_pids()``, ``wait_log(text)``.
+- :func:`request` (one request on a new connection) and :class:`RawClient` (a keep-alive
+  connection; ``send(bytes)`` for hand-made requests, ``read_response()``) — both return
+  a :class:`Response` with ``status``, ``headers`` (lower-case name -> value),
+  ``raw_headers``, ``body`` and ``json()``.
+- :func:`gateway_config` — a minimal valid config dict: one service, one stage in front
+  of a backend, ``ANY /{path*}`` forwarded as is, plus any routes you add.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+REPO = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on at 127.0.0.1 (bound once and released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll ``predicate()`` until it returns something truthy; return it, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+# ============================================================================ HTTP client
+
+
+@dataclass
+class Response:
+    """A parsed HTTP/1.1 response."""
+
+    status: int
+    reason: str
+    raw_headers: list[tuple[str, str]]
+    body: bytes
+    chunked: bool = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Lower-cased header name -> value (the last one wins)."""
+        return {name.lower(): value for name, value in self.raw_headers}
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class RawClient:
+    """One client connection to ``host:port``, kept alive across requests.
+
+    >>> with RawClient(port) as c:
+    ...     r1 = c.request("GET", "/a")
+    ...     c.send(b"GET /b HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"); r2 = c.read_response()
+    """
+
+    def __init__(self, port: int, host: str = LOOPBACK, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        self.host = host
+        self.port = port
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        host: str | None = None,
+    ) -> Response:
+        """Send one request (Content-Length framing when there is a body) and read the answer."""
+        self.send(build_request(method, path, headers, body, host or f"{self.host}:{self.port}"))
+        return self.read_response(head_only=method.upper() == "HEAD")
+
+    # ---------------------------------------------------------------- reading
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(65536)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def _read_until(self, marker: bytes) -> bytes:
+        while True:
+            idx = self.buf.find(marker)
+            if idx >= 0:
+                out, self.buf = self.buf[:idx], self.buf[idx + len(marker):]
+                return out
+            if not self._fill():
+                raise ConnectionError(f"connection closed while waiting for {marker!r}")
+
+    def _read_exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if not self._fill():
+                raise ConnectionError(f"connection closed with {n - len(self.buf)} body bytes missing")
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def read_response(self, head_only: bool = False) -> Response:
+        """Read one response (skipping 1xx); Content-Length, chunked or close-delimited body."""
+        while True:
+            head = self._read_until(b"\r\n\r\n").decode("latin-1")
+            status_line, *lines = head.split("\r\n")
+            parts = status_line.split(" ", 2)
+            status = int(parts[1])
+            reason = parts[2] if len(parts) > 2 else ""
+            raw_headers = []
+            for line in lines:
+                name, _, value = line.partition(":")
+                raw_headers.append((name.strip(), value.strip()))
+            if not 100 <= status < 200:
+                break
+        headers = {name.lower(): value for name, value in raw_headers}
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        if head_only or status in (204, 304):
+            body = b""
+        elif chunked:
+            body = self._read_chunked()
+        elif "content-length" in headers:
+            body = self._read_exact(int(headers["content-length"]))
+        else:
+            while self._fill():
+                pass
+            body, self.buf = self.buf, b""
+        return Response(status, reason, raw_headers, body, chunked)
+
+    def _read_chunked(self) -> bytes:
+        body = b""
+        while True:
+            size = int(self._read_until(b"\r\n").split(b";")[0], 16)
+            if size == 0:
+                while self._read_until(b"\r\n"):  # trailers, then the empty line
+                    pass
+                return body
+            body += self._read_exact(size)
+            self._read_until(b"\r\n")
+
+
+def build_request(
+    method: str,
+    path: str,
+    headers: dict[str, str] | list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    host: str = "localhost",
+) -> bytes:
+    """The bytes of one HTTP/1.1 request; adds Host and (for a body) Content-Length."""
+    pairs = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+    names = {name.lower() for name, _ in pairs}
+    if "host" not in names:
+        pairs.insert(0, ("Host", host))
+    if body and "content-length" not in names and "transfer-encoding" not in names:
+        pairs.append(("Content-Length", str(len(body))))
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in pairs) + "\r\n"
+    return head.encode("latin-1") + body
+
+
+def request(
+    port: int,
+    method: str = "GET",
+    path: str = "/",
+    headers: dict[str, str] | list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    host: str | None = None,
+    timeout: float = 10.0,
+) -> Response:
+    """One request on a new connection to 127.0.0.1:``port``, then close."""
+    with RawClient(port, timeout=timeout) as client:
+        return client.request(method, path, headers, body, host)
+
+
+# ============================================================================ backend
+
+
+Echo = dict[str, Any]
+
+
+class _BackendProtocol(asyncio.Protocol):
+    """HTTP/1.1 server side of one connection (pipelining handled in order)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+        self.queue: asyncio.Queue[Echo | None] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.backend.connections += 1
+        self.task = asyncio.ensure_future(self._answer_loop())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.queue.put_nowait(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            parsed = self._parse_one()
+            if parsed is None:
+                return
+            self.queue.put_nowait(parsed)
+
+    def _parse_one(self) -> Echo | None:
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        head = self.buf[:end].decode("latin-1")
+        request_line, *lines = head.split("\r\n")
+        method, target, _version = request_line.split(" ", 2)
+        raw_headers = []
+        for line in lines:
+            name, _, value = line.partition(":")
+            raw_headers.append([name.strip(), value.strip()])
+        headers = {name.lower(): value for name, value in raw_headers}
+        rest = self.buf[end + 4:]
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            body = b""
+            pos = 0
+            while True:
+                nl = rest.find(b"\r\n", pos)
+                if nl < 0:
+                    return None
+                size = int(rest[pos:nl].split(b";")[0], 16)
+                if size == 0:
+                    trailer_end = rest.find(b"\r\n\r\n", nl)
+                    if rest[nl + 2:nl + 4] == b"\r\n":
+                        pos = nl + 4
+                    elif trailer_end >= 0:
+                        pos = trailer_end + 4
+                    else:
+                        return None
+                    break
+                if len(rest) < nl + 2 + size + 2:
+                    return None
+                body += rest[nl + 2:nl + 2 + size]
+                pos = nl + 2 + size + 2
+            self.buf = rest[pos:]
+        else:
+            length = int(headers.get("content-length", "0"))
+            if len(rest) < length:
+                return None
+            body, self.buf = rest[:length], rest[length:]
+        url = urlsplit(target)
+        return {
+            "method": method,
+            "path": url.path,
+            "target": target,
+            "query": {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()},
+            "headers": headers,
+            "raw_headers": raw_headers,
+            "body": body.decode("latin-1"),
+            "backend": self.backend.name,
+        }
+
+    async def _answer_loop(self) -> None:
+        while True:
+            req = await self.queue.get()
+            if req is None or self.transport is None or self.transport.is_closing():
+                return
+            self.backend.requests.append(req)
+            try:
+                keep = await self._answer(req)
+            except Exception as exc:  # a test backend must never hang a test
+                self._write_json(500, {"error": repr(exc)}, close=True)
+                keep = False
+            if not keep:
+                self.transport.close()
+                return
+
+    def _write_json(self, status: int, payload: Any, close: bool = False, extra: str = "") -> None:
+        body = json.dumps(payload).encode()
+        no_body = status in (204, 304)
+        head = f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}"
+        if not no_body:
+            head += f"Content-Length: {len(body)}\r\n"
+        if close:
+            head += "Connection: close\r\n"
+        assert self.transport is not None
+        self.transport.write(head.encode() + b"\r\n" + (b"" if no_body else body))
+
+    async def _answer(self, req: Echo) -> bool:
+        """Write the answer to ``req``; return whether the connection stays open."""
+        assert self.transport is not None
+        path = req["path"]
+        close = req["headers"].get("connection", "").lower() == "close"
+        if path == "/slow":
+            await asyncio.sleep(int(req["query"].get("ms", "100")) / 1000)
+            self._write_json(200, req, close)
+        elif m := re.fullmatch(r"/status/(\d{3})", path):
+            self._write_json(int(m.group(1)), {"status": int(m.group(1))}, close)
+        elif m := re.fullmatch(r"/bytes/(\d+)", path):
+            n = int(m.group(1))
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\n"
+            self.transport.write(head.encode() + (b"Connection: close\r\n" if close else b"") + b"\r\n")
+            if req["method"] != "HEAD":
+                sent = 0
+                while sent < n:
+                    piece = min(65536, n - sent)
+                    self.transport.write(b"x" * piece)
+                    sent += piece
+                    await asyncio.sleep(0)
+        elif path == "/chunked":
+            count = int(req["query"].get("n", "3"))
+            size = int(req["query"].get("size", "5"))
+            head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
+            self.transport.write(head.encode() + (b"Connection: close\r\n" if close else b"") + b"\r\n")
+            for i in range(count):
+                chunk = bytes([97 + i % 26]) * size
+                self.transport.write(f"{size:x}\r\n".encode() + chunk + b"\r\n")
+                await asyncio.sleep(0)
+            self.transport.write(b"0\r\n\r\n")
+        elif path == "/close":
+            self._write_json(200, req, close=True)
+            return False
+        else:
+            self._write_json(200, req, close)
+        return not close
+
+
+class Backend:
+    """A real HTTP/1.1 backend on 127.0.0.1 served by an asyncio loop in a daemon thread.
+
+    >>> with Backend() as backend:
+    ...     request(backend.port, "GET", "/hello").json()["path"]
+    '/hello'
+    """
+
+    def __init__(self, name: str = "backend", port: int = 0) -> None:
+        self.name = name
+        self.requests: list[Echo] = []
+        self.connections = 0
+        self._want_port = port
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self) -> Backend:
+        started = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            self._server = loop.run_until_complete(
+                loop.create_server(lambda: _BackendProtocol(self), LOOPBACK, self._want_port, backlog=1024)
+            )
+            self.port = self._server.sockets[0].getsockname()[1]
+            started.set()
+            loop.run_forever()
+            self._server.close()
+            loop.run_until_complete(self._server.wait_closed())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"backend-{self.name}", daemon=True)
+        self._thread.start()
+        if not started.wait(10):
+            raise RuntimeError("backend did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop = None
+
+    def __enter__(self) -> Backend:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ============================================================================ gateway
+
+
+def gateway_config(
+    port: int,
+    backend_url: str,
+    resources: dict[str, Any] | None = None,
+    **top: Any,
+) -> dict[str, Any]:
+    """A minimal config: listen on 127.0.0.1:``port``, one service ``test``, stage ``prod``
+    (any host) in front of ``backend_url``. ``resources`` defaults to ``ANY /{path*}``
+    forwarded unchanged; extra top-level keys (``limits``, ``admin`` …) are merged in."""
+    if resources is None:
+        resources = {"/{path*}": {"ANY": {}}}
+    config: dict[str, Any] = {
+        "listen": [{"host": LOOPBACK, "port": port}],
+        "workers": 1,
+        "services": [
+            {
+                "name": "test",
+                "stages": {"prod": {"backend": {"targets": [backend_url]}}},
+                "resources": resources,
+            }
+        ],
+    }
+    config.update(top)
+    return config
+
+
+_READY = re.compile(r"worker (\d+) pid (\d+) gen (\d+) ready")
+
+
+class Gateway:
+    """``python -m fastgw run`` as a subprocess on a config dict.
+
+    >>> gw = Gateway(gateway_config(free_port(), backend.url), workers=2).start()
+    >>> request(gw.port, "GET", "/x").status
+    200
+    >>> gw.stop()   # SIGTERM, returns the exit code
+    0
+
+    The supervisor's stderr (and the workers') goes to ``gw.log_path``; ``gw.log()``
+    reads it. A failed start raises with the log in the message. ``command`` replaces
+    the command line (``{config}`` and ``{workers}`` are filled in).
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        workers: int = 1,
+        directory: str | Path | None = None,
+        command: list[str] | None = None,
+    ) -> None:
+        self.config = config
+        self.command = command or [sys.executable, "-m", "fastgw", "run", "-c", "{config}", "--workers", "{workers}"]
+        self.workers = workers
+        self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="fastgw-test-")
+        self.dir = Path(directory or self._tmp.name)  # type: ignore[union-attr]
+        self.config_path = self.dir / "gateway.json"
+        self.log_path = self.dir / "gateway.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_file: Any = None
+
+    @property
+    def port(self) -> int:
+        """The port of the first listen address."""
+        return int(self.config["listen"][0]["port"])
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """Replace the config file atomically (a reload never sees half a file)."""
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(config, indent=2))
+        os.replace(tmp, self.config_path)
+        self.config = config
+
+    def start(self, timeout: float = 20.0) -> Gateway:
+        self.write_config(self.config)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONUNBUFFERED"] = "1"
+        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        cmd = [arg.format(config=self.config_path, workers=self.workers) for arg in self.command]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO
+        )
+        try:
+            self.wait_log("serving:", timeout=timeout)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, text: str | re.Pattern[str], timeout: float = 10.0, count: int = 1) -> str:
+        """Wait until the log holds ``text`` (a substring or regex) ``count`` times; return the log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log()
+            found = len(text.findall(log)) if isinstance(text, re.Pattern) else log.count(text)
+            if found >= count:
+                return log
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"gateway exited ({self.proc.returncode}) before {text!r}:\n{log}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {text!r} in gateway log:\n{log}")
+            time.sleep(0.02)
+
+    def worker_pids(self) -> dict[int, int]:
+        """Slot -> pid of the worker that most recently became ready in that slot (from the log)."""
+        pids: dict[int, int] = {}
+        serving = re.search(r"serving: \d+ workers .*\(pids ([\d ]+);", self.log())
+        if serving:
+            pids.update(enumerate(int(p) for p in serving.group(1).split()))
+        for match in _READY.finditer(self.log()):
+            pids[int(match.group(1))] = int(match.group(2))
+        return pids
+
+    def reload(self, config: dict[str, Any] | None = None) -> None:
+        """Write ``config`` (if given) and send SIGHUP; does not wait (see :meth:`wait_log`)."""
+        if config is not None:
+            self.write_config(config)
+        self.signal(signal.SIGHUP)
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code (kills after ``timeout``)."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        self._close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._close()
+
+    def _close(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> Gateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+@dataclass
+class LoadResult:
+    """Outcome of :class:`LoadLoop`: counts and the first failures (for the assertion message)."""
+
+    ok: int = 0
+    failed: int = 0
+    retried: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class LoadLoop:
+    """Threads that issue requests until stopped: half keep-alive, half new connections.
+
+    A request fails if it raises or its status is not ``expect``. As HTTP clients do
+    (RFC 9112 section 9.3.1), a GET sent on a *reused* keep-alive connection that the server
+    closed before sending a single byte back (the idle-close race) is retried once on a
+    new connection and counted in ``retried``; any other error counts as failed.
+    """
+
+    def __init__(self, port: int, path: str = "/", threads: int = 4, expect: int = 200) -> None:
+        self.port, self.path, self.expect = port, path, expect
+        self.result = LoadResult()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, args=(i % 2 == 0,), daemon=True) for i in range(threads)
+        ]
+
+    def _record(self, ok: bool, error: str = "") -> None:
+        with self._lock:
+            if ok:
+                self.result.ok += 1
+            else:
+                self.result.failed += 1
+                if len(self.result.errors) < 10:
+                    self.result.errors.append(error)
+
+    def _keep_alive_request(self, client: RawClient | None) -> tuple[Response, RawClient | None]:
+        if client is not None:  # reused connection: the idle-close race is retryable
+            try:
+                resp = client.request("GET", self.path)
+            except (ConnectionError, TimeoutError) as exc:
+                if client.buf:
+                    raise
+                client.close()
+                with self._lock:
+                    self.result.retried += 1
+                    if len(self.result.errors) < 10:
+                        self.result.errors.append(f"retried: {type(exc).__name__}: {exc}")
+                client = None
+            else:
+                return resp, client
+        client = RawClient(self.port)
+        return client.request("GET", self.path), client
+
+    def _run(self, keep_alive: bool) -> None:
+        client: RawClient | None = None
+        while not self._stop.is_set():
+            try:
+                if keep_alive:
+                    resp, client = self._keep_alive_request(client)
+                    if client is not None and resp.headers.get("connection", "").lower() == "close":
+                        client.close()
+                        client = None
+                else:
+                    resp = request(self.port, "GET", self.path, headers={"Connection": "close"})
+                self._record(resp.status == self.expect, f"status {resp.status}: {resp.body[:200]!r}")
+            except (OSError, ValueError) as exc:
+                if client is not None:
+                    client.close()
+                    client = None
+                self._record(False, f"{type(exc).__name__}: {exc}")
+        if client is not None:
+            client.close()
+
+    def __enter__(self) -> LoadLoop:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(15)
