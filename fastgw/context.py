@@ -21,6 +21,13 @@ def _b(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode("latin-1")
 
 
+_CONTROL = dict.fromkeys([*range(0, 32), 127])
+
+
+def _clean(value: str) -> bytes:
+    return value.translate(_CONTROL).encode("utf-8")
+
+
 def find_header(headers: list[Header], name: bytes) -> bytes | None:
     """First value of header ``name`` (lower-case bytes) in ``headers``, or None."""
     for key, value in headers:
@@ -32,12 +39,18 @@ def find_header(headers: list[Header], name: bytes) -> bytes | None:
 class Consumer:
     """An authenticated caller: ``name`` and ``groups`` (from the config's ``consumers``)."""
 
-    __slots__ = ("name", "groups", "data")
+    __slots__ = ("name", "groups", "data", "headers")
 
     def __init__(self, name: str, groups: tuple[str, ...] = (), data: dict[str, Any] | None = None) -> None:
         self.name = name
         self.groups = groups
         self.data = data or {}
+        # PERF: the identity headers for the backend are built once per consumer.
+        # SECURITY: control characters are dropped (a name may come from a token claim).
+        self.headers: tuple[Header, ...] = (
+            (b"X-Consumer-Name", _clean(name)),
+            (b"X-Consumer-Groups", _clean(",".join(groups))),
+        )
 
     def __repr__(self) -> str:
         return f"Consumer({self.name!r}, groups={self.groups!r})"
@@ -51,7 +64,7 @@ class RequestContext:
         "values", "request_id", "http_version", "consumer", "upstream_path", "answer_status",
         "answer_headers", "answer_body", "status", "response_headers", "response_headers_add",
         "bytes_in", "bytes_out", "start_time", "upstream_time", "vars", "_params", "_query_args",
-        "body_size",
+        "body_size", "body",
     )
 
     def __init__(self, method: str, path: str, query: bytes, headers: list[Header],
@@ -81,6 +94,7 @@ class RequestContext:
         self.start_time = 0.0
         self.upstream_time = 0.0
         self.body_size = -1                  # Content-Length of the request, -1 if unknown/chunked
+        self.body: bytes | None = None       # buffered request body, only when pipeline.needs_body
         self.vars: dict[str, Any] = {}       # scratch space shared by this request's plugins
         self._params: dict[str, str] | None = None
         self._query_args: dict[str, str] | None = None

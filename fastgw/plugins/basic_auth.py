@@ -1,0 +1,113 @@
+"""basic-auth: HTTP Basic authentication against bcrypt or scrypt password hashes.
+
+Consumer credentials hold hashes only (the credential schema refuses plain text):
+``$2b$12$...`` (bcrypt) or ``scrypt$N$r$p$<salt b64>$<hash b64>`` (see :func:`scrypt_hash`).
+Failure: 401 with ``WWW-Authenticate: Basic realm="..."``. The ``Authorization`` header is
+removed before forwarding by default.
+
+PERF/SECURITY: a bcrypt/scrypt check costs milliseconds of CPU on the event loop, so a
+verified (user, password) pair is remembered as an HMAC digest under a per-process secret
+(never the password) for ``cache_ttl`` seconds; an unknown user is checked against a dummy
+hash so the answer time does not reveal which user names exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import time
+from typing import Any
+
+import bcrypt
+
+from fastgw.consumers import ConsumerTable
+from fastgw.plugins.base import CONTINUE, PluginScope
+from fastgw.plugins.base import Plugin as BasePlugin
+
+NAME = "basic-auth"
+PRIORITY = 1100
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "hide_credentials": {"type": "boolean", "default": True,
+                             "description": "Remove the Authorization header before forwarding."},
+        "realm": {"type": "string", "default": "fastgw", "pattern": "^[^\"\\r\\n]*$",
+                  "description": "Realm in the WWW-Authenticate header of a 401."},
+        "cache_ttl": {"type": "number", "minimum": 0, "default": 60,
+                      "description": "Seconds a verified password is remembered (0: verify every time)."},
+    },
+}
+
+_DUMMY_BCRYPT = bcrypt.hashpw(b"fastgw-dummy", bcrypt.gensalt(4))
+
+
+def scrypt_hash(password: str, n: int = 2 ** 14, r: int = 8, p: int = 1) -> str:
+    """The ``scrypt$N$r$p$salt$hash`` form for consumer credentials."""
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=32)
+    return f"scrypt${n}${r}${p}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def verify_password(password: bytes, stored: str) -> bool:
+    """Check ``password`` against a bcrypt or scrypt hash (constant-time compare)."""
+    if stored.startswith("scrypt$"):
+        _, n, r, p, salt, want = stored.split("$")
+        got = hashlib.scrypt(password, salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+                             dklen=len(base64.b64decode(want)), maxmem=2 ** 27)
+        return hmac.compare_digest(got, base64.b64decode(want))
+    return bcrypt.checkpw(password, stored.encode("ascii"))
+
+
+class Plugin(BasePlugin):
+    def __init__(self, config: dict[str, Any], scope: PluginScope) -> None:
+        super().__init__(config, scope)
+        self.table: ConsumerTable = scope.consumers or ConsumerTable()
+        self.hide = config["hide_credentials"]
+        self.ttl = float(config["cache_ttl"])
+        self.challenge = [(b"WWW-Authenticate", f'Basic realm="{config["realm"]}"'.encode("latin-1"))]
+        self._secret = os.urandom(32)
+        self._cache: dict[bytes, float] = {}
+
+    def _check(self, user: str, password: bytes, raw: bytes) -> Any:
+        hit = self.table.basic.get(user)
+        if hit is None:
+            bcrypt.checkpw(password, _DUMMY_BCRYPT)  # SECURITY: same work for unknown users
+            return None
+        consumer, stored = hit
+        if self.ttl > 0:
+            mark = hmac.new(self._secret, raw, hashlib.sha256).digest()
+            expiry = self._cache.get(mark)
+            now = time.monotonic()
+            if expiry is not None and expiry > now:
+                return consumer
+        if not verify_password(password, stored):
+            return None
+        if self.ttl > 0:
+            if len(self._cache) > 10000:
+                self._cache.clear()
+            self._cache[mark] = now + self.ttl
+        return consumer
+
+    def on_request(self, ctx: Any) -> int:
+        auth = ctx.get_header("authorization")
+        if auth is None or auth[:6].lower() != "basic ":
+            return ctx.error(401, "Unauthorized", self.challenge)
+        try:
+            raw = base64.b64decode(auth[6:].strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return ctx.error(401, "Invalid authentication credentials", self.challenge)
+        user_b, sep, password = raw.partition(b":")
+        if not sep:
+            return ctx.error(401, "Invalid authentication credentials", self.challenge)
+        consumer = self._check(user_b.decode("utf-8", "replace"), password, raw)
+        if consumer is None:
+            return ctx.error(401, "Invalid authentication credentials", self.challenge)
+        ctx.consumer = consumer
+        if self.hide:
+            ctx.remove_header("authorization")
+        return CONTINUE

@@ -1,0 +1,425 @@
+"""jwt: verify a JSON Web Token (``Authorization: Bearer``) and map its claims.
+
+Keys come from the plugin config (``keys``: inline secret or PEM, or a PEM file;
+``jwks_file``; ``jwks_url``, fetched on the event loop, cached and refreshed) and from the
+consumers' ``jwt`` credentials (matched by the token's ``key_claim_name`` claim, ``iss``
+by default, and then the consumer is that credential's owner). Algorithms: HS256/384/512,
+RS256/384/512, ES256, EdDSA.
+
+SECURITY: every key has exactly one algorithm, fixed at config load; the token's ``alg``
+only selects among keys and must equal the key's algorithm, and the algorithm list given to
+the verifier comes from the key, never from the token. So ``alg: none`` and
+HS-against-an-RSA-public-key confusion cannot verify. ``exp`` (required by default) and
+``nbf`` are checked with ``leeway``; ``iss``/``aud`` when configured. Claim values mapped
+to request headers (``claims_to_headers``) replace any client-sent copy, which is always
+stripped, also when the token is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from jwt.algorithms import get_default_algorithms
+
+from fastgw.consumers import ConsumerTable
+from fastgw.context import Consumer
+from fastgw.plugins.base import CONTINUE, PluginScope
+from fastgw.plugins.base import Plugin as BasePlugin
+
+NAME = "jwt"
+PRIORITY = 1450
+
+log = logging.getLogger("fastgw.plugins.jwt")
+
+ALGORITHMS = ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "EdDSA"]
+_KEY_TYPES: dict[str, tuple[type, ...]] = {
+    "RS": (rsa.RSAPublicKey,), "ES": (ec.EllipticCurvePublicKey,),
+    "Ed": (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey),
+}
+_ALGS = get_default_algorithms()
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "algorithms": {"type": "array", "minItems": 1, "default": ALGORITHMS,
+                       "items": {"type": "string", "enum": ALGORITHMS},
+                       "description": "Token algorithms accepted at all ('none' never is)."},
+        "keys": {
+            "type": "array", "default": [], "description": "Verification keys.",
+            "items": {
+                "type": "object", "additionalProperties": False, "required": ["algorithm"],
+                "properties": {
+                    "kid": {"type": "string", "description": "Key id matched against the token's kid."},
+                    "algorithm": {"type": "string", "enum": ALGORITHMS,
+                                  "description": "The only algorithm this key verifies."},
+                    "secret": {"type": "string", "minLength": 16, "description": "HS shared secret."},
+                    "public_key": {"type": "string", "description": "PEM public key (RS/ES/EdDSA)."},
+                    "public_key_file": {"type": "string", "description": "Path of a PEM public key."},
+                },
+                "oneOf": [{"required": ["secret"]}, {"required": ["public_key"]}, {"required": ["public_key_file"]}],
+            },
+        },
+        "jwks_file": {"type": ["string", "null"], "default": None, "description": "Path of a JWKS JSON file."},
+        "jwks_url": {"type": ["string", "null"], "default": None, "pattern": "^https?://",
+                     "description": "URL of a JWKS document (fetched asynchronously, cached)."},
+        "jwks_cache_ttl": {"type": "number", "minimum": 1, "default": 300,
+                           "description": "Seconds before the JWKS is fetched again."},
+        "jwks_min_refresh": {"type": "number", "minimum": 0, "default": 10,
+                             "description": "Least seconds between fetches caused by an unknown kid."},
+        "consumer_credentials": {"type": "boolean", "default": True,
+                                 "description": "Also verify with consumers' jwt credentials."},
+        "key_claim_name": {"type": "string", "default": "iss",
+                           "description": "Claim that names the consumer credential (its key/iss)."},
+        "consumer_claim": {"type": ["string", "null"], "default": None,
+                           "description": "Claim naming the consumer for tokens verified by plugin keys."},
+        "groups_claim": {"type": ["string", "null"], "default": None,
+                         "description": "Claim with the groups of a consumer not in the config."},
+        "header_names": {"type": "array", "default": ["authorization"],
+                         "items": {"type": "string", "pattern": "^[A-Za-z0-9-]+$"},
+                         "description": "Headers carrying the token ('Bearer ' prefix optional)."},
+        "uri_param_names": {"type": "array", "default": ["jwt"], "items": {"type": "string", "minLength": 1},
+                            "description": "Query arguments carrying the token."},
+        "claims_to_verify": {"type": "array", "default": ["exp"], "items": {"type": "string", "enum": ["exp", "nbf"]},
+                             "description": "Claims that must be present (and are then checked)."},
+        "leeway": {"type": "number", "minimum": 0, "default": 0, "description": "Seconds of clock leeway for exp/nbf."},
+        "maximum_expiration": {"type": "number", "minimum": 0, "default": 0,
+                               "description": "Largest allowed exp - now in seconds (0: no limit)."},
+        "issuers": {"type": "array", "default": [], "items": {"type": "string"},
+                    "description": "Accepted iss values (empty: not checked)."},
+        "audiences": {"type": "array", "default": [], "items": {"type": "string"},
+                      "description": "Accepted aud values (empty: not checked)."},
+        "claims_to_headers": {"type": "object", "default": {},
+                              "additionalProperties": {"type": "string", "pattern": "^[A-Za-z0-9-]+$"},
+                              "description": "Claim name -> request header sent to the backend."},
+        "hide_credentials": {"type": "boolean", "default": True,
+                             "description": "Remove the token before forwarding."},
+        "realm": {"type": "string", "default": "fastgw", "pattern": "^[^\"\\r\\n]*$",
+                  "description": "Realm in the WWW-Authenticate header of a 401."},
+    },
+}
+
+_CONTROL = dict.fromkeys([*range(0, 32), 127])
+
+
+class Key:
+    """One verification key with its single algorithm."""
+
+    __slots__ = ("kid", "alg", "key", "consumer")
+
+    def __init__(self, kid: str | None, alg: str, key: Any, consumer: Consumer | None = None) -> None:
+        self.kid, self.alg, self.key, self.consumer = kid, alg, key, consumer
+
+
+def prepare_key(alg: str, material: str | bytes | Any) -> Any:
+    """The verification key object for ``alg``; ValueError for a key of the wrong kind.
+
+    SECURITY: an HS key must not be a PEM/public key, an RS/ES/EdDSA key must be of its type.
+    """
+    if alg.startswith("HS"):
+        if not isinstance(material, str | bytes):
+            raise ValueError(f"{alg} needs a secret")
+    try:
+        key = _ALGS[alg].prepare_key(material)
+    except Exception as exc:  # PyJWT raises several types for unusable keys
+        raise ValueError(f"unusable {alg} key: {exc}") from None
+    if not alg.startswith("HS"):
+        if hasattr(key, "public_key") and not isinstance(key, _KEY_TYPES[alg[:2]]):
+            key = key.public_key()
+        if not isinstance(key, _KEY_TYPES[alg[:2]]):
+            raise ValueError(f"a {type(key).__name__} cannot verify {alg}")
+        if alg == "ES256" and key.curve.name != "secp256r1":
+            raise ValueError("ES256 needs a P-256 key")
+    return key
+
+
+def keys_from_jwks(doc: dict[str, Any], allowed: frozenset[str]) -> dict[str | None, list[Key]]:
+    """Keys of a JWKS document by kid (each with its one algorithm); unusable keys are skipped."""
+    out: dict[str | None, list[Key]] = {}
+    for jwk in doc.get("keys", ()):
+        if jwk.get("use", "sig") != "sig":
+            continue
+        try:
+            pyjwk = jwt.PyJWK(jwk)
+        except jwt.PyJWTError as exc:
+            log.warning("JWKS key %s skipped: %s", jwk.get("kid"), exc)
+            continue
+        alg = pyjwk.algorithm_name
+        if alg not in allowed:
+            continue
+        out.setdefault(jwk.get("kid"), []).append(Key(jwk.get("kid"), alg, pyjwk.key))
+    return out
+
+
+async def http_get(url: str, timeout: float = 5.0, limit: int = 1 << 20) -> bytes:
+    """GET ``url`` on the running loop (HTTP/1.0, so no chunked framing); body bytes or OSError."""
+    parts = urlsplit(url)
+    https = parts.scheme == "https"
+    port = parts.port or (443 if https else 80)
+    host = parts.hostname or ""
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+    async def fetch() -> bytes:
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=ssl.create_default_context() if https else None)
+        try:
+            writer.write(f"GET {target} HTTP/1.0\r\nHost: {parts.netloc}\r\nAccept: application/json\r\n"
+                         "Connection: close\r\n\r\n".encode("latin-1"))
+            data = await reader.read(limit + 65536)
+            while True:
+                more = await reader.read(65536)
+                if not more:
+                    break
+                data += more
+                if len(data) > limit + 65536:
+                    raise OSError("JWKS document too large")
+        finally:
+            writer.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1] if head.startswith(b"HTTP/") else b""
+        if status != b"200":
+            raise OSError(f"JWKS fetch {url}: status {status.decode('latin-1') or '?'}")
+        return body
+
+    return await asyncio.wait_for(fetch(), timeout)
+
+
+class JwksCache:
+    """A JWKS URL's keys, shared by every route using it; fetched on the loop, one fetch at a time."""
+
+    def __init__(self, url: str, ttl: float, min_refresh: float, allowed: frozenset[str]) -> None:
+        self.url, self.ttl, self.min_refresh, self.allowed = url, ttl, min_refresh, allowed
+        self.keys: dict[str | None, list[Key]] = {}
+        self.fetched_at = -1e18
+        self.attempt_at = -1e18
+        self._inflight: asyncio.Future[None] | None = None
+
+    async def refresh(self) -> None:
+        if self._inflight is not None:
+            return await asyncio.shield(self._inflight)
+        loop = asyncio.get_running_loop()
+        self._inflight = fut = loop.create_future()
+        self.attempt_at = time.monotonic()
+        try:
+            body = await http_get(self.url)
+            self.keys = keys_from_jwks(json.loads(body), self.allowed)
+            self.fetched_at = time.monotonic()
+        except (OSError, ValueError, asyncio.TimeoutError) as exc:
+            log.warning("JWKS %s not refreshed: %s", self.url, exc)
+        finally:
+            self._inflight = None
+            fut.set_result(None)
+
+    async def get(self, kid: str | None) -> list[Key]:
+        now = time.monotonic()
+        if not self.keys and now - self.attempt_at >= self.min_refresh:
+            await self.refresh()
+        elif now - self.fetched_at > self.ttl and self._inflight is None:
+            # PERF: stale-while-revalidate: serve the old keys, refresh in the background.
+            task = asyncio.get_running_loop().create_task(self.refresh())
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+        found = self.keys.get(kid)
+        if found is None and kid is not None and time.monotonic() - self.attempt_at >= self.min_refresh:
+            await self.refresh()  # a new kid: the issuer may have rotated its keys
+            found = self.keys.get(kid)
+        if found is None and kid is None:
+            return [k for ks in self.keys.values() for k in ks]
+        return found or []
+
+
+_background: set[asyncio.Task[Any]] = set()
+_jwks_caches: dict[tuple[str, float, float, frozenset[str]], JwksCache] = {}
+
+
+class Plugin(BasePlugin):
+    def __init__(self, config: dict[str, Any], scope: PluginScope) -> None:
+        super().__init__(config, scope)
+        self.table: ConsumerTable = scope.consumers or ConsumerTable()
+        self.allowed = frozenset(config["algorithms"])
+        self.by_kid: dict[str | None, list[Key]] = {}
+        for i, item in enumerate(config["keys"]):
+            alg = item["algorithm"]
+            if alg not in self.allowed:
+                raise ValueError(f"keys[{i}].algorithm: {alg} is not in algorithms")
+            material = item.get("secret") or item.get("public_key")
+            if material is None:
+                with open(item["public_key_file"], "rb") as fh:
+                    material = fh.read()
+            try:
+                key = prepare_key(alg, material)
+            except ValueError as exc:
+                raise ValueError(f"keys[{i}]: {exc}") from None
+            self.by_kid.setdefault(item.get("kid"), []).append(Key(item.get("kid"), alg, key))
+        if config["jwks_file"]:
+            with open(config["jwks_file"], "rb") as fh:
+                for kid, ks in keys_from_jwks(json.load(fh), self.allowed).items():
+                    self.by_kid.setdefault(kid, []).extend(ks)
+        self.all_keys = [k for ks in self.by_kid.values() for k in ks]
+        self.cred_keys: dict[str, Key] = {}
+        if config["consumer_credentials"]:
+            for ident, (consumer, cred) in self.table.jwt.items():
+                alg = cred.get("algorithm", "HS256")
+                if alg not in self.allowed:
+                    continue
+                material = cred.get("secret") or cred.get("public_key")
+                if material is None and cred.get("public_key_file"):
+                    with open(cred["public_key_file"], "rb") as fh:
+                        material = fh.read()
+                try:
+                    self.cred_keys[ident] = Key(None, alg, prepare_key(alg, material), consumer)
+                except ValueError as exc:
+                    raise ValueError(f"{cred.get('_place', 'consumer jwt credential')}: {exc}") from None
+        self.jwks: JwksCache | None = None
+        if config["jwks_url"]:
+            ck = (config["jwks_url"], float(config["jwks_cache_ttl"]), float(config["jwks_min_refresh"]), self.allowed)
+            self.jwks = _jwks_caches.get(ck) or _jwks_caches.setdefault(ck, JwksCache(*ck))
+            self.on_request = self.on_request_async  # type: ignore[method-assign]
+        elif not self.all_keys and not self.cred_keys:
+            raise ValueError("no verification key: give keys, jwks_file, jwks_url or consumer jwt credentials")
+        self.key_claim = config["key_claim_name"]
+        self.consumer_claim = config["consumer_claim"]
+        self.groups_claim = config["groups_claim"]
+        self.header_names = tuple(n.lower() for n in config["header_names"])
+        self.params = tuple(config["uri_param_names"])
+        self.hide = config["hide_credentials"]
+        self.options = {"require": list(config["claims_to_verify"]),
+                        "verify_aud": bool(config["audiences"]), "verify_iss": bool(config["issuers"])}
+        self.leeway = float(config["leeway"])
+        self.max_exp = float(config["maximum_expiration"])
+        self.issuers = list(config["issuers"]) or None
+        self.audiences = list(config["audiences"]) or None
+        self.claim_headers = tuple((c, h.encode("latin-1")) for c, h in config["claims_to_headers"].items())
+        self.claim_header_lc = frozenset(h.lower() for _, h in self.claim_headers)
+        self.challenge = [(b"WWW-Authenticate", f'Bearer realm="{config["realm"]}"'.encode("latin-1"))]
+        self.challenge_bad = [(b"WWW-Authenticate",
+                               f'Bearer realm="{config["realm"]}", error="invalid_token"'.encode("latin-1"))]
+
+    # -- token ------------------------------------------------------------------------
+    def _token(self, ctx: Any) -> tuple[str | None, str | None, str | None]:
+        """(token, header it came from, query argument it came from)."""
+        for name in self.header_names:
+            value = ctx.get_header(name)
+            if value:
+                if value[:7].lower() == "bearer ":
+                    return value[7:].strip(), name, None
+                if name != "authorization":
+                    return value.strip(), name, None
+        if ctx.query:
+            for name in self.params:
+                value = ctx.query_args.get(name)
+                if value:
+                    return value, None, name
+        return None, None, None
+
+    def _candidates(self, header: dict[str, Any], token: str, extra: list[Key] | None) -> list[Key]:
+        kid = header.get("kid")
+        if kid is not None and kid in self.by_kid:
+            return self.by_kid[kid]
+        if self.cred_keys:
+            try:
+                claims = jwt.decode(token, options={"verify_signature": False})
+            except jwt.PyJWTError:
+                claims = {}
+            ident = claims.get(self.key_claim)
+            if isinstance(ident, str) and ident in self.cred_keys:
+                return [self.cred_keys[ident]]
+        if extra:
+            return extra
+        return self.by_kid.get(None, []) if kid is not None else self.all_keys
+
+    def _verify(self, ctx: Any, token: str, header: dict[str, Any], extra: list[Key] | None) -> int:
+        alg = header.get("alg")
+        candidates = [k for k in self._candidates(header, token, extra) if k.alg == alg]
+        if not candidates:
+            return ctx.error(401, "No key can verify this token", self.challenge_bad)
+        claims = None
+        key = candidates[0]
+        for key in candidates:
+            try:
+                # SECURITY: algorithms=[key.alg]: fixed by the key, never read from the token.
+                claims = jwt.decode(token, key.key, algorithms=[key.alg], options=self.options,
+                                    leeway=self.leeway, issuer=self.issuers, audience=self.audiences)
+                break
+            except jwt.InvalidSignatureError:
+                continue
+            except jwt.ExpiredSignatureError:
+                return ctx.error(401, "Token has expired", self.challenge_bad)
+            except jwt.ImmatureSignatureError:
+                return ctx.error(401, "Token is not valid yet", self.challenge_bad)
+            except jwt.MissingRequiredClaimError as exc:
+                return ctx.error(401, f"Token lacks the {exc.claim} claim", self.challenge_bad)
+            except (jwt.InvalidIssuerError, jwt.InvalidAudienceError) as exc:
+                return ctx.error(401, str(exc), self.challenge_bad)
+            except jwt.PyJWTError:
+                return ctx.error(401, "Invalid token", self.challenge_bad)
+        if claims is None:
+            return ctx.error(401, "Invalid signature", self.challenge_bad)
+        if self.max_exp and "exp" in claims:
+            if float(claims["exp"]) - time.time() > self.max_exp:
+                return ctx.error(401, "Token expiration is too far in the future", self.challenge_bad)
+        consumer = key.consumer
+        if consumer is None and self.consumer_claim:
+            value = claims.get(self.consumer_claim)
+            if isinstance(value, str) and value:
+                consumer = self.table.get(value)
+                if consumer is None:
+                    groups = claims.get(self.groups_claim) if self.groups_claim else None
+                    groups = tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else ()
+                    consumer = Consumer(value, groups)
+        if consumer is not None:
+            ctx.consumer = consumer
+        ctx.vars["jwt_claims"] = claims
+        for claim, header_name in self.claim_headers:
+            value = claims.get(claim)
+            if value is not None:
+                text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+                ctx.headers.append((header_name, text.translate(_CONTROL).encode("utf-8")))
+        return CONTINUE
+
+    def _prepare(self, ctx: Any) -> tuple[int, str, dict[str, Any]]:
+        """Strip spoofable headers, find and pre-parse the token: (status or -1, token, header)."""
+        if self.claim_header_lc:  # SECURITY: the client never supplies the mapped claim headers
+            lc = self.claim_header_lc
+            ctx.headers[:] = [h for h in ctx.headers if h[0].lower() not in lc]
+        token, from_header, from_query = self._token(ctx)
+        if not token:
+            return ctx.error(401, "Unauthorized", self.challenge), "", {}
+        if self.hide:
+            if from_header is not None:
+                ctx.remove_header(from_header)
+            if from_query is not None:
+                ctx.remove_query_arg(from_query)
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            return ctx.error(401, "Invalid token", self.challenge_bad), "", {}
+        alg = header.get("alg")
+        # SECURITY: 'none' (any spelling) and algorithms outside the allowed list end here.
+        if not isinstance(alg, str) or alg not in self.allowed:
+            return ctx.error(401, "Token algorithm not allowed", self.challenge_bad), "", {}
+        return -1, token, header
+
+    def on_request(self, ctx: Any) -> int:
+        status, token, header = self._prepare(ctx)
+        if status >= 0:
+            return status
+        return self._verify(ctx, token, header, None)
+
+    async def on_request_async(self, ctx: Any) -> int:
+        status, token, header = self._prepare(ctx)
+        if status >= 0:
+            return status
+        extra = None
+        kid = header.get("kid")
+        if self.jwks is not None and (kid is None or kid not in self.by_kid):
+            extra = await self.jwks.get(kid)
+        return self._verify(ctx, token, header, extra)

@@ -1,0 +1,40 @@
+"""request-size-limit: refuse request bodies larger than a limit with 413.
+
+The limit is published as ``Pipeline.max_body`` so the server answers 413 as soon as the
+``Content-Length`` or the streamed bytes pass it, without buffering; ``on_request``
+repeats the Content-Length check so the limit holds even on a server path that skips it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastgw.plugins.base import CONTINUE, PluginScope
+from fastgw.plugins.base import Plugin as BasePlugin
+
+NAME = "request-size-limit"
+PRIORITY = 951
+
+_UNITS = {"bytes": 1, "kilobytes": 1024, "megabytes": 1024 * 1024}
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "allowed_payload_size": {"type": "integer", "minimum": 0, "default": 128,
+                                 "description": "Largest accepted request body, in size_unit."},
+        "size_unit": {"type": "string", "enum": list(_UNITS), "default": "megabytes",
+                      "description": "Unit of allowed_payload_size."},
+    },
+}
+
+
+class Plugin(BasePlugin):
+    def __init__(self, config: dict[str, Any], scope: PluginScope) -> None:
+        super().__init__(config, scope)
+        self.max_body = config["allowed_payload_size"] * _UNITS[config["size_unit"]]
+
+    def on_request(self, ctx: Any) -> int:
+        if ctx.body_size > self.max_body:
+            return ctx.error(413, "Request size limit exceeded")
+        return CONTINUE

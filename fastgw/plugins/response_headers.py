@@ -1,0 +1,74 @@
+"""response-headers: add, set, append or remove response headers.
+
+``remove`` drops headers, ``set`` replaces every copy with one value, ``append`` adds a
+copy, ``add`` adds only when the response lacks the header. Values are templates
+(``{orderId}``, ``${stage.x}``, ``${header.x}``, ``${query.x}``, ``${consumer.name}``,
+``${request_id}``) compiled at config load. Applies to backend responses and to the
+gateway's own answers (the pipeline makes ``ctx.response_headers`` the answer's headers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastgw.plugins.base import Plugin as BasePlugin
+from fastgw.plugins.base import PluginScope
+from fastgw.plugins.template import compile_template, param_names
+
+NAME = "response-headers"
+PRIORITY = 800
+
+_NAME_RE = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+_VALUES = {
+    "type": "object", "default": {},
+    "propertyNames": {"pattern": _NAME_RE},
+    "additionalProperties": {"type": "string", "pattern": "^[^\\r\\n\\x00]*$"},
+}
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "remove": {"type": "array", "default": [], "items": {"type": "string", "pattern": _NAME_RE},
+                   "description": "Header names to remove from the response."},
+        "set": dict(_VALUES, description="Headers set to this value (every existing copy replaced)."),
+        "add": dict(_VALUES, description="Headers added only if the response does not have them."),
+        "append": dict(_VALUES, description="Headers appended (existing copies kept)."),
+    },
+}
+
+
+class Plugin(BasePlugin):
+    def __init__(self, config: dict[str, Any], scope: PluginScope) -> None:
+        super().__init__(config, scope)
+        params = param_names(scope.spec.resource)
+        variables = scope.variables
+
+        def compiled(mapping: dict[str, str]) -> tuple[tuple[bytes, Any], ...]:
+            out = []
+            for name, value in mapping.items():
+                t = compile_template(value, params, variables)
+                out.append((name.encode("latin-1"), t.static.encode("utf-8") if t.is_static else t))
+            return tuple(out)
+
+        self.set = compiled(config["set"])
+        self.add = compiled(config["add"])
+        self.append = compiled(config["append"])
+        # PERF: one filter pass removes both the `remove` names and the `set` names.
+        self.drop = frozenset([n.lower().encode("latin-1") for n in config["remove"]]
+                              + [n.lower() for n, _ in self.set])
+        self.add_lc = tuple((n.lower(), n, v) for n, v in self.add)
+
+    def on_response(self, ctx: Any) -> None:
+        headers = ctx.response_headers
+        if self.drop:
+            headers[:] = [h for h in headers if h[0].lower() not in self.drop]
+        for name, value in self.set:
+            headers.append((name, value if type(value) is bytes else value.render(ctx).encode("utf-8")))
+        for name, value in self.append:
+            headers.append((name, value if type(value) is bytes else value.render(ctx).encode("utf-8")))
+        if self.add_lc:
+            present = {h[0].lower() for h in headers}
+            for lc, name, value in self.add_lc:
+                if lc not in present:
+                    headers.append((name, value if type(value) is bytes else value.render(ctx).encode("utf-8")))

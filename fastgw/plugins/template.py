@@ -1,0 +1,121 @@
+"""Settings templates for plugins: compiled once at config load, rendered per request.
+
+A plugin setting may mention request values::
+
+    "X-Order: {orderId}"            path variable of the route
+    "${stage.version}"              stage variable (resolved at compile time)
+    "${header.x-tenant}"            request header (first value)
+    "${query.q}"                    query argument (first value, decoded)
+    "${consumer.name}"              the authenticated consumer ('' if none)
+    "${consumer.groups}"            its groups, comma separated
+    "${request_id}"                 the request id
+
+>>> t = compile_template("v-${stage.v}", (), {"v": "2"})
+>>> t.is_static, t.static
+(True, 'v-2')
+
+PERF: the text is split into parts once; ``render`` only walks a tuple of
+``(kind, argument)`` pairs. SECURITY: rendered request values lose control characters
+(CR/LF/NUL …), so a decoded query argument can never split a header line.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_TOKEN = re.compile(r"\$\{([a-z_]+)(?:\.([^}]+))?\}|\{([A-Za-z_][A-Za-z0-9_]*)\*?\}")
+_VARS = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\*?\}")
+_CONTROL = dict.fromkeys([*range(0, 32), 127])
+
+_LIT, _PARAM, _HEADER, _QUERY, _CONSUMER, _GROUPS, _RID = range(7)
+
+
+class TemplateError(ValueError):
+    """A template names something that does not exist (message says what)."""
+
+
+def param_names(resource: str) -> tuple[str, ...]:
+    """Variable names of a resource template, in order.
+
+    >>> param_names("/orders/{orderId}/items/{rest*}")
+    ('orderId', 'rest')
+    """
+    return tuple(_VARS.findall(resource))
+
+
+class Template:
+    """A compiled template; ``render(ctx) -> str``; ``is_static`` when it has no request value."""
+
+    __slots__ = ("text", "parts", "is_static", "static")
+
+    def __init__(self, text: str, parts: tuple[tuple[int, Any], ...]) -> None:
+        self.text = text
+        self.parts = parts
+        self.is_static = all(kind == _LIT for kind, _ in parts)
+        self.static = "".join(arg for _, arg in parts) if self.is_static else ""
+
+    def render(self, ctx: Any) -> str:
+        if self.is_static:
+            return self.static
+        out = []
+        for kind, arg in self.parts:
+            if kind == _LIT:
+                out.append(arg)
+                continue
+            if kind == _PARAM:
+                values = ctx.values
+                value = values[arg].decode("latin-1") if arg < len(values) else ""
+            elif kind == _HEADER:
+                value = ctx.get_header(arg) or ""
+            elif kind == _QUERY:
+                value = ctx.query_args.get(arg, "")
+            elif kind == _CONSUMER:
+                value = ctx.consumer.name if ctx.consumer is not None else ""
+            elif kind == _GROUPS:
+                value = ",".join(ctx.consumer.groups) if ctx.consumer is not None else ""
+            else:
+                value = ctx.request_id or ""
+            out.append(value.translate(_CONTROL))
+        return "".join(out)
+
+    def __repr__(self) -> str:
+        return f"Template({self.text!r})"
+
+
+def compile_template(text: str, params: tuple[str, ...], stage_vars: dict[str, str]) -> Template:
+    """Compile ``text``; raises TemplateError for an unknown path/stage variable or source."""
+    parts: list[tuple[int, Any]] = []
+    pos = 0
+    for m in _TOKEN.finditer(text):
+        if m.start() > pos:
+            parts.append((_LIT, text[pos:m.start()]))
+        pos = m.end()
+        source, key, var = m.group(1), m.group(2), m.group(3)
+        if var is not None:
+            if var not in params:
+                raise TemplateError(f"unknown path variable {{{var}}} (route has: {', '.join(params) or 'none'})")
+            parts.append((_PARAM, params.index(var)))
+        elif source == "stage":
+            if key is None or key not in stage_vars:
+                raise TemplateError(f"unknown stage variable ${{stage.{key}}}")
+            parts.append((_LIT, str(stage_vars[key])))
+        elif source == "header" and key:
+            parts.append((_HEADER, key.lower()))
+        elif source == "query" and key:
+            parts.append((_QUERY, key))
+        elif source == "consumer" and key in ("name", "groups"):
+            parts.append((_CONSUMER if key == "name" else _GROUPS, None))
+        elif source == "request_id" and key is None:
+            parts.append((_RID, None))
+        else:
+            raise TemplateError(f"unknown template value {m.group(0)!r}")
+    if pos < len(text):
+        parts.append((_LIT, text[pos:]))
+    merged: list[tuple[int, Any]] = []
+    for kind, arg in parts:  # join adjacent literals (stage values are literals)
+        if kind == _LIT and merged and merged[-1][0] == _LIT:
+            merged[-1] = (_LIT, merged[-1][1] + arg)
+        else:
+            merged.append((kind, arg))
+    return Template(text, tuple(merged) or ((_LIT, ""),))
