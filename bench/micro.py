@@ -1,0 +1,179 @@
+"""Microbenchmarks of fastgw's hot-path pieces, in ns per operation.
+
+    python bench/micro.py [--quick]
+
+- ``fastgw._core.Router.match`` with 10, 1 000 and 100 000 routes (``/s{i}/items/{id}``
+  plus the static ``/s{i}/items``): a hit with a path variable, a static hit, a miss (404);
+  the pure-Python reference ``fastgw.router_ref.Router`` beside it when it exists;
+- ``fastgw._core.normalize_path`` on a clean and on an encoded path;
+- ``StatsWriter.record`` (one finished request counted in the shared-memory ring).
+
+Each figure is the best of several repeats of a loop over precomputed inputs, and
+includes the Python loop and call overhead (shown on its own as "loop overhead"), which
+is what a call from Python pays. A part whose module does not exist yet is skipped with
+a note. Results are printed and written to ``bench/results/micro-<stamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo, for `import fastgw`
+
+from benchlib import RESULTS, machine_info  # noqa: E402
+
+SIZES = (10, 1_000, 100_000)
+
+
+def best_ns(fn: Callable[[], None], n_ops: int, repeats: int) -> float:
+    """Best ns per op over ``repeats`` calls of ``fn`` (which does ``n_ops`` operations)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        fn()
+        best = min(best, (time.perf_counter_ns() - t0) / n_ops)
+    return best
+
+
+IMPORT_ERRORS: dict[str, str] = {}
+
+
+def try_import(name: str) -> Any | None:
+    """The module, or None (a half-built extension may raise anything at import)."""
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:  # noqa: BLE001
+        IMPORT_ERRORS[name] = f"{type(exc).__name__}: {exc}"
+        return None
+
+
+def bench_router(results: dict, notes: list[str], repeats: int, n_paths: int) -> None:
+    core = try_import("fastgw._core")
+    ref = try_import("fastgw.router_ref")
+    impls = []
+    if core is not None and hasattr(core, "Router"):
+        impls.append(("cython", core.Router))
+    else:
+        notes.append("router: fastgw._core.Router missing (build with `make build`): skipped")
+    if ref is not None and hasattr(ref, "Router"):
+        impls.append(("python-ref", ref.Router))
+    rng = random.Random(42)
+    for size in SIZES:
+        n = size // 2  # two routes per i
+        var_paths = [f"/s{rng.randrange(n)}/items/{rng.randrange(10**6)}".encode() for _ in range(n_paths)]
+        static_paths = [f"/s{rng.randrange(n)}/items".encode() for _ in range(n_paths)]
+        miss_paths = [f"/s{rng.randrange(n)}/nothing/{i}".encode() for i in range(n_paths)]
+        for label, cls in impls:
+            if label == "python-ref" and size > 1_000:
+                continue  # slow to build and not the hot path
+            router = cls()
+            t0 = time.perf_counter()
+            for i in range(n):
+                router.add(("*",), "", f"/s{i}/items/{{id}}", "GET", ("var", i))
+                router.add(("*",), "", f"/s{i}/items", "GET", ("static", i))
+            build_s = time.perf_counter() - t0
+            match = router.match
+            check = match(b"example.com", b"GET", var_paths[0])
+            if check[0] != 200:
+                notes.append(f"router {label}: unexpected answer {check!r}; skipped")
+                continue
+            row = {"build_ms": round(build_s * 1000, 1)}
+            for kind, paths in (("hit_var", var_paths), ("hit_static", static_paths), ("miss", miss_paths)):
+                def loop(paths: list[bytes] = paths, match: Callable = match) -> None:
+                    for p in paths:
+                        match(b"example.com", b"GET", p)
+                row[f"{kind}_ns"] = round(best_ns(loop, len(paths), repeats), 1)
+            results[f"router {label} {size} routes"] = row
+
+
+def bench_normalize(results: dict, notes: list[str], repeats: int, n_paths: int) -> None:
+    core = try_import("fastgw._core")
+    if core is None or not hasattr(core, "normalize_path"):
+        notes.append("normalize_path missing: skipped")
+        return
+    norm = core.normalize_path
+    row = {}
+    for kind, path in (("clean", b"/api/orders/123"), ("encoded", b"/api/%6Frders/./x/../123%2f")):
+        paths = [path] * n_paths
+
+        def loop(paths: list[bytes] = paths) -> None:
+            for p in paths:
+                norm(p)
+        row[f"{kind}_ns"] = round(best_ns(loop, n_paths, repeats), 1)
+    results["normalize_path"] = row
+
+
+def bench_stats(results: dict, notes: list[str], repeats: int, n_ops: int) -> None:
+    stats = try_import("fastgw.stats")
+    if stats is None or not hasattr(stats, "StatsRegion"):
+        notes.append("stats: fastgw.stats.StatsRegion missing: skipped")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        region = stats.StatsRegion.create(workers=1, max_keys=256, directory=tmp)
+        try:
+            for label, pure in (("cython", False), ("python", True)):
+                try:
+                    writer = region.writer(0, 0, pure=pure)
+                except Exception as exc:  # noqa: BLE001 - report and go on
+                    notes.append(f"stats {label} writer: {exc}")
+                    continue
+                record = writer.record
+                slots = [i % 200 + 1 for i in range(n_ops)]
+
+                def loop(slots: list[int] = slots, record: Callable = record) -> None:
+                    for s in slots:
+                        record(s, 200, 1234, 1000, 150, 230, 0)
+                results[f"StatsWriter.record {label}"] = {"ns": round(best_ns(loop, n_ops, repeats), 1)}
+                del record, writer, loop
+        finally:
+            region.close()
+
+
+def bench_overhead(results: dict, repeats: int, n_ops: int) -> None:
+    items = [b"x"] * n_ops
+
+    def f(a: bytes, b: bytes, c: bytes) -> None:
+        return None
+
+    def loop() -> None:
+        for p in items:
+            f(b"h", b"GET", p)
+    results["loop overhead (3-arg Python call)"] = {"ns": round(best_ns(loop, n_ops, repeats), 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="fastgw microbenchmarks (ns/op)")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and inputs")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    repeats, n = (3, 20_000) if args.quick else (7, 100_000)
+    results: dict[str, dict] = {}
+    notes: list[str] = []
+    bench_overhead(results, repeats, n)
+    bench_router(results, notes, repeats, n)
+    bench_normalize(results, notes, repeats, n)
+    bench_stats(results, notes, repeats, n)
+    width = max(len(k) for k in results)
+    for name, row in results.items():
+        print(f"{name:<{width}}  " + "  ".join(f"{k}={v}" for k, v in row.items()))
+    notes += [f"import {k}: {v}" for k, v in IMPORT_ERRORS.items()]
+    for note in notes:
+        print(f"note: {note}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"micro-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"machine": machine_info(), "results": results, "notes": notes}, indent=1))
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
