@@ -1,0 +1,59 @@
+"""Helpers for plugin unit tests: a RouteSpec, a pipeline built from plugin entries, a context."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from fastgw.config.model import RouteSpec
+from fastgw.consumers import ConsumerTable
+from fastgw.context import RequestContext
+from fastgw.pipeline import Pipeline, build_pipeline
+from fastgw.plugins.base import PluginScope
+from fastgw.plugins.template import param_names
+
+RESOURCE = "/orders/{id}"
+
+
+def make_spec(plugins: list[dict[str, Any]], resource: str = RESOURCE, method: str = "GET",
+              variables: dict[str, str] | None = None) -> RouteSpec:
+    return RouteSpec(
+        service="shop", stage="prod", hosts=("*",), path_prefix="", resource=resource, method=method,
+        backend_path=None, plugins=tuple(plugins), timeouts={"connect": 5, "read": 60, "send": 60},
+        targets=("http://127.0.0.1:9",), backend={"host_header": "target"}, variables=variables or {},
+        place=f"services[0].resources.{resource}.{method}",
+    )
+
+
+def make_pipeline(plugins: list[dict[str, Any]], consumers: list[dict[str, Any]] | None = None,
+                  **kw: Any) -> Pipeline:
+    spec = make_spec(plugins, **kw)
+    pipe = build_pipeline(spec, PluginScope(spec=spec, consumers=ConsumerTable(consumers), variables=spec.variables))
+    assert pipe is not None
+    return pipe
+
+
+def make_ctx(method: str = "GET", path: str = "/orders/1", query: bytes = b"",
+             headers: list[tuple[bytes, bytes]] | None = None, peer: str = "127.0.0.1",
+             values: tuple[bytes, ...] = (b"1",), resource: str = RESOURCE,
+             http_version: str = "1.1") -> RequestContext:
+    route = SimpleNamespace(param_names=param_names(resource))
+    return RequestContext(method, path, query, list(headers or [(b"Host", b"api.test")]), peer, "http",
+                          route, values, "rid-1", http_version, peer_ip=peer)
+
+
+def run(pipe: Pipeline, ctx: RequestContext) -> bool:
+    """The server's request phase: sync or async as the pipeline says."""
+    if pipe.is_async:
+        return asyncio.run(pipe.run_request_async(ctx))
+    return pipe.run_request(ctx)
+
+
+def hdrs(pairs: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    return {k.decode().lower(): v.decode() for k, v in pairs}
+
+
+def error_of(ctx: RequestContext) -> str:
+    import orjson
+    return orjson.loads(ctx.answer_body)["error"]

@@ -1,0 +1,245 @@
+"""The compiled pipeline: plain path, priority order, phase split, early answers, async
+plugins, user plugins by dotted name, config errors, identity headers, inheritance."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import textwrap
+
+import pytest
+
+from fastgw.pipeline import PipelineError, build_pipeline
+
+from .plugins.util import hdrs, make_ctx, make_pipeline, make_spec, run
+
+RECORDER = '''
+"""A test plugin that records its calls."""
+from fastgw.plugins.base import CONTINUE, Plugin as Base
+
+NAME = "{name}"
+PRIORITY = {priority}
+SCHEMA = {{"type": "object", "additionalProperties": False, "properties": {{
+    "answer": {{"type": "integer", "default": 0, "description": "status to answer with (0: none)"}}}}}}
+CALLS = []
+
+
+class Plugin(Base):
+    def on_request(self, ctx):
+        CALLS.append(("request", NAME))
+        if self.config["answer"]:
+            return ctx.error(self.config["answer"], "stop")
+        return CONTINUE
+
+    def on_log(self, ctx):
+        CALLS.append(("log", NAME))
+'''
+
+
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    counter = iter(range(10_000))
+    pkg = f"tp_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / pkg).mkdir()
+    (tmp_path / pkg / "__init__.py").write_text("")
+
+    def make(priority: int, body: str = RECORDER) -> str:
+        mod = f"p{next(counter)}"
+        name = f"{pkg}.{mod}"
+        (tmp_path / pkg / f"{mod}.py").write_text(body.format(name=name, priority=priority))
+        return name
+
+    return make
+
+
+def test_route_without_plugins_has_no_pipeline():
+    assert build_pipeline(make_spec([]), None) is None
+
+
+def test_priority_orders_the_request_phase_not_declaration(plugin_dir):
+    low, high, mid = plugin_dir(10), plugin_dir(1000), plugin_dir(500)
+    pipe = make_pipeline([{"name": low}, {"name": high}, {"name": mid}])
+    assert pipe.names == (high, mid, low)
+    ctx = make_ctx()
+    assert pipe.run_request(ctx) is False
+    calls = importlib.import_module(low).CALLS
+    assert [n for _, n in importlib.import_module(high).CALLS + importlib.import_module(mid).CALLS + calls] == [high, mid, low]
+
+
+def test_builtin_priorities():
+    pipe = make_pipeline([
+        {"name": "response-headers", "config": {"set": {"X-A": "1"}}},
+        {"name": "acl", "config": {"allow_groups": ["g"]}},
+        {"name": "key-auth"}, {"name": "cors"}, {"name": "request-id"},
+        {"name": "ip-restriction", "config": {"allow": ["127.0.0.1"]}},
+    ])
+    assert pipe.names == ("request-id", "cors", "key-auth", "ip-restriction", "acl", "response-headers")
+
+
+def test_only_implementing_plugins_are_in_a_phase():
+    pipe = make_pipeline([{"name": "response-headers", "config": {"set": {"X-A": "1"}}}, {"name": "key-auth"}])
+    assert len(pipe._req) == 1 and len(pipe._resp) == 1
+    assert pipe.has_response and not pipe.has_log and not pipe.is_async
+
+
+def test_early_answer_skips_the_rest_but_log_runs(plugin_dir):
+    first = plugin_dir(900)
+    stopper = plugin_dir(800)
+    after = plugin_dir(700)
+    pipe = make_pipeline([{"name": first}, {"name": stopper, "config": {"answer": 429}}, {"name": after}])
+    ctx = make_ctx()
+    assert pipe.run_request(ctx) is True
+    assert ctx.answer_status == 429 and ctx.status == 429
+    assert ctx.response_headers is ctx.answer_headers
+    pipe.run_log(ctx)  # the server always calls the log phase
+    mod_after = importlib.import_module(after)
+    assert ("request", after) not in mod_after.CALLS
+    assert ("log", after) in mod_after.CALLS
+    assert ("log", first) in importlib.import_module(first).CALLS and ("log", stopper) in importlib.import_module(stopper).CALLS
+
+
+def test_async_plugin_makes_the_pipeline_async(plugin_dir):
+    body = RECORDER.replace("def on_request(self, ctx):", "async def on_request(self, ctx):\n        await __import__('asyncio').sleep(0)")
+    name = plugin_dir(10, body)
+    sync_name = plugin_dir(20)
+    pipe = make_pipeline([{"name": name}, {"name": sync_name, "config": {"answer": 0}}])
+    assert pipe.is_async
+    ctx = make_ctx()
+    assert asyncio.run(pipe.run_request_async(ctx)) is False
+    assert importlib.import_module(name).CALLS[0] == ("request", name)
+
+
+def test_user_plugin_by_dotted_name(tmp_path, monkeypatch):
+    pkg = tmp_path / "mycompany"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "audit.py").write_text(textwrap.dedent('''
+        """Audit: tags the request for the backend and records the status."""
+        from fastgw.plugins.base import CONTINUE, Plugin as Base
+
+        NAME = "mycompany.audit"
+        PRIORITY = 5
+        SCHEMA = {"type": "object", "additionalProperties": False, "properties": {
+            "tag": {"type": "string", "default": "audited", "description": "value of X-Audit"}}}
+        SEEN = []
+
+        class Plugin(Base):
+            def __init__(self, config, scope):
+                super().__init__(config, scope)
+                self.tag = config["tag"].encode()
+
+            def on_request(self, ctx):
+                ctx.headers.append((b"X-Audit", self.tag))
+                return CONTINUE
+
+            def on_log(self, ctx):
+                SEEN.append(ctx.status)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pipe = make_pipeline([{"name": "mycompany.audit"}])
+    ctx = make_ctx()
+    assert pipe.run_request(ctx) is False
+    assert hdrs(ctx.headers)["x-audit"] == "audited"
+    ctx.status = 200
+    pipe.run_log(ctx)
+    import mycompany.audit
+    assert mycompany.audit.SEEN == [200]
+    with pytest.raises(PipelineError) as err:
+        make_pipeline([{"name": "mycompany.audit", "config": {"tag": 5}}])
+    assert "plugins[0].config.tag: 5 is not of type 'string'" in err.value.errors[0]
+
+
+def test_config_errors_name_the_place():
+    with pytest.raises(PipelineError) as err:
+        make_pipeline([{"name": "no-such-plugin"}, {"name": "acl", "config": {"allow_groups": "gold"}},
+                       {"name": "nosuch.module"}])
+    errors = err.value.errors
+    assert errors[0].startswith("services[0].resources./orders/{id}.GET.plugins[0].name: unknown plugin")
+    assert errors[1].startswith("services[0].resources./orders/{id}.GET.plugins[1].config.allow_groups:")
+    assert "cannot be imported" in errors[2]
+
+
+def test_build_time_refusal_is_a_config_error():
+    with pytest.raises(PipelineError) as err:
+        make_pipeline([{"name": "cors", "config": {"origins": ["*"], "credentials": True}}])
+    assert "plugins[0].config: credentials: true cannot be combined" in err.value.errors[0]
+
+
+def test_crashing_plugin_fails_closed(plugin_dir):
+    body = RECORDER.replace('CALLS.append(("request", NAME))', "raise RuntimeError('bug')")
+    pipe = make_pipeline([{"name": plugin_dir(10, body)}])
+    ctx = make_ctx()
+    assert pipe.run_request(ctx) is True
+    assert ctx.answer_status == 500
+
+
+def test_identity_headers_stripped_without_auth():
+    pipe = make_pipeline([{"name": "request-id"}])
+    ctx = make_ctx(headers=[(b"X-Consumer-Name", b"admin"), (b"X-Consumer-Groups", b"root"), (b"A", b"1")])
+    assert run(pipe, ctx) is False
+    assert "x-consumer-name" not in hdrs(ctx.headers) and "x-consumer-groups" not in hdrs(ctx.headers)
+
+
+def test_max_body_and_preflight_published():
+    pipe = make_pipeline([{"name": "request-size-limit", "config": {"allowed_payload_size": 10, "size_unit": "kilobytes"}},
+                          {"name": "cors"}])
+    assert pipe.max_body == 10240
+    assert pipe.preflight is not None
+    assert make_pipeline([{"name": "key-auth"}]).max_body == -1
+    assert make_pipeline([{"name": "key-auth"}]).preflight is None
+
+
+def test_inheritance_and_override_down_the_tree():
+    config_mod = pytest.importorskip("fastgw.config")
+    load_data = getattr(config_mod, "load_data", None)
+    if load_data is None:
+        pytest.skip("fastgw.config.load_data not available yet")
+    data = {
+        "listen": [{"host": "127.0.0.1", "port": 18080}],
+        "consumers": [{"name": "alice", "groups": ["gold"], "credentials": {"key-auth": ["alice-key-1"]}}],
+        "services": [{
+            "name": "shop",
+            "stages": {"prod": {"backend": {"targets": ["http://127.0.0.1:9001"]}}},
+            "plugins": [{"name": "key-auth"}, {"name": "response-headers", "config": {"set": {"X-Level": "service"}}}],
+            "resources": {
+                "/orders": {
+                    "plugins": [{"name": "response-headers", "config": {"set": {"X-Level": "path"}}}],
+                    "GET": {},
+                    "/{orderId}": {
+                        "GET": {"plugins": [{"name": "response-headers", "config": {"set": {"X-Level": "method"}}}]},
+                        "DELETE": {"plugins": [{"name": "acl", "config": {"allow_groups": ["gold"]}}]},
+                    },
+                },
+                "/public": {"GET": {"plugins": [{"name": "key-auth", "enabled": False}]}},
+            },
+        }],
+    }
+    config = load_data(data)
+    from fastgw.consumers import ConsumerTable
+    from fastgw.plugins.base import PluginScope
+    table = ConsumerTable(config.consumers)
+    routes = {(r.method, r.resource): r for r in config.routes}
+
+    def level(method, resource):
+        spec = routes[(method, resource)]
+        pipe = build_pipeline(spec, PluginScope(spec=spec, consumers=table, variables=spec.variables))
+        if pipe is None:
+            return None, ()
+        ctx = make_ctx(headers=[(b"apikey", b"alice-key-1")], values=(b"7",) if "{" in resource else (),
+                       resource=resource)
+        assert run(pipe, ctx) is False
+        ctx.response_headers = []
+        pipe.run_response(ctx)
+        return hdrs(ctx.response_headers).get("x-level"), pipe.names
+
+    assert level("GET", "/orders") == ("path", ("key-auth", "response-headers"))
+    assert level("GET", "/orders/{orderId}") == ("method", ("key-auth", "response-headers"))
+    assert level("DELETE", "/orders/{orderId}") == ("path", ("key-auth", "acl", "response-headers"))
+    public = routes[("GET", "/public")]
+    assert [p["name"] for p in public.plugins] == ["response-headers"]
+
+    bad = dict(data, services=[dict(data["services"][0], plugins=[{"name": "key-auth", "config": {"key_names": 3}}])])
+    with pytest.raises(config_mod.ConfigError) as err:
+        load_data(bad)
+    assert any("services[0].plugins[0].config.key_names" in e for e in err.value.errors)
