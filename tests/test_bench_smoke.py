@@ -1,0 +1,48 @@
+"""Smoke test of the bench suite: ``bench/run.py --smoke`` produces its table and JSON.
+
+It runs the real runner (fastgw and nginx, plain scenario, one round of 2 s) as a
+subprocess when nginx and wrk are installed, and skips otherwise. No timing is asserted:
+the machine is shared and noisy; only a broken setup may fail this test (the nginx
+baseline row must be measured).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _have(tool: str) -> bool:
+    return shutil.which(tool) is not None or Path(f"/usr/sbin/{tool}").exists()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not (_have("nginx") and _have("wrk")), reason="nginx and wrk are not installed")
+def test_bench_smoke(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--no-install", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=280, cwd=REPO,
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "== plain" in res.stdout and "CPU µs/req" in res.stdout, out[-3000:]
+    files = list(tmp_path.glob("*-smoke.json"))
+    assert len(files) == 1, out[-3000:]
+    data = json.loads(files[0].read_text())
+    assert data["params"]["smoke"] is True
+    assert data["machine"]["cpu_model"] and data["machine"]["kernel"]
+    rows = {(r["scenario"], r["proxy"]): r for r in data["rows"]}
+    assert set(rows) == {("plain", "fastgw"), ("plain", "nginx")}
+    nginx = rows[("plain", "nginx")]
+    assert nginx["status"] == "ok", nginx
+    assert nginx["median"]["rps"] > 0 and nginx["median"]["cpu_us"] > 0
+    # fastgw is measured, or its row says why not (n/a while the engine is missing, FAIL on a wrong answer).
+    fastgw = rows[("plain", "fastgw")]
+    assert fastgw["status"] == "ok" or fastgw["status"].startswith(("n/a", "FAIL")), fastgw
