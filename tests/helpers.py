@@ -444,13 +444,17 @@ def gateway_config(
     **top: Any,
 ) -> dict[str, Any]:
     """A minimal config: listen on 127.0.0.1:``port``, one service ``test``, stage ``prod``
-    (any host) in front of ``backend_url``. ``resources`` defaults to ``ANY /{path*}``
-    forwarded unchanged; extra top-level keys (``limits``, ``admin`` …) are merged in."""
+    (any host) in front of ``backend_url``, admin on a free loopback port, drain timeout
+    5 s. ``resources`` defaults to ``ANY /{path*}`` forwarded unchanged; extra top-level
+    keys (``limits``, ``admin``, ``consumers`` …) replace the defaults."""
     if resources is None:
         resources = {"/{path*}": {"ANY": {}}}
     config: dict[str, Any] = {
         "listen": [{"host": LOOPBACK, "port": port}],
         "workers": 1,
+        # Never the default 9901: tests run beside each other and beside `fastgw demo`.
+        "admin": {"host": LOOPBACK, "port": free_port(), "token": "test-token"},
+        "limits": {"drain_timeout": 5},
         "services": [
             {
                 "name": "test",
@@ -488,6 +492,7 @@ class Gateway:
         command: list[str] | None = None,
     ) -> None:
         self.config = config
+        self.initial_config = config
         self.command = command or [sys.executable, "-m", "fastgw", "run", "-c", "{config}", "--workers", "{workers}"]
         self.workers = workers
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="fastgw-test-")
@@ -499,8 +504,8 @@ class Gateway:
 
     @property
     def port(self) -> int:
-        """The port of the first listen address."""
-        return int(self.config["listen"][0]["port"])
+        """The port of the first listen address of the config the gateway started with."""
+        return int(self.initial_config["listen"][0]["port"])
 
     @property
     def pid(self) -> int:

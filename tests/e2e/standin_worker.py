@@ -3,8 +3,9 @@
 It lets the process model (``fastgw.workers``) be exercised without the engine: the
 worker answers every request itself with ``{"pid", "generation", "index", "path",
 "routes"}`` (``/slow?ms=N`` waits first), writes its ready byte, and on SIGTERM drains
-like the real one (stops accepting, finishes in-flight requests, closes idle keep-alive
-connections, exits 0).
+like the real one should (stops accepting, closes idle keep-alive connections, serves
+in-flight requests and the first request of connections accepted but not yet read, each
+with ``Connection: close``, exits 0).
 
     python -m tests.e2e.standin_worker supervisor CONFIG.json N   # a supervisor using it
 """
@@ -52,19 +53,20 @@ async def _serve(config_path: str, sockets: list[socket.socket], index: int, gen
                  ready_fd: int | None) -> None:
     routes = load(config_path).resources
     busy = 0
-    conns: dict[asyncio.StreamWriter, bool] = {}  # writer -> idle?
+    # writer -> state: "fresh" (no request yet), "busy", "idle" (between keep-alive requests)
+    conns: dict[asyncio.StreamWriter, str] = {}
     draining = asyncio.Event()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal busy
-        conns[writer] = True
+        conns[writer] = "fresh"
         try:
-            while not draining.is_set():
+            while True:
                 try:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
-                conns[writer] = False
+                conns[writer] = "busy"
                 busy += 1
                 try:
                     line = head.split(b"\r\n", 1)[0].decode()
@@ -75,14 +77,16 @@ async def _serve(config_path: str, sockets: list[socket.socket], index: int, gen
                         await asyncio.sleep(int(ms) / 1000)
                     body = json.dumps({"pid": os.getpid(), "generation": generation, "index": index,
                                        "path": url.path, "routes": routes}).encode()
-                    close = draining.is_set()
+                    close = draining.is_set() or b"connection: close" in head.lower()
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                                  + (b"Connection: close\r\n" if close else b"")
                                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
                     await writer.drain()
                 finally:
                     busy -= 1
-                    conns[writer] = True
+                    conns[writer] = "idle"
+                if close:
+                    return
         finally:
             conns.pop(writer, None)
             writer.close()
@@ -96,10 +100,14 @@ async def _serve(config_path: str, sockets: list[socket.socket], index: int, gen
     await draining.wait()
     for server in servers:
         server.close()  # stops accepting; the socket itself stays open in the supervisor
-    for writer, idle in list(conns.items()):
-        if idle:
+    # Idle keep-alive connections are closed now (a client retries a request that races
+    # with this close); a fresh connection gets its first request served, with
+    # Connection: close, since its client may already have sent it.
+    for writer, state in list(conns.items()):
+        if state == "idle":
             writer.close()
-    while busy:
+    deadline = loop.time() + 5
+    while conns and loop.time() < deadline:
         await asyncio.sleep(0.01)
 
 

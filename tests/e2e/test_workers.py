@@ -1,0 +1,136 @@
+"""The process model end to end: ``fastgw run`` with 2 workers, real sockets, real signals.
+
+Each test runs twice: on the real engine (``fastgw.server.run_worker`` proxying to a real
+backend) and on the stand-in worker (tests/e2e/standin_worker.py, which answers by
+itself), so the supervisor is also tested on its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import engine_available
+from tests.helpers import Backend, Gateway, LoadLoop, Response, free_port, gateway_config, request
+
+STANDIN = [sys.executable, "-m", "tests.e2e.standin_worker", "supervisor", "{config}", "{workers}"]
+
+
+@pytest.fixture(params=["engine", "standin"])
+def engine(request: pytest.FixtureRequest) -> str:
+    if request.param == "engine" and not engine_available():
+        pytest.skip("needs fastgw.server.run_worker and fastgw.config.load")
+    return str(request.param)
+
+
+@pytest.fixture
+def start(engine: str, tmp_path: Any, request: pytest.FixtureRequest) -> Any:
+    """``start(config) -> Gateway`` with 2 workers, on the engine under test; killed after."""
+    made: list[Gateway] = []
+
+    def _start(config: dict[str, Any]) -> Gateway:
+        command = STANDIN if engine == "standin" else None
+        gw = Gateway(config, workers=2, directory=tmp_path, command=command)
+        made.append(gw)
+        return gw.start()
+
+    yield _start
+    for gw in made:
+        gw.kill()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(f"--- gateway log ---\n{gw.log()}")
+
+
+def base_config(backend: Backend) -> dict[str, Any]:
+    return gateway_config(free_port(), backend.url, resources={"/ping": {"GET": {}}, "/slow": {"GET": {}}})
+
+
+def serves(engine: str, resp: Response, path: str) -> bool:
+    """Whether ``resp`` is a 200 for ``path`` from the real backend (or the stand-in)."""
+    return resp.status == 200 and resp.json()["path"] == path
+
+
+def test_reload_under_load_loses_nothing(engine: str, start: Callable[..., Gateway], backend: Backend) -> None:
+    config = base_config(backend)
+    gw = start(config)
+    if engine == "engine":
+        assert request(gw.port, "GET", "/new").status == 404
+    new_config = copy.deepcopy(config)
+    new_config["services"][0]["resources"]["/new"] = {"GET": {}}
+    with LoadLoop(gw.port, "/ping", threads=4) as load:
+        time.sleep(0.4)
+        gw.reload(new_config)
+        gw.wait_log("reload done: generation 2", timeout=15)
+        gw.wait_log("gen 1 exited", count=2, timeout=10)  # both old workers drained
+        time.sleep(0.3)
+    result = load.result
+    assert result.failed == 0, result.errors
+    assert result.ok > 50, result
+    resp = request(gw.port, "GET", "/new")
+    assert serves(engine, resp, "/new")
+    if engine == "standin":
+        assert "/new" in resp.json()["routes"]
+
+
+def test_bad_config_on_reload_keeps_old_config(start: Callable[..., Gateway], backend: Backend, engine: str) -> None:
+    config = base_config(backend)
+    gw = start(config)
+    pids = gw.worker_pids()
+    bad = copy.deepcopy(config)
+    bad["listen"] = "not-a-list"
+    gw.reload(bad)
+    log = gw.wait_log("reload refused", timeout=10)
+    assert "config error: " in log and "listen" in log
+    for _ in range(10):
+        assert serves(engine, request(gw.port, "GET", "/ping"), "/ping")
+    assert gw.worker_pids() == pids
+    assert "generation 2" not in gw.log()
+
+
+def test_killed_worker_is_restarted(start: Callable[..., Gateway], backend: Backend, engine: str) -> None:
+    gw = start(base_config(backend))
+    old_pid = gw.worker_pids()[0]
+    os.kill(old_pid, signal.SIGKILL)
+    gw.wait_log("died unexpectedly (killed by SIGKILL)", timeout=10)
+    gw.wait_log("ready (restarted)", timeout=10)
+    new_pid = gw.worker_pids()[0]
+    assert new_pid != old_pid
+    for _ in range(20):  # new connections land on both sockets
+        assert serves(engine, request(gw.port, "GET", "/ping", headers={"Connection": "close"}), "/ping")
+
+
+def test_sigterm_finishes_in_flight_requests(start: Callable[..., Gateway], backend: Backend, engine: str) -> None:
+    gw = start(base_config(backend))
+    out: dict[str, Any] = {}
+
+    def slow() -> None:
+        try:
+            out["resp"] = request(gw.port, "GET", "/slow?ms=1200")
+        except Exception as exc:  # reported by the assertion below
+            out["error"] = exc
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    if engine == "engine":  # wait until the request is in flight at the backend
+        deadline = time.monotonic() + 5
+        while not any(r["path"] == "/slow" for r in backend.requests) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    else:
+        time.sleep(0.4)
+    started = time.monotonic()
+    gw.signal(signal.SIGTERM)
+    thread.join(10)
+    assert "error" not in out, out
+    assert out["resp"].status == 200
+    assert gw.stop(timeout=10) == 0
+    assert time.monotonic() - started < 8
+    assert "stopped" in gw.log()
