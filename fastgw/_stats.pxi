@@ -179,7 +179,8 @@ cdef class StatsWriter:
         tot[_ST_T_BYTES_OUT] += bo
         if t > tot[_ST_T_MAX_US]:
             tot[_ST_T_MAX_US] = t
-        tot[_ST_T_LAST_SEC] = now
+        if now > tot[_ST_T_LAST_SEC]:
+            tot[_ST_T_LAST_SEC] = now
         (<uint64_t *>(blk + _ST_THIST_OFF))[h] += 1
 
         # one-second bucket
@@ -211,7 +212,8 @@ cdef class StatsWriter:
         cdef uint64_t *tot = <uint64_t *>blk
         cdef uint32_t *sb = self._second(blk, now)
         tot[_ST_T_CALLS] += 1
-        tot[_ST_T_LAST_SEC] = now
+        if now > tot[_ST_T_LAST_SEC]:
+            tot[_ST_T_LAST_SEC] = now
         sb[1] += 1
 
     def record_at(self, uint32_t now_s, Py_ssize_t slot, int status, int64_t total_us,
