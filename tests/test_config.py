@@ -1,0 +1,273 @@
+"""fastgw.config: loading (JSON, msgpack), schema and semantic errors with exact places, flattening."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import msgpack
+import orjson
+import pytest
+
+from fastgw.config import ConfigError, RouteSpec, load, load_data, validate
+
+DEMO = "tests.fixtures_plugins.demo_plugin"
+
+
+def base() -> dict[str, Any]:
+    return {
+        "workers": 2,
+        "admin": {"token": "t"},
+        "consumers": [{"name": "alice", "groups": ["gold"], "credentials": {"key-auth": ["k1"]}}],
+        "services": [{
+            "name": "shop",
+            "stages": {
+                "prod": {"hosts": ["api.shop.example"], "backend": {"targets": ["http://10.0.0.5:8000"]},
+                         "variables": {"version": "v2"}},
+                "alpha": {"hosts": ["alpha.shop.example"], "path_prefix": "/alpha",
+                          "backend": {"targets": ["http://127.0.0.1:9001"], "host_header": "target"},
+                          "variables": {"version": "v3"}, "timeouts": {"read": 30}},
+            },
+            "plugins": [{"name": DEMO, "config": {"limit": 1}}],
+            "resources": {
+                "/orders": {
+                    "GET": {"backend_path": "/${stage.version}/orders"},
+                    "POST": {"plugins": [{"name": DEMO, "config": {"limit": 10}}], "timeouts": {"send": 7}},
+                    "/{orderId}": {
+                        "plugins": [{"name": DEMO, "enabled": False}],
+                        "timeouts": {"connect": 2},
+                        "GET": {"backend_path": "/${stage.version}/orders/{orderId}"},
+                        "DELETE": {"plugins": [{"name": DEMO, "config": {"mode": "b"}}]},
+                    },
+                },
+                "/static/{path*}": {"GET": {"backend_path": "/assets/{path}"}},
+            },
+        }],
+    }
+
+
+def errors_of(data: dict[str, Any]) -> list[str]:
+    errs = validate(data)
+    with pytest.raises(ConfigError) as info:
+        load_data(data)
+    assert info.value.errors == errs
+    return errs
+
+
+def test_valid_config_flattens_routes() -> None:
+    cfg = load_data(base())
+    assert cfg.workers == 2
+    assert cfg.admin == {"host": "127.0.0.1", "port": 9901, "token": "t"}
+    assert cfg.listen == [{"host": "0.0.0.0", "port": 8080}]
+    assert cfg.limits == {"max_head_bytes": 65536, "client_idle_timeout": 75, "client_header_timeout": 30,
+                          "drain_timeout": 30}
+    assert cfg.access_log == {"enabled": False, "path": "-"}
+    assert cfg.stats["enabled"] is True
+    keys = [r.key for r in cfg.routes]
+    assert keys == [
+        "shop/prod/GET /orders", "shop/prod/POST /orders", "shop/prod/GET /orders/{orderId}",
+        "shop/prod/DELETE /orders/{orderId}", "shop/prod/GET /static/{path*}",
+        "shop/alpha/GET /orders", "shop/alpha/POST /orders", "shop/alpha/GET /orders/{orderId}",
+        "shop/alpha/DELETE /orders/{orderId}", "shop/alpha/GET /static/{path*}",
+    ]
+    by = {r.key: r for r in cfg.routes}
+    get = by["shop/prod/GET /orders"]
+    assert isinstance(get, RouteSpec)
+    assert get.hosts == ("api.shop.example",) and get.path_prefix == ""
+    assert get.backend_path == "/${stage.version}/orders"
+    assert get.targets == ("http://10.0.0.5:8000",)
+    assert get.backend == {"host_header": "client"}
+    assert get.variables == {"version": "v2"}
+    assert get.timeouts == {"connect": 5, "read": 60, "send": 60}
+    assert get.plugins == ({"name": DEMO, "config": {"limit": 1, "mode": "a", "nested": {"flag": True}}},)
+    assert get.place == "services[0].resources./orders.GET"
+    # method level wins over service level; timeouts merge per field
+    post = by["shop/prod/POST /orders"]
+    assert post.plugins[0]["config"]["limit"] == 10 and post.backend_path is None
+    assert post.timeouts == {"connect": 5, "read": 60, "send": 7}
+    # enabled: false on the path removes the inherited plugin, a method may add it back
+    assert by["shop/prod/GET /orders/{orderId}"].plugins == ()
+    assert by["shop/prod/GET /orders/{orderId}"].timeouts["connect"] == 2
+    assert by["shop/prod/DELETE /orders/{orderId}"].plugins[0]["config"] == {
+        "limit": 5, "mode": "b", "nested": {"flag": True}}
+    alpha = by["shop/alpha/GET /orders"]
+    assert alpha.path_prefix == "/alpha" and alpha.timeouts == {"connect": 5, "read": 30, "send": 60}
+    assert alpha.backend == {"host_header": "target"}
+
+
+def test_input_not_modified_and_raw_has_defaults() -> None:
+    data = base()
+    before = copy.deepcopy(data)
+    cfg = load_data(data)
+    assert data == before
+    assert cfg.raw["services"][0]["stages"]["prod"]["path_prefix"] == ""
+    assert cfg.raw["services"][0]["plugins"][0]["config"]["mode"] == "a"
+
+
+def test_workers_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = base()
+    data["workers"] = "auto"
+    monkeypatch.setattr("os.cpu_count", lambda: 7)
+    assert load_data(data).workers == 7
+    data["workers"] = 0
+    assert errors_of(data) == ['workers: must be "auto" or an integer >= 1 (got 0)']
+
+
+def test_load_json_and_msgpack(tmp_path: Any) -> None:
+    js = tmp_path / "c.json"
+    js.write_bytes(orjson.dumps(base()))
+    mp = tmp_path / "c.mpk"
+    mp.write_bytes(msgpack.packb(base()))
+    assert [r.key for r in load(str(js)).routes] == [r.key for r in load(str(mp)).routes]
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b"{nope")
+    with pytest.raises(ConfigError) as info:
+        load(str(bad))
+    assert info.value.errors[0].startswith(f"{bad}: cannot parse json")
+    with pytest.raises(ConfigError):
+        load(str(tmp_path / "c.yaml"))
+    with pytest.raises(OSError):
+        load(str(tmp_path / "missing.json"))
+
+
+def test_unknown_keys_and_types_name_the_place() -> None:
+    data = base()
+    data["listen"] = [{"host": "0.0.0.0", "port": "80"}]
+    data["admn"] = {}
+    stage = data["services"][0]["stages"]["prod"]
+    stage["hostz"] = ["x"]
+    data["services"][0]["resources"]["/orders"]["get"] = {}
+    data["services"][0]["resources"]["/orders"]["GET"]["backend"] = "/x"
+    data["limits"] = {"max_head_bytes": 10}
+    errs = errors_of(data)
+    assert "admn: unknown key (allowed: listen, workers, admin, consumers, stats, access_log, limits, services)" in errs
+    assert "listen[0].port: '80' is not of type 'integer'" in errs
+    assert any(e.startswith("services[0].stages.prod.hostz: unknown key (allowed: hosts,") for e in errs)
+    assert any(e.startswith("services[0].resources./orders.get: unknown key") for e in errs)
+    assert any(e.startswith("services[0].resources./orders.GET.backend: unknown key") for e in errs)
+    assert "limits.max_head_bytes: 10 is less than the minimum of 1024" in errs
+    assert errors_of({}) == ["services: required"]
+
+
+def test_backend_path_variables() -> None:
+    data = base()
+    res = data["services"][0]["resources"]
+    res["/orders"]["/{orderId}"]["GET"]["backend_path"] = "/${stage.version}/orders/{orderid}"
+    res["/orders"]["GET"]["backend_path"] = "/${stage.missing}/o?${query.q}${header.x}"
+    res["/static/{path*}"]["GET"]["backend_path"] = "/${consumer.name}/{path*}"
+    del data["services"][0]["stages"]["alpha"]["variables"]
+    errs = errors_of(data)
+    p = "services[0].resources./orders./{orderId}.GET.backend_path"
+    assert f"{p}: unknown variable {{orderid}} (known: orderId)" in errs
+    assert f"{p}: ${{stage.version}} is not defined in stage 'alpha' (services[0].stages.alpha.variables)" in errs
+    assert ("services[0].resources./orders.GET.backend_path: ${stage.missing} is not defined in stage 'prod' "
+            "(services[0].stages.prod.variables)") in errs
+    assert ("services[0].resources./static/{path*}.GET.backend_path: unknown placeholder ${consumer.name} "
+            "(use ${stage.x}, ${query.x} or ${header.x})") in errs
+    assert len(errs) == 5, errs  # query/header placeholders and {path*} are fine
+
+
+@pytest.mark.parametrize(("key", "message"), [
+    ("/a/{rest*}/b", "{rest*} must be the last segment of '/a/{rest*}/b'"),
+    ("/a{x}", "'{' or '}' inside static segment 'a{x}' of '/a{x}'"),
+    ("/a/../b", "dot segment '..' in '/a/../b'"),
+    ("/a/./b", "dot segment '.' in '/a/./b'"),
+    ("/a//b", "empty segment in '/a//b'"),
+    ("/a%2Fb", "encoded '/' (%2F) in segment 'a%2Fb' of '/a%2Fb'"),
+    ("/{x}/{x}", "variable {x} used twice in '/{x}/{x}'"),
+    ("/{1x}", "bad variable name '{1x}' in '/{1x}'"),
+])
+def test_template_syntax(key: str, message: str) -> None:
+    data = base()
+    data["services"][0]["resources"][key] = {"GET": {}}
+    assert errors_of(data) == [f"services[0].resources.{key}: {message}"]
+
+
+def test_rest_var_with_children_is_an_error() -> None:
+    data = base()
+    data["services"][0]["resources"]["/static/{path*}"]["/more"] = {"GET": {}}
+    assert errors_of(data) == [
+        "services[0].resources./static/{path*}./more: {path*} must be the last segment of '/static/{path*}/more'"]
+
+
+def test_targets_hosts_prefix_and_duplicate_services() -> None:
+    data = base()
+    prod = data["services"][0]["stages"]["prod"]
+    prod["backend"]["targets"] = ["http://a:1", "10.0.0.1:80", "ftp://x:1", "http://x", "http://x:1/path"]
+    prod["hosts"] = ["api.shop.example", "bad host"]
+    data["services"][0]["stages"]["alpha"]["path_prefix"] = "/alpha/"
+    data["services"].append(copy.deepcopy(data["services"][0]))
+    data["services"][1]["stages"] = {"s": {"hosts": ["other"], "backend": {"targets": ["https://h:443"]},
+                                           "variables": {"version": "1"}}}
+    errs = errors_of(data)
+    t = "services[0].stages.prod.backend.targets"
+    for i, url in enumerate(prod["backend"]["targets"]):
+        if i:
+            assert f"{t}[{i}]: must be http://host:port or https://host:port (got {url!r})" in errs
+    assert "services[0].stages.prod.hosts[1]: not a host name, '*.suffix' or '*' (got 'bad host')" in errs
+    assert "services[0].stages.alpha.path_prefix: empty segment in '/alpha/'" in errs
+    assert "services[1].name: duplicate service name 'shop' (also services[0])" in errs
+    assert len(errs) == 7, errs
+
+
+def test_shadowed_routes_and_host_collisions() -> None:
+    data = base()
+    res = data["services"][0]["resources"]
+    res["/orders/{id}"] = {"GET": {}, "PUT": {}}
+    errs = errors_of(data)
+    assert errs == ["services[0].resources./orders/{id}.GET: can never match on host 'api.shop.example': "
+                    "shadowed by services[0].resources./orders./{orderId}.GET"]
+    # two stages of one service on the same host and prefix
+    data = base()
+    data["services"][0]["stages"]["alpha"]["hosts"] = ["API.shop.example"]
+    data["services"][0]["stages"]["alpha"]["path_prefix"] = ""
+    assert errors_of(data) == [
+        "services[0].stages.alpha.hosts[0]: host 'API.shop.example' with path_prefix '' is also served by "
+        "services[0].stages.prod: its routes can never match (first: services[0].resources./orders.GET)"]
+    # another service on the same host: route level, named by the other route's place
+    data = base()
+    other = copy.deepcopy(data["services"][0])
+    other["name"] = "other"
+    other["stages"] = {"x": {"hosts": ["api.shop.example"], "backend": {"targets": ["http://h:1"]},
+                             "variables": {"version": "1"}}}
+    other["resources"] = {"/orders/{x}": {"DELETE": {}, "PATCH": {}}}
+    data["services"].append(other)
+    assert errors_of(data) == ["services[1].resources./orders/{x}.DELETE: can never match on host "
+                               "'api.shop.example': shadowed by services[0].resources./orders./{orderId}.DELETE"]
+    # different prefixes or different hosts do not collide
+    data = base()
+    data["services"][0]["stages"]["alpha"]["hosts"] = ["api.shop.example"]
+    assert validate(data) == []
+
+
+def test_plugins_resolve_and_validate_with_exact_places() -> None:
+    data = base()
+    res = data["services"][0]["resources"]
+    res["/orders"]["POST"]["plugins"] = [
+        {"name": DEMO, "config": {"limit": 0, "mode": "c", "extra": 1}},
+        {"name": "no-such-plugin"},
+        {"name": "tests.fixtures_plugins.missing_module"},
+    ]
+    data["services"][0]["plugins"].append({"name": DEMO})
+    errs = errors_of(data)
+    p = "services[0].resources./orders.POST.plugins"
+    assert f"{p}[0].config.limit: 0 is less than or equal to the minimum of 0" in errs
+    assert f"{p}[0].config.mode: 'c' is not one of ['a', 'b']" in errs
+    assert f"{p}[0].config.extra: unknown key (allowed: limit, mode, nested)" in errs
+    assert any(e.startswith(f"{p}[1].name: unknown plugin 'no-such-plugin'") for e in errs)
+    assert any(e.startswith(f"{p}[2].name: plugin 'tests.fixtures_plugins.missing_module' cannot be imported")
+               for e in errs)
+    assert (f"services[0].plugins[1].name: plugin '{DEMO}' is listed twice at this level "
+            "(also services[0].plugins[0])") in errs
+    assert len(errs) == 6, errs
+
+
+def test_all_errors_are_collected() -> None:
+    data = base()
+    data["workers"] = "many"
+    data["services"][0]["stages"]["prod"]["backend"]["targets"] = ["nope"]
+    data["services"][0]["resources"]["/orders"]["/{orderId}"]["GET"]["backend_path"] = "/{nope}"
+    data["services"][0]["resources"]["/x/.."] = {}
+    errs = errors_of(data)
+    assert len(errs) == 4, errs
+    assert all(": " in e for e in errs)
