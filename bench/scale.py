@@ -253,8 +253,8 @@ def _sample_rss(gw: Gateway, stop: threading.Event, out: list[int]) -> None:
         stop.wait(0.05)
 
 
-def _read_response(sock: socket.socket) -> tuple[bytes, int]:
-    """Read one response without keeping its body: (head, body bytes received)."""
+def _read_response(sock: socket.socket) -> tuple[bytes, int, bytes]:
+    """Read one response: (head, body bytes received, the body's first 4 KB)."""
     buf = b""
     while b"\r\n\r\n" not in buf:
         data = sock.recv(65536)
@@ -264,12 +264,15 @@ def _read_response(sock: socket.socket) -> tuple[bytes, int]:
     head, rest = buf.split(b"\r\n\r\n", 1)
     length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
     got = len(rest)
+    first = rest[:4096]
     while got < length:
         data = sock.recv(1 << 20)
         if not data:
             raise ConnectionError(f"closed after {got} of {length} body bytes")
+        if len(first) < 4096:
+            first += data[: 4096 - len(first)]
         got += len(data)
-    return head, got
+    return head, got, first
 
 
 def check_stream(procs: Procs, wd: Path, size: int) -> dict[str, Any]:
@@ -303,11 +306,11 @@ def check_stream(procs: Procs, wd: Path, size: int) -> dict[str, Any]:
                             n = min(left, STREAM_CHUNK)
                             s.sendall(chunk[:n])
                             left -= n
-                        head, _ = _read_response(s)
-                        ok = head.startswith(b"HTTP/1.1 200")
+                        head, _, body = _read_response(s)
+                        ok = head.startswith(b"HTTP/1.1 200") and json.loads(body)["received"] == size
                     else:
                         s.sendall(f"GET /download/{size} HTTP/1.1\r\nHost: stream.bench\r\n\r\n".encode())
-                        head, got = _read_response(s)
+                        head, got, _ = _read_response(s)
                         ok = head.startswith(b"HTTP/1.1 200") and got == size
                 status = "ok" if ok else f"FAIL: {head[:60]!r}"
             except (OSError, ValueError, IndexError) as exc:
