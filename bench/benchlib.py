@@ -185,6 +185,23 @@ def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 
     return False
 
 
+def wait_http(port: int, proc: subprocess.Popen | None = None, timeout: float = 15.0) -> bool:
+    """True once 127.0.0.1:port answers an HTTP request (any status).
+
+    A listening socket is not enough: fastgw's supervisor holds it before a worker serves.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            http_call(port, "GET", "/", timeout=1.0)
+            return True
+        except (OSError, http.client.HTTPException):
+            time.sleep(0.1)
+    return False
+
+
 @dataclass
 class Answer:
     status: int

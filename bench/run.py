@@ -55,7 +55,7 @@ from benchlib import (
     start_upstream,
     tail,
     tree_cpu_ticks,
-    wait_port,
+    wait_http,
     which,
 )
 
@@ -423,12 +423,14 @@ def measure_one(scenario: str, proxy: str, up: int, args: argparse.Namespace, pr
         return f"n/a: {exc}"
     proc = procs.spawn(launch.cmd, cpu=PROXY_CPU, log=pdir / "proxy.out", env=launch.env, cwd=launch.cwd)
     try:
-        if not wait_port(port, proc, launch.startup_timeout):
-            why = "exited" if proc.poll() is not None else "did not listen"
-            return f"FAIL: {why}: {tail(pdir / 'proxy.out', 4)}"[:300]
+        if not wait_http(port, proc, launch.startup_timeout):
+            why = "exited" if proc.poll() is not None else "did not answer HTTP"
+            return f"FAIL: {why}: {tail(pdir / 'proxy.out', 3)}"[:400]
         problem = check(scenario, port)
         if problem:
-            return f"FAIL: {problem}"[:300]
+            if proc.poll() is not None:
+                problem += f" (exited: {tail(pdir / 'proxy.out', 3)})"
+            return f"FAIL: {problem}"[:400]
         if args.warmup > 0:
             run_wrk(SCRIPTS[scenario], port, args.warmup, procs, pdir)
         sample = measure(proc, SCRIPTS[scenario], port, args.duration, procs, pdir)

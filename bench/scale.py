@@ -50,6 +50,7 @@ from benchlib import (
     start_upstream,
     tail,
     tree_cpu_ticks,
+    wait_http,
     wait_port,
 )
 from run import fastgw_command, fastgw_config, run_wrk
@@ -138,9 +139,8 @@ class Gateway:
         self.proc = procs.spawn([*fastgw_command(), "run", "-c", str(path), "--workers", str(workers)],
                                 cpu=cpu, log=self.log, env=env, cwd=BENCH.parent)
         self.procs = procs
-        if not wait_port(self.port, self.proc, 30):
+        if not wait_http(self.port, self.proc, 30):
             raise RuntimeError(f"fastgw did not start: {tail(self.log)}")
-        time.sleep(0.3)  # every worker ready
 
     def workers(self) -> list[int]:
         return [p for p in process_tree(self.proc.pid) if p != self.proc.pid]
