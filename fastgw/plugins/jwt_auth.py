@@ -61,7 +61,8 @@ SCHEMA: dict[str, Any] = {
                     "kid": {"type": "string", "description": "Key id matched against the token's kid."},
                     "algorithm": {"type": "string", "enum": ALGORITHMS,
                                   "description": "The only algorithm this key verifies."},
-                    "secret": {"type": "string", "minLength": 16, "description": "HS shared secret."},
+                    "secret": {"type": "string", "minLength": 32,
+                               "description": "HS shared secret (at least 32/48/64 bytes for HS256/384/512)."},
                     "public_key": {"type": "string", "description": "PEM public key (RS/ES/EdDSA)."},
                     "public_key_file": {"type": "string", "description": "Path of a PEM public key."},
                 },
@@ -127,6 +128,10 @@ def prepare_key(alg: str, material: str | bytes | Any) -> Any:
     if alg.startswith("HS"):
         if not isinstance(material, str | bytes):
             raise ValueError(f"{alg} needs a secret")
+        need = int(alg[2:]) // 8
+        if len(material.encode("utf-8") if isinstance(material, str) else material) < need:
+            # SECURITY: RFC 7518 §3.2: an HMAC key must be at least as long as the hash.
+            raise ValueError(f"{alg} needs a secret of at least {need} bytes (RFC 7518 section 3.2)")
     try:
         key = _ALGS[alg].prepare_key(material)
     except Exception as exc:  # PyJWT raises several types for unusable keys

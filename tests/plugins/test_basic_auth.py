@@ -1,0 +1,59 @@
+"""basic-auth: bcrypt and scrypt hashes, plain text refused, deny paths, hidden header."""
+
+from __future__ import annotations
+
+import base64
+
+import bcrypt
+import pytest
+from jsonschema import Draft202012Validator
+
+from fastgw.consumers import CREDENTIAL_SCHEMAS
+from fastgw.plugins.basic_auth import scrypt_hash
+
+from .util import error_of, hdrs, make_ctx, make_pipeline, run
+
+BCRYPT = bcrypt.hashpw(b"alice-pw", bcrypt.gensalt(4)).decode()
+SCRYPT = scrypt_hash("bob-pw", n=2 ** 10)
+CONSUMERS = [
+    {"name": "alice", "credentials": {"basic-auth": [{"username": "alice", "password": BCRYPT}]}},
+    {"name": "bob", "credentials": {"basic-auth": [{"username": "bob", "password": SCRYPT}]}},
+]
+
+
+def basic(user: str, pw: str) -> list[tuple[bytes, bytes]]:
+    return [(b"Authorization", b"Basic " + base64.b64encode(f"{user}:{pw}".encode()))]
+
+
+@pytest.mark.parametrize("user,pw", [("alice", "alice-pw"), ("bob", "bob-pw")])
+def test_good_password(user, pw):
+    pipe = make_pipeline([{"name": "basic-auth"}], CONSUMERS)
+    for _ in range(2):  # second time from the verified cache
+        ctx = make_ctx(headers=basic(user, pw))
+        assert run(pipe, ctx) is False and ctx.consumer.name == user
+        assert "authorization" not in hdrs(ctx.headers)
+
+
+@pytest.mark.parametrize("headers", [
+    [], basic("alice", "wrong"), basic("nobody", "alice-pw"), [(b"Authorization", b"Basic !!notb64")],
+    [(b"Authorization", b"Bearer x")], [(b"Authorization", b"Basic " + base64.b64encode(b"nocolon"))]])
+def test_denied(headers):
+    pipe = make_pipeline([{"name": "basic-auth"}], CONSUMERS)
+    ctx = make_ctx(headers=headers)
+    assert run(pipe, ctx) is True and ctx.answer_status == 401
+    assert hdrs(ctx.answer_headers)["www-authenticate"] == 'Basic realm="fastgw"'
+    assert error_of(ctx) in ("Unauthorized", "Invalid authentication credentials")
+
+
+def test_cache_does_not_accept_another_password():
+    pipe = make_pipeline([{"name": "basic-auth"}], CONSUMERS)
+    assert run(pipe, make_ctx(headers=basic("alice", "alice-pw"))) is False
+    ctx = make_ctx(headers=basic("alice", "alice-pw2"))
+    assert run(pipe, ctx) is True
+
+
+def test_plain_text_password_refused_by_credential_schema():
+    v = Draft202012Validator(CREDENTIAL_SCHEMAS["basic-auth"])
+    assert not list(v.iter_errors([{"username": "a", "password": BCRYPT}]))
+    assert not list(v.iter_errors([{"username": "a", "password": SCRYPT}]))
+    assert list(v.iter_errors([{"username": "a", "password": "hunter2"}]))

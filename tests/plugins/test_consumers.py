@@ -1,0 +1,24 @@
+"""ConsumerTable indexes and identity header stripping."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastgw.consumers import ConsumerTable, CredentialError, strip_identity_headers
+
+
+def test_indexes_and_duplicates():
+    table = ConsumerTable([{"name": "a", "groups": ["g"], "credentials": {"key-auth": ["k-aaaaaaaa"]}}])
+    assert table.key_lookup(b"k-aaaaaaaa").name == "a"
+    assert table.key_lookup(b"k-aaaaaaab") is None
+    assert table.get("a").headers == ((b"X-Consumer-Name", b"a"), (b"X-Consumer-Groups", b"g"))
+    with pytest.raises(CredentialError):
+        ConsumerTable([{"name": "a", "credentials": {"key-auth": ["same-key-1"]}},
+                       {"name": "b", "credentials": {"key-auth": ["same-key-1"]}}])
+    with pytest.raises(CredentialError):
+        ConsumerTable([{"name": "a"}, {"name": "a"}])
+
+
+def test_strip_identity_headers():
+    headers = [(b"Host", b"h"), (b"x-consumer-name", b"root"), (b"X-Credential-Identifier", b"x"), (b"X-Other", b"1")]
+    assert strip_identity_headers(headers) == [(b"Host", b"h"), (b"X-Other", b"1")]

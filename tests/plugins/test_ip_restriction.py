@@ -1,0 +1,51 @@
+"""ip-restriction: CIDR allow/deny for IPv4 and IPv6, X-Forwarded-For behind trusted proxies."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastgw.pipeline import PipelineError
+
+from .util import make_ctx, make_pipeline, run
+
+
+def status(config, peer, xff=None):
+    pipe = make_pipeline([{"name": "ip-restriction", "config": config}])
+    ctx = make_ctx(peer=peer, headers=[(b"X-Forwarded-For", xff.encode())] if xff else [])
+    return (ctx.answer_status if run(pipe, ctx) else 200), ctx
+
+
+def test_allow_v4_and_v6():
+    cfg = {"allow": ["10.1.0.0/16", "2001:db8::/32"]}
+    assert status(cfg, "10.1.2.3")[0] == 200
+    assert status(cfg, "10.2.2.3")[0] == 403
+    assert status(cfg, "2001:db8::5")[0] == 200
+    assert status(cfg, "2001:db9::5")[0] == 403
+    assert status(cfg, "::ffff:10.1.0.9")[0] == 200
+
+
+def test_deny_wins():
+    cfg = {"allow": ["10.0.0.0/8"], "deny": ["10.6.6.0/24"]}
+    assert status(cfg, "10.6.6.6")[0] == 403
+    assert status(cfg, "10.6.7.6")[0] == 200
+
+
+def test_xff_ignored_from_untrusted_peer():
+    cfg = {"allow": ["1.2.3.4"], "trusted_proxies": ["127.0.0.1"]}
+    assert status(cfg, "5.5.5.5", "1.2.3.4")[0] == 403
+
+
+def test_xff_right_to_left_skipping_trusted():
+    cfg = {"allow": ["1.2.3.4"], "trusted_proxies": ["127.0.0.1", "10.0.0.0/8"]}
+    code, ctx = status(cfg, "127.0.0.1", "9.9.9.9, 1.2.3.4, 10.0.0.7")
+    assert code == 200 and ctx.client_ip == "1.2.3.4"
+    # a spoofed left-most entry does not help
+    assert status(cfg, "127.0.0.1", "1.2.3.4, 6.6.6.6")[0] == 403
+    assert status(cfg, "127.0.0.1", "garbage")[0] == 403
+
+
+def test_custom_status_and_bad_cidr():
+    assert status({"deny": ["127.0.0.1"], "status": 451}, "127.0.0.1")[0] == 451
+    with pytest.raises(PipelineError) as err:
+        make_pipeline([{"name": "ip-restriction", "config": {"allow": ["10.0.0.0/33"]}}])
+    assert "allow[0]" in err.value.errors[0]

@@ -1,0 +1,230 @@
+"""jwt: HS/RS/ES/EdDSA keys, JWKS file and URL, claims, and the classic attacks."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from fastgw.pipeline import PipelineError
+
+from .util import error_of, hdrs, make_ctx, make_pipeline, run
+
+SECRET = "alice-shared-secret-" + "0123456789" * 5
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+RSA_PUB = RSA_KEY.public_key().public_bytes(serialization.Encoding.PEM,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+EC_PUB = EC_KEY.public_key().public_bytes(serialization.Encoding.PEM,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+ED_KEY = ed25519.Ed25519PrivateKey.generate()
+ED_PUB = ED_KEY.public_key().public_bytes(serialization.Encoding.PEM,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+CONSUMERS = [{"name": "alice", "groups": ["gold"], "credentials": {"jwt": [{"iss": "alice", "secret": SECRET}]}}]
+
+
+def claims(**kw):
+    base = {"iss": "alice", "sub": "u-1", "exp": int(time.time()) + 60}
+    base.update(kw)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def bearer(token: str) -> list[tuple[bytes, bytes]]:
+    return [(b"Host", b"a"), (b"Authorization", f"Bearer {token}".encode())]
+
+
+def check(pipe, token, **ctx_kw):
+    ctx = make_ctx(headers=bearer(token), **ctx_kw)
+    return run(pipe, ctx), ctx
+
+
+def test_hs256_consumer_credential():
+    pipe = make_pipeline([{"name": "jwt"}], CONSUMERS)
+    answered, ctx = check(pipe, jwt.encode(claims(), SECRET, algorithm="HS256"))
+    assert answered is False
+    assert ctx.consumer.name == "alice"
+    assert "authorization" not in hdrs(ctx.headers)  # hidden by default
+    assert hdrs(ctx.headers)["x-consumer-name"] == "alice"
+
+
+def test_missing_token_and_wrong_secret():
+    pipe = make_pipeline([{"name": "jwt"}], CONSUMERS)
+    ctx = make_ctx()
+    assert run(pipe, ctx) is True and ctx.answer_status == 401
+    assert hdrs(ctx.answer_headers)["www-authenticate"].startswith("Bearer realm=")
+    answered, ctx = check(pipe, jwt.encode(claims(), "another-secret-" + "0123456789" * 5, algorithm="HS256"))
+    assert answered and ctx.answer_status == 401 and error_of(ctx) == "Invalid signature"
+
+
+@pytest.mark.parametrize("alg,priv,pub", [
+    ("RS256", RSA_KEY, RSA_PUB), ("RS512", RSA_KEY, RSA_PUB), ("ES256", EC_KEY, EC_PUB), ("EdDSA", ED_KEY, ED_PUB)])
+def test_asymmetric_plugin_keys(alg, priv, pub):
+    pipe = make_pipeline([{"name": "jwt", "config": {"keys": [{"kid": "k1", "algorithm": alg, "public_key": pub}],
+                                                    "consumer_claim": "sub"}}])
+    answered, ctx = check(pipe, jwt.encode(claims(), priv, algorithm=alg, headers={"kid": "k1"}))
+    assert answered is False and ctx.consumer.name == "u-1"
+
+
+def test_hs_algorithms():
+    for alg in ("HS384", "HS512"):
+        pipe = make_pipeline([{"name": "jwt", "config": {"keys": [{"algorithm": alg, "secret": SECRET}]}}])
+        assert check(pipe, jwt.encode(claims(), SECRET, algorithm=alg))[0] is False
+
+
+def test_public_key_file(tmp_path):
+    path = tmp_path / "pub.pem"
+    path.write_text(RSA_PUB)
+    pipe = make_pipeline([{"name": "jwt", "config": {"keys": [{"algorithm": "RS256", "public_key_file": str(path)}]}}])
+    assert check(pipe, jwt.encode(claims(), RSA_KEY, algorithm="RS256"))[0] is False
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_alg_none_is_rejected():
+    pipe = make_pipeline([{"name": "jwt"}], CONSUMERS)
+    for alg in ("none", "None", "NONE"):
+        token = _b64(json.dumps({"alg": alg, "typ": "JWT"}).encode()) + "." + _b64(json.dumps(claims()).encode()) + "."
+        answered, ctx = check(pipe, token)
+        assert answered and ctx.answer_status == 401 and ctx.consumer is None
+
+
+def test_hs_rs_confusion_is_rejected():
+    """An HS256 token MACed with the RSA *public* key as secret must not verify."""
+    import hashlib
+    import hmac as hmac_mod
+    pipe = make_pipeline([{"name": "jwt", "config": {"keys": [{"algorithm": "RS256", "public_key": RSA_PUB}]}}])
+    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    payload = _b64(json.dumps(claims()).encode())
+    sig = hmac_mod.new(RSA_PUB.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    answered, ctx = check(pipe, f"{header}.{payload}.{_b64(sig)}")
+    assert answered and ctx.answer_status == 401
+    # and a key declared HS with a PEM public key as secret is refused at load
+    with pytest.raises(PipelineError):
+        make_pipeline([{"name": "jwt", "config": {"keys": [{"algorithm": "HS256", "secret": RSA_PUB}]}}])
+
+
+def test_short_hs_secret_is_refused():
+    with pytest.raises(PipelineError) as err:
+        make_pipeline([{"name": "jwt", "config": {"keys": [{"algorithm": "HS512", "secret": "x" * 40}]}}])
+    assert "at least 64 bytes" in err.value.errors[0]
+
+
+def test_rs_token_against_hs_key_is_rejected():
+    pipe = make_pipeline([{"name": "jwt", "config": {"keys": [{"algorithm": "HS256", "secret": SECRET}]}}])
+    answered, ctx = check(pipe, jwt.encode(claims(), RSA_KEY, algorithm="RS256"))
+    assert answered and ctx.answer_status == 401
+
+
+def test_algorithms_allowlist():
+    pipe = make_pipeline([{"name": "jwt", "config": {"algorithms": ["RS256"],
+                                                    "keys": [{"algorithm": "RS256", "public_key": RSA_PUB}]}}],
+                         CONSUMERS)
+    answered, ctx = check(pipe, jwt.encode(claims(), SECRET, algorithm="HS256"))
+    assert answered and error_of(ctx) == "Token algorithm not allowed"
+
+
+def test_expired_nbf_leeway_and_required_exp():
+    pipe = make_pipeline([{"name": "jwt"}], CONSUMERS)
+    now = int(time.time())
+    answered, ctx = check(pipe, jwt.encode(claims(exp=now - 30), SECRET, algorithm="HS256"))
+    assert answered and error_of(ctx) == "Token has expired"
+    answered, ctx = check(pipe, jwt.encode(claims(exp=None), SECRET, algorithm="HS256"))
+    assert answered and error_of(ctx) == "Token lacks the exp claim"
+    answered, ctx = check(pipe, jwt.encode(claims(nbf=now + 100), SECRET, algorithm="HS256"))
+    assert answered and error_of(ctx) == "Token is not valid yet"
+    lenient = make_pipeline([{"name": "jwt", "config": {"leeway": 60}}], CONSUMERS)
+    assert check(lenient, jwt.encode(claims(exp=now - 30), SECRET, algorithm="HS256"))[0] is False
+    short = make_pipeline([{"name": "jwt", "config": {"maximum_expiration": 60}}], CONSUMERS)
+    answered, ctx = check(short, jwt.encode(claims(exp=now + 3600), SECRET, algorithm="HS256"))
+    assert answered and ctx.answer_status == 401
+
+
+def test_issuer_and_audience():
+    pipe = make_pipeline([{"name": "jwt", "config": {"issuers": ["alice"], "audiences": ["shop"]}}], CONSUMERS)
+    assert check(pipe, jwt.encode(claims(aud="shop"), SECRET, algorithm="HS256"))[0] is False
+    answered, ctx = check(pipe, jwt.encode(claims(aud="other"), SECRET, algorithm="HS256"))
+    assert answered and ctx.answer_status == 401
+    answered, ctx = check(pipe, jwt.encode(claims(), SECRET, algorithm="HS256"))
+    assert answered and ctx.answer_status == 401
+
+
+def test_claims_to_headers_replace_client_copies():
+    pipe = make_pipeline([{"name": "jwt", "config": {"claims_to_headers": {"sub": "X-User-Id", "roles": "X-Roles"}}}],
+                         CONSUMERS)
+    token = jwt.encode(claims(roles=["a", "b"]), SECRET, algorithm="HS256")
+    ctx = make_ctx(headers=[*bearer(token), (b"X-User-Id", b"admin")])
+    assert run(pipe, ctx) is False
+    assert [v for k, v in ctx.headers if k.lower() == b"x-user-id"] == [b"u-1"]
+    assert hdrs(ctx.headers)["x-roles"] == '["a","b"]'
+    ctx = make_ctx(headers=[(b"X-User-Id", b"admin")])  # no token: still stripped
+    assert run(pipe, ctx) is True
+    assert "x-user-id" not in hdrs(ctx.headers)
+
+
+def test_token_in_query_is_removed():
+    pipe = make_pipeline([{"name": "jwt"}], CONSUMERS)
+    token = jwt.encode(claims(), SECRET, algorithm="HS256")
+    ctx = make_ctx(query=f"x=1&jwt={token}".encode())
+    assert run(pipe, ctx) is False and ctx.query == b"x=1"
+
+
+def _jwks() -> dict:
+    rsa_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(RSA_KEY.public_key()))
+    ec_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(EC_KEY.public_key()))
+    return {"keys": [dict(rsa_jwk, kid="r1", alg="RS256", use="sig"), dict(ec_jwk, kid="e1", alg="ES256")]}
+
+
+def test_jwks_file_kid_selection(tmp_path):
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(_jwks()))
+    pipe = make_pipeline([{"name": "jwt", "config": {"jwks_file": str(path)}}])
+    assert check(pipe, jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": "r1"}))[0] is False
+    assert check(pipe, jwt.encode(claims(), EC_KEY, algorithm="ES256", headers={"kid": "e1"}))[0] is False
+    # a kid naming the RSA key with an ES token: the key's algorithm wins
+    answered, ctx = check(pipe, jwt.encode(claims(), EC_KEY, algorithm="ES256", headers={"kid": "r1"}))
+    assert answered and ctx.answer_status == 401
+
+
+def test_jwks_url_fetched_async_and_cached():
+    hits = []
+    doc = json.dumps(_jwks()).encode()
+
+    async def scenario():
+        async def handle(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            hits.append(1)
+            writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(doc), doc))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pipe = make_pipeline([{"name": "jwt", "config": {"jwks_url": f"http://127.0.0.1:{port}/jwks",
+                                                        "jwks_min_refresh": 3600}}])
+        assert pipe.is_async
+        results = []
+        for kid, key, alg in (("r1", RSA_KEY, "RS256"), ("e1", EC_KEY, "ES256"), ("zz", EC_KEY, "ES256")):
+            ctx = make_ctx(headers=bearer(jwt.encode(claims(), key, algorithm=alg, headers={"kid": kid})))
+            results.append((await pipe.run_request_async(ctx), ctx.answer_status))
+        server.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert results == [(False, 0), (False, 0), (True, 401)]
+    assert len(hits) == 1  # cached; an unknown kid does not refetch within jwks_min_refresh
+
+
+def test_no_key_at_all_is_a_config_error():
+    with pytest.raises(PipelineError) as err:
+        make_pipeline([{"name": "jwt"}])
+    assert "no verification key" in err.value.errors[0]
