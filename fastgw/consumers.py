@@ -105,6 +105,37 @@ CREDENTIAL_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+def check_consumers(consumers: list[dict[str, Any]] | None) -> list[str]:
+    """Error lines (``"consumers[i].credentials.<plugin>[j]...: message"``) for the config validator.
+
+    Checks each built-in credential kind against :data:`CREDENTIAL_SCHEMAS` (so a plain-text
+    password is refused with its place), then duplicates (names, keys, user names).
+    """
+    from jsonschema import Draft202012Validator
+
+    errors: list[str] = []
+    for i, entry in enumerate(consumers or ()):
+        creds = entry.get("credentials") or {}
+        if not isinstance(creds, dict):
+            continue
+        for kind, value in creds.items():
+            schema = CREDENTIAL_SCHEMAS.get(kind)
+            if schema is None:
+                continue
+            for err in Draft202012Validator(schema).iter_errors(value):
+                where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
+                msg = err.message
+                if "password" in where:  # SECURITY: never echo a (plain-text) password into logs
+                    msg = "must be a bcrypt ($2b$...) or scrypt$N$r$p$salt$hash hash, not a plain password"
+                errors.append(f"consumers[{i}].credentials.{kind}{where}: {msg}")
+    if not errors:
+        try:
+            ConsumerTable(consumers)
+        except (CredentialError, KeyError, TypeError) as exc:
+            errors.append(str(exc))
+    return errors
+
+
 class CredentialError(ValueError):
     """A consumer credential is unusable; the message starts with its place."""
 

@@ -220,6 +220,23 @@ class Pipeline:
         return f"Pipeline({', '.join(self.names)})"
 
 
+def make_scope_factory(config: Any, services: dict[str, Any] | None = None) -> Callable[[Any], PluginScope]:
+    """``spec -> PluginScope`` for one loaded config: the ConsumerTable is built once here.
+
+    The server passes the result to ``compile_config``; every route's plugins then share
+    the table (and ``services``, e.g. a Redis client under ``"redis"``).
+    """
+    from fastgw.consumers import ConsumerTable
+
+    table = ConsumerTable(getattr(config, "consumers", None) or [])
+    shared = services if services is not None else {}
+
+    def scope_for(spec: Any) -> PluginScope:
+        return PluginScope(spec=spec, consumers=table, variables=dict(spec.variables or {}), services=shared)
+
+    return scope_for
+
+
 def build_pipeline(spec: Any, scope: PluginScope | None = None) -> Pipeline | None:
     """Compile the pipeline of one route, or None when it has no plugins (the plain path).
 
