@@ -1,0 +1,126 @@
+"""Access log: JSON lines (orjson), buffered off the hot path, reopened on SIGUSR1.
+
+The server calls :meth:`AccessLog.append` with one tuple per finished request (order in
+:data:`FIELDS`); nothing is formatted then. A timer on the worker's loop (every
+``interval`` seconds), or the buffer reaching ``max_records``, formats the batch and
+writes it with one ``write`` (``O_APPEND``, so workers sharing a file never interleave
+inside a line). ``SIGUSR1`` reopens the file, for logrotate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+FIELDS = ("time", "request_id", "client_ip", "consumer", "service", "stage", "resource", "method",
+          "path", "status", "bytes_in", "bytes_out", "total_ms", "upstream_ms")
+
+
+def format_records(records: list[tuple[Any, ...]]) -> bytes:
+    """JSON lines for ``records``; ``time`` becomes ISO 8601 UTC with milliseconds.
+
+    >>> format_records([(0.5, "r1", "127.0.0.1", None, "s", "p", "/a", "GET", "/a", 200, 0, 2, 1.5, 1.0)])[:48]
+    b'{"time":"1970-01-01T00:00:00.500Z","request_id":'
+    """
+    out = []
+    dumps = orjson.dumps
+    for rec in records:
+        row = dict(zip(FIELDS, rec, strict=False))
+        ts = row["time"]
+        if isinstance(ts, (int, float)):
+            row["time"] = datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+        for k in ("total_ms", "upstream_ms"):
+            v = row.get(k)
+            if isinstance(v, float):
+                row[k] = round(v, 3)
+        for k, v in row.items():
+            if isinstance(v, bytes):
+                row[k] = v.decode("utf-8", "replace")
+        out.append(dumps(row))
+    out.append(b"")
+    return b"\n".join(out)
+
+
+class AccessLog:
+    """Buffered JSON-lines access log to ``path`` (``"-"`` or ``None`` = stdout)."""
+
+    def __init__(self, path: str | None = "-", interval: float = 0.1, max_records: int = 1000) -> None:
+        self.path = path if path not in (None, "", "-", "stdout") else None
+        self.interval = interval
+        self.max_records = max_records
+        self._buf: list[tuple[Any, ...]] = []
+        self._fd = -1
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.errors = 0
+        self._open()
+
+    def _open(self) -> None:
+        if self.path is None:
+            self._fd = sys.stdout.fileno()
+        else:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+    def append(self, record: tuple[Any, ...]) -> None:
+        """Queue one record (hot path: a list append, plus a flush every ``max_records``)."""
+        buf = self._buf
+        buf.append(record)
+        if len(buf) >= self.max_records:
+            self.flush()
+
+    def flush(self) -> None:
+        """Format and write everything queued."""
+        if not self._buf:
+            return
+        records, self._buf = self._buf, []
+        data = format_records(records)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError:
+            # PERF/robustness: a full disk or a closed stdout drops the batch, never the request.
+            self.errors += 1
+
+    def reopen(self) -> None:
+        """Flush, then reopen the file (after logrotate moved it)."""
+        self.flush()
+        if self.path is not None:
+            old = self._fd
+            self._open()
+            os.close(old)
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None, handle_sigusr1: bool = True) -> None:
+        """Flush every ``interval`` seconds on ``loop``; reopen on SIGUSR1 (main thread only)."""
+        self._loop = loop or asyncio.get_running_loop()
+        self._timer = self._loop.call_later(self.interval, self._tick)
+        if handle_sigusr1:
+            self._loop.add_signal_handler(signal.SIGUSR1, self.reopen)
+
+    def _tick(self) -> None:
+        self.flush()
+        if self._loop is not None:
+            self._timer = self._loop.call_later(self.interval, self._tick)
+
+    def close(self) -> None:
+        """Stop the timer, flush, close the file."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._loop is not None:
+            try:
+                self._loop.remove_signal_handler(signal.SIGUSR1)
+            except (RuntimeError, ValueError):
+                pass
+            self._loop = None
+        self.flush()
+        if self.path is not None and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

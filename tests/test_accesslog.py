@@ -1,0 +1,74 @@
+"""Access log: JSON lines with every field, batching, reopen on SIGUSR1."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import orjson
+
+from fastgw.accesslog import FIELDS, AccessLog
+
+
+def _rec(i: int) -> tuple:
+    return (1700000000.25 + i, f"req-{i}", "127.0.0.1", "alice" if i % 2 else None, "shop", "prod",
+            "/orders/{id}", "GET", f"/orders/{i}", 200 + i % 3, 10, 200 + i, 1.23456, 0.5)
+
+
+def test_lines_parse_with_all_fields(tmp_path):
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), max_records=1000)
+    for i in range(5):
+        log.append(_rec(i))
+    assert path.read_bytes() == b""  # buffered, nothing written on the hot path
+    log.flush()
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 5
+    row = orjson.loads(lines[1])
+    assert tuple(row) == FIELDS
+    assert row["time"] == "2023-11-14T22:13:21.250Z"
+    assert row["request_id"] == "req-1" and row["consumer"] == "alice" and row["status"] == 201
+    assert row["total_ms"] == 1.235 and row["upstream_ms"] == 0.5 and row["bytes_out"] == 201
+    log.close()
+
+
+def test_flush_on_count(tmp_path):
+    path = tmp_path / "a.log"
+    log = AccessLog(str(path), max_records=3)
+    for i in range(7):
+        log.append(_rec(i))
+    assert len(path.read_bytes().splitlines()) == 6
+    log.close()
+    assert len(path.read_bytes().splitlines()) == 7
+
+
+def test_timer_flush_and_sigusr1_reopen(tmp_path):
+    path = tmp_path / "a.log"
+    rotated = tmp_path / "a.log.1"
+
+    async def main() -> None:
+        log = AccessLog(str(path), interval=0.02)
+        log.start()
+        log.append(_rec(0))
+        await asyncio.sleep(0.1)
+        assert len(path.read_bytes().splitlines()) == 1
+        os.rename(path, rotated)
+        log.append(_rec(1))
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await asyncio.sleep(0.1)
+        log.append(_rec(2))
+        await asyncio.sleep(0.1)
+        log.close()
+
+    asyncio.run(main())
+    assert [orjson.loads(x)["request_id"] for x in rotated.read_bytes().splitlines()] == ["req-0", "req-1"]
+    assert [orjson.loads(x)["request_id"] for x in path.read_bytes().splitlines()] == ["req-2"]
+
+
+def test_stdout(capfd):
+    log = AccessLog("-")
+    log.append(_rec(3))
+    log.close()
+    out = capfd.readouterr().out
+    assert orjson.loads(out)["path"] == "/orders/3"
