@@ -18,7 +18,7 @@ def base() -> dict[str, Any]:
     return {
         "workers": 2,
         "admin": {"token": "t"},
-        "consumers": [{"name": "alice", "groups": ["gold"], "credentials": {"key-auth": ["k1"]}}],
+        "consumers": [{"name": "alice", "groups": ["gold"], "credentials": {"key-auth": ["alice-key-0123456789abcdef"]}}],
         "services": [{
             "name": "shop",
             "stages": {
@@ -271,3 +271,10 @@ def test_all_errors_are_collected() -> None:
     errs = errors_of(data)
     assert len(errs) == 4, errs
     assert all(": " in e for e in errs)
+
+
+def test_consumer_credentials_are_checked() -> None:
+    data = base()
+    data["consumers"].append({"name": "alice", "credentials": {}})
+    errs = errors_of(data)
+    assert len(errs) == 1 and errs[0].startswith("consumers"), errs

@@ -248,6 +248,11 @@ def _check_target(url: Any, place: str, errors: list[str]) -> None:
 def semantic_errors(raw: dict[str, Any]) -> list[str]:
     """The checks beyond the schema (variables, templates, targets, collisions, plugins)."""
     errors: list[str] = []
+    consumers = raw.get("consumers")
+    if isinstance(consumers, list) and all(isinstance(c, dict) for c in consumers):
+        from fastgw.consumers import check_consumers
+
+        errors.extend(check_consumers(consumers))
     services = raw.get("services")
     if not isinstance(services, list):
         return errors
