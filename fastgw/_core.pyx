@@ -9,4 +9,5 @@
 
 include "_router.pxi"
 include "_http.pxi"
+include "_proxy.pxi"
 include "_stats.pxi"

@@ -1,1 +1,1008 @@
 # part of fastgw/_core.pyx (see its docstring)
+#
+# HTTP/1.1 on the hot path: one-pass head scanners (request and response), chunked
+# framing, the head builders, and the client/upstream connection state machines.
+#
+# httptools (llhttp) is the reference parser: tests/test_http_scan.py asserts that the
+# scanner here gives llhttp's verdict on malformed and ambiguous input.
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memchr, memcpy
+
+import asyncio as _asyncio
+import os as _os
+import socket as _socket
+import ssl as _ssl
+
+import orjson as _orjson
+
+cdef object _json_dumps = _orjson.dumps
+
+DEF MAX_HEADERS = 128
+
+# Header classes (what the proxy does with a header).
+DEF H_KEEP = 0        # forwarded as is
+DEF H_DROP = 1        # hop-by-hop, or named in Connection: never forwarded
+DEF H_HOST = 2
+DEF H_CL = 3
+DEF H_TE = 4
+DEF H_CONNECTION = 5
+DEF H_XFF = 6
+DEF H_XFP = 7         # X-Forwarded-Proto / -Host / -Port: replaced by the gateway's own
+DEF H_VIA = 8
+DEF H_EXPECT = 9
+DEF H_UPGRADE = 10
+DEF H_CONSUMER = 11   # X-Consumer-*: only the gateway may set these (SECURITY)
+
+# Scan results.
+DEF SCAN_MORE = 0
+DEF SCAN_OK = 1
+
+# Token characters (RFC 9110 5.6.2).
+cdef unsigned char TCHAR[256]
+cdef int _i
+for _i in range(256):
+    TCHAR[_i] = 0
+cdef bytes _TCHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+for _i in range(len(_TCHARS)):
+    TCHAR[<unsigned char>_TCHARS[_i]] = 1
+
+
+cdef inline unsigned char _lower(unsigned char c) nogil:
+    if c >= 65 and c <= 90:
+        return c + 32
+    return c
+
+
+cdef inline bint _ieq(const char* p, Py_ssize_t n, const char* lit, Py_ssize_t ln) nogil:
+    """Case-insensitive compare of p[:n] with a lower-case literal."""
+    cdef Py_ssize_t i
+    if n != ln:
+        return False
+    for i in range(n):
+        if _lower(<unsigned char>p[i]) != <unsigned char>lit[i]:
+            return False
+    return True
+
+
+cdef int _classify(const char* p, Py_ssize_t n) nogil:
+    # PERF: dispatch on length first; most headers fall through after one compare.
+    if n == 4:
+        if _ieq(p, n, b"host", 4):
+            return H_HOST
+    elif n == 2:
+        if _ieq(p, n, b"te", 2):
+            return H_DROP
+    elif n == 3:
+        if _ieq(p, n, b"via", 3):
+            return H_VIA
+    elif n == 6:
+        if _ieq(p, n, b"expect", 6):
+            return H_EXPECT
+    elif n == 7:
+        if _ieq(p, n, b"trailer", 7):
+            return H_DROP
+        if _ieq(p, n, b"upgrade", 7):
+            return H_UPGRADE
+    elif n == 10:
+        if _ieq(p, n, b"connection", 10):
+            return H_CONNECTION
+        if _ieq(p, n, b"keep-alive", 10):
+            return H_DROP
+    elif n == 14:
+        if _ieq(p, n, b"content-length", 14):
+            return H_CL
+    elif n == 15:
+        if _ieq(p, n, b"x-forwarded-for", 15):
+            return H_XFF
+        if _ieq(p, n, b"x-consumer-name", 15):
+            return H_CONSUMER
+    elif n == 16:
+        if _ieq(p, n, b"x-forwarded-host", 16):
+            return H_XFP
+        if _ieq(p, n, b"x-forwarded-port", 16):
+            return H_XFP
+        if _ieq(p, n, b"proxy-connection", 16):
+            return H_DROP
+    elif n == 17:
+        if _ieq(p, n, b"transfer-encoding", 17):
+            return H_TE
+        if _ieq(p, n, b"x-forwarded-proto", 17):
+            return H_XFP
+        if _ieq(p, n, b"x-consumer-groups", 17):
+            return H_CONSUMER
+    return H_KEEP
+
+
+class HttpError(Exception):
+    """A request the gateway refuses: ``status`` (400, 431, 501, 505) and a message."""
+
+    def __init__(self, int status, str message):
+        Exception.__init__(self, message)
+        self.status = status
+        self.message = message
+
+
+cdef class _Buf:
+    """A growable C buffer; one per process is reused for every head (PERF: no malloc per request)."""
+    cdef char* p
+    cdef Py_ssize_t n
+    cdef Py_ssize_t cap
+
+    def __cinit__(self):
+        self.cap = 4096
+        self.p = <char*>malloc(self.cap)
+        self.n = 0
+        if self.p == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self.p != NULL:
+            free(self.p)
+
+    cdef inline void reset(self):
+        self.n = 0
+
+    cdef int _grow(self, Py_ssize_t need) except -1:
+        cdef Py_ssize_t cap = self.cap
+        cdef char* q
+        while cap < self.n + need:
+            cap *= 2
+        q = <char*>realloc(self.p, cap)
+        if q == NULL:
+            raise MemoryError()
+        self.p = q
+        self.cap = cap
+        return 0
+
+    cdef inline int add(self, const char* s, Py_ssize_t k) except -1:
+        if self.n + k > self.cap:
+            self._grow(k)
+        memcpy(self.p + self.n, s, k)
+        self.n += k
+        return 0
+
+    cdef inline int add_b(self, bytes b) except -1:
+        return self.add(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+
+    cdef int add_int(self, long long v) except -1:
+        cdef char tmp[24]
+        cdef int i = 23
+        if v == 0:
+            return self.add(b"0", 1)
+        while v > 0 and i > 0:
+            tmp[i] = <char>(48 + v % 10)
+            v //= 10
+            i -= 1
+        return self.add(tmp + i + 1, 23 - i)
+
+    cdef inline bytes take(self):
+        return PyBytes_FromStringAndSize(self.p, self.n)
+
+
+cdef _Buf _buf = _Buf()
+
+
+# ---------------------------------------------------------------------------------------
+# Head scanning
+# ---------------------------------------------------------------------------------------
+
+cdef Py_ssize_t find_head_end(bytes data, Py_ssize_t start, Py_ssize_t* bad_lf) except -2:
+    """Index just past the CRLFCRLF that ends a head, or -1; a bare LF sets bad_lf to its index.
+
+    ``start`` resumes an earlier partial scan. Leading empty lines (RFC 9112 2.2) are not
+    allowed here: the caller strips them before the first scan.
+    """
+    cdef const char* p = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef const char* q
+    cdef Py_ssize_t i = start
+    while i < n:
+        q = <const char*>memchr(p + i, 10, n - i)
+        if q == NULL:
+            return -1
+        i = q - p
+        if i == 0 or p[i - 1] != 13:
+            bad_lf[0] = i
+            return -1
+        # A CRLF at i-1; the head ends if the previous line was empty.
+        if i >= 3 and p[i - 2] == 10 and p[i - 3] == 13:
+            return i + 1
+        i += 1
+    return -1
+
+
+cdef class RequestHead:
+    """One parsed request head: offsets into ``buf`` and the framing facts the proxy needs."""
+    cdef readonly bytes buf
+    cdef readonly bytes method
+    cdef readonly bytes target
+    cdef readonly bytes path        # the raw path part of the target (before '?')
+    cdef readonly bytes query       # raw query bytes after '?', b'' when none
+    cdef readonly bint has_query
+    cdef readonly int version       # 10 or 11
+    cdef readonly long long content_length   # -1 when absent
+    cdef readonly bint chunked
+    cdef readonly bint keep_alive
+    cdef readonly bint expect_continue
+    cdef readonly bytes host        # lower-cased, without port ('' when absent)
+    cdef readonly bytes host_raw    # the Host value as sent (with port)
+    cdef int n
+    cdef int name_s[MAX_HEADERS]
+    cdef int name_e[MAX_HEADERS]
+    cdef int val_s[MAX_HEADERS]
+    cdef int val_e[MAX_HEADERS]
+    cdef unsigned char cls[MAX_HEADERS]
+    cdef int xff_idx
+    cdef int via_idx
+    cdef list conn_tokens
+
+    def header_count(self):
+        return self.n
+
+    cpdef list headers(self):
+        """All headers as (name, value) byte pairs, in order (for tests and tools)."""
+        cdef int i
+        cdef const char* p = PyBytes_AS_STRING(self.buf)
+        return [(p[self.name_s[i]:self.name_e[i]], p[self.val_s[i]:self.val_e[i]]) for i in range(self.n)]
+
+    cpdef list forward_headers(self):
+        """The end-to-end headers a plugin may read and change (hop-by-hop and
+        gateway-owned ones removed; Host, X-Forwarded-For and Via kept for reading)."""
+        cdef int i
+        cdef unsigned char c
+        cdef const char* p = PyBytes_AS_STRING(self.buf)
+        cdef list out = []
+        for i in range(self.n):
+            c = self.cls[i]
+            if c == H_KEEP or c == H_HOST or c == H_XFF or c == H_VIA:
+                out.append((p[self.name_s[i]:self.name_e[i]], p[self.val_s[i]:self.val_e[i]]))
+        return out
+
+    cpdef bytes get(self, bytes lname):
+        """First value of a header by lower-case name, or None."""
+        cdef int i
+        cdef const char* p = PyBytes_AS_STRING(self.buf)
+        cdef const char* ln = PyBytes_AS_STRING(lname)
+        cdef Py_ssize_t k = PyBytes_GET_SIZE(lname)
+        for i in range(self.n):
+            if _ieq(p + self.name_s[i], self.name_e[i] - self.name_s[i], ln, k):
+                return p[self.val_s[i]:self.val_e[i]]
+        return None
+
+
+cdef inline bint _is_vchar_or_ws(unsigned char c) nogil:
+    return c == 9 or (c >= 32 and c != 127)
+
+
+cdef int _parse_cl(const char* p, int s, int e, long long* out) nogil:
+    cdef long long v = 0
+    cdef int i
+    if e <= s or e - s > 18:
+        return -1
+    for i in range(s, e):
+        if p[i] < 48 or p[i] > 57:
+            return -1
+        v = v * 10 + (p[i] - 48)
+    out[0] = v
+    return 0
+
+
+cdef int _te_is_chunked(const char* p, int s, int e) nogil:
+    """1 when the list value is exactly one 'chunked' token, 0 otherwise."""
+    while s < e and (p[s] == 32 or p[s] == 9):
+        s += 1
+    while e > s and (p[e - 1] == 32 or p[e - 1] == 9):
+        e -= 1
+    return 1 if _ieq(p + s, e - s, b"chunked", 7) else 0
+
+
+cdef RequestHead scan_request(bytes buf, Py_ssize_t end):
+    """Parse the request head buf[:end] (end is just past CRLFCRLF). Raises HttpError."""
+    cdef RequestHead h = RequestHead.__new__(RequestHead)
+    cdef const char* p = PyBytes_AS_STRING(buf)
+    cdef Py_ssize_t i = 0, s, e, ms, me, ts, te
+    cdef unsigned char c
+    cdef int n = 0, k, te_count = 0, host_count = 0, cls
+    cdef long long cl = -1, v
+    cdef bint have_cl = False, close = False, ka = False
+    cdef list tokens = None
+    h.buf = buf
+    h.xff_idx = -1
+    h.via_idx = -1
+    h.content_length = -1
+    h.host = b""
+    h.host_raw = b""
+    # request-line: method SP target SP version CRLF
+    ms = 0
+    while i < end and TCHAR[<unsigned char>p[i]]:
+        i += 1
+    if i == ms or p[i] != 32:
+        raise HttpError(400, "bad request line")
+    me = i
+    i += 1
+    ts = i
+    while i < end:
+        c = <unsigned char>p[i]
+        if c <= 32 or c == 127 or c >= 128:
+            break
+        i += 1
+    te = i
+    if te == ts or p[i] != 32:
+        raise HttpError(400, "bad request target")
+    i += 1
+    if end - i < 10 or p[i] != 72 or p[i + 1] != 84 or p[i + 2] != 84 or p[i + 3] != 80 or p[i + 4] != 47:
+        raise HttpError(400, "bad HTTP version")
+    if not (p[i + 5] >= 48 and p[i + 5] <= 57 and p[i + 6] == 46 and p[i + 7] >= 48 and p[i + 7] <= 57):
+        raise HttpError(400, "bad HTTP version")
+    if p[i + 8] != 13 or p[i + 9] != 10:
+        raise HttpError(400, "bad request line")
+    if p[i + 5] == 49 and p[i + 7] == 49:
+        h.version = 11
+    elif p[i + 5] == 49 and p[i + 7] == 48:
+        h.version = 10
+    else:
+        raise HttpError(505, "HTTP version not supported")
+    i += 10
+    h.method = buf[ms:me]
+    h.target = buf[ts:te]
+    # header lines
+    while True:
+        if p[i] == 13:       # the empty line that ends the head
+            break
+        if n >= MAX_HEADERS:
+            raise HttpError(431, "too many header fields")
+        s = i
+        while TCHAR[<unsigned char>p[i]]:
+            i += 1
+        if i == s:
+            if p[i] == 32 or p[i] == 9:
+                raise HttpError(400, "obsolete line folding is not accepted")
+            raise HttpError(400, "bad header name")
+        if p[i] != 58:       # ':' right after the name (no space before the colon)
+            raise HttpError(400, "bad header name")
+        h.name_s[n] = s
+        h.name_e[n] = i
+        i += 1
+        while p[i] == 32 or p[i] == 9:
+            i += 1
+        s = i
+        while p[i] != 13:
+            if not _is_vchar_or_ws(<unsigned char>p[i]):
+                raise HttpError(400, "bad character in header value")
+            i += 1
+        if p[i + 1] != 10:
+            raise HttpError(400, "bad line ending")
+        e = i
+        while e > s and (p[e - 1] == 32 or p[e - 1] == 9):
+            e -= 1
+        h.val_s[n] = s
+        h.val_e[n] = e
+        i += 2
+        cls = _classify(p + h.name_s[n], h.name_e[n] - h.name_s[n])
+        h.cls[n] = cls
+        if cls != H_KEEP:
+            if cls == H_CL:
+                if _parse_cl(p, s, e, &v) != 0:
+                    raise HttpError(400, "bad Content-Length")
+                if have_cl and v != cl:
+                    raise HttpError(400, "conflicting Content-Length")
+                have_cl = True
+                cl = v
+            elif cls == H_TE:
+                te_count += 1
+                if not _te_is_chunked(p, s, e):
+                    raise HttpError(400, "unsupported Transfer-Encoding")
+            elif cls == H_HOST:
+                host_count += 1
+                if host_count == 1:
+                    h.host_raw = buf[s:e]
+            elif cls == H_CONNECTION:
+                tokens = _connection_tokens(buf[s:e], tokens)
+            elif cls == H_EXPECT:
+                if _ieq(p + s, e - s, b"100-continue", 12):
+                    h.expect_continue = True
+                else:
+                    raise HttpError(417, "unsupported Expect")
+            elif cls == H_XFF:
+                h.xff_idx = n
+            elif cls == H_VIA:
+                h.via_idx = n
+            elif cls == H_UPGRADE:
+                h.cls[n] = H_DROP
+        n += 1
+    h.n = n
+    if te_count > 1:
+        raise HttpError(400, "repeated Transfer-Encoding")
+    if te_count and have_cl:
+        raise HttpError(400, "both Content-Length and Transfer-Encoding")
+    if te_count and h.version == 10:
+        raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+    if host_count > 1:
+        raise HttpError(400, "repeated Host")
+    if host_count == 0 and h.version == 11:
+        raise HttpError(400, "missing Host")
+    h.chunked = te_count == 1
+    h.content_length = cl
+    if tokens is not None:
+        close = b"close" in tokens
+        ka = b"keep-alive" in tokens
+        # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
+        for k in range(n):
+            if h.cls[k] == H_KEEP and buf[h.name_s[k]:h.name_e[k]].lower() in tokens:
+                h.cls[k] = H_DROP
+    h.conn_tokens = tokens
+    h.keep_alive = (not close) if h.version == 11 else ka
+    _split_target(h)
+    return h
+
+
+cdef list _connection_tokens(bytes value, list tokens):
+    if tokens is None:
+        tokens = []
+    for t in value.lower().split(b","):
+        t = t.strip()
+        if t:
+            tokens.append(t)
+    return tokens
+
+
+cdef int _split_target(RequestHead h) except -1:
+    cdef bytes t = h.target
+    cdef Py_ssize_t q, slash
+    if t[0] != 47:    # not origin-form
+        lt = t.lower()
+        if lt.startswith(b"http://") or lt.startswith(b"https://"):
+            # absolute-form (RFC 9112 3.2.2): the authority replaces Host
+            rest = t[t.index(b"//") + 2:]
+            slash = rest.find(b"/")
+            qm = rest.find(b"?")
+            if slash < 0 or (qm >= 0 and qm < slash):
+                slash = qm
+            auth = rest if slash < 0 else rest[:slash]
+            if not auth or b"@" in auth:
+                raise HttpError(400, "bad request target")
+            h.host_raw = auth
+            t = b"/" if slash < 0 else rest[slash:]
+            if t[0] == 63:
+                t = b"/" + t
+        elif t == b"*" and h.method == b"OPTIONS":
+            t = b"*"
+        else:
+            raise HttpError(400, "bad request target")
+    if b"#" in t:
+        raise HttpError(400, "fragment in request target")
+    q = t.find(b"?")
+    if q >= 0:
+        h.path = t[:q]
+        h.query = t[q + 1:]
+        h.has_query = True
+    else:
+        h.path = t
+        h.query = b""
+    h.host = _host_key(h.host_raw)
+    return 0
+
+
+cdef bytes _host_key(bytes raw):
+    """Lower-case host without port; IPv6 literals keep their brackets."""
+    cdef Py_ssize_t c
+    if not raw:
+        return b""
+    if raw[0] == 91:  # '['
+        c = raw.find(b"]")
+        return raw[:c + 1].lower() if c > 0 else raw.lower()
+    c = raw.rfind(b":")
+    if c >= 0:
+        raw = raw[:c]
+    return raw.lower()
+
+
+def parse_request_head(bytes data):
+    """Parse one complete request head (tests and tools): returns a RequestHead or raises HttpError."""
+    cdef Py_ssize_t bad = -1
+    cdef Py_ssize_t end = find_head_end(data, 0, &bad)
+    if bad >= 0:
+        raise HttpError(400, "bare LF in head")
+    if end < 0:
+        raise HttpError(400, "incomplete head")
+    return scan_request(data[:end], end)
+
+
+cdef class ResponseHead:
+    """One parsed upstream response head."""
+    cdef readonly bytes buf
+    cdef readonly int status
+    cdef readonly int version
+    cdef readonly long long content_length
+    cdef readonly bint chunked
+    cdef readonly bint keep_alive
+    cdef readonly bint until_close
+    cdef int line_e              # end of the status line (before CRLF)
+    cdef int reason_s
+    cdef int n
+    cdef int name_s[MAX_HEADERS]
+    cdef int name_e[MAX_HEADERS]
+    cdef int val_s[MAX_HEADERS]
+    cdef int val_e[MAX_HEADERS]
+    cdef unsigned char cls[MAX_HEADERS]
+
+    cpdef list forward_headers(self):
+        cdef int i
+        cdef const char* p = PyBytes_AS_STRING(self.buf)
+        return [(p[self.name_s[i]:self.name_e[i]], p[self.val_s[i]:self.val_e[i]])
+                for i in range(self.n) if self.cls[i] == H_KEEP or self.cls[i] == H_VIA]
+
+    @property
+    def reason(self):
+        return self.buf[self.reason_s:self.line_e]
+
+
+cdef ResponseHead scan_response(bytes buf, Py_ssize_t end, bint head_request):
+    """Parse an upstream response head; raises HttpError(502) when it is not valid HTTP."""
+    cdef ResponseHead h = ResponseHead.__new__(ResponseHead)
+    cdef const char* p = PyBytes_AS_STRING(buf)
+    cdef Py_ssize_t i, s, e
+    cdef int n = 0, cls, k
+    cdef long long v, cl = -1
+    cdef bint have_cl = False, te = False, te_bad = False, close = False, ka = False
+    cdef list tokens = None
+    h.buf = buf
+    if end < 14 or p[0] != 72 or p[1] != 84 or p[2] != 84 or p[3] != 80 or p[4] != 47 or p[5] != 49 or p[6] != 46:
+        raise HttpError(502, "bad status line from upstream")
+    h.version = 11 if p[7] == 49 else 10
+    if p[8] != 32:
+        raise HttpError(502, "bad status line from upstream")
+    v = 0
+    for i in range(9, 12):
+        if p[i] < 48 or p[i] > 57:
+            raise HttpError(502, "bad status code from upstream")
+        v = v * 10 + (p[i] - 48)
+    h.status = <int>v
+    if h.status < 100:
+        raise HttpError(502, "bad status code from upstream")
+    i = 12
+    h.reason_s = 13 if p[12] == 32 else 12
+    while p[i] != 13:
+        i += 1
+    h.line_e = <int>i
+    i += 2
+    while p[i] != 13:
+        if n >= MAX_HEADERS:
+            raise HttpError(502, "too many header fields from upstream")
+        s = i
+        while TCHAR[<unsigned char>p[i]]:
+            i += 1
+        if i == s or p[i] != 58:
+            raise HttpError(502, "bad header from upstream")
+        h.name_s[n] = <int>s
+        h.name_e[n] = <int>i
+        i += 1
+        while p[i] == 32 or p[i] == 9:
+            i += 1
+        s = i
+        while p[i] != 13:
+            if not _is_vchar_or_ws(<unsigned char>p[i]) and <unsigned char>p[i] < 128:
+                raise HttpError(502, "bad header value from upstream")
+            i += 1
+        e = i
+        while e > s and (p[e - 1] == 32 or p[e - 1] == 9):
+            e -= 1
+        h.val_s[n] = <int>s
+        h.val_e[n] = <int>e
+        i += 2
+        cls = _classify(p + h.name_s[n], h.name_e[n] - h.name_s[n])
+        if cls == H_CL:
+            if _parse_cl(p, s, e, &v) != 0 or (have_cl and v != cl):
+                raise HttpError(502, "bad Content-Length from upstream")
+            have_cl = True
+            cl = v
+        elif cls == H_TE:
+            if te or not _te_is_chunked(p, s, e):
+                te_bad = True
+            te = True
+        elif cls == H_CONNECTION:
+            tokens = _connection_tokens(buf[s:e], tokens)
+        elif cls == H_HOST or cls == H_XFF or cls == H_XFP or cls == H_EXPECT or cls == H_CONSUMER:
+            cls = H_KEEP
+        elif cls == H_UPGRADE:
+            cls = H_DROP
+        h.cls[n] = cls
+        n += 1
+    h.n = n
+    if tokens is not None:
+        close = b"close" in tokens
+        ka = b"keep-alive" in tokens
+        for k in range(n):
+            if h.cls[k] == H_KEEP and buf[h.name_s[k]:h.name_e[k]].lower() in tokens:
+                h.cls[k] = H_DROP
+    h.keep_alive = (not close) if h.version == 11 else ka
+    h.content_length = -1
+    if head_request or h.status < 200 or h.status == 204 or h.status == 304:
+        h.content_length = 0
+    elif te:
+        if te_bad:
+            h.until_close = True      # RFC 9112 6.3: read until the connection closes
+            h.keep_alive = False
+        else:
+            h.chunked = True
+    elif have_cl:
+        h.content_length = cl
+    else:
+        h.until_close = True
+        h.keep_alive = False
+    return h
+
+
+def parse_response_head(bytes data, bint head_request=False):
+    """Parse one complete response head (tests and tools)."""
+    cdef Py_ssize_t bad = -1
+    cdef Py_ssize_t end = find_head_end(data, 0, &bad)
+    if bad >= 0 or end < 0:
+        raise HttpError(502, "bad response head")
+    return scan_response(data[:end], end, head_request)
+
+
+# ---------------------------------------------------------------------------------------
+# Chunked framing (RFC 9112 7.1): validates and finds the end; the bytes pass through raw.
+# ---------------------------------------------------------------------------------------
+
+DEF CH_SIZE = 0
+DEF CH_EXT = 1
+DEF CH_SIZE_LF = 2
+DEF CH_DATA = 3
+DEF CH_DATA_CR = 4
+DEF CH_DATA_LF = 5
+DEF CH_TRAILER_START = 6
+DEF CH_TRAILER_LINE = 7
+DEF CH_TRAILER_LF = 8
+DEF CH_FINAL_LF = 9
+DEF CH_DONE = 10
+
+cdef class ChunkedScanner:
+    """Incremental chunked-body scanner. ``feed`` returns how many bytes of ``data`` belong
+    to the body (the rest is the next message), -1 on bad framing; ``done`` once complete.
+    With ``out`` given, the decoded payload slices are appended to it."""
+    cdef int state
+    cdef long long remaining
+    cdef int digits
+    cdef int trailer_bytes
+    cdef public bint done
+
+    def __cinit__(self):
+        self.state = CH_SIZE
+        self.remaining = 0
+        self.digits = 0
+
+    cpdef Py_ssize_t feed(self, bytes data, list out=None) except -2:
+        cdef const char* p = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t i = 0, take
+        cdef unsigned char c
+        cdef int d
+        while i < n:
+            c = <unsigned char>p[i]
+            if self.state == CH_DATA:
+                take = n - i
+                if take > self.remaining:
+                    take = self.remaining
+                if out is not None:
+                    out.append(data[i:i + take])
+                i += take
+                self.remaining -= take
+                if self.remaining == 0:
+                    self.state = CH_DATA_CR
+                continue
+            if self.state == CH_SIZE:
+                if c >= 48 and c <= 57:
+                    d = c - 48
+                elif c >= 97 and c <= 102:
+                    d = c - 87
+                elif c >= 65 and c <= 70:
+                    d = c - 55
+                else:
+                    d = -1
+                if d >= 0:
+                    if self.digits >= 15:
+                        return -1
+                    self.remaining = self.remaining * 16 + d
+                    self.digits += 1
+                elif self.digits == 0:
+                    return -1
+                elif c == 13:
+                    self.state = CH_SIZE_LF
+                elif c == 59:        # ';' chunk extension
+                    self.state = CH_EXT
+                elif c == 32 or c == 9:
+                    self.state = CH_EXT   # BWS before ';' (RFC 9112 7.1.1)
+                else:
+                    return -1
+            elif self.state == CH_EXT:
+                if c == 13:
+                    self.state = CH_SIZE_LF
+                elif c == 10 or (c < 32 and c != 9) or c == 127:
+                    return -1
+            elif self.state == CH_SIZE_LF:
+                if c != 10:
+                    return -1
+                self.digits = 0
+                if self.remaining == 0:
+                    self.state = CH_TRAILER_START
+                else:
+                    self.state = CH_DATA
+            elif self.state == CH_DATA_CR:
+                if c != 13:
+                    return -1
+                self.state = CH_DATA_LF
+            elif self.state == CH_DATA_LF:
+                if c != 10:
+                    return -1
+                self.state = CH_SIZE
+                self.remaining = 0
+            elif self.state == CH_TRAILER_START:
+                if c == 13:
+                    self.state = CH_FINAL_LF
+                elif TCHAR[c]:
+                    self.state = CH_TRAILER_LINE
+                else:
+                    return -1
+            elif self.state == CH_TRAILER_LINE:
+                self.trailer_bytes += 1
+                if self.trailer_bytes > 16384:
+                    return -1
+                if c == 13:
+                    self.state = CH_TRAILER_LF
+                elif c == 10 or (c < 32 and c != 9) or c == 127:
+                    return -1
+            elif self.state == CH_TRAILER_LF:
+                if c != 10:
+                    return -1
+                self.state = CH_TRAILER_START
+            elif self.state == CH_FINAL_LF:
+                if c != 10:
+                    return -1
+                self.state = CH_DONE
+                self.done = True
+                return i + 1
+            i += 1
+        return n
+
+
+# ---------------------------------------------------------------------------------------
+# Head builders
+# ---------------------------------------------------------------------------------------
+
+cdef bytes VIA_TOKEN = b"1.1 fastgw"
+
+
+cdef class ForwardInfo:
+    """Per-listener facts the request builder needs: scheme and port as seen by clients."""
+    cdef public bytes proto
+    cdef public bytes port
+
+    def __init__(self, bytes proto=b"http", bytes port=b"80"):
+        self.proto = proto
+        self.port = port
+
+
+cdef bytes build_upstream_head(RequestHead h, bytes method, bytes path_query, bytes host_value,
+                               bytes client_ip, ForwardInfo fwd, list headers, bint chunked,
+                               long long content_length):
+    """The request head sent to the backend, in one buffer.
+
+    ``headers`` None: forward the client's end-to-end headers straight from the scan offsets
+    (the plain path); otherwise forward that list (a plugin's view of the headers, which may
+    still hold Host, X-Forwarded-For and Via for reading: those are rebuilt here).
+    """
+    cdef _Buf b = _buf
+    cdef const char* p = PyBytes_AS_STRING(h.buf)
+    cdef int i
+    cdef unsigned char c
+    cdef bytes xff = None, via = None, name, value
+    b.reset()
+    b.add_b(method)
+    b.add(b" ", 1)
+    b.add_b(path_query)
+    b.add(b" HTTP/1.1\r\nHost: ", 17)
+    b.add_b(host_value)
+    b.add(b"\r\n", 2)
+    if headers is None:
+        for i in range(h.n):
+            c = h.cls[i]
+            if c == H_KEEP:
+                b.add(p + h.name_s[i], h.val_e[i] - h.name_s[i])
+                b.add(b"\r\n", 2)
+        if h.xff_idx >= 0:
+            xff = h.buf[h.val_s[h.xff_idx]:h.val_e[h.xff_idx]]
+        if h.via_idx >= 0:
+            via = h.buf[h.val_s[h.via_idx]:h.val_e[h.via_idx]]
+    else:
+        for name, value in headers:
+            c = _classify(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+            if c == H_KEEP:
+                if _has_crlf(value) or _has_crlf(name):
+                    continue      # SECURITY: a plugin value can never inject a header line
+                b.add_b(name)
+                b.add(b": ", 2)
+                b.add_b(value)
+                b.add(b"\r\n", 2)
+            elif c == H_XFF:
+                xff = value if xff is None else xff + b", " + value
+            elif c == H_VIA:
+                via = value if via is None else via + b", " + value
+    b.add(b"X-Forwarded-For: ", 17)
+    if xff is not None:
+        b.add_b(xff)
+        b.add(b", ", 2)
+    b.add_b(client_ip)
+    b.add(b"\r\nX-Forwarded-Proto: ", 21)
+    b.add_b(fwd.proto)
+    if h.host_raw:
+        b.add(b"\r\nX-Forwarded-Host: ", 20)
+        b.add_b(h.host_raw)
+    b.add(b"\r\nX-Forwarded-Port: ", 20)
+    b.add_b(fwd.port)
+    b.add(b"\r\nVia: ", 7)
+    if via is not None:
+        b.add_b(via)
+        b.add(b", ", 2)
+    b.add(b"1.1 fastgw\r\n", 12)
+    if chunked:
+        b.add(b"Transfer-Encoding: chunked\r\n", 28)
+    elif content_length >= 0:
+        if content_length > 0 or method not in (b"GET", b"HEAD"):
+            b.add(b"Content-Length: ", 16)
+            b.add_int(content_length)
+            b.add(b"\r\n", 2)
+    b.add(b"\r\n", 2)
+    return b.take()
+
+
+cdef inline bint _has_crlf(bytes v):
+    cdef const char* p = PyBytes_AS_STRING(v)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(v)
+    return memchr(p, 13, n) != NULL or memchr(p, 10, n) != NULL
+
+
+DEF CLOSE_NO = 0
+DEF CLOSE_YES = 1
+DEF KEEP_10 = 2        # HTTP/1.0 client that asked for keep-alive
+
+
+cdef bytes build_response_head(ResponseHead r, list headers, list add, int status, bint chunked_out,
+                               int conn_mode, bytes request_id):
+    """The response head sent to the client. ``headers`` None: copy the backend's
+    end-to-end headers from the scan offsets; else use that list (after a response plugin)."""
+    cdef _Buf b = _buf
+    cdef const char* p = PyBytes_AS_STRING(r.buf)
+    cdef int i
+    cdef unsigned char c
+    cdef bytes name, value
+    b.reset()
+    if status == r.status:
+        b.add(b"HTTP/1.1 ", 9)
+        b.add(p + 9, r.line_e - 9)
+        b.add(b"\r\n", 2)
+    else:
+        b.add(b"HTTP/1.1 ", 9)
+        b.add_int(status)
+        b.add(b" ", 1)
+        b.add_b(_reason(status))
+        b.add(b"\r\n", 2)
+    if headers is None:
+        for i in range(r.n):
+            c = r.cls[i]
+            if c == H_KEEP or c == H_VIA or (c == H_CL and not r.chunked):
+                b.add(p + r.name_s[i], r.val_e[i] - r.name_s[i])
+                b.add(b"\r\n", 2)
+    else:
+        for name, value in headers:
+            if _has_crlf(value) or _has_crlf(name):
+                continue
+            c = _classify(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+            if c == H_KEEP or c == H_VIA or c == H_XFF or c == H_XFP or c == H_HOST or c == H_EXPECT \
+                    or c == H_CONSUMER or (c == H_CL and not r.chunked):
+                b.add_b(name)
+                b.add(b": ", 2)
+                b.add_b(value)
+                b.add(b"\r\n", 2)
+    if add:
+        for name, value in add:
+            if _has_crlf(value) or _has_crlf(name):
+                continue
+            b.add_b(name)
+            b.add(b": ", 2)
+            b.add_b(value)
+            b.add(b"\r\n", 2)
+    if chunked_out:
+        b.add(b"Transfer-Encoding: chunked\r\n", 28)
+    if conn_mode == CLOSE_YES:
+        b.add(b"Connection: close\r\n", 19)
+    elif conn_mode == KEEP_10:
+        b.add(b"Connection: keep-alive\r\n", 24)
+    b.add(b"\r\n", 2)
+    return b.take()
+
+
+cdef dict _REASONS = {
+    100: b"Continue", 200: b"OK", 201: b"Created", 202: b"Accepted", 204: b"No Content",
+    206: b"Partial Content", 301: b"Moved Permanently", 302: b"Found", 304: b"Not Modified",
+    307: b"Temporary Redirect", 308: b"Permanent Redirect", 400: b"Bad Request",
+    401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+    408: b"Request Timeout", 409: b"Conflict", 411: b"Length Required", 413: b"Content Too Large",
+    414: b"URI Too Long", 415: b"Unsupported Media Type", 417: b"Expectation Failed",
+    422: b"Unprocessable Content", 429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
+    503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
+}
+
+
+cdef bytes _reason(int status):
+    r = _REASONS.get(status)
+    return r if r is not None else b"Unknown"
+
+
+def reason_phrase(int status):
+    return _reason(status)
+
+
+cpdef bytes build_answer(int status, list headers, bytes body, int conn_mode, bint head_request):
+    """A complete answer made by the gateway itself (errors, plugin answers), one buffer."""
+    cdef _Buf b = _buf
+    cdef bytes name, value
+    cdef bint has_ct = False
+    b.reset()
+    b.add(b"HTTP/1.1 ", 9)
+    b.add_int(status)
+    b.add(b" ", 1)
+    b.add_b(_reason(status))
+    b.add(b"\r\n", 2)
+    if headers:
+        for name, value in headers:
+            if _has_crlf(value) or _has_crlf(name):
+                continue
+            b.add_b(name)
+            b.add(b": ", 2)
+            b.add_b(value)
+            b.add(b"\r\n", 2)
+    if status != 204 and status != 304 and status >= 200:
+        b.add(b"Content-Length: ", 16)
+        b.add_int(PyBytes_GET_SIZE(body))
+        b.add(b"\r\n", 2)
+    if conn_mode == CLOSE_YES:
+        b.add(b"Connection: close\r\n", 19)
+    elif conn_mode == KEEP_10:
+        b.add(b"Connection: keep-alive\r\n", 24)
+    b.add(b"\r\n", 2)
+    if not head_request and status != 204 and status != 304:
+        b.add_b(body)
+    return b.take()
+
+
+cdef bytes _JSON_CT = b"application/json"
+
+
+cpdef bytes error_body(int status, str message, str request_id):
+    return _json_dumps({"error": message, "status": status, "request_id": request_id})
+
+
+# ---------------------------------------------------------------------------------------
+# Request ids: a counter after a per-process prefix (PERF: no uuid4 per request).
+# ---------------------------------------------------------------------------------------
+
+cdef unsigned long long _rid_counter = 0
+cdef str _rid_prefix = _os.urandom(4).hex() + "-"
+
+
+def reset_request_id_prefix():
+    """Called in each worker after start so that ids differ between processes."""
+    global _rid_prefix, _rid_counter
+    _rid_prefix = _os.urandom(4).hex() + "-"
+    _rid_counter = 0
+
+
+cpdef str next_request_id():
+    global _rid_counter
+    _rid_counter += 1
+    return _rid_prefix + format(_rid_counter, "x")

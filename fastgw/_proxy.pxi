@@ -1,0 +1,1298 @@
+# part of fastgw/_core.pyx (see its docstring)
+#
+# The proxy's connection glue: ClientConnection and UpstreamConnection are asyncio
+# protocols wired to each other with plain method calls (no Task, Future or await on the
+# plain path), a coarse TimerWheel for every timeout, and the upstream keep-alive pools.
+
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+import logging as _logging
+import time as _time
+
+cdef object _log = _logging.getLogger("fastgw.proxy")
+cdef object _wall_time = _time.time
+
+DEF S_HEAD = 0      # reading a request head (or idle between requests)
+DEF S_BODY = 1      # request dispatched, its body still arriving
+DEF S_WAIT = 2      # request complete, answer in progress
+DEF S_CLOSED = 3
+
+DEF B_NONE = 0
+DEF B_LENGTH = 1
+DEF B_CHUNKED = 2
+
+DEF P_UPSTREAM = 1   # reasons to pause reading from the client
+DEF P_PIPELINE = 2
+DEF P_PENDING = 4
+DEF P_PLUGIN = 8
+
+DEF T_NONE = 0
+DEF T_IDLE = 1
+DEF T_HEADER = 2
+DEF T_CONNECT = 3
+DEF T_READ = 4
+DEF T_SEND = 5
+
+DEF PENDING_LIMIT = 262144
+DEF PIPELINE_LIMIT = 262144
+
+DEF U_IDLE = 0
+DEF U_HEAD = 1
+DEF U_BODY = 2
+
+
+
+cdef inline double _mono() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+def monotonic():
+    return _mono()
+
+
+# ---------------------------------------------------------------------------------------
+# Timer wheel
+# ---------------------------------------------------------------------------------------
+
+cdef class Timed:
+    """Something with one deadline in the wheel (0 = none). Re-arming later costs nothing:
+    the wheel re-files the entry when its old slot comes up."""
+    cdef double deadline
+    cdef long long sched_tick
+
+    cdef void on_timeout(self):
+        pass
+
+
+cdef class ClientConnection(Timed)
+cdef class UpstreamConnection(Timed)
+cdef class Backend
+cdef class UpstreamPool
+cdef class Engine
+
+
+cdef class TimerWheel:
+    """Coarse timeouts: one loop timer per worker ticks every ``resolution`` seconds.
+
+    PERF: arming a deadline is a float store plus, only when it moves earlier than the
+    slot it is filed in, one list append; there is no cancel (BENCHMARKING.md: a
+    call_later + cancel per request costs 2.7 µs)."""
+    cdef public double resolution
+    cdef public double now
+    cdef int size
+    cdef list slots
+    cdef long long tick
+    cdef double base
+    cdef object loop
+    cdef object handle
+    cdef bint running
+
+    def __init__(self, loop, double resolution=0.25, int size=512):
+        self.loop = loop
+        self.resolution = resolution
+        self.size = size
+        self.slots = [[] for _ in range(size)]
+        self.now = _mono()
+        self.base = self.now
+        self.tick = 0
+        self.running = False
+
+    def start(self):
+        self.running = True
+        self.handle = self.loop.call_later(self.resolution, self._on_tick)
+
+    def stop(self):
+        self.running = False
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+    cdef inline void arm(self, Timed t, double deadline):
+        cdef long long target
+        t.deadline = deadline
+        target = <long long>((deadline - self.base) / self.resolution) + 1
+        if target <= self.tick:
+            target = self.tick + 1
+        if target - self.tick >= self.size:
+            target = self.tick + self.size - 1
+        if t.sched_tick <= 0 or target < t.sched_tick:
+            t.sched_tick = target
+            (<list>self.slots[target % self.size]).append(t)
+
+    def _on_tick(self):
+        cdef list bucket
+        cdef Timed t
+        cdef long long due
+        self.now = _mono()
+        due = <long long>((self.now - self.base) / self.resolution)
+        while self.tick < due:
+            self.tick += 1
+            bucket = self.slots[self.tick % self.size]
+            if not bucket:
+                continue
+            self.slots[self.tick % self.size] = []
+            for t in bucket:
+                if t.sched_tick != self.tick:
+                    continue          # re-filed in an earlier slot meanwhile
+                t.sched_tick = 0
+                if t.deadline <= 0:
+                    continue          # disarmed
+                if t.deadline <= self.now:
+                    t.deadline = 0
+                    try:
+                        t.on_timeout()
+                    except Exception:
+                        _log.exception("timeout handler failed")
+                else:
+                    self.arm(t, t.deadline)
+        if self.running:
+            self.handle = self.loop.call_later(self.resolution, self._on_tick)
+
+
+# ---------------------------------------------------------------------------------------
+# Routes, backends, pools
+# ---------------------------------------------------------------------------------------
+
+cdef class Route:
+    """One compiled (stage, resource, method): everything the hot path reads, typed."""
+    cdef public str key
+    cdef public str service
+    cdef public str stage
+    cdef public str resource
+    cdef public str method
+    cdef public tuple param_names
+    cdef public int prefix_len
+    cdef public object template          # Template or None
+    cdef public Backend backend
+    cdef public bint host_from_target
+    cdef public double connect_timeout
+    cdef public double read_timeout
+    cdef public double send_timeout
+    cdef public object pipeline          # Pipeline or None (None: the plain path)
+    cdef public bint pipeline_async
+    cdef public bint has_response_phase
+    cdef public bint has_log_phase
+    cdef public long long max_body       # -1: no limit
+    cdef public int stats_slot
+    cdef public object spec
+    cdef public dict variables
+
+    def __init__(self):
+        self.max_body = -1
+        self.stats_slot = -1
+        self.connect_timeout = 5.0
+        self.read_timeout = 60.0
+        self.send_timeout = 60.0
+        self.param_names = ()
+        self.variables = {}
+
+    def __repr__(self):
+        return f"<Route {self.key}>"
+
+
+cdef class Backend:
+    """A stage's backend: its targets' pools, picked round-robin."""
+    cdef public list pools
+    cdef int rr
+    cdef int n
+
+    def __init__(self, list pools):
+        self.pools = pools
+        self.n = len(pools)
+        self.rr = 0
+
+    cdef inline UpstreamPool pick(self):
+        cdef UpstreamPool p
+        if self.n == 1:
+            return <UpstreamPool>self.pools[0]
+        p = <UpstreamPool>self.pools[self.rr]
+        self.rr += 1
+        if self.rr >= self.n:
+            self.rr = 0
+        return p
+
+    def close(self):
+        for p in self.pools:
+            (<UpstreamPool>p).close_idle()
+
+
+cdef class UpstreamPool:
+    """Keep-alive connections to one backend target (LIFO, so warm connections are reused)."""
+    cdef public str host
+    cdef public int port
+    cdef public object ssl
+    cdef public bytes host_header
+    cdef public int max_idle
+    cdef public double idle_timeout
+    cdef list idle
+    cdef Engine engine
+
+    def __init__(self, Engine engine, str host, int port, object ssl=None, int max_idle=256,
+                 double idle_timeout=55.0):
+        self.engine = engine
+        self.host = host
+        self.port = port
+        self.ssl = ssl
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.idle = []
+        default_port = 443 if ssl is not None else 80
+        self.host_header = (host if port == default_port else f"{host}:{port}").encode("idna")
+
+    def idle_count(self):
+        return len(self.idle)
+
+    cdef UpstreamConnection acquire(self, ClientConnection client):
+        cdef UpstreamConnection c
+        while self.idle:
+            c = <UpstreamConnection>self.idle.pop()
+            if not c.closed:
+                c.deadline = 0
+                c.client = client
+                c.reused = True
+                return c
+        c = UpstreamConnection(self)
+        c.client = client
+        c.reused = False
+        c.start_connect()
+        return c
+
+    cdef void release(self, UpstreamConnection c):
+        if c.closed:
+            return
+        if len(self.idle) >= self.max_idle or self.engine.draining:
+            c.close()
+            return
+        c.client = None
+        self.idle.append(c)
+        self.engine.wheel.arm(c, self.engine.wheel.now + self.idle_timeout)
+
+    cpdef void close_idle(self):
+        cdef UpstreamConnection c
+        idle, self.idle = self.idle, []
+        for c in idle:
+            c.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Engine: what one worker's connections share
+# ---------------------------------------------------------------------------------------
+
+cdef class Engine:
+    cdef public object loop
+    cdef public object router
+    cdef public TimerWheel wheel
+    cdef public object stats              # StatsWriter or None
+    cdef public object access_log         # AccessLog or None
+    cdef public object unmatched_slot     # callable(host: bytes) -> int, or None
+    cdef public dict consumer_slots       # consumer name -> stats slot
+    cdef public double idle_timeout
+    cdef public double header_timeout
+    cdef public Py_ssize_t max_head
+    cdef public set connections
+    cdef public bint draining
+    cdef public object on_drained
+    cdef public object plugin_errors      # callable(exc, ctx) for logging
+
+    def __init__(self, loop, router, double idle_timeout=75.0, double header_timeout=30.0,
+                 Py_ssize_t max_head=65536):
+        self.loop = loop
+        self.router = router
+        self.wheel = TimerWheel(loop)
+        self.idle_timeout = idle_timeout
+        self.header_timeout = header_timeout
+        self.max_head = max_head
+        self.connections = set()
+        self.consumer_slots = {}
+        self.draining = False
+
+    def start(self):
+        self.wheel.start()
+
+    def drain(self):
+        """Stop keeping connections alive: idle ones close now, busy ones after their answer."""
+        cdef ClientConnection c
+        self.draining = True
+        for c in list(self.connections):
+            if c.state == S_HEAD and not c.inbuf:
+                c._close()
+        self._check_drained()
+
+    cdef void _check_drained(self):
+        if self.draining and not self.connections and self.on_drained is not None:
+            cb, self.on_drained = self.on_drained, None
+            cb()
+
+    def stop(self):
+        self.wheel.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# Client side
+# ---------------------------------------------------------------------------------------
+
+cdef bytes CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+cdef object _RequestContext = None
+cdef object _normalize = None
+
+
+cdef object _context_class():
+    global _RequestContext
+    if _RequestContext is None:
+        from fastgw.context import RequestContext
+        _RequestContext = RequestContext
+    return _RequestContext
+
+
+cdef class ClientConnection(Timed):
+    """One client TCP connection: parses heads, routes, runs plugins, streams both ways."""
+    cdef Engine engine
+    cdef object transport
+    cdef ForwardInfo fwd
+    cdef bytes peer_ip
+    cdef str peer_ip_str
+    cdef bytes inbuf
+    cdef Py_ssize_t scan_pos
+    cdef int state
+    cdef int paused
+    cdef bint reading_paused
+    cdef bint writing_paused
+    cdef bint processing
+    cdef int timer_kind
+    # the exchange in progress
+    cdef RequestHead req
+    cdef Route route
+    cdef tuple values
+    cdef bytes norm_path
+    cdef object ctx
+    cdef int body_mode
+    cdef long long body_left
+    cdef ChunkedScanner chunk
+    cdef long long bytes_in
+    cdef long long max_body
+    cdef bint req_done
+    cdef list pending
+    cdef Py_ssize_t pending_size
+    cdef UpstreamConnection up
+    cdef bytes up_head
+    cdef bint up_retryable
+    cdef bint retried
+    cdef bint resp_started
+    cdef bint dechunk
+    cdef bint keep_alive
+    cdef bint head_req
+    cdef bint by_gateway
+    cdef int status
+    cdef long long bytes_out
+    cdef double t_start
+    cdef double t_up
+    cdef double t_up_end
+    cdef str request_id
+    cdef object async_task
+
+    def __init__(self, Engine engine, ForwardInfo fwd):
+        self.engine = engine
+        self.fwd = fwd
+        self.inbuf = b""
+        self.state = S_HEAD
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if peer else "127.0.0.1"
+        if ip.startswith("::ffff:"):
+            ip = ip[7:]
+        self.peer_ip_str = ip
+        self.peer_ip = ip.encode("ascii")
+        self.engine.connections.add(self)
+        self._arm(T_IDLE, self.engine.idle_timeout)
+
+    def connection_lost(self, exc):
+        cdef UpstreamConnection up = self.up
+        self.state = S_CLOSED
+        self.deadline = 0
+        self.engine.connections.discard(self)
+        if up is not None:
+            # The client went away mid-exchange: the upstream answer can't be reused.
+            self.up = None
+            up.client = None
+            up.close()
+        if self.async_task is not None:
+            self.async_task.cancel()
+            self.async_task = None
+        self.engine._check_drained()
+
+    def data_received(self, bytes data):
+        try:
+            if self.state == S_HEAD:
+                if self.inbuf:
+                    self.inbuf = self.inbuf + data
+                else:
+                    self.inbuf = data
+                self._process_input()
+            elif self.state == S_BODY:
+                self._take_body(data)
+            elif self.state == S_WAIT:
+                # Pipelined bytes: keep them in order until the answer in progress is done.
+                self.inbuf = self.inbuf + data if self.inbuf else data
+                self._pause(P_PIPELINE)
+        except Exception as exc:
+            self._internal_error(exc)
+
+    def eof_received(self):
+        if self.state == S_HEAD and not self.inbuf:
+            return False
+        if self.state == S_BODY:
+            # The client half-closed before sending the whole body.
+            self._abort_exchange()
+            return False
+        # Answer the request in progress, then close (RFC 9112 9.6 allows half-close).
+        self.keep_alive = False
+        return True
+
+    def pause_writing(self):
+        self.writing_paused = True
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.pause_reading()
+        self._arm(T_SEND, self.route.send_timeout if self.route is not None else 60.0)
+
+    def resume_writing(self):
+        self.writing_paused = False
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.resume_reading()
+        if self.timer_kind == T_SEND:
+            self._arm(T_READ, self.route.read_timeout if self.route is not None else 60.0)
+
+    # -- flow control and timers ---------------------------------------------------------
+    cdef inline void _pause(self, int reason):
+        self.paused |= reason
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    cdef inline void _resume(self, int reason):
+        self.paused &= ~reason
+        if self.paused == 0 and self.reading_paused and self.state != S_CLOSED:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    cdef inline void _arm(self, int kind, double seconds):
+        self.timer_kind = kind
+        self.engine.wheel.arm(self, self.engine.wheel.now + seconds)
+
+    cdef void on_timeout(self):
+        cdef int kind = self.timer_kind
+        self.timer_kind = T_NONE
+        if self.state == S_CLOSED:
+            return
+        if kind == T_IDLE:
+            self._close()
+        elif kind == T_HEADER:
+            self.keep_alive = False
+            self._answer_error(408, "request head not received in time")
+        elif kind == T_CONNECT:
+            self._drop_upstream()
+            self._upstream_error(504, "upstream connect timed out")
+        elif kind == T_READ:
+            self._drop_upstream()
+            self._upstream_error(504, "upstream timed out")
+        elif kind == T_SEND:
+            self._abort_exchange()
+
+    # -- request head --------------------------------------------------------------------
+    cdef void _process_input(self):
+        if self.processing:
+            return
+        self.processing = True
+        try:
+            while self.state == S_HEAD and self.inbuf:
+                self._on_head_data()
+        finally:
+            self.processing = False
+
+    cdef void _on_head_data(self):
+        cdef Py_ssize_t bad = -1
+        cdef Py_ssize_t end
+        cdef bytes data = self.inbuf
+        cdef RequestHead req
+        if self.scan_pos == 0:
+            # RFC 9112 2.2: ignore at least one empty line before a request-line.
+            while data[:2] == b"\r\n":
+                data = data[2:]
+            self.inbuf = data
+            if not data:
+                return
+            self._arm(T_HEADER, self.engine.header_timeout)
+        end = find_head_end(data, self.scan_pos, &bad)
+        if bad >= 0:
+            self.inbuf = b""
+            self.keep_alive = False
+            self._answer_error(400, "bare LF in request head")
+            return
+        if end < 0:
+            if PyBytes_GET_SIZE(data) > self.engine.max_head:
+                self.inbuf = b""
+                self.keep_alive = False
+                self._answer_error(431, "request head too large")
+                return
+            self.scan_pos = PyBytes_GET_SIZE(data) - 3 if PyBytes_GET_SIZE(data) > 3 else 0
+            self.inbuf = data
+            return
+        self.scan_pos = 0
+        if end > self.engine.max_head:
+            self.inbuf = b""
+            self.keep_alive = False
+            self._answer_error(431, "request head too large")
+            return
+        try:
+            req = scan_request(data[:end] if end < PyBytes_GET_SIZE(data) else data, end)
+        except HttpError as exc:
+            self.inbuf = b""
+            self.keep_alive = False
+            self._answer_error(exc.status, exc.message)
+            return
+        self.inbuf = data[end:] if end < PyBytes_GET_SIZE(data) else b""
+        self._start(req, end)
+
+    cdef void _start(self, RequestHead req, Py_ssize_t head_len):
+        cdef tuple m
+        cdef int code
+        cdef bytes path
+        cdef bytes rest
+        self.req = req
+        self.t_start = _mono()
+        self.bytes_in = head_len
+        self.bytes_out = 0
+        self.status = 0
+        self.route = None
+        self.ctx = None
+        self.up = None
+        self.up_head = None
+        self.retried = False
+        self.resp_started = False
+        self.dechunk = False
+        self.by_gateway = False
+        self.request_id = None
+        self.pending = None
+        self.pending_size = 0
+        self.max_body = -1
+        self.t_up = 0
+        self.t_up_end = 0
+        self.head_req = req.method == b"HEAD"
+        self.keep_alive = req.keep_alive and not self.engine.draining
+        self.deadline = 0
+        self.timer_kind = T_NONE
+        if req.chunked:
+            self.body_mode = B_CHUNKED
+            self.chunk = ChunkedScanner()
+            self.req_done = False
+        elif req.content_length > 0:
+            self.body_mode = B_LENGTH
+            self.body_left = req.content_length
+            self.req_done = False
+        else:
+            self.body_mode = B_NONE
+            self.req_done = True
+        self.state = S_WAIT if self.req_done else S_BODY
+        if not self.req_done:
+            # Until we know the request is going upstream, don't read its body off the wire.
+            rest = self.inbuf
+            self.inbuf = b""
+        else:
+            rest = None
+        path = normalize_path(req.path) if req.path != b"*" else None
+        if path is None:
+            self.keep_alive = self.keep_alive and self.req_done
+            self._answer_error(400, "invalid request path")
+            return
+        self.norm_path = path
+        m = self.engine.router.match(req.host, req.method, path)
+        code = m[0]
+        if code == 200:
+            self.route = <Route>m[1]
+            self.values = m[2]
+        elif code == 404:
+            self.keep_alive = self.keep_alive and self.req_done
+            self._answer_error(404, "no route for this request")
+            return
+        else:
+            if req.method == b"OPTIONS" and self._try_preflight(m[1], m[2]):
+                return
+            self.keep_alive = self.keep_alive and self.req_done
+            self._answer_error(405, "method not allowed", [(b"Allow", m[1].allow)])
+            return
+        if self.route.pipeline is not None:
+            self._run_request_phase()
+            if self.state != S_BODY and self.state != S_WAIT:
+                return        # answered by a plugin (or closed)
+        if rest is not None:
+            self._take_body(rest)
+            if self.state != S_BODY and self.state != S_WAIT:
+                return
+        if self.route.pipeline is None or not self.route.pipeline_async:
+            self._dispatch()
+
+    # -- plugins -------------------------------------------------------------------------
+    cdef object _make_ctx(self, Route route, tuple values):
+        cdef RequestHead req = self.req
+        ctx = _context_class()(
+            req.method.decode("latin-1"), self.norm_path.decode("latin-1"), req.query,
+            req.forward_headers(), self.peer_ip_str, self.fwd.proto.decode("latin-1"),
+            route, values, self._rid(), "1.1" if req.version == 11 else "1.0")
+        ctx.body_size = req.content_length if not req.chunked else -1
+        ctx.start_time = self.t_start
+        return ctx
+
+    cdef void _run_request_phase(self):
+        cdef Route route = self.route
+        pipeline = route.pipeline
+        ctx = self._make_ctx(route, self.values)
+        self.ctx = ctx
+        self.max_body = route.max_body
+        if self.max_body >= 0 and self.req.content_length > self.max_body:
+            self.keep_alive = False
+            self._answer_error(413, "request body too large")
+            return
+        if route.pipeline_async:
+            self._pause(P_PLUGIN)
+            self.async_task = self.engine.loop.create_task(self._run_async(pipeline, ctx))
+            return
+        try:
+            answered = pipeline.run_request(ctx)
+        except Exception as exc:
+            self._plugin_failed(exc)
+            return
+        if answered:
+            self._answer_ctx()
+
+    async def _run_async(self, pipeline, ctx):
+        try:
+            answered = await pipeline.run_request_async(ctx)
+        except _asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.async_task = None
+            self._resume(P_PLUGIN)
+            self._plugin_failed(exc)
+            return
+        self.async_task = None
+        if self.state == S_CLOSED:
+            return
+        self._resume(P_PLUGIN)
+        if answered:
+            self._answer_ctx()
+            return
+        try:
+            self._dispatch()
+        except Exception as exc:
+            self._internal_error(exc)
+
+    cdef bint _try_preflight(self, object methods, tuple values):
+        cdef Route route
+        for r in methods.routes.values():
+            route = <Route>r
+            pipeline = route.pipeline
+            if pipeline is None or getattr(pipeline, "preflight", None) is None:
+                continue
+            self.route = route
+            ctx = self._make_ctx(route, values if values is not None else ())
+            self.ctx = ctx
+            try:
+                answered = pipeline.preflight(ctx)
+            except Exception as exc:
+                self._plugin_failed(exc)
+                return True
+            if answered:
+                self.keep_alive = self.keep_alive and self.req_done
+                self._answer_ctx()
+                return True
+            self.route = None
+            self.ctx = None
+            return False
+        return False
+
+    cdef void _plugin_failed(self, exc):
+        _log.error("plugin failed on %s: %r", self.route.key if self.route else "?", exc, exc_info=exc)
+        self.keep_alive = self.keep_alive and self.req_done
+        self._answer_error(500, "plugin error")
+
+    cdef void _answer_ctx(self):
+        ctx = self.ctx
+        cdef list headers = list(ctx.answer_headers)
+        if ctx.response_headers_add:
+            headers.extend(ctx.response_headers_add)
+        if not self.req_done:
+            self.keep_alive = False
+        self._answer(ctx.answer_status, headers, ctx.answer_body)
+
+    cdef str _rid(self):
+        if self.request_id is None:
+            self.request_id = next_request_id()
+        return self.request_id
+
+    # -- request body --------------------------------------------------------------------
+    cdef void _take_body(self, bytes data):
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t k
+        cdef bytes body, leftover = None
+        if n == 0:
+            return
+        if self.body_mode == B_LENGTH:
+            if n <= self.body_left:
+                body = data
+            else:
+                body = data[:self.body_left]
+                leftover = data[self.body_left:]
+            self.body_left -= PyBytes_GET_SIZE(body)
+            if self.body_left == 0:
+                self.req_done = True
+        else:
+            k = self.chunk.feed(data)
+            if k < 0:
+                self._bad_body()
+                return
+            if k == n:
+                body = data
+            else:
+                body = data[:k]
+                leftover = data[k:]
+            if self.chunk.done:
+                self.req_done = True
+        self.bytes_in += PyBytes_GET_SIZE(body)
+        if self.max_body >= 0 and self.bytes_in - PyBytes_GET_SIZE(self.req.buf) > self.max_body:
+            self._body_too_large()
+            return
+        if self.up is not None and self.up.transport is not None and self.pending is None:
+            self.up.transport.write(body)
+            if self.timer_kind == T_READ:
+                self._arm(T_READ, self.route.read_timeout)
+        else:
+            if self.pending is None:
+                self.pending = []
+            self.pending.append(body)
+            self.pending_size += PyBytes_GET_SIZE(body)
+            if self.pending_size > PENDING_LIMIT:
+                self._pause(P_PENDING)
+        if self.req_done:
+            self.state = S_WAIT if self.state == S_BODY else self.state
+            if leftover:
+                self.inbuf = leftover
+                self._pause(P_PIPELINE)
+
+    cdef void _bad_body(self):
+        self.keep_alive = False
+        if self.resp_started:
+            self._abort_exchange()
+        else:
+            self._drop_upstream()
+            self._answer_error(400, "bad chunked body")
+
+    cdef void _body_too_large(self):
+        self.keep_alive = False
+        if self.resp_started:
+            self._abort_exchange()
+        else:
+            self._drop_upstream()
+            self._answer_error(413, "request body too large")
+
+    # -- upstream --------------------------------------------------------------------------
+    cdef void _dispatch(self):
+        cdef Route route = self.route
+        cdef RequestHead req = self.req
+        cdef UpstreamPool pool = route.backend.pick()
+        cdef bytes path_q, host, query
+        cdef list headers = None
+        cdef bytes method = req.method
+        ctx = self.ctx
+        if ctx is not None:
+            headers = ctx.headers
+            query = ctx.query
+            if ctx.upstream_path is not None:
+                path_q = ctx.upstream_path
+            else:
+                path_q = self._backend_path(route, query, headers, query != req.query or req.has_query)
+        else:
+            path_q = self._backend_path(route, req.query, None, req.has_query)
+        host = pool.host_header if route.host_from_target else (req.host_raw or pool.host_header)
+        self.up_head = build_upstream_head(req, method, path_q, host, self.peer_ip, self.fwd, headers,
+                                           req.chunked, req.content_length)
+        if req.expect_continue and not self.req_done:
+            self.transport.write(CONTINUE_100)
+        self.up = pool.acquire(self)
+        if self.up.transport is not None:
+            self._upstream_ready()
+        else:
+            self._arm(T_CONNECT, route.connect_timeout)
+
+    cdef bytes _backend_path(self, Route route, bytes query, list headers, bint with_query):
+        cdef bytes p
+        if route.template is not None:
+            p = route.template.render(self.values, query, headers if headers is not None else self.req.headers())
+        elif route.prefix_len:
+            p = self.norm_path[route.prefix_len:] or b"/"
+        else:
+            p = self.norm_path
+        if with_query and query:
+            return p + b"?" + query
+        return p
+
+    cdef void _upstream_ready(self):
+        """The upstream connection is open: send the head, glued to the body bytes we hold."""
+        cdef bytes data = self.up_head
+        if self.pending is not None:
+            data = data + b"".join(self.pending)
+            self.pending = None
+            self.pending_size = 0
+            self._resume(P_PENDING)
+        self.up_retryable = self.req_done and self.up.reused and not self.retried
+        self.t_up = _mono()
+        self.up.send(data)
+        if not self.req_done and self.state == S_BODY:
+            # Body still to come: read it from the client again.
+            if self.paused & P_PENDING:
+                self._resume(P_PENDING)
+        self._arm(T_READ, self.route.read_timeout)
+
+    cdef void _upstream_connect_failed(self, exc):
+        self.up = None
+        self._upstream_error(502, "upstream connection failed")
+
+    cdef void _upstream_lost(self, bint got_bytes):
+        """The upstream connection closed before a complete answer."""
+        cdef UpstreamPool pool
+        self.up = None
+        if not got_bytes and self.up_retryable and not self.resp_started:
+            # A reused keep-alive connection that the backend had just closed: retry once
+            # on a fresh connection (the whole request is in up_head, nothing was answered).
+            self.retried = True
+            self.up_retryable = False
+            pool = self.route.backend.pick()
+            self.up = pool.acquire(self)
+            if self.up.transport is not None:
+                self._upstream_ready()
+            else:
+                self._arm(T_CONNECT, self.route.connect_timeout)
+            return
+        self._upstream_error(502, "upstream closed the connection")
+
+    cdef void _upstream_error(self, int status, str message):
+        if self.resp_started:
+            self._abort_exchange()
+            return
+        self.keep_alive = self.keep_alive and self.req_done
+        self.t_up_end = _mono()
+        self._answer_error(status, message)
+
+    cdef void _drop_upstream(self):
+        cdef UpstreamConnection up = self.up
+        if up is not None:
+            self.up = None
+            up.client = None
+            up.close()
+
+    # -- response from upstream ----------------------------------------------------------
+    cdef void _response_head(self, ResponseHead resp, bytes body, bint done):
+        cdef int conn_mode
+        cdef bytes head
+        cdef list headers = None, add = None
+        cdef bint chunked_out
+        self.status = resp.status
+        if resp.chunked and self.req.version == 10:
+            self.dechunk = True
+        if self.dechunk or resp.until_close:
+            self.keep_alive = False
+        if not self.keep_alive:
+            conn_mode = CLOSE_YES
+        elif self.req.version == 10:
+            conn_mode = KEEP_10
+        else:
+            conn_mode = CLOSE_NO
+        chunked_out = resp.chunked and not self.dechunk
+        ctx = self.ctx
+        if ctx is not None:
+            ctx.status = resp.status
+            if self.route.has_response_phase:
+                ctx.response_headers = resp.forward_headers()
+                try:
+                    self.route.pipeline.run_response(ctx)
+                except Exception as exc:
+                    _log.error("response plugin failed on %s: %r", self.route.key, exc, exc_info=exc)
+                headers = ctx.response_headers
+            add = ctx.response_headers_add
+            if ctx.status != resp.status and 100 <= ctx.status <= 999:
+                self.status = ctx.status
+        head = build_response_head(resp, headers, add, self.status, chunked_out, conn_mode, None)
+        self.resp_started = True
+        self.bytes_out = PyBytes_GET_SIZE(head) + PyBytes_GET_SIZE(body)
+        if body:
+            self.transport.write(head + body)   # PERF: one write for head and first body bytes
+        else:
+            self.transport.write(head)
+
+    cdef void _response_body(self, bytes body):
+        self.bytes_out += PyBytes_GET_SIZE(body)
+        self.transport.write(body)
+        if self.timer_kind == T_READ:
+            self._arm(T_READ, self.route.read_timeout)
+
+    cdef void _response_done(self):
+        self.up = None
+        self.t_up_end = _mono()
+        if not self.req_done:
+            # The backend answered before the body was all sent: the connection can't be reused.
+            self.keep_alive = False
+        self._finish()
+
+    # -- answers by the gateway ------------------------------------------------------------
+    cdef void _answer_error(self, int status, str message, list headers=None):
+        cdef list h = [(b"Content-Type", b"application/json")]
+        if headers:
+            h.extend(headers)
+        if self.ctx is not None and self.ctx.response_headers_add:
+            h.extend(self.ctx.response_headers_add)
+        self._answer(status, h, error_body(status, message, self._rid()))
+
+    cdef void _answer(self, int status, list headers, bytes body):
+        cdef int conn_mode
+        cdef bytes data
+        if self.state == S_CLOSED:
+            return
+        if self.resp_started:
+            self._abort_exchange()
+            return
+        if self.req is None:
+            self.keep_alive = False
+            self.t_start = _mono()
+            self.bytes_in = 0
+        if self.engine.draining:
+            self.keep_alive = False
+        if not self.keep_alive:
+            conn_mode = CLOSE_YES
+        elif self.req.version == 10:
+            conn_mode = KEEP_10
+        else:
+            conn_mode = CLOSE_NO
+        self.status = status
+        self.by_gateway = True
+        data = build_answer(status, headers, body, conn_mode, self.head_req)
+        self.bytes_out = PyBytes_GET_SIZE(data)
+        self.resp_started = True
+        self.transport.write(data)
+        self._finish()
+
+    # -- end of an exchange -----------------------------------------------------------------
+    cdef void _finish(self):
+        cdef double now = _mono()
+        cdef Route route = self.route
+        cdef object stats = self.engine.stats
+        cdef long long total_us = <long long>((now - self.t_start) * 1e6) if self.t_start > 0 else 0
+        cdef long long up_us = <long long>((self.t_up_end - self.t_up) * 1e6) if self.t_up > 0 and self.t_up_end > 0 else 0
+        cdef int slot
+        ctx = self.ctx
+        if self.req is not None:
+            if stats is not None:
+                if route is not None:
+                    slot = route.stats_slot
+                elif self.engine.unmatched_slot is not None:
+                    slot = self.engine.unmatched_slot(self.req.host)
+                else:
+                    slot = -1
+                if slot >= 0:
+                    stats.record(slot, self.status, total_us, up_us, self.bytes_in, self.bytes_out,
+                                 1 if self.by_gateway else 0)
+                if ctx is not None and ctx.consumer is not None:
+                    cslot = self.engine.consumer_slots.get(ctx.consumer.name)
+                    if cslot is not None:
+                        stats.record_consumer(cslot)
+            if ctx is not None and route is not None and route.has_log_phase:
+                ctx.status = self.status
+                ctx.bytes_in = self.bytes_in
+                ctx.bytes_out = self.bytes_out
+                ctx.upstream_time = up_us / 1e6
+                try:
+                    route.pipeline.run_log(ctx)
+                except Exception as exc:
+                    _log.error("log plugin failed on %s: %r", route.key, exc, exc_info=exc)
+            if self.engine.access_log is not None:
+                self._access_log(route, ctx, total_us, up_us)
+        self.ctx = None
+        self.req = None
+        self.head_req = False
+        if not self.keep_alive or self.state == S_CLOSED:
+            self._close()
+            return
+        # Ready for the next request on this connection.
+        self.state = S_HEAD
+        self.route = None
+        self.up = None
+        self.pending = None
+        self.resp_started = False
+        self._resume(P_PIPELINE)
+        self._arm(T_IDLE, self.engine.idle_timeout)
+        if self.inbuf:
+            self._process_input()
+
+    cdef void _access_log(self, Route route, object ctx, long long total_us, long long up_us):
+        cdef RequestHead req = self.req
+        consumer = ctx.consumer.name if ctx is not None and ctx.consumer is not None else None
+        self.engine.access_log.append((
+            _wall_time(), self._rid(), ctx.client_ip if ctx is not None else self.peer_ip_str, consumer,
+            route.service if route is not None else None, route.stage if route is not None else None,
+            route.resource if route is not None else None, req.method.decode("latin-1"),
+            req.target.decode("latin-1"), self.status, self.bytes_in, self.bytes_out,
+            total_us / 1000.0, up_us / 1000.0))
+
+    cdef void _abort_exchange(self):
+        """Nothing sensible can be sent any more: close both sides."""
+        self._drop_upstream()
+        self.keep_alive = False
+        if self.req is not None and self.status == 0:
+            self.status = 499
+        self._close()
+
+    cdef void _internal_error(self, exc):
+        _log.error("internal error: %r", exc, exc_info=exc)
+        if self.state != S_CLOSED and not self.resp_started:
+            self.keep_alive = False
+            try:
+                self._answer_error(500, "internal error")
+                return
+            except Exception:
+                pass
+        self._abort_exchange()
+
+    cdef void _close(self):
+        if self.state == S_CLOSED and self.transport is None:
+            return
+        self.state = S_CLOSED
+        self.deadline = 0
+        self._drop_upstream()
+        if self.transport is not None:
+            self.transport.close()
+        self.engine.connections.discard(self)
+        self.engine._check_drained()
+
+
+# ---------------------------------------------------------------------------------------
+# Upstream side
+# ---------------------------------------------------------------------------------------
+
+cdef class UpstreamConnection(Timed):
+    """One keep-alive connection to a backend target; serves one client exchange at a time."""
+    cdef UpstreamPool pool
+    cdef public object transport
+    cdef ClientConnection client
+    cdef public bint closed
+    cdef bint reused
+    cdef bint got_bytes
+    cdef int state
+    cdef bytes buf
+    cdef Py_ssize_t scan_pos
+    cdef ResponseHead resp
+    cdef long long body_left
+    cdef ChunkedScanner chunk
+    cdef object connect_task
+
+    def __init__(self, UpstreamPool pool):
+        self.pool = pool
+        self.buf = b""
+
+    def start_connect(self):
+        loop = self.pool.engine.loop
+        self.connect_task = loop.create_task(
+            loop.create_connection(lambda: self, self.pool.host, self.pool.port, ssl=self.pool.ssl))
+        self.connect_task.add_done_callback(self._connect_done)
+
+    def _connect_done(self, fut):
+        self.connect_task = None
+        if fut.cancelled():
+            self.closed = True
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self.closed = True
+            client = self.client
+            self.client = None
+            if client is not None:
+                (<ClientConnection>client)._upstream_connect_failed(exc)
+
+    cdef void send(self, bytes data):
+        self.state = U_HEAD
+        self.got_bytes = False
+        self.buf = b""
+        self.scan_pos = 0
+        self.transport.write(data)
+
+    cdef void close(self):
+        self.closed = True
+        self.deadline = 0
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        if self.transport is not None:
+            self.transport.close()
+
+    cdef void on_timeout(self):
+        # Only idle pooled connections are armed here.
+        if self.client is None:
+            self.close()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        if self.closed:
+            transport.close()
+            return
+        client = self.client
+        if client is not None:
+            (<ClientConnection>client)._upstream_ready()
+        else:
+            self.pool.release(self)
+
+    def connection_lost(self, exc):
+        cdef ClientConnection client = self.client
+        self.closed = True
+        self.deadline = 0
+        self.client = None
+        if client is not None and client.up is self:
+            if self.state == U_BODY and self.resp.until_close:
+                client._response_done()
+            else:
+                client._upstream_lost(self.got_bytes)
+
+    def eof_received(self):
+        return False
+
+    def pause_writing(self):
+        if self.client is not None:
+            self.client._pause(P_UPSTREAM)
+
+    def resume_writing(self):
+        if self.client is not None:
+            self.client._resume(P_UPSTREAM)
+
+    def data_received(self, bytes data):
+        cdef ClientConnection client = self.client
+        if client is None:
+            self.close()          # bytes on an idle connection: the backend is confused
+            return
+        self.got_bytes = True
+        try:
+            if self.state == U_HEAD:
+                self._on_head(client, data)
+            elif self.state == U_BODY:
+                self._on_body(client, data)
+            else:
+                self.close()
+        except Exception as exc:
+            self.client = None
+            self.close()
+            client._internal_error(exc)
+
+    cdef void _on_head(self, ClientConnection client, bytes data):
+        cdef Py_ssize_t bad = -1, end
+        cdef ResponseHead resp
+        cdef bytes rest
+        if self.buf:
+            data = self.buf + data
+        while True:
+            end = find_head_end(data, self.scan_pos, &bad)
+            if bad >= 0:
+                self._fail(client, "bad response head from upstream")
+                return
+            if end < 0:
+                if PyBytes_GET_SIZE(data) > 65536:
+                    self._fail(client, "response head from upstream too large")
+                    return
+                self.buf = data
+                self.scan_pos = PyBytes_GET_SIZE(data) - 3 if PyBytes_GET_SIZE(data) > 3 else 0
+                return
+            self.scan_pos = 0
+            self.buf = b""
+            try:
+                resp = scan_response(data[:end], end, client.head_req)
+            except HttpError as exc:
+                self._fail(client, exc.message)
+                return
+            rest = data[end:] if end < PyBytes_GET_SIZE(data) else b""
+            if resp.status < 200:
+                if resp.status == 101:
+                    self._fail(client, "upstream switched protocols unasked")
+                    return
+                data = rest          # interim 1xx: not forwarded (the gateway sent its own 100)
+                if not data:
+                    return
+                continue
+            break
+        self.resp = resp
+        self.state = U_BODY
+        if resp.chunked:
+            self.chunk = ChunkedScanner()
+        else:
+            self.body_left = resp.content_length
+        self._frame(client, rest, True)
+
+    cdef void _on_body(self, ClientConnection client, bytes data):
+        self._frame(client, data, False)
+
+    cdef void _frame(self, ClientConnection client, bytes data, bint first):
+        """Pass body bytes through to the client and notice where the message ends."""
+        cdef ResponseHead resp = self.resp
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), k
+        cdef bytes body = data, extra = None
+        cdef bint done = False
+        cdef list out
+        if resp.until_close:
+            pass
+        elif resp.chunked:
+            if client.dechunk:
+                out = []
+                k = self.chunk.feed(data, out)
+                body = b"".join(out)
+            else:
+                k = self.chunk.feed(data)
+            if k < 0:
+                self._fail(client, "bad chunked body from upstream")
+                return
+            if k < n:
+                extra = data[k:]
+                if not client.dechunk:
+                    body = data[:k]
+            done = self.chunk.done
+        else:
+            if n >= self.body_left:
+                if n > self.body_left:
+                    extra = data[self.body_left:]
+                    body = data[:self.body_left]
+                self.body_left = 0
+                done = True
+            else:
+                self.body_left -= n
+        if first:
+            client._response_head(resp, body, done)
+        elif body:
+            client._response_body(body)
+        if done:
+            self._message_done(client, extra)
+
+    cdef void _message_done(self, ClientConnection client, bytes extra):
+        cdef bint reusable = self.resp.keep_alive and not extra and client.req_done and not self.closed
+        self.state = U_IDLE
+        self.client = None
+        self.resp = None
+        self.chunk = None
+        if reusable:
+            self.transport.resume_reading()
+            self.pool.release(self)
+        else:
+            self.close()
+        client._response_done()
+
+    cdef void _fail(self, ClientConnection client, str message):
+        self.client = None
+        self.close()
+        client.up = None
+        client._upstream_error(502, message)

@@ -1,0 +1,169 @@
+"""One worker process: loads the config, compiles it, serves the inherited sockets on uvloop.
+
+The per-connection work happens in ``fastgw._core`` (ClientConnection, UpstreamConnection);
+this module wires a worker together: the event loop, the compiled runtime, stats and access
+log, and the signals (SIGTERM drains, SIGUSR1 reopens the access log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+from typing import Any
+
+from fastgw import _core
+from fastgw.compile import Runtime, compile_config
+from fastgw.config import Config, load
+
+log = logging.getLogger("fastgw.worker")
+
+
+def _ssl_context(tls: dict[str, Any]) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls["cert"], tls["key"])
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+class Worker:
+    """A worker's serving state: engine, runtime, servers; built from a validated config."""
+
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, index: int = 0,
+                 stats_name: str | None = None, generation: int = 0) -> None:
+        limits = config.limits
+        self._generation = generation
+        self.config = config
+        self.loop = loop
+        self.index = index
+        self.engine = _core.Engine(
+            loop, None,
+            idle_timeout=float(limits.get("client_idle_timeout", 75)),
+            header_timeout=float(limits.get("client_header_timeout", 30)),
+            max_head=int(limits.get("max_head_bytes", 65536)),
+        )
+        self.stats_region: Any = None
+        slot_for = None
+        if stats_name:
+            slot_for = self._attach_stats(stats_name, index)
+        self.access_log = self._open_access_log(config)
+        self.engine.access_log = self.access_log
+        self.runtime: Runtime = compile_config(config, self.engine, slot_for, self._scope_factory())
+        self.engine.router = self.runtime.router
+        self.servers: list[asyncio.AbstractServer] = []
+
+    def _scope_factory(self) -> Any:
+        try:
+            from fastgw.pipeline import make_scope_factory
+        except ImportError:
+            return None
+        return make_scope_factory(self.config)
+
+    def _attach_stats(self, name: str, index: int) -> Any:
+        from fastgw.stats import CONSUMER_PREFIX, UNMATCHED_PREFIX, StatsRegion, config_keys
+
+        region = StatsRegion.attach(name)
+        self.stats_region = region
+        self.engine.stats = region.writer(index, self._generation)
+        table = region.slots
+        table.assign(config_keys(self.config))   # the supervisor did this already: lookups only
+        # Unmatched requests count per configured stage host; any other Host under "*"
+        # (SECURITY: a client can't grow the key table by inventing hosts).
+        unmatched = {
+            key[len(UNMATCHED_PREFIX):].encode("latin-1"): slot
+            for key, slot in table.items() if key.startswith(UNMATCHED_PREFIX)
+        }
+        fallback = unmatched.get(b"*", -1)
+        self.engine.unmatched_slot = lambda host: unmatched.get(host, fallback)
+        self.engine.consumer_slots = {
+            key[len(CONSUMER_PREFIX):]: slot for key, slot in table.items() if key.startswith(CONSUMER_PREFIX)
+        }
+        return table.slot_for
+
+    @staticmethod
+    def _open_access_log(config: Config) -> Any:
+        cfg = config.access_log or {}
+        if not cfg.get("enabled"):
+            return None
+        from fastgw.accesslog import AccessLog
+
+        return AccessLog(cfg.get("path", "-"))
+
+    async def start(self, sockets: list[socket.socket]) -> None:
+        self.engine.start()
+        for sock, listen in zip(sockets, self.config.listen, strict=False):
+            tls = listen.get("tls")
+            ctx = _ssl_context(tls) if tls else None
+            port = str(sock.getsockname()[1]).encode()
+            fwd = _core.ForwardInfo(b"https" if tls else b"http", port)
+            server = await self.loop.create_server(
+                lambda fwd=fwd, engine=self.engine: _core.ClientConnection(engine, fwd),
+                sock=sock, ssl=ctx, backlog=4096)
+            self.servers.append(server)
+        if self.access_log is not None and hasattr(self.access_log, "start"):
+            self.access_log.start(self.loop)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, finish in-flight requests, close idle connections, then stop."""
+        for server in self.servers:
+            server.close()
+        drained = self.loop.create_future()
+        self.engine.on_drained = lambda: drained.done() or drained.set_result(None)
+        self.engine.drain()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(drained, timeout)
+        for conn in list(self.engine.connections):
+            conn.transport.close() if conn.transport is not None else None
+        self.engine.stop()
+        self.runtime.close()
+        if self.access_log is not None:
+            self.access_log.close()
+
+
+def run_worker(config_path: str, sockets: list[socket.socket], index: int = 0, generation: int = 0,
+               stats_name: str | None = None, ready_fd: int | None = None) -> None:
+    """Entry point of a worker process (``fastgw worker``): serve until SIGTERM, then drain."""
+    import uvloop
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"fastgw[worker {index}.{generation}] %(levelname)s %(message)s")
+    _core.reset_request_id_prefix()
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    config = load(config_path)
+    worker = Worker(config, loop, index, stats_name, generation)
+    stop = loop.create_future()
+
+    def on_term() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides; Ctrl-C reaches it too
+    if worker.access_log is not None and hasattr(worker.access_log, "reopen"):
+        loop.add_signal_handler(signal.SIGUSR1, worker.access_log.reopen)
+
+    async def main() -> None:
+        await worker.start(sockets)
+        gc.collect()
+        gc.freeze()      # PERF: the config objects live for the worker's life; keep gc off them
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, b"1")
+                os.close(ready_fd)
+        log.info("serving %d route(s) on %s", len(worker.runtime.routes),
+                 ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in sockets))
+        await stop
+        log.info("draining")
+        await worker.drain(float(config.limits.get("drain_timeout", 30)))
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
