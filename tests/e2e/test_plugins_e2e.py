@@ -1,0 +1,205 @@
+"""Plugins end to end: a real gateway process in front of a real backend, over sockets.
+
+One gateway for the module (plugins attached at service, path and method level), so the
+whole file runs in a few seconds.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from typing import Any
+
+import bcrypt
+import jwt
+import pytest
+
+from tests.e2e.conftest import requires_engine
+from tests.helpers import Backend, Gateway, free_port, gateway_config, request
+
+pytestmark = requires_engine
+
+SECRET = "alice-jwt-secret-" + "x" * 40
+PW_HASH = bcrypt.hashpw(b"carol-pw", bcrypt.gensalt(4)).decode()
+
+CONSUMERS = [
+    {"name": "alice", "groups": ["gold"],
+     "credentials": {"key-auth": ["alice-key-1"], "jwt": [{"iss": "alice", "secret": SECRET}]}},
+    {"name": "bob", "groups": ["silver"], "credentials": {"key-auth": ["bob-key-0001"]}},
+    {"name": "carol", "groups": [], "credentials": {"basic-auth": [{"username": "carol", "password": PW_HASH}]}},
+]
+
+RESOURCES: dict[str, Any] = {
+    "/orders": {
+        "plugins": [{"name": "key-auth"}, {"name": "cors", "config": {"origins": ["https://app.example"]}}],
+        "GET": {},
+        "/{orderId}": {
+            "GET": {"plugins": [{"name": "response-headers",
+                                 "config": {"set": {"X-Order": "{orderId}"}, "remove": ["X-Backend"]}}]},
+            "DELETE": {"plugins": [{"name": "acl", "config": {"allow_groups": ["gold"]}}]},
+        },
+    },
+    "/public": {"GET": {"plugins": [{"name": "key-auth", "enabled": False}]}},
+    "/plain": {"GET": {}},
+    "/jwt": {"GET": {"plugins": [{"name": "key-auth", "enabled": False}, {"name": "jwt"}]}},
+    "/basic": {"GET": {"plugins": [{"name": "key-auth", "enabled": False}, {"name": "basic-auth"}]}},
+    "/upload": {"POST": {"plugins": [{"name": "key-auth", "enabled": False},
+                                     {"name": "request-size-limit",
+                                      "config": {"allowed_payload_size": 64, "size_unit": "bytes"}}]}},
+    "/blocked": {"GET": {"plugins": [{"name": "key-auth", "enabled": False},
+                                     {"name": "ip-restriction", "config": {"deny": ["127.0.0.0/8", "::1"]}}]}},
+    "/audited": {"GET": {"plugins": [{"name": "key-auth", "enabled": False}, {"name": "e2eplug.audit"}]}},
+}
+
+AUDIT = '''
+"""A user plugin loaded by dotted name."""
+from fastgw.plugins.base import CONTINUE, Plugin as Base
+
+NAME = "e2eplug.audit"
+PRIORITY = 10
+SCHEMA = {"type": "object", "additionalProperties": False, "properties": {
+    "tag": {"type": "string", "default": "seen", "description": "X-Audit value"}}}
+
+
+class Plugin(Base):
+    def on_request(self, ctx):
+        ctx.headers.append((b"X-Audit", self.config["tag"].encode()))
+        return CONTINUE
+'''
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    plugdir = tmp_path_factory.mktemp("plugins")
+    (plugdir / "e2eplug").mkdir()
+    (plugdir / "e2eplug" / "__init__.py").write_text("")
+    (plugdir / "e2eplug" / "audit.py").write_text(textwrap.dedent(AUDIT))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PYTHONPATH", str(plugdir))
+    backend = Backend().start()
+    config = gateway_config(free_port(), backend.url, resources=RESOURCES, consumers=CONSUMERS)
+    config["services"][0]["plugins"] = [{"name": "request-id"}]
+    gw = Gateway(config, workers=1, directory=tmp_path_factory.mktemp("gw"))
+    try:
+        gw.start()
+        yield gw, backend
+    finally:
+        gw.kill()
+        backend.stop()
+        mp.undo()
+
+
+def call(env, method, path, headers=None, body=b"", timeout=10.0):
+    gw, backend = env
+    before = len(backend.requests)
+    resp = request(gw.port, method, path, headers, body, timeout=timeout)
+    seen = backend.requests[before:]
+    return resp, seen
+
+
+def test_key_auth_denies_and_allows(env):
+    resp, seen = call(env, "GET", "/orders")
+    assert resp.status == 401 and not seen
+    assert resp.headers["www-authenticate"] == 'Key realm="fastgw"'
+    body = resp.json()
+    assert body["status"] == 401 and body["request_id"] == resp.headers["x-request-id"]
+    resp, seen = call(env, "GET", "/orders", {"apikey": "nope-nope"})
+    assert resp.status == 401 and not seen
+    resp, seen = call(env, "GET", "/orders?apikey=alice-key-1&x=1", {"X-Consumer-Name": "root"})
+    assert resp.status == 200
+    echo = resp.json()
+    assert echo["headers"].get("x-consumer-name") != "root"
+    assert "apikey" not in echo["query"] and "apikey" not in echo["headers"]  # credentials not forwarded
+    resp = call(env, "GET", "/orders", {"ApiKey": "bob-key-0001"})[0]
+    assert resp.status == 200 and "apikey" not in resp.json()["headers"]
+
+
+@pytest.mark.xfail(strict=True, reason="engine drops X-Consumer-* that the pipeline sets: "
+                   "build_upstream_head (_http.pxi) keeps only H_KEEP names from ctx.headers")
+def test_consumer_identity_forwarded(env):
+    echo = call(env, "GET", "/orders", {"apikey": "alice-key-1", "X-Consumer-Name": "root"})[0].json()
+    assert echo["headers"]["x-consumer-name"] == "alice"
+    assert echo["headers"]["x-consumer-groups"] == "gold"
+
+
+def test_identity_headers_stripped_on_routes_without_auth(env):
+    for path in ("/public", "/plain"):
+        resp = call(env, "GET", path, {"X-Consumer-Name": "admin", "X-Consumer-Groups": "root"})[0]
+        assert resp.status == 200
+        assert "x-consumer-name" not in resp.json()["headers"]
+        assert "x-consumer-groups" not in resp.json()["headers"]
+
+
+@pytest.mark.xfail(strict=True, raises=TimeoutError,
+                   reason="engine loses Content-Length when a route has a response phase: "
+                          "ResponseHead.forward_headers() omits it and build_response_head(headers=...) "
+                          "then sends none, so the client waits for the body forever")
+def test_method_level_response_headers(env):
+    resp = call(env, "GET", "/orders/77", {"apikey": "bob-key-0001"}, timeout=2.0)[0]
+    assert resp.status == 200 and resp.headers["x-order"] == "77"
+
+
+def test_method_level_acl(env):
+    resp, seen = call(env, "DELETE", "/orders/77", {"apikey": "bob-key-0001"})
+    assert resp.status == 403 and not seen
+    resp = call(env, "DELETE", "/orders/77", {"apikey": "alice-key-1"})[0]
+    assert resp.status == 200
+
+
+def test_request_id_kept_and_traceparent(env):
+    resp = call(env, "GET", "/public", {"X-Request-Id": "client-abc"})[0]
+    assert resp.headers["x-request-id"] == "client-abc"
+    echo = resp.json()["headers"]
+    assert echo["x-request-id"] == "client-abc" and echo["traceparent"].startswith("00-")
+    resp = call(env, "GET", "/public", {"X-Request-Id": "bad id with spaces"})[0]
+    assert resp.headers["x-request-id"] != "bad id with spaces"
+
+
+def test_cors_preflight_answered_at_the_gateway(env):
+    headers = {"Origin": "https://app.example", "Access-Control-Request-Method": "DELETE"}
+    resp, seen = call(env, "OPTIONS", "/orders/5", headers)
+    assert resp.status == 204 and not seen
+    assert resp.headers["access-control-allow-origin"] == "https://app.example"
+    assert "vary" in resp.headers
+    resp, seen = call(env, "OPTIONS", "/orders/5", dict(headers, Origin="https://evil.example"))
+    assert "access-control-allow-origin" not in resp.headers and not seen
+    resp = call(env, "GET", "/orders", {"Origin": "https://app.example"})[0]
+    assert resp.status == 401 and resp.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_jwt(env):
+    good = jwt.encode({"iss": "alice", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    resp = call(env, "GET", "/jwt", {"Authorization": f"Bearer {good}"})[0]
+    assert resp.status == 200
+    assert "authorization" not in resp.json()["headers"]
+    expired = jwt.encode({"iss": "alice", "exp": int(time.time()) - 60}, SECRET, algorithm="HS256")
+    none = jwt.encode({"iss": "alice", "exp": int(time.time()) + 60}, None, algorithm="none")
+    for token in (expired, none, "garbage"):
+        resp, seen = call(env, "GET", "/jwt", {"Authorization": f"Bearer {token}"})
+        assert resp.status == 401 and not seen
+
+
+def test_basic_auth(env):
+    import base64
+    ok = base64.b64encode(b"carol:carol-pw").decode()
+    bad = base64.b64encode(b"carol:wrong").decode()
+    resp = call(env, "GET", "/basic", {"Authorization": f"Basic {ok}"})[0]
+    assert resp.status == 200 and "authorization" not in resp.json()["headers"]
+    resp, seen = call(env, "GET", "/basic", {"Authorization": f"Basic {bad}"})
+    assert resp.status == 401 and not seen
+
+
+def test_request_size_limit(env):
+    assert call(env, "POST", "/upload", body=b"x" * 64)[0].status == 200
+    resp, seen = call(env, "POST", "/upload", body=b"x" * 65)
+    assert resp.status == 413 and not seen
+
+
+def test_ip_restriction(env):
+    resp, seen = call(env, "GET", "/blocked")
+    assert resp.status == 403 and not seen
+
+
+def test_user_plugin_by_dotted_name(env):
+    resp = call(env, "GET", "/audited")[0]
+    assert resp.status == 200 and resp.json()["headers"]["x-audit"] == "seen"
