@@ -20,9 +20,9 @@ does the same in the head builder) on the plain path.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
+from hashlib import blake2b
 from typing import Any
 
 from fastgw.context import Consumer, Header
@@ -183,14 +183,16 @@ class ConsumerTable:
             self.hmac[item["username"]] = (consumer, item["secret"].encode("utf-8"))
 
     def _digest(self, key: bytes) -> bytes:
-        return hmac.new(self._secret, key, hashlib.sha256).digest()
+        # PERF: keyed BLAKE2b is a MAC (a PRF under the secret) in one C call, about twice as
+        # fast as hmac.new(..., sha256); the digest only picks the dict slot.
+        return blake2b(key, key=self._secret, digest_size=32).digest()
 
     def key_lookup(self, presented: bytes) -> Consumer | None:
         """The consumer owning API key ``presented``, or None.
 
         SECURITY: a dict lookup by the raw key is not constant-time (the hash bucket and the
-        final ``==`` both depend on how much of the key an attacker guessed). We look up by
-        HMAC-SHA256(per-process secret, key) instead, whose value the attacker cannot steer
+        final ``==`` both depend on how much of the key an attacker guessed). We look up by a
+        keyed hash (BLAKE2b keyed with a per-process secret: a MAC like HMAC-SHA256) instead, whose value the attacker cannot steer
         byte by byte, then confirm with ``hmac.compare_digest`` on the key itself.
         """
         hit = self.keys.get(self._digest(presented))
