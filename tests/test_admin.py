@@ -245,3 +245,24 @@ def test_history_rollup_survives_restart(tmp_path):
     assert days["totals"]["calls"] == day["totals"]["calls"] and len(days["series"]) == 30
     r2.close()
     db2.close()
+
+
+def test_cli_stats_reads_admin(region, capsys):
+    from fastgw import cli_stats
+
+    now = int(time.time())
+    _fill(region, now)
+
+    async def fn(http, server):
+        url = f"http://127.0.0.1:{server.port}"
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(None, cli_stats.main, ["--admin", url, "--token", TOKEN, "--range", "5m"])
+        bad = await loop.run_in_executor(None, cli_stats.main, ["--admin", url, "--token", "nope"])
+        return ok, bad
+
+    ok, bad = asyncio.run(_with_server(region, fn))
+    out = capsys.readouterr()
+    assert ok == 0 and bad == 1
+    assert "18 calls" in out.out and "/orders/{id}" in out.out and "api.shop 1" in out.out
+    assert "refused the token" in out.err
+    assert cli_stats.main([]) == 2 or "FASTGW_ADMIN_TOKEN" in __import__("os").environ
