@@ -31,6 +31,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,7 +110,8 @@ class Supervisor:
     """Runs the workers of one gateway; see the module docstring for the life cycle.
 
     ``workers`` overrides the config's ``workers``; ``worker_cmd`` replaces the command
-    prefix ``[python, -m, fastgw, worker]`` (the worker arguments are appended to it).
+    prefix ``[python, -m, fastgw, worker]`` (the worker arguments are appended to it);
+    ``on_serving`` is called once, when the first generation serves.
     """
 
     def __init__(
@@ -117,7 +119,9 @@ class Supervisor:
         config_path: str,
         workers: int | None = None,
         worker_cmd: list[str] | None = None,
+        on_serving: Callable[[], None] | None = None,
     ) -> None:
+        self.on_serving = on_serving
         self.config_path = os.path.abspath(config_path)
         self.workers_override = workers
         self.worker_cmd = list(worker_cmd or [sys.executable, "-m", "fastgw", "worker"])
@@ -382,7 +386,8 @@ class Supervisor:
             from fastgw import stats as fstats
         except ImportError:
             fstats = None  # type: ignore[assignment]
-        if fstats is not None and hasattr(fstats, "StatsRegion"):
+        enabled = (getattr(cfg, "stats", None) or {}).get("enabled", True)
+        if enabled and fstats is not None and hasattr(fstats, "StatsRegion"):
             # Room for as many workers as CPUs, so a reload may raise the count (the file is sparse).
             capacity = max(self._worker_count(cfg), os.cpu_count() or 1)
             self.stats_region = fstats.StatsRegion.create(cfg, workers=capacity)
@@ -480,6 +485,8 @@ class Supervisor:
         where = ", ".join(f"{h}:{p}" for h, p in self.bound_addresses())
         pids = " ".join(str(w.pid) for w in started)
         log(f"serving: {count} workers on {where} (pids {pids}; {len(getattr(cfg, 'routes', ()))} routes)")
+        if self.on_serving is not None:
+            self.on_serving()
         await self._stop_event.wait()
         await self._shutdown()
         log("stopped")

@@ -247,9 +247,11 @@ class _BackendProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.backend.connections += 1
+        self.backend._live.add(self)
         self.task = asyncio.ensure_future(self._answer_loop())
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.backend._live.discard(self)
         self.queue.put_nowait(None)
 
     def data_received(self, data: bytes) -> None:
@@ -394,6 +396,7 @@ class Backend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
+        self._live: set[_BackendProtocol] = set()
 
     @property
     def url(self) -> str:
@@ -412,6 +415,18 @@ class Backend:
             started.set()
             loop.run_forever()
             self._server.close()
+            tasks = [proto.task for proto in self._live if proto.task is not None]
+            for proto in list(self._live):
+                if proto.transport is not None:
+                    proto.transport.abort()
+            for task in tasks:
+                task.cancel()
+
+
+            async def finish() -> None:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+            loop.run_until_complete(finish())
             loop.run_until_complete(self._server.wait_closed())
             loop.close()
 
