@@ -2,7 +2,7 @@
 
 Examples::
 
-    fastgw validate examples/demo.json       # "ok: 9 routes", or one line per error, exit 1
+    fastgw validate examples/demo.json       # "ok: 14 routes", or one line per error, exit 1
     fastgw routes examples/demo.json         # the resource tree per service and stage
     fastgw run -c examples/demo.json -w 4    # the supervisor with 4 workers
     fastgw demo                              # demo backends + gateway on :8080
@@ -73,11 +73,12 @@ def format_routes(routes: Iterable[Any]) -> str:
     Example output::
 
         service shop
-          stage prod  hosts: api.shop.example  prefix: -  targets: http://10.0.0.5:8000
+          stage prod  hosts: *  prefix: -  targets: http://127.0.0.1:9101
             /orders
-              GET     -> /v2/orders  plugins: key-auth
-              /{orderId}
-                GET   -> /v2/orders/{orderId}
+              GET     -> /v1/orders
+              POST    -> /v1/orders  plugins: key-auth
+              /{id}
+                GET     -> /v1/orders/{id}
     """
     tree: dict[str, dict[str, Any]] = {}
     for spec in routes:

@@ -74,7 +74,7 @@ class DemoProtocol(asyncio.Protocol):
 
     def _write(self, status: int, payload: Any, keep_alive: bool) -> None:
         assert self.transport is not None
-        body = json.dumps(payload, indent=2).encode() + b"\n"
+        body = json.dumps(payload).encode() + b"\n"
         head = (
             f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
@@ -179,7 +179,8 @@ def banner(port: int) -> str:
     """The curl commands to try, for a gateway on ``port``."""
     base = f"http://localhost:{port}"
     return f"""
-fastgw demo is up: gateway {base}, admin http://127.0.0.1:9901 (token {ADMIN_TOKEN})
+fastgw demo is up: gateway {base}
+admin API and dashboard: http://127.0.0.1:9901/dashboard/ (token {ADMIN_TOKEN})
 backends: orders 127.0.0.1:{ORDERS_PORT}, users {USERS_PORT}, files {FILES_PORT}
 
 Try:
@@ -191,8 +192,8 @@ Try:
   curl -s {base}/static/css/site.css          # {{path*}} -> /assets/css/site.css
   curl -s -X PUT '{base}/echo?x=1' -d hello   # echoed back by the files backend
   curl -s -i {base}/nope                      # 404 answered by the gateway itself
-  fastgw routes examples/demo.json            # the route tree
-  kill -HUP {os.getpid()}                      # reload the config without dropping a request
+  curl -s -H 'Authorization: Bearer {ADMIN_TOKEN}' http://127.0.0.1:9901/health
+  kill -HUP {os.getpid()}   # reload the config without dropping a request
 
 Ctrl-C stops everything.
 """
