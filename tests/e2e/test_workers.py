@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import engine_available
+from tests.e2e.conftest import engine_available, requires_engine
 from tests.helpers import Backend, Gateway, LoadLoop, Response, free_port, gateway_config, request
 
 STANDIN = [sys.executable, "-m", "tests.e2e.standin_worker", "supervisor", "{config}", "{workers}"]
@@ -134,3 +134,24 @@ def test_sigterm_finishes_in_flight_requests(start: Callable[..., Gateway], back
     assert gw.stop(timeout=10) == 0
     assert time.monotonic() - started < 8
     assert "stopped" in gw.log()
+
+
+@requires_engine
+def test_admin_reload_uses_the_supervisor(gateway: Callable[..., Gateway], backend: Backend) -> None:
+    config = base_config(backend)
+    gw = gateway(config, workers=2)
+    engine = "engine"
+    admin = config["admin"]
+    new_config = copy.deepcopy(config)
+    new_config["services"][0]["resources"]["/new"] = {"GET": {}}
+    gw.write_config(new_config)
+    auth = {"Authorization": f"Bearer {admin['token']}"}
+    resp = request(admin["port"], "POST", "/reload", headers=auth)
+    assert resp.status == 200, resp.body
+    gw.wait_log("reload done: generation 2", timeout=15)
+    assert serves(engine, request(gw.port, "GET", "/new"), "/new")
+    bad = copy.deepcopy(new_config)
+    bad["workers"] = 0
+    gw.write_config(bad)
+    resp = request(admin["port"], "POST", "/reload", headers=auth)
+    assert resp.status == 400 and b"workers" in resp.body
