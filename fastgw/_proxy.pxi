@@ -900,8 +900,6 @@ cdef class ClientConnection(Timed):
         cdef list headers = None, add = None
         cdef bint chunked_out
         self.status = resp.status
-        if resp.chunked and self.req.version == 10:
-            self.dechunk = True
         if self.dechunk or resp.until_close:
             self.keep_alive = False
         if not self.keep_alive:
@@ -1230,6 +1228,8 @@ cdef class UpstreamConnection(Timed):
         self.resp = resp
         self.state = U_BODY
         if resp.chunked:
+            # An HTTP/1.0 client can't take chunked framing: decode it for that client.
+            client.dechunk = client.req.version == 10
             self.chunk = ChunkedScanner()
         else:
             self.body_left = resp.content_length

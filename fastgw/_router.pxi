@@ -299,11 +299,15 @@ cdef tuple _rt_values(bytes path, Py_ssize_t* vs, Py_ssize_t* ve, int k):
 cdef _RNode _rt_search(_RNode node, bytes path, const char* p, Py_ssize_t* ss, Py_ssize_t* se,
                        int nseg, int i, int k, Py_ssize_t* vs, Py_ssize_t* ve, Py_ssize_t pend,
                        bytes method, int* kout):
-    """First node (static > var > rest, backtracking) matching the path with the method."""
+    """First resource node (static > var > rest, backtracking) matching the path.
+
+    SECURITY: the path alone picks the resource; the method only decides 200 or 405. A
+    method a resource lacks never falls through to a broader route (a catch-all with other
+    plugins), so a path's plugins can't be skipped by choosing another method."""
     cdef PyObject* o
     cdef _RNode found, r
     if i == nseg:
-        if node.terminal and node.pick(method) is not None:
+        if node.terminal:
             kout[0] = k
             return node
         return None
@@ -322,37 +326,12 @@ cdef _RNode _rt_search(_RNode node, bytes path, const char* p, Py_ssize_t* ss, P
         if found is not None:
             return found
     r = node.rest
-    if r is not None and r.terminal and r.pick(method) is not None:
+    if r is not None and r.terminal:
         vs[k] = ss[i]
         ve[k] = pend
         kout[0] = k + 1
         return r
     return None
-
-
-cdef void _rt_collect(_RNode node, bytes path, const char* p, Py_ssize_t* ss, Py_ssize_t* se,
-                      int nseg, int i, int k, Py_ssize_t* vs, Py_ssize_t* ve, Py_ssize_t pend,
-                      list acc):
-    """Every node matching the path, whatever the method, in precedence order (405 path)."""
-    cdef PyObject* o
-    cdef _RNode r
-    if i == nseg:
-        if node.terminal:
-            acc.append((node, _rt_values(path, vs, ve, k)))
-        return
-    if node.static is not None:
-        o = PyDict_GetItem(node.static, PyBytes_FromStringAndSize(p + ss[i], se[i] - ss[i]))
-        if o != NULL:
-            _rt_collect(<_RNode>o, path, p, ss, se, nseg, i + 1, k, vs, ve, pend, acc)
-    if node.var is not None and se[i] > ss[i]:
-        vs[k] = ss[i]
-        ve[k] = se[i]
-        _rt_collect(node.var, path, p, ss, se, nseg, i + 1, k + 1, vs, ve, pend, acc)
-    r = node.rest
-    if r is not None and r.terminal:
-        vs[k] = ss[i]
-        ve[k] = pend
-        acc.append((r, _rt_values(path, vs, ve, k + 1)))
 
 
 cdef class Router:
@@ -460,7 +439,7 @@ cdef class Router:
         cdef int nseg = 0, kout = 0
         cdef Py_ssize_t stack_buf[4 * RT_STACK_SEGS]
         cdef Py_ssize_t* buf = stack_buf
-        cdef list acc
+        cdef tuple values
         if root is None:
             return (404, None, None)
         # PERF: segment offsets live in a C stack array; the heap only for >64 segments.
@@ -486,23 +465,16 @@ cdef class Router:
                 nseg -= 1  # one trailing "/" is ignored for matching
             found = _rt_search(root, path, p, buf, buf + cap, nseg, 0, 0, buf + 2 * cap,
                                buf + 3 * cap, n, method, &kout)
-            if found is not None:
-                return (200, found.pick(method), _rt_values(path, buf + 2 * cap, buf + 3 * cap, kout))
-            acc = []
-            _rt_collect(root, path, p, buf, buf + cap, nseg, 0, 0, buf + 2 * cap, buf + 3 * cap, n, acc)
+            if found is None:
+                return (404, None, None)
+            values = _rt_values(path, buf + 2 * cap, buf + 3 * cap, kout)
         finally:
             if buf != stack_buf:
                 PyMem_Free(buf)
-        if not acc:
-            return (404, None, None)
-        if len(acc) == 1:
-            node = <_RNode>acc[0][0]
-            return (405, node.pm, acc[0][1])
-        routes = {}
-        for node, _vals in acc:
-            for name, r in node.by_name.items():
-                routes.setdefault(name, r)
-        return (405, PathMethods(routes), acc[0][1])
+        route = found.pick(method)
+        if route is not None:
+            return (200, route, values)
+        return (405, found.pm, values)
 
 
 # ---------------------------------------------------------------------------------------

@@ -263,33 +263,30 @@ class Router:
         m = method.decode("latin-1")
         found: list[tuple[_Node, tuple[bytes, ...]]] = []
 
-        def walk(node: _Node, k: int, vals: tuple[bytes, ...], want: str | None) -> bool:
+        # The path alone picks the resource (first match, static > var > rest, with
+        # backtracking); the method then decides 200 or 405.
+        def walk(node: _Node, k: int, vals: tuple[bytes, ...]) -> bool:
             if k == len(starts):
-                if node.methods and (want is None or node.pick(want) is not None):
+                if node.methods:
                     found.append((node, vals))
-                    return want is not None
+                    return True
                 return False
             seg = path[starts[k] : ends[k]]
             nxt = node.static.get(seg)
-            if nxt is not None and walk(nxt, k + 1, vals, want):
+            if nxt is not None and walk(nxt, k + 1, vals):
                 return True
-            if node.var is not None and seg and walk(node.var, k + 1, vals + (seg,), want):
+            if node.var is not None and seg and walk(node.var, k + 1, vals + (seg,)):
                 return True
             r = node.rest
-            if r is not None and r.methods and (want is None or r.pick(want) is not None):
+            if r is not None and r.methods:
                 found.append((r, vals + (path[starts[k] :],)))
-                return want is not None
+                return True
             return False
 
-        if walk(root, 0, (), m):
-            node, vals = found[0]
-            return (200, node.pick(m), vals)
-        found.clear()
-        walk(root, 0, (), None)
-        if not found:
+        if not walk(root, 0, ()):
             return (404, None, None)
-        routes: dict[str, Any] = {}
-        for node, _ in found:
-            for name, r in node.methods.items():
-                routes.setdefault(name, r)
-        return (405, PathMethods(routes), found[0][1])
+        node, vals = found[0]
+        route = node.pick(m)
+        if route is not None:
+            return (200, route, vals)
+        return (405, PathMethods(dict(node.methods)), vals)
