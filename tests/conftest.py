@@ -41,7 +41,7 @@ def gateway(tmp_path: Any, request: pytest.FixtureRequest) -> Iterator[Callable[
 
     yield start
     for gw in made:
-        gw.kill()
+        gw.close()
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
             print(f"--- gateway log ({gw.log_path}) ---\n{gw.log()}")

@@ -494,6 +494,9 @@ class Gateway:
     >>> gw.stop()   # SIGTERM, returns the exit code
     0
 
+    Teardown should call ``close()`` (SIGTERM, then SIGKILL after 10 s): a SIGKILLed
+    supervisor cannot remove its stats region from /dev/shm.
+
     The supervisor's stderr (and the workers') goes to ``gw.log_path``; ``gw.log()``
     reads it. A failed start raises with the log in the message. ``command`` replaces
     the command line (``{config}`` and ``{workers}`` are filled in).
@@ -602,6 +605,15 @@ class Gateway:
         self._close()
         return code
 
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop gracefully if still running (so the supervisor cleans up), else kill."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.stop(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
@@ -617,7 +629,7 @@ class Gateway:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.kill()
+        self.close()
         if self._tmp is not None:
             self._tmp.cleanup()
 

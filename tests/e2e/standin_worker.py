@@ -129,6 +129,7 @@ def _main(argv: list[str]) -> int:
     args = cli.build_parser().parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    cli._set_parent_death_signal()
     socks = [socket.socket(fileno=fd) for fd in args.fd]
     run_worker(args.config, socks, args.index, args.generation, args.stats, args.ready_fd)
     return 0

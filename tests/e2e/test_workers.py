@@ -44,7 +44,7 @@ def start(engine: str, tmp_path: Any, request: pytest.FixtureRequest) -> Any:
 
     yield _start
     for gw in made:
-        gw.kill()
+        gw.close()
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
             print(f"--- gateway log ---\n{gw.log()}")
