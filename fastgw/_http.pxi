@@ -33,7 +33,8 @@ DEF H_XFP = 7         # X-Forwarded-Proto / -Host / -Port: replaced by the gatew
 DEF H_VIA = 8
 DEF H_EXPECT = 9
 DEF H_UPGRADE = 10
-DEF H_CONSUMER = 11   # X-Consumer-*: only the gateway may set these (SECURITY)
+DEF H_CONSUMER = 11   # X-Consumer-* & co: only the gateway may set these (SECURITY): a client's
+                      # copies are dropped; the pipeline's (after authentication) are forwarded
 
 # Scan results.
 DEF SCAN_MORE = 0
@@ -90,6 +91,9 @@ cdef int _classify(const char* p, Py_ssize_t n) nogil:
             return H_CONNECTION
         if _ieq(p, n, b"keep-alive", 10):
             return H_DROP
+    elif n == 13:
+        if _ieq(p, n, b"x-consumer-id", 13):
+            return H_CONSUMER
     elif n == 14:
         if _ieq(p, n, b"content-length", 14):
             return H_CL
@@ -111,6 +115,15 @@ cdef int _classify(const char* p, Py_ssize_t n) nogil:
         if _ieq(p, n, b"x-forwarded-proto", 17):
             return H_XFP
         if _ieq(p, n, b"x-consumer-groups", 17):
+            return H_CONSUMER
+    elif n == 19:
+        if _ieq(p, n, b"x-consumer-username", 19):
+            return H_CONSUMER
+    elif n == 20:
+        if _ieq(p, n, b"x-consumer-custom-id", 20) or _ieq(p, n, b"x-anonymous-consumer", 20):
+            return H_CONSUMER
+    elif n == 23:
+        if _ieq(p, n, b"x-credential-identifier", 23):
             return H_CONSUMER
     return H_KEEP
 
@@ -520,6 +533,7 @@ cdef class ResponseHead:
     cdef readonly bint keep_alive
     cdef readonly bint until_close
     cdef int line_e              # end of the status line (before CRLF)
+    cdef int cl_idx              # the Content-Length header (-1: none)
     cdef int reason_s
     cdef int n
     cdef int name_s[MAX_HEADERS]
@@ -549,6 +563,7 @@ cdef ResponseHead scan_response(bytes buf, Py_ssize_t end, bint head_request):
     cdef bint have_cl = False, te = False, te_bad = False, close = False, ka = False
     cdef list tokens = None
     h.buf = buf
+    h.cl_idx = -1
     if end < 14 or p[0] != 72 or p[1] != 84 or p[2] != 84 or p[3] != 80 or p[4] != 47 or p[5] != 49 or p[6] != 46:
         raise HttpError(502, "bad status line from upstream")
     h.version = 11 if p[7] == 49 else 10
@@ -598,6 +613,7 @@ cdef ResponseHead scan_response(bytes buf, Py_ssize_t end, bint head_request):
                 raise HttpError(502, "bad Content-Length from upstream")
             have_cl = True
             cl = v
+            h.cl_idx = n
         elif cls == H_TE:
             if te or not _te_is_chunked(p, s, e):
                 te_bad = True
@@ -820,7 +836,7 @@ cdef bytes build_upstream_head(RequestHead h, bytes method, bytes path_query, by
     else:
         for name, value in headers:
             c = _classify(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
-            if c == H_KEEP:
+            if c == H_KEEP or c == H_CONSUMER:
                 if _has_crlf(value) or _has_crlf(name):
                     continue      # SECURITY: a plugin value can never inject a header line
                 b.add_b(name)
@@ -902,11 +918,15 @@ cdef bytes build_response_head(ResponseHead r, list headers, list add, int statu
                 continue
             c = _classify(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
             if c == H_KEEP or c == H_VIA or c == H_XFF or c == H_XFP or c == H_HOST or c == H_EXPECT \
-                    or c == H_CONSUMER or (c == H_CL and not r.chunked):
+                    or c == H_CONSUMER:
                 b.add_b(name)
                 b.add(b": ", 2)
                 b.add_b(value)
                 b.add(b"\r\n", 2)
+        # The framing stays the backend's: plugins don't see or change Content-Length.
+        if r.cl_idx >= 0 and not r.chunked:
+            b.add(p + r.name_s[r.cl_idx], r.val_e[r.cl_idx] - r.name_s[r.cl_idx])
+            b.add(b"\r\n", 2)
     if add:
         for name, value in add:
             if _has_crlf(value) or _has_crlf(name):

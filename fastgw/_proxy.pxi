@@ -175,6 +175,7 @@ cdef class Route:
     cdef public bint has_response_phase
     cdef public bint has_log_phase
     cdef public long long max_body       # -1: no limit
+    cdef public bint needs_body          # a plugin reads the whole body before the request phase
     cdef public int stats_slot
     cdef public object spec
     cdef public dict variables
@@ -317,7 +318,12 @@ cdef class Engine:
         self.draining = True
         for c in list(self.connections):
             if c.state == S_HEAD and not c.inbuf:
-                c._close()
+                if c.served:
+                    c._close()      # idle between requests: nothing is lost
+                else:
+                    # Accepted but nothing read yet: its first request may be on the way;
+                    # serve it (with Connection: close) if it comes soon.
+                    c._arm(T_IDLE, 2.0)
         self._check_drained()
 
     cdef void _check_drained(self):
@@ -391,6 +397,9 @@ cdef class ClientConnection(Timed):
     cdef double t_up_end
     cdef str request_id
     cdef object async_task
+    cdef int served                      # requests answered on this connection
+    cdef bint buffering                  # collecting the body for a needs_body pipeline
+    cdef list body_plain                 # decoded payload pieces while buffering a chunked body
 
     def __init__(self, Engine engine, ForwardInfo fwd):
         self.engine = engine
@@ -579,6 +588,8 @@ cdef class ClientConnection(Timed):
         self.pending = None
         self.pending_size = 0
         self.max_body = -1
+        self.buffering = False
+        self.body_plain = None
         self.t_up = 0
         self.t_up_end = 0
         self.head_req = req.method == b"HEAD"
@@ -625,6 +636,9 @@ cdef class ClientConnection(Timed):
             self._answer_error(405, "method not allowed", [(b"Allow", m[1].allow)])
             return
         if self.route.pipeline is not None:
+            if self.route.needs_body and not self.req_done:
+                self._start_buffering(rest)
+                return
             self._run_request_phase()
             if self.state != S_BODY and self.state != S_WAIT:
                 return        # answered by a plugin (or closed)
@@ -646,11 +660,46 @@ cdef class ClientConnection(Timed):
         ctx.start_time = self.t_start
         return ctx
 
+    cdef void _start_buffering(self, bytes rest):
+        """A plugin needs the whole body (e.g. an HMAC digest): collect it, bounded by the
+        route's size limit (1 MiB when none), then run the request phase."""
+        cdef Route route = self.route
+        cdef long long limit = route.max_body if route.max_body >= 0 else 1048576
+        if self.req.content_length > limit:
+            self.keep_alive = False
+            self._answer_error(413, "request body too large")
+            return
+        self.ctx = self._make_ctx(route, self.values)
+        self.max_body = limit
+        self.buffering = True
+        self.body_plain = [] if self.body_mode == B_CHUNKED else None
+        if self.req.expect_continue:
+            self.transport.write(CONTINUE_100)
+        if rest is not None:
+            self._take_body(rest)
+
+    cdef void _body_buffered(self):
+        ctx = self.ctx
+        self.buffering = False
+        pieces = self.body_plain if self.body_plain is not None else self.pending
+        ctx.body = b"".join(pieces) if pieces else b""
+        self.body_plain = None
+        self._resume(P_PENDING)
+        self._run_request_phase()
+        if self.state != S_BODY and self.state != S_WAIT:
+            return
+        if not self.route.pipeline_async:
+            self._dispatch()
+
     cdef void _run_request_phase(self):
         cdef Route route = self.route
         pipeline = route.pipeline
-        ctx = self._make_ctx(route, self.values)
-        self.ctx = ctx
+        ctx = self.ctx
+        if ctx is None:
+            ctx = self._make_ctx(route, self.values)
+            self.ctx = ctx
+            if route.needs_body:
+                ctx.body = b""
         self.max_body = route.max_body
         if self.max_body >= 0 and self.req.content_length > self.max_body:
             self.keep_alive = False
@@ -721,6 +770,15 @@ cdef class ClientConnection(Timed):
 
     cdef void _answer_ctx(self):
         ctx = self.ctx
+        if self.route is not None and self.route.has_response_phase:
+            # Response plugins (e.g. response-headers, CORS) apply to gateway answers too.
+            ctx.status = ctx.answer_status
+            ctx.response_headers = ctx.answer_headers
+            try:
+                self.route.pipeline.run_response(ctx)
+            except Exception as exc:
+                _log.error("response plugin failed on %s: %r", self.route.key, exc, exc_info=exc)
+            ctx.answer_headers = ctx.response_headers
         cdef list headers = list(ctx.answer_headers)
         if ctx.response_headers_add:
             headers.extend(ctx.response_headers_add)
@@ -750,7 +808,7 @@ cdef class ClientConnection(Timed):
             if self.body_left == 0:
                 self.req_done = True
         else:
-            k = self.chunk.feed(data)
+            k = self.chunk.feed(data, self.body_plain)
             if k < 0:
                 self._bad_body()
                 return
@@ -774,13 +832,15 @@ cdef class ClientConnection(Timed):
                 self.pending = []
             self.pending.append(body)
             self.pending_size += PyBytes_GET_SIZE(body)
-            if self.pending_size > PENDING_LIMIT:
+            if self.pending_size > PENDING_LIMIT and not self.buffering:
                 self._pause(P_PENDING)
         if self.req_done:
             self.state = S_WAIT if self.state == S_BODY else self.state
             if leftover:
                 self.inbuf = leftover
                 self._pause(P_PIPELINE)
+            if self.buffering:
+                self._body_buffered()
 
     cdef void _bad_body(self):
         self.keep_alive = False
@@ -1019,6 +1079,7 @@ cdef class ClientConnection(Timed):
         self.ctx = None
         self.req = None
         self.head_req = False
+        self.served += 1
         if not self.keep_alive or self.state == S_CLOSED:
             self._close()
             return

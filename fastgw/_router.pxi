@@ -106,7 +106,26 @@ cdef object _rt_normalize(bytes raw):
         prev = c
     if not dirty:
         return raw
-    return _rt_normalize_slow(p, n)
+    out = _rt_normalize_slow(p, n)
+    if out is not None and _rt_hidden_dot_segment(<bytes>out):
+        return None
+    return out
+
+
+cdef bint _rt_hidden_dot_segment(bytes path):
+    """True when an encoded separator hides a dot segment (``..%2F``, ``.%5C``).
+
+    SECURITY: ``%2F`` stays encoded and never splits a segment here, but a backend that
+    decodes it (or treats ``\\`` as ``/``) and then resolves dot segments would reach a
+    path this router never saw. Such a path is refused (400) rather than forwarded."""
+    if b"%2F" not in path and b"%5C" not in path:
+        return False
+    for seg in path.split(b"/"):
+        if b"%2F" in seg or b"%5C" in seg:
+            for part in seg.replace(b"%5C", b"%2F").split(b"%2F"):
+                if part == b"." or part == b"..":
+                    return True
+    return False
 
 
 cdef object _rt_normalize_slow(const unsigned char* p, Py_ssize_t n):

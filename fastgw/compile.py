@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fastgw._core import Backend, Engine, Route, Router, UpstreamPool, compile_template
-from fastgw.config import Config
+from fastgw.config import Config, ConfigError
 from fastgw.config.model import RouteSpec
 
 SlotFor = Callable[[str], int]
@@ -93,7 +93,11 @@ def compile_config(config: Config, engine: Engine, slot_for: SlotFor | None = No
         pipeline = _build_pipeline(spec, scope_factory)
         route.pipeline = pipeline
         if pipeline is not None:
+            if getattr(pipeline, "response_is_async", False):
+                raise ConfigError([f"{spec.place}.plugins: an async on_response is not supported "
+                                   f"(do async work in on_request; on_response must be synchronous)"])
             route.pipeline_async = bool(pipeline.is_async)
+            route.needs_body = bool(getattr(pipeline, "needs_body", False))
             route.has_response_phase = bool(pipeline.has_response)
             route.has_log_phase = bool(pipeline.has_log)
             route.max_body = int(pipeline.max_body)

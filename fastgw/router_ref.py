@@ -48,6 +48,23 @@ def _hexval(c: int) -> int:
 
 
 def normalize_path(raw: bytes) -> bytes | None:
+    """Canonical spelling of a request path, or None when invalid (see _router.pxi)."""
+    out = _normalize(raw)
+    if out is not None and _hidden_dot_segment(out):
+        return None
+    return out
+
+
+def _hidden_dot_segment(path: bytes) -> bool:
+    """An encoded separator (%2F, %5C) that hides a dot segment: refused (400)."""
+    for seg in path.split(b"/"):
+        if b"%2F" in seg or b"%5C" in seg:
+            if any(part in (b".", b"..") for part in seg.replace(b"%5C", b"%2F").split(b"%2F")):
+                return True
+    return False
+
+
+def _normalize(raw: bytes) -> bytes | None:
     """Canonical spelling of a request path, or None (400).
 
     >>> normalize_path(b"/a/%2e%2E/b//c%7e")
