@@ -405,7 +405,7 @@ class Row:
         if self.samples and max(s.load_busy for s in self.samples) >= LOAD_BUSY_FLAG:
             out.append("LOAD>=95%")
         if self.samples and max(s.foreign for s in self.samples) > 0.10:
-            out.append("NOISY")
+            out.append(f"NOISY:{max(s.foreign for s in self.samples):.0%}")
         if any(s.errors > 0.01 * max(1, s.requests) for s in self.samples):
             out.append("ERRORS")
         return out
@@ -492,7 +492,8 @@ def format_table(rows: dict[tuple[str, str], Row], scenarios: list[str], proxies
                 lines.append(f"  {sc:<8} -  ({why})")
             else:
                 rounds = " ".join(f"{r:.2f}" for r in per)
-                lines.append(f"  {sc:<8} {eff:.2f}x   (per round: {rounds})")
+                lines.append(f"  {sc:<8} {eff:.2f}x  (ratio of medians; median of paired rounds "
+                             f"{statistics.median(per):.2f}x; per round: {rounds})")
     return "\n".join(lines)
 
 
@@ -517,6 +518,7 @@ def to_json(rows: dict[tuple[str, str], Row], scenarios: list[str], proxies: lis
                    "connections": CONNECTIONS, "threads": 1, "proxy_cpu": PROXY_CPU, "load_cpu": LOAD_CPU,
                    "scenarios": scenarios, "proxies": proxies, "smoke": args.smoke},
         "fastgw_vs_nginx": {sc: efficiency(rows, sc, "fastgw") for sc in scenarios},
+        "fastgw_vs_nginx_paired_rounds": {sc: paired_ratios(rows, sc, "fastgw") for sc in scenarios},
         "rows": out_rows,
         "notes": notes,
     }
