@@ -2,12 +2,12 @@
 """fastgw's hot path, compiled as one C module from included parts (as uvloop does).
 
 - ``_router.pxi``: path normalization, the trie router, backend-path templates.
-- ``_http.pxi``:   one-pass HTTP/1.1 head scanners, chunked framing, head builders,
-                   and the client/upstream connection state machines.
+- ``_http.pxi``:   one-pass HTTP/1.1 head scanners, chunked framing, head builders.
 - ``_stats.pxi``:  the per-worker writer into the shared-memory stats ring.
+- ``_proxy.pxi``:  the client/upstream connection state machines, pools, timer wheel.
 """
 
 include "_router.pxi"
 include "_http.pxi"
-include "_proxy.pxi"
 include "_stats.pxi"
+include "_proxy.pxi"

@@ -285,7 +285,7 @@ cdef class Engine:
     cdef public object loop
     cdef public object router
     cdef public TimerWheel wheel
-    cdef public object stats              # StatsWriter or None
+    cdef public StatsWriter stats         # None: stats off
     cdef public object access_log         # AccessLog or None
     cdef public object unmatched_slot     # callable(host: bytes) -> int, or None
     cdef public dict consumer_slots       # consumer name -> stats slot
@@ -1045,7 +1045,7 @@ cdef class ClientConnection(Timed):
     cdef void _finish(self):
         cdef double now = _mono()
         cdef Route route = self.route
-        cdef object stats = self.engine.stats
+        cdef StatsWriter stats = self.engine.stats
         cdef long long total_us = <long long>((now - self.t_start) * 1e6) if self.t_start > 0 else 0
         cdef long long up_us = <long long>((self.t_up_end - self.t_up) * 1e6) if self.t_up > 0 and self.t_up_end > 0 else 0
         cdef int slot

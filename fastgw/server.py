@@ -146,8 +146,6 @@ def run_worker(config_path: str, sockets: list[socket.socket], index: int = 0, g
 
     loop.add_signal_handler(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides; Ctrl-C reaches it too
-    if worker.access_log is not None and hasattr(worker.access_log, "reopen"):
-        loop.add_signal_handler(signal.SIGUSR1, worker.access_log.reopen)
 
     async def main() -> None:
         await worker.start(sockets)
