@@ -8,7 +8,7 @@
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memchr, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 
 import asyncio as _asyncio
 import os as _os
@@ -241,6 +241,7 @@ cdef class RequestHead:
     cdef readonly bint expect_continue
     cdef readonly bytes host        # lower-cased, without port ('' when absent)
     cdef readonly bytes host_raw    # the Host value as sent (with port)
+    cdef readonly Py_ssize_t head_len   # the head is buf[:head_len]; buf may hold body bytes after it
     cdef int n
     cdef int name_s[MAX_HEADERS]
     cdef int name_e[MAX_HEADERS]
@@ -311,22 +312,68 @@ cdef int _te_is_chunked(const char* p, int s, int e) nogil:
     return 1 if _ieq(p + s, e - s, b"chunked", 7) else 0
 
 
-cdef RequestHead scan_request(bytes buf, Py_ssize_t end):
-    """Parse the request head buf[:end] (end is just past CRLFCRLF). Raises HttpError."""
-    cdef RequestHead h = RequestHead.__new__(RequestHead)
+cdef bytes M_GET = b"GET"
+cdef bytes M_POST = b"POST"
+cdef bytes M_HEAD = b"HEAD"
+cdef bytes M_PUT = b"PUT"
+cdef bytes M_DELETE = b"DELETE"
+cdef bytes M_PATCH = b"PATCH"
+cdef bytes M_OPTIONS = b"OPTIONS"
+
+
+cdef inline bytes _method_bytes(bytes buf, const char* m, Py_ssize_t n):
+    """PERF: the common methods are shared constants, not a new object per request."""
+    if n == 3 and m[0] == 71 and m[1] == 69 and m[2] == 84:
+        return M_GET
+    if n == 4 and m[0] == 80 and m[1] == 79 and m[2] == 83 and m[3] == 84:
+        return M_POST
+    if n == 4 and m[0] == 72 and m[1] == 69 and m[2] == 65 and m[3] == 68:
+        return M_HEAD
+    if n == 3 and m[0] == 80 and m[1] == 85 and m[2] == 84:
+        return M_PUT
+    if n == 6 and memcmp(m, b"DELETE", 6) == 0:
+        return M_DELETE
+    if n == 5 and memcmp(m, b"PATCH", 5) == 0:
+        return M_PATCH
+    if n == 7 and memcmp(m, b"OPTIONS", 7) == 0:
+        return M_OPTIONS
+    return PyBytes_FromStringAndSize(m, n)
+
+
+cdef int _conn_simple(const char* p, Py_ssize_t s, Py_ssize_t e) noexcept nogil:
+    """1 for exactly 'close', 2 for exactly 'keep-alive' (case-insensitive), 0 otherwise."""
+    if _ieq(p + s, e - s, b"close", 5):
+        return 1
+    if _ieq(p + s, e - s, b"keep-alive", 10):
+        return 2
+    return 0
+
+
+cdef RequestHead scan_request(bytes buf, Py_ssize_t end, RequestHead h):
+    """Parse the request head buf[:end] (end is just past CRLFCRLF). Raises HttpError.
+
+    PERF: ``h`` is the connection's own head object, reused request after request (a
+    fresh one is ~3 KB to allocate and zero); None makes a new one."""
+    if h is None:
+        h = RequestHead.__new__(RequestHead)
     cdef const char* p = PyBytes_AS_STRING(buf)
     cdef Py_ssize_t i = 0, s, e, ms, me, ts, te
     cdef unsigned char c
     cdef int n = 0, k, te_count = 0, host_count = 0, cls
     cdef long long cl = -1, v
-    cdef bint have_cl = False, close = False, ka = False
+    cdef bint have_cl = False, close = False, ka = False, conn_close = False, conn_ka = False
     cdef list tokens = None
     h.buf = buf
+    h.head_len = end
     h.xff_idx = -1
     h.via_idx = -1
     h.content_length = -1
     h.host = b""
     h.host_raw = b""
+    h.expect_continue = False
+    h.has_query = False
+    h.chunked = False
+    h.n = 0
     # request-line: method SP target SP version CRLF
     ms = 0
     while i < end and TCHAR[<unsigned char>p[i]]:
@@ -358,7 +405,7 @@ cdef RequestHead scan_request(bytes buf, Py_ssize_t end):
     else:
         raise HttpError(505, "HTTP version not supported")
     i += 10
-    h.method = buf[ms:me]
+    h.method = _method_bytes(buf, p + ms, me - ms)
     h.target = buf[ts:te]
     # header lines
     while True:
@@ -412,7 +459,13 @@ cdef RequestHead scan_request(bytes buf, Py_ssize_t end):
                 if host_count == 1:
                     h.host_raw = buf[s:e]
             elif cls == H_CONNECTION:
-                tokens = _connection_tokens(buf[s:e], tokens)
+                k = _conn_simple(p, s, e)
+                if k == 1:
+                    conn_close = True
+                elif k == 2:
+                    conn_ka = True
+                else:
+                    tokens = _connection_tokens(buf[s:e], tokens)
             elif cls == H_EXPECT:
                 if _ieq(p + s, e - s, b"100-continue", 12):
                     h.expect_continue = True
@@ -438,9 +491,11 @@ cdef RequestHead scan_request(bytes buf, Py_ssize_t end):
         raise HttpError(400, "missing Host")
     h.chunked = te_count == 1
     h.content_length = cl
+    close = conn_close
+    ka = conn_ka
     if tokens is not None:
-        close = b"close" in tokens
-        ka = b"keep-alive" in tokens
+        close = close or b"close" in tokens
+        ka = ka or b"keep-alive" in tokens
         # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
         for k in range(n):
             if h.cls[k] == H_KEEP and buf[h.name_s[k]:h.name_e[k]].lower() in tokens:
@@ -463,8 +518,11 @@ cdef list _connection_tokens(bytes value, list tokens):
 
 cdef int _split_target(RequestHead h) except -1:
     cdef bytes t = h.target
-    cdef Py_ssize_t q, slash
-    if t[0] != 47:    # not origin-form
+    cdef const char* p = PyBytes_AS_STRING(t)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(t)
+    cdef const char* q
+    cdef Py_ssize_t slash
+    if p[0] != 47:    # not origin-form
         lt = t.lower()
         if lt.startswith(b"http://") or lt.startswith(b"https://"):
             # absolute-form (RFC 9112 3.2.2): the authority replaces Host
@@ -484,12 +542,14 @@ cdef int _split_target(RequestHead h) except -1:
             t = b"*"
         else:
             raise HttpError(400, "bad request target")
-    if b"#" in t:
+        p = PyBytes_AS_STRING(t)
+        n = PyBytes_GET_SIZE(t)
+    if memchr(p, 35, n) != NULL:      # '#'
         raise HttpError(400, "fragment in request target")
-    q = t.find(b"?")
-    if q >= 0:
-        h.path = t[:q]
-        h.query = t[q + 1:]
+    q = <const char*>memchr(p, 63, n)  # '?'
+    if q != NULL:
+        h.path = PyBytes_FromStringAndSize(p, q - p)
+        h.query = PyBytes_FromStringAndSize(q + 1, n - (q - p) - 1)
         h.has_query = True
     else:
         h.path = t
@@ -499,17 +559,34 @@ cdef int _split_target(RequestHead h) except -1:
 
 
 cdef bytes _host_key(bytes raw):
-    """Lower-case host without port; IPv6 literals keep their brackets."""
-    cdef Py_ssize_t c
-    if not raw:
+    """Lower-case host without port; IPv6 literals keep their brackets.
+
+    PERF: one C pass; the Host value itself is returned when it is already the key."""
+    cdef const char* p = PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
+    cdef Py_ssize_t end = n, i
+    cdef bint upper = False
+    cdef bytes out
+    cdef char* o
+    if n == 0:
         return b""
-    if raw[0] == 91:  # '['
+    if p[0] == 91:  # '['
         c = raw.find(b"]")
         return raw[:c + 1].lower() if c > 0 else raw.lower()
-    c = raw.rfind(b":")
-    if c >= 0:
-        raw = raw[:c]
-    return raw.lower()
+    for i in range(n):
+        if p[i] == 58:
+            end = i
+            break
+        if p[i] >= 65 and p[i] <= 90:
+            upper = True
+    if end == n and not upper:
+        return raw
+    out = PyBytes_FromStringAndSize(p, end)
+    if upper:
+        o = PyBytes_AS_STRING(out)
+        for i in range(end):
+            o[i] = <char>_lower(<unsigned char>o[i])
+    return out
 
 
 def parse_request_head(bytes data):
@@ -520,7 +597,7 @@ def parse_request_head(bytes data):
         raise HttpError(400, "bare LF in head")
     if end < 0:
         raise HttpError(400, "incomplete head")
-    return scan_request(data[:end], end)
+    return scan_request(data[:end], end, None)
 
 
 cdef class ResponseHead:
@@ -553,9 +630,11 @@ cdef class ResponseHead:
         return self.buf[self.reason_s:self.line_e]
 
 
-cdef ResponseHead scan_response(bytes buf, Py_ssize_t end, bint head_request):
-    """Parse an upstream response head; raises HttpError(502) when it is not valid HTTP."""
-    cdef ResponseHead h = ResponseHead.__new__(ResponseHead)
+cdef ResponseHead scan_response(bytes buf, Py_ssize_t end, bint head_request, ResponseHead h):
+    """Parse an upstream response head buf[:end]; raises HttpError(502) when it is not valid
+    HTTP. ``h`` is reused per upstream connection (None: a new one)."""
+    if h is None:
+        h = ResponseHead.__new__(ResponseHead)
     cdef const char* p = PyBytes_AS_STRING(buf)
     cdef Py_ssize_t i, s, e
     cdef int n = 0, cls, k
@@ -564,6 +643,9 @@ cdef ResponseHead scan_response(bytes buf, Py_ssize_t end, bint head_request):
     cdef list tokens = None
     h.buf = buf
     h.cl_idx = -1
+    h.chunked = False
+    h.until_close = False
+    h.n = 0
     if end < 14 or p[0] != 72 or p[1] != 84 or p[2] != 84 or p[3] != 80 or p[4] != 47 or p[5] != 49 or p[6] != 46:
         raise HttpError(502, "bad status line from upstream")
     h.version = 11 if p[7] == 49 else 10
@@ -619,7 +701,13 @@ cdef ResponseHead scan_response(bytes buf, Py_ssize_t end, bint head_request):
                 te_bad = True
             te = True
         elif cls == H_CONNECTION:
-            tokens = _connection_tokens(buf[s:e], tokens)
+            k = _conn_simple(p, s, e)
+            if k == 1:
+                close = True
+            elif k == 2:
+                ka = True
+            else:
+                tokens = _connection_tokens(buf[s:e], tokens)
         elif cls == H_HOST or cls == H_XFF or cls == H_XFP or cls == H_EXPECT or cls == H_CONSUMER:
             cls = H_KEEP
         elif cls == H_UPGRADE:
@@ -628,8 +716,8 @@ cdef ResponseHead scan_response(bytes buf, Py_ssize_t end, bint head_request):
         n += 1
     h.n = n
     if tokens is not None:
-        close = b"close" in tokens
-        ka = b"keep-alive" in tokens
+        close = close or b"close" in tokens
+        ka = ka or b"keep-alive" in tokens
         for k in range(n):
             if h.cls[k] == H_KEEP and buf[h.name_s[k]:h.name_e[k]].lower() in tokens:
                 h.cls[k] = H_DROP
@@ -657,7 +745,7 @@ def parse_response_head(bytes data, bint head_request=False):
     cdef Py_ssize_t end = find_head_end(data, 0, &bad)
     if bad >= 0 or end < 0:
         raise HttpError(502, "bad response head")
-    return scan_response(data[:end], end, head_request)
+    return scan_response(data[:end], end, head_request, None)
 
 
 # ---------------------------------------------------------------------------------------
@@ -887,9 +975,11 @@ DEF KEEP_10 = 2        # HTTP/1.0 client that asked for keep-alive
 
 
 cdef bytes build_response_head(ResponseHead r, list headers, list add, int status, bint chunked_out,
-                               int conn_mode, bytes request_id):
-    """The response head sent to the client. ``headers`` None: copy the backend's
-    end-to-end headers from the scan offsets; else use that list (after a response plugin)."""
+                               int conn_mode, bytes body):
+    """The response head sent to the client, followed by ``body`` (the first body bytes).
+
+    ``headers`` None: copy the backend's end-to-end headers from the scan offsets; else use
+    that list (after a response plugin)."""
     cdef _Buf b = _buf
     cdef const char* p = PyBytes_AS_STRING(r.buf)
     cdef int i
@@ -942,6 +1032,8 @@ cdef bytes build_response_head(ResponseHead r, list headers, list add, int statu
     elif conn_mode == KEEP_10:
         b.add(b"Connection: keep-alive\r\n", 24)
     b.add(b"\r\n", 2)
+    if body is not None and PyBytes_GET_SIZE(body):
+        b.add_b(body)
     return b.take()
 
 

@@ -283,7 +283,7 @@ cdef class UpstreamPool:
 
 cdef class Engine:
     cdef public object loop
-    cdef public object router
+    cdef public Router router
     cdef public TimerWheel wheel
     cdef public StatsWriter stats         # None: stats off
     cdef public object access_log         # AccessLog or None
@@ -398,6 +398,8 @@ cdef class ClientConnection(Timed):
     cdef str request_id
     cdef object async_task
     cdef int served                      # requests answered on this connection
+    cdef RequestHead head_obj            # reused for every request on this connection
+    cdef object _write                   # transport.write, bound once
     cdef bint buffering                  # collecting the body for a needs_body pipeline
     cdef list body_plain                 # decoded payload pieces while buffering a chunked body
 
@@ -410,6 +412,7 @@ cdef class ClientConnection(Timed):
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
+        self._write = transport.write
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else "127.0.0.1"
         if ip.startswith("::ffff:"):
@@ -557,13 +560,15 @@ cdef class ClientConnection(Timed):
             self._answer_error(431, "request head too large")
             return
         try:
-            req = scan_request(data[:end] if end < PyBytes_GET_SIZE(data) else data, end)
+            req = scan_request(data, end, self.head_obj)
+            self.head_obj = req
         except HttpError as exc:
             self.inbuf = b""
             self.keep_alive = False
             self._answer_error(exc.status, exc.message)
             return
-        self.inbuf = data[end:] if end < PyBytes_GET_SIZE(data) else b""
+        self.inbuf = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + end, PyBytes_GET_SIZE(data) - end) \
+            if end < PyBytes_GET_SIZE(data) else b""
         self._start(req, end)
 
     cdef void _start(self, RequestHead req, Py_ssize_t head_len):
@@ -614,7 +619,7 @@ cdef class ClientConnection(Timed):
             self.inbuf = b""
         else:
             rest = None
-        path = normalize_path(req.path) if req.path != b"*" else None
+        path = _rt_normalize(req.path) if req.path != b"*" else None
         if path is None:
             self.keep_alive = self.keep_alive and self.req_done
             self._answer_error(400, "invalid request path")
@@ -820,7 +825,7 @@ cdef class ClientConnection(Timed):
             if self.chunk.done:
                 self.req_done = True
         self.bytes_in += PyBytes_GET_SIZE(body)
-        if self.max_body >= 0 and self.bytes_in - PyBytes_GET_SIZE(self.req.buf) > self.max_body:
+        if self.max_body >= 0 and self.bytes_in - self.req.head_len > self.max_body:
             self._body_too_large()
             return
         if self.up is not None and self.up.transport is not None and self.pending is None:
@@ -982,17 +987,15 @@ cdef class ClientConnection(Timed):
             add = ctx.response_headers_add
             if ctx.status != resp.status and 100 <= ctx.status <= 999:
                 self.status = ctx.status
-        head = build_response_head(resp, headers, add, self.status, chunked_out, conn_mode, None)
+        # PERF: one buffer and one write for the head and the first body bytes.
+        head = build_response_head(resp, headers, add, self.status, chunked_out, conn_mode, body)
         self.resp_started = True
-        self.bytes_out = PyBytes_GET_SIZE(head) + PyBytes_GET_SIZE(body)
-        if body:
-            self.transport.write(head + body)   # PERF: one write for head and first body bytes
-        else:
-            self.transport.write(head)
+        self.bytes_out = PyBytes_GET_SIZE(head)
+        self._write(head)
 
     cdef void _response_body(self, bytes body):
         self.bytes_out += PyBytes_GET_SIZE(body)
-        self.transport.write(body)
+        self._write(body)
         if self.timer_kind == T_READ:
             self._arm(T_READ, self.route.read_timeout)
 
@@ -1038,7 +1041,7 @@ cdef class ClientConnection(Timed):
         data = build_answer(status, headers, body, conn_mode, self.head_req)
         self.bytes_out = PyBytes_GET_SIZE(data)
         self.resp_started = True
-        self.transport.write(data)
+        self._write(data)
         self._finish()
 
     # -- end of an exchange -----------------------------------------------------------------
@@ -1154,6 +1157,8 @@ cdef class UpstreamConnection(Timed):
     cdef long long body_left
     cdef ChunkedScanner chunk
     cdef object connect_task
+    cdef ResponseHead head_obj           # reused for every response on this connection
+    cdef object _write
 
     def __init__(self, UpstreamPool pool):
         self.pool = pool
@@ -1183,7 +1188,7 @@ cdef class UpstreamConnection(Timed):
         self.got_bytes = False
         self.buf = b""
         self.scan_pos = 0
-        self.transport.write(data)
+        self._write(data)
 
     cdef void close(self):
         self.closed = True
@@ -1202,6 +1207,7 @@ cdef class UpstreamConnection(Timed):
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
+        self._write = transport.write
         if self.closed:
             transport.close()
             return
@@ -1272,11 +1278,13 @@ cdef class UpstreamConnection(Timed):
             self.scan_pos = 0
             self.buf = b""
             try:
-                resp = scan_response(data[:end], end, client.head_req)
+                resp = scan_response(data, end, client.head_req, self.head_obj)
+                self.head_obj = resp
             except HttpError as exc:
                 self._fail(client, exc.message)
                 return
-            rest = data[end:] if end < PyBytes_GET_SIZE(data) else b""
+            rest = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + end, PyBytes_GET_SIZE(data) - end) \
+                if end < PyBytes_GET_SIZE(data) else b""
             if resp.status < 200:
                 if resp.status == 101:
                     self._fail(client, "upstream switched protocols unasked")

@@ -448,8 +448,10 @@ cdef class Router:
                 i = host.find(b".", i + 1)
         return self._default
 
-    def match(self, bytes host not None, bytes method not None, bytes path not None):
+    cpdef tuple match(self, bytes host, bytes method, bytes path):
         """(200, route, values) | (404, None, None) | (405, PathMethods, values)."""
+        if host is None or method is None or path is None:
+            raise TypeError("match() takes bytes host, method and path")
         cdef _RNode root = self._root_for(host)
         cdef _RNode found, node
         cdef const char* p = PyBytes_AS_STRING(path)
