@@ -432,6 +432,34 @@ def _writer_class(pure: bool) -> Any:
     return PyStatsWriter
 
 
+def remove_stale_regions(directory: str = "/dev/shm") -> int:
+    """Delete regions left by supervisors that were killed (their pid is in the name and no
+    longer runs); returns how many. The ring is a live view, history is in SQLite."""
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for entry in names:
+        parts = entry.split("-")
+        if len(parts) != 4 or parts[0] != "fastgw" or parts[1] != "stats" or not parts[2].isdigit():
+            continue
+        pid = int(parts[2])
+        try:
+            os.kill(pid, 0)
+            continue                      # its supervisor still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue                      # someone else's live process
+        try:
+            os.unlink(os.path.join(directory, entry))
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
 class StatsRegion:
     """The shared-memory stats region; see the module docstring for the layout.
 
@@ -474,6 +502,8 @@ class StatsRegion:
                         hist_period=hist, hist_ring_len=ring // hist, created=int(time.time()))
         if not os.path.isdir(directory):
             directory = "/tmp"
+        if name is None:
+            remove_stale_regions(directory)
         path = os.path.join(directory, name or f"fastgw-stats-{os.getpid()}-{os.urandom(4).hex()}")
         # SECURITY: 0600, created exclusively: other local users can neither read the
         # stats nor pre-create the file to feed the supervisor a forged region.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -243,3 +245,19 @@ def test_summary_and_percentile_edges():
     assert percentile([0] * HIST_N, 0.99) == 0.0
     c = st.Counts()
     assert c.summary()["avg_ms"] == 0.0
+
+
+def test_stale_regions_of_dead_supervisors_are_removed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from fastgw.stats import remove_stale_regions
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"fastgw-stats-{dead.pid}-abcd0123").write_bytes(b"x")
+    (tmp_path / f"fastgw-stats-{os.getpid()}-abcd0123").write_bytes(b"x")   # alive: kept
+    (tmp_path / "unrelated-file").write_bytes(b"x")
+    assert remove_stale_regions(str(tmp_path)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"fastgw-stats-{os.getpid()}-abcd0123", "unrelated-file"])
