@@ -130,13 +130,17 @@ USERS = {
 
 
 def users_api(method: str, url: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
-    """``GET /users`` and ``GET /users/{id}``."""
+    """``GET /users``, ``GET /users/{id}`` and ``DELETE /users/{id}`` (which only pretends);
+    the answer names the consumer the gateway authenticated (``X-Consumer-Name``)."""
     path = urlsplit(url).path
+    caller = headers.get("x-consumer-name")
     if path == "/users":
-        return 200, {"users": list(USERS.values())}
+        return 200, {"users": list(USERS.values()), "caller": caller}
     match = re.fullmatch(r"/users/(\d+)", path)
     if match and int(match.group(1)) in USERS:
-        return 200, {"user": USERS[int(match.group(1))]}
+        if method == "DELETE":
+            return 200, {"deleted": int(match.group(1)), "caller": caller}
+        return 200, {"user": USERS[int(match.group(1))], "caller": caller}
     return 404, {"error": f"no such user or path: {path}", "backend": "users"}
 
 
@@ -188,7 +192,9 @@ Try:
   curl -s {base}/orders/1
   curl -s -X POST {base}/orders -H 'Content-Type: application/json' -d '{{"item": "mug", "qty": 3}}'
   curl -s {base}/alpha/orders/2               # alpha stage (path prefix) -> /v2/orders/2
-  curl -s {base}/users/2
+  curl -s -i {base}/users/2                   # 401: the accounts service needs an API key
+  curl -s -H 'apikey: demo-key-ada' {base}/users/2
+  curl -s -X DELETE -H 'apikey: demo-key-bob' {base}/users/2   # 403: acl allows group staff only
   curl -s {base}/static/css/site.css          # {{path*}} -> /assets/css/site.css
   curl -s -X PUT '{base}/echo?x=1' -d hello   # echoed back by the files backend
   curl -s -i {base}/nope                      # 404 answered by the gateway itself
