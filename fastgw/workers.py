@@ -70,6 +70,23 @@ def open_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
+def port_is_free(host: str, port: int) -> bool:
+    """Whether no other process listens on ``host:port``.
+
+    SAFETY: SO_REUSEPORT would otherwise let a second gateway (another config, an old
+    version) bind the same port and silently take half the traffic. A plain bind (no
+    SO_REUSEPORT) fails while anybody listens there, so the first socket of each address
+    is preceded by this probe and a busy port is refused, as nginx refuses it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _describe_exit(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -173,6 +190,9 @@ class Supervisor:
         errors: list[str] = []
         for host, port in addresses:
             socks = self.sockets.setdefault((host, port), [])
+            if not socks and port and not port_is_free(host, port):
+                errors.append(f"listen {host}:{port}: address already in use by another process")
+                continue
             while len(socks) < count:
                 # Port 0: the first socket picks a port, its siblings share it.
                 bind_port = socks[0].getsockname()[1] if socks else port

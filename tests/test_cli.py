@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import REPO, gateway_config
+from tests.helpers import REPO, free_port, gateway_config
 
 DEMO = REPO / "examples" / "demo.json"
 
@@ -73,8 +74,8 @@ def test_routes_prints_the_tree_per_service_and_stage() -> None:
     assert "prefix: /alpha" in alpha
     # nested paths, methods with their backend paths (stage variables filled in)
     assert "    /orders" in lines
-    assert any(line.strip() == "GET     -> /v1/orders" for line in lines)
-    assert any(line.strip() == "GET     -> /v2/orders/{id}" for line in lines)
+    assert any(line.strip() == "GET     -> /v1/orders  plugins: request-id, cors" for line in lines)
+    assert any(line.strip() == "GET     -> /v2/orders/{id}  plugins: request-id, cors" for line in lines)
     assert "      /{id}" in lines
     assert any(line.strip() == "/static/{path*}" for line in lines)
     assert any(line.strip() == "GET     -> /assets/{path}" for line in lines)
@@ -94,3 +95,22 @@ def test_routes_bad_config_exits_1(tmp_path: Path) -> None:
     result = fastgw("routes", write(tmp_path, {"services": "x"}))
     assert result.returncode == 1
     assert "services" in result.stderr
+
+
+def test_run_refuses_a_port_another_process_listens_on(tmp_path: Path) -> None:
+    # SO_REUSEPORT must not let a second gateway silently share a busy port.
+    port = free_port()
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+    try:
+        cfg = tmp_path / "gw.json"
+        cfg.write_text(json.dumps(gateway_config(port, "http://127.0.0.1:9")))
+        proc = subprocess.run([sys.executable, "-m", "fastgw", "run", "-c", str(cfg)], capture_output=True,
+                              text=True, timeout=30, cwd=REPO)
+        assert proc.returncode != 0
+        assert "already in use" in proc.stderr
+    finally:
+        holder.close()
