@@ -1,0 +1,66 @@
+"""End-to-end: TLS termination on a listener (``listen[].tls``), with a throwaway certificate."""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.helpers import Backend, gateway_config
+
+
+def make_cert(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_termination(tmp_path: Path, backend: Backend, port: int, gateway: Any) -> None:
+    cert, key = make_cert(tmp_path)
+    cfg = gateway_config(port, backend.url)
+    cfg["listen"][0]["tls"] = {"cert": str(cert), "key": str(key)}
+    g = gateway(cfg)
+    ctx = ssl.create_default_context(cafile=str(cert))
+    with socket.create_connection(("127.0.0.1", g.port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            for i in range(3):   # keep-alive over TLS
+                tls.sendall(f"GET /secure/{i} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += tls.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                while len(body) < length:
+                    body += tls.recv(65536)
+                assert head.startswith(b"HTTP/1.1 200")
+    sent = backend.requests[-1]
+    assert sent["path"] == "/secure/2"
+    assert sent["headers"]["x-forwarded-proto"] == "https"
+    # plain HTTP on the TLS port is refused, not served
+    with socket.create_connection(("127.0.0.1", g.port), timeout=5) as plain:
+        plain.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        plain.settimeout(5)
+        try:
+            answer = plain.recv(100)
+        except ConnectionResetError:
+            answer = b""
+        assert not answer.startswith(b"HTTP/1.1 200")
