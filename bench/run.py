@@ -61,6 +61,11 @@ from benchlib import (
 
 ALL_SCENARIOS = ("plain", "post", "gateway", "routes", "close")
 ALL_PROXIES = ("fastgw", "nginx", "haproxy", "caddy", "aiohttp")
+# fastgw doing the same job with its own bookkeeping switched off, to price it (issue: the
+# counters may cost at most 5%): "-nostats" without the stats counters, "-bare" without
+# counters and access log. Run them with --proxies fastgw,fastgw-nostats,fastgw-bare,nginx.
+FASTGW_VARIANTS = ("fastgw-nostats", "fastgw-bare")
+KNOWN_PROXIES = ALL_PROXIES + FASTGW_VARIANTS
 SCRIPTS = {s: BENCH / f"{s}.lua" for s in ALL_SCENARIOS}
 NROUTES = 1000
 CONNECTIONS = 64
@@ -261,7 +266,7 @@ def fastgw_command() -> list[str]:
     return [str(exe)] if exe.exists() else [python_bin(), "-m", "fastgw"]
 
 
-def fastgw_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
+def fastgw_launch(scenario: str, port: int, up: int, wd: Path, variant: str = "") -> Launch:
     """``fastgw run -c <generated config> --workers 1`` from the repo."""
     if not (REPO / "fastgw" / "server.py").exists() or not (REPO / "fastgw" / "workers.py").exists():
         raise NotApplicable("engine missing (fastgw/server.py, fastgw/workers.py)")
@@ -270,6 +275,10 @@ def fastgw_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
         if missing:
             raise NotApplicable(f"plugin missing ({', '.join(missing)})")
     cfg = fastgw_config(scenario, port, up, wd, free_port())
+    if variant in ("nostats", "bare"):
+        cfg["stats"] = {"enabled": False}
+    if variant == "bare":
+        cfg["access_log"] = {"enabled": False}
     path = wd / "fastgw.json"
     path.write_text(json.dumps(cfg, indent=1))
     env = dict(os.environ)
@@ -280,6 +289,8 @@ def fastgw_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
 
 LAUNCHERS: dict[str, Callable[[str, int, int, Path], Launch]] = {
     "fastgw": fastgw_launch,
+    "fastgw-nostats": lambda sc, port, up, wd: fastgw_launch(sc, port, up, wd, "nostats"),
+    "fastgw-bare": lambda sc, port, up, wd: fastgw_launch(sc, port, up, wd, "bare"),
     "nginx": nginx_launch,
     "haproxy": haproxy_launch,
     "caddy": caddy_launch,
@@ -463,7 +474,7 @@ def paired_ratios(rows: dict[tuple[str, str], Row], scenario: str, proxy: str) -
 def format_table(rows: dict[tuple[str, str], Row], scenarios: list[str], proxies: list[str],
                  args: argparse.Namespace) -> str:
     lines = []
-    head = (f"{'proxy':<9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU µs/req':>12}{'eff.':>8}"
+    head = (f"{'proxy':<15}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU µs/req':>12}{'eff.':>8}"
             f"{'load core':>11}{'proxy core':>12}  flags")
     for sc in scenarios:
         lines.append("")
@@ -473,12 +484,12 @@ def format_table(rows: dict[tuple[str, str], Row], scenarios: list[str], proxies
         for px in proxies:
             row = rows[(sc, px)]
             if not row.samples:
-                lines.append(f"{px:<9}{row.status[:110]}")
+                lines.append(f"{px:<15}{row.status[:110]}")
                 continue
             eff = efficiency(rows, sc, px)
             flags = " ".join(row.flags() + ([] if row.status == "ok" else [row.status]))
             lines.append(
-                f"{px:<9}{row.med('rps'):>9,.0f}{row.med('p50_ms'):>9.2f}{row.med('p99_ms'):>9.2f}"
+                f"{px:<15}{row.med('rps'):>9,.0f}{row.med('p50_ms'):>9.2f}{row.med('p99_ms'):>9.2f}"
                 f"{row.med('cpu_us'):>12.1f}{(f'{eff:.2f}x' if eff else '-'):>8}"
                 f"{row.med('load_busy') * 100:>10.0f}%{row.med('proxy_core_busy') * 100:>11.0f}%  {flags}")
     lines.append("")
@@ -494,6 +505,18 @@ def format_table(rows: dict[tuple[str, str], Row], scenarios: list[str], proxies
                 rounds = " ".join(f"{r:.2f}" for r in per)
                 lines.append(f"  {sc:<8} {eff:.2f}x  (ratio of medians; median of paired rounds "
                              f"{statistics.median(per):.2f}x; per round: {rounds})")
+    for variant, what in (("fastgw-nostats", "stats counters"), ("fastgw-bare", "counters + access log")):
+        if "fastgw" not in proxies or variant not in proxies:
+            continue
+        lines.append(f"cost of fastgw's {what} (CPU µs/req of fastgw over {variant}):")
+        for sc in scenarios:
+            full, off = rows.get((sc, "fastgw")), rows.get((sc, variant))
+            if full and off and full.samples and off.samples:
+                cost = full.med("cpu_us") / off.med("cpu_us") - 1  # type: ignore[operator]
+                per = [a.cpu_us / b.cpu_us - 1 for a, b in zip(full.samples, off.samples, strict=False)
+                       if b.cpu_us > 0]
+                lines.append(f"  {sc:<8} {cost * 100:+.1f}%  (per round: "
+                             + " ".join(f"{c * 100:+.1f}%" for c in per) + ")")
     return "\n".join(lines)
 
 
@@ -605,8 +628,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if s not in ALL_SCENARIOS:
             ap.error(f"unknown scenario {s!r} (known: {', '.join(ALL_SCENARIOS)})")
     for p in args.proxy_list:
-        if p not in ALL_PROXIES:
-            ap.error(f"unknown proxy {p!r} (known: {', '.join(ALL_PROXIES)})")
+        if p not in KNOWN_PROXIES:
+            ap.error(f"unknown proxy {p!r} (known: {', '.join(KNOWN_PROXIES)})")
     if args.rounds < 1 or args.duration < 1:
         ap.error("--rounds and --duration must be >= 1")
     return args
