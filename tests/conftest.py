@@ -32,10 +32,11 @@ def port() -> int:
 def gateway(tmp_path: Any, request: pytest.FixtureRequest) -> Iterator[Callable[..., Gateway]]:
     made: list[Gateway] = []
 
-    def start(config: dict[str, Any], workers: int = 1) -> Gateway:
+    def start(config: dict[str, Any], workers: int = 1, command: list[str] | None = None) -> Gateway:
+        """Start a gateway on ``config`` (``command`` replaces ``fastgw run``, see Gateway)."""
         directory = tmp_path / f"gw{len(made)}"
         directory.mkdir()
-        gw = Gateway(config, workers=workers, directory=directory)
+        gw = Gateway(config, workers=workers, directory=directory, command=command)
         made.append(gw)
         return gw.start()
 

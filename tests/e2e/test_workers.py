@@ -32,22 +32,9 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def start(engine: str, tmp_path: Any, request: pytest.FixtureRequest) -> Any:
-    """``start(config) -> Gateway`` with 2 workers, on the engine under test; killed after."""
-    made: list[Gateway] = []
-
-    def _start(config: dict[str, Any]) -> Gateway:
-        command = STANDIN if engine == "standin" else None
-        gw = Gateway(config, workers=2, directory=tmp_path, command=command)
-        made.append(gw)
-        return gw.start()
-
-    yield _start
-    for gw in made:
-        gw.close()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print(f"--- gateway log ---\n{gw.log()}")
+def start(engine: str, gateway: Any) -> Any:
+    """``start(config) -> Gateway`` with 2 workers, on the engine under test; stopped after."""
+    return lambda config: gateway(config, workers=2, command=STANDIN if engine == "standin" else None)
 
 
 def base_config(backend: Backend) -> dict[str, Any]:
