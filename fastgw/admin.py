@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from fastgw.stats import CLASSES, HIST_N, StatsRegion, hist_bounds, parse_key
-from fastgw.statsdb import RollupTask, StatsDB, StatsQuery
+from fastgw.statsdb import RollupTask, StatsDB, StatsQuery, resolve_db_path
 
 DASHBOARD_DIR = os.path.join(os.path.dirname(__file__), "dashboard")
 STATIC_TYPES = {
@@ -204,7 +204,8 @@ class AdminServer:
             token = admin.get("token")
             self.host, self.port = admin.get("host", self.host), int(admin.get("port", self.port))
             stats_cfg = dict(getattr(config, "stats", None) or {})
-            db_path = stats_cfg.get("db") or stats_cfg.get("path")
+            db_path = resolve_db_path(stats_cfg.get("db") or stats_cfg.get("path"),
+                                      getattr(config, "source", ""))
             if db is None and db_path and region is not None:
                 db = StatsDB(str(db_path), int(stats_cfg.get("retention_days", 90)))
         if not token:

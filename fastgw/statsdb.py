@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import struct
 import time
@@ -308,3 +309,22 @@ class RollupTask:
             self._task = None
         with contextlib.suppress(sqlite3.Error):
             self.db.rollup(self.region)
+
+
+def resolve_db_path(setting: str | None, config_source: str) -> str | None:
+    """Where the history of a config lives: ``setting`` as given, None for none, or for
+    ``"auto"`` one file per config file under ``$XDG_STATE_HOME/fastgw`` (so a restart, or
+    another config on the same machine, finds its own history)."""
+    if not setting:
+        return None
+    if setting != "auto":
+        return setting
+    import hashlib
+
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    source = os.path.abspath(config_source) if config_source and not config_source.startswith("<") else "data"
+    stem = os.path.splitext(os.path.basename(source))[0] or "fastgw"
+    digest = hashlib.sha256(source.encode()).hexdigest()[:10]
+    directory = os.path.join(state, "fastgw")
+    os.makedirs(directory, exist_ok=True)
+    return os.path.join(directory, f"{stem}-{digest}.sqlite3")

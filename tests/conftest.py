@@ -9,10 +9,16 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+# Gateways started by tests keep their stats history ("stats.db": "auto") in a throwaway
+# state directory, never in the user's ~/.local/state.
+os.environ.setdefault("XDG_STATE_HOME", tempfile.mkdtemp(prefix="fastgw-test-state-"))
 
 from tests.helpers import Backend, Gateway, free_port
 

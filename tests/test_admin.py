@@ -266,3 +266,15 @@ def test_cli_stats_reads_admin(region, capsys):
     assert "18 calls" in out.out and "/orders/{id}" in out.out and "api.shop 1" in out.out
     assert "refused the token" in out.err
     assert cli_stats.main([]) == 2 or "FASTGW_ADMIN_TOKEN" in __import__("os").environ
+
+
+def test_history_file_defaults_to_one_per_config(tmp_path, monkeypatch) -> None:
+    from fastgw.statsdb import resolve_db_path
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    a = resolve_db_path("auto", "/etc/fastgw/a.json")
+    b = resolve_db_path("auto", "/etc/fastgw/b.json")
+    assert a != b and a.startswith(str(tmp_path / "fastgw")) and a.endswith(".sqlite3")
+    assert resolve_db_path("auto", "/etc/fastgw/a.json") == a      # stable across restarts
+    assert resolve_db_path(None, "/etc/fastgw/a.json") is None     # null: no history
+    assert resolve_db_path("/var/lib/x.db", "/etc/fastgw/a.json") == "/var/lib/x.db"
