@@ -6,6 +6,7 @@ whole file runs in a few seconds.
 
 from __future__ import annotations
 
+import socket
 import textwrap
 import time
 from typing import Any
@@ -197,3 +198,24 @@ def test_ip_restriction(env):
 def test_user_plugin_by_dotted_name(env):
     resp = call(env, "GET", "/audited")[0]
     assert resp.status == 200 and resp.json()["headers"]["x-audit"] == "seen"
+
+
+def test_request_size_limit_on_a_streamed_body(env):
+    # No Content-Length: the limit is enforced on the bytes as they stream, 413 at once,
+    # without buffering the body (the connection is then closed).
+    gw, backend = env
+    before = len(backend.requests)
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sock.sendall(b"20\r\n" + b"a" * 32 + b"\r\n")          # 32 bytes: under the limit
+        sock.sendall(b"40\r\n" + b"b" * 64 + b"\r\n")          # 96 in all: over 64
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 413"), data[:100]
+    time.sleep(0.2)
+    # the cut-off body never completes at the backend (its upstream connection is dropped)
+    assert not any(r["path"] == "/upload" for r in backend.requests[before:])
