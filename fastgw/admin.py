@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from fastgw.stats import CLASSES, HIST_N, StatsRegion, hist_bounds, parse_key
+from fastgw.stats import CLASSES, HIST_N, StatsRegion, hist_bounds, parse_key, parse_span
 from fastgw.statsdb import RollupTask, StatsDB, StatsQuery, resolve_db_path
 
 DASHBOARD_DIR = os.path.join(os.path.dirname(__file__), "dashboard")
@@ -405,9 +405,9 @@ class AdminServer:
         rng = one("range")
         if t0 is None and rng:
             try:
-                span = int(float(rng))
-            except ValueError:
-                raise ValueError("range: not a number") from None
+                span = parse_span(rng)
+            except ValueError as exc:
+                raise ValueError(f"range: {exc}") from None
             if span <= 0:
                 raise ValueError("range: must be > 0")
             t0 = (t1 if t1 is not None else now + 1) - span

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-RANGES = {"5m": 300, "1h": 3600, "1d": 86400, "30d": 2592000}
+from fastgw.stats import parse_span
 
 
 def fetch(admin: str, token: str, params: dict[str, str], timeout: float = 5.0) -> dict[str, Any]:
@@ -94,13 +94,11 @@ def main(argv: list[str]) -> int:
     if not args.token:
         print("fastgw stats: --token (or FASTGW_ADMIN_TOKEN) is required", file=sys.stderr)
         return 2
-    rng = RANGES.get(args.range)
-    if rng is None:
-        try:
-            rng = int(args.range)
-        except ValueError:
-            print(f"fastgw stats: --range {args.range!r}: use 5m, 1h, 1d, 30d or seconds", file=sys.stderr)
-            return 2
+    try:
+        rng = parse_span(args.range)
+    except ValueError as exc:
+        print(f"fastgw stats: --range {exc}", file=sys.stderr)
+        return 2
     params = {"range": str(rng), "resource": args.resource}
     if "/" in args.stage:
         params["service"], params["stage"] = args.stage.split("/", 1)

@@ -171,6 +171,25 @@ class Counts:
         }
 
 
+_SPAN_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_span(text: str) -> int:
+    """Seconds in a time range written ``300``, ``5m``, ``1h``, ``1d`` or ``30d``.
+
+    >>> parse_span("5m"), parse_span("30d"), parse_span("90")
+    (300, 2592000, 90)
+    """
+    text = text.strip().lower()
+    unit = _SPAN_UNITS.get(text[-1:], 0)
+    number = text[:-1] if unit else text
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"{text!r}: use seconds or a number with s, m, h or d (5m, 1h, 30d)") from None
+    return int(value * (unit or 1))
+
+
 def parse_key(key: str) -> dict[str, str]:
     """Split a stats key into its parts.
 

@@ -125,6 +125,9 @@ def test_stats_json_counts_and_filters(region):
         assert s["totals"]["5xx"] == 4 and s["totals"]["4xx"] == 2 and s["totals"]["2xx"] == 12
         assert s["running"]["calls"] == 18
         assert sum(p["calls"] for p in s["series"]) == 18
+        async with http.get("/stats", params={"range": "5m", "step": "10"}, headers=AUTH) as r:
+            assert r.status == 200      # the same range with a unit, as the README writes it
+            assert (await r.json())["totals"]["calls"] == 18
         assert all(p["t"] % 10 == 0 for p in s["series"])
         by_key = {r["key"]: r for r in s["resources"]}
         assert by_key["shop/prod/GET /orders"]["calls"] == 14
@@ -278,3 +281,13 @@ def test_history_file_defaults_to_one_per_config(tmp_path, monkeypatch) -> None:
     assert resolve_db_path("auto", "/etc/fastgw/a.json") == a      # stable across restarts
     assert resolve_db_path(None, "/etc/fastgw/a.json") is None     # null: no history
     assert resolve_db_path("/var/lib/x.db", "/etc/fastgw/a.json") == "/var/lib/x.db"
+
+
+def test_time_ranges_take_units() -> None:
+    import pytest
+
+    from fastgw.stats import parse_span
+
+    assert [parse_span(x) for x in ("300", "5m", "1h", "1d", "30d", "90s")] == [300, 300, 3600, 86400, 2592000, 90]
+    with pytest.raises(ValueError):
+        parse_span("soon")
