@@ -410,6 +410,8 @@ cdef RequestHead scan_request(bytes buf, Py_ssize_t end, RequestHead h):
     # header lines
     while True:
         if p[i] == 13:       # the empty line that ends the head
+            if p[i + 1] != 10:
+                raise HttpError(400, "bare CR in head")   # SECURITY: a lone CR never ends a head
             break
         if n >= MAX_HEADERS:
             raise HttpError(431, "too many header fields")
@@ -446,8 +448,10 @@ cdef RequestHead scan_request(bytes buf, Py_ssize_t end, RequestHead h):
             if cls == H_CL:
                 if _parse_cl(p, s, e, &v) != 0:
                     raise HttpError(400, "bad Content-Length")
-                if have_cl and v != cl:
-                    raise HttpError(400, "conflicting Content-Length")
+                if have_cl:
+                    # SECURITY: a repeated Content-Length is refused even when the copies
+                    # agree (as nginx and llhttp do): no proxy downstream can read it otherwise.
+                    raise HttpError(400, "repeated Content-Length")
                 have_cl = True
                 cl = v
             elif cls == H_TE:
@@ -665,7 +669,9 @@ cdef ResponseHead scan_response(bytes buf, Py_ssize_t end, bint head_request, Re
         i += 1
     h.line_e = <int>i
     i += 2
-    while p[i] != 13:
+    while p[i] != 13 or p[i + 1] != 10:
+        if p[i] == 13:
+            raise HttpError(502, "bare CR in response head from upstream")
         if n >= MAX_HEADERS:
             raise HttpError(502, "too many header fields from upstream")
         s = i

@@ -88,11 +88,13 @@ cdef class TimerWheel:
     cdef object loop
     cdef object handle
     cdef bint running
+    cdef long long horizon
 
-    def __init__(self, loop, double resolution=0.25, int size=512):
+    def __init__(self, loop, double resolution=0.25, int size=512, double horizon=5.0):
         self.loop = loop
         self.resolution = resolution
         self.size = size
+        self.horizon = max(1, min(size - 1, <long long>(horizon / resolution)))
         self.slots = [[] for _ in range(size)]
         self.now = _mono()
         self.base = self.now
@@ -115,8 +117,11 @@ cdef class TimerWheel:
         target = <long long>((deadline - self.base) / self.resolution) + 1
         if target <= self.tick:
             target = self.tick + 1
-        if target - self.tick >= self.size:
-            target = self.tick + self.size - 1
+        # PERF: an entry is filed at most `horizon` ticks ahead and re-filed when its slot
+        # comes up. Moving a deadline (idle 75 s -> read 60 s -> idle ...) then touches no
+        # list unless the new deadline is nearer than the horizon.
+        if target - self.tick > self.horizon:
+            target = self.tick + self.horizon
         if t.sched_tick <= 0 or target < t.sched_tick:
             t.sched_tick = target
             (<list>self.slots[target % self.size]).append(t)
@@ -455,8 +460,8 @@ cdef class ClientConnection(Timed):
             self._internal_error(exc)
 
     def eof_received(self):
-        if self.state == S_HEAD and not self.inbuf:
-            return False
+        if self.state == S_HEAD:
+            return False          # idle, or half a head that can never complete: close
         if self.state == S_BODY:
             # The client half-closed before sending the whole body.
             self._abort_exchange()
@@ -521,11 +526,13 @@ cdef class ClientConnection(Timed):
         self.processing = True
         try:
             while self.state == S_HEAD and self.inbuf:
-                self._on_head_data()
+                if not self._on_head_data():
+                    break         # an incomplete head: wait for more bytes
         finally:
             self.processing = False
 
-    cdef void _on_head_data(self):
+    cdef bint _on_head_data(self) except -1:
+        """Handle the head at the start of inbuf; False while it is still incomplete."""
         cdef Py_ssize_t bad = -1
         cdef Py_ssize_t end
         cdef bytes data = self.inbuf
@@ -536,29 +543,29 @@ cdef class ClientConnection(Timed):
                 data = data[2:]
             self.inbuf = data
             if not data:
-                return
+                return False
             self._arm(T_HEADER, self.engine.header_timeout)
         end = find_head_end(data, self.scan_pos, &bad)
         if bad >= 0:
             self.inbuf = b""
             self.keep_alive = False
             self._answer_error(400, "bare LF in request head")
-            return
+            return True
         if end < 0:
             if PyBytes_GET_SIZE(data) > self.engine.max_head:
                 self.inbuf = b""
                 self.keep_alive = False
                 self._answer_error(431, "request head too large")
-                return
+                return True
             self.scan_pos = PyBytes_GET_SIZE(data) - 3 if PyBytes_GET_SIZE(data) > 3 else 0
             self.inbuf = data
-            return
+            return False
         self.scan_pos = 0
         if end > self.engine.max_head:
             self.inbuf = b""
             self.keep_alive = False
             self._answer_error(431, "request head too large")
-            return
+            return True
         try:
             req = scan_request(data, end, self.head_obj)
             self.head_obj = req
@@ -566,10 +573,11 @@ cdef class ClientConnection(Timed):
             self.inbuf = b""
             self.keep_alive = False
             self._answer_error(exc.status, exc.message)
-            return
+            return True
         self.inbuf = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + end, PyBytes_GET_SIZE(data) - end) \
             if end < PyBytes_GET_SIZE(data) else b""
         self._start(req, end)
+        return True
 
     cdef void _start(self, RequestHead req, Py_ssize_t head_len):
         cdef tuple m

@@ -428,3 +428,24 @@ def test_many_concurrent_clients(gw: Gateway) -> None:
         t.join()
     assert not errors
     wait_until(lambda: True)
+
+
+def test_head_split_across_packets(gw: Gateway) -> None:
+    # Heads arrive in pieces in real life (slow links, big headers): byte by byte here.
+    head = b"GET /orders/77 HTTP/1.1\r\nHost: x\r\nX-Long: " + b"v" * 3000 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(0, 60):
+            sock.sendall(head[i:i + 1])
+            time.sleep(0.001)
+        sock.sendall(head[60:2000])
+        time.sleep(0.05)
+        sock.sendall(head[2000:])
+        data = b""
+        while b"}" not in data:
+            chunk = sock.recv(65536)
+            assert chunk
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200")
+    assert b"/v2/orders/77" in data
+    assert request(gw.port, "GET", "/orders/1").status == 200     # the worker is still serving

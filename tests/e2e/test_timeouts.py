@@ -1,0 +1,49 @@
+"""End-to-end: the coarse timer wheel's timeouts (slow client head, idle keep-alive, slow backend).
+
+Timeouts have the wheel's resolution (a quarter second), so the assertions allow a margin;
+none of them is a speed target.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from tests.helpers import Backend, gateway_config, request
+
+
+def _limits(**kw: float) -> dict[str, Any]:
+    return {"drain_timeout": 5, **kw}
+
+
+def test_slow_request_head_gets_408(backend: Backend, port: int, gateway: Any) -> None:
+    g = gateway(gateway_config(port, backend.url, limits=_limits(client_header_timeout=1)))
+    with socket.create_connection(("127.0.0.1", g.port), timeout=10) as sock:
+        t0 = time.monotonic()
+        sock.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n")     # never finished
+        data = sock.recv(65536)
+        elapsed = time.monotonic() - t0
+    assert data.startswith(b"HTTP/1.1 408")
+    assert 0.7 < elapsed < 4
+
+
+def test_idle_keepalive_connection_is_closed(backend: Backend, port: int, gateway: Any) -> None:
+    g = gateway(gateway_config(port, backend.url, limits=_limits(client_idle_timeout=1)))
+    with socket.create_connection(("127.0.0.1", g.port), timeout=10) as sock:
+        sock.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        t0 = time.monotonic()
+        assert sock.recv(65536) == b""                       # closed by the gateway
+        assert 0.7 < time.monotonic() - t0 < 4
+
+
+def test_read_timeout_longer_than_the_wheel_horizon(backend: Backend, port: int, gateway: Any) -> None:
+    # 6 s is beyond the wheel's 5 s filing horizon: the entry is re-filed once, then fires.
+    g = gateway(gateway_config(port, backend.url, {"/slow": {"GET": {"timeouts": {"read": 6}}}}))
+    t0 = time.monotonic()
+    r = request(g.port, "GET", "/slow?ms=9000", timeout=15)
+    elapsed = time.monotonic() - t0
+    assert r.status == 504
+    assert 5.5 < elapsed < 8.5

@@ -1,0 +1,182 @@
+"""The one-pass Cython head scanner against httptools (llhttp), the reference parser.
+
+fastgw parses request heads with its own scanner (``fastgw._core``), so httptools is kept
+as the oracle: on any input llhttp refuses, the scanner refuses too (it is deliberately
+stricter in places: any Transfer-Encoding but ``chunked``, obs-fold, a missing Host), and
+on well-formed requests both read the same method, target, headers and body framing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httptools
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fastgw import _core
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.complete = False
+        self.headers_done = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+def llhttp(data: bytes) -> tuple[bool, Any]:
+    """(accepted, (parser, collected)) for the head in ``data`` per llhttp."""
+    c = _Collect()
+    p = httptools.HttpRequestParser(c)
+    try:
+        p.feed_data(data)
+    except httptools.HttpParserUpgrade:
+        return True, (p, c)
+    except httptools.HttpParserError:
+        return False, None
+    return c.headers_done, (p, c)
+
+
+def _ows_stripped(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    # RFC 9110 5.5: a field value excludes leading and trailing whitespace; llhttp keeps
+    # the trailing part, fastgw drops it. Same value, so compare without it.
+    return [(k, v.strip(b" \t")) for k, v in headers]
+
+
+def ours(data: bytes) -> tuple[bool, Any]:
+    try:
+        return True, _core.parse_request_head(data)
+    except _core.HttpError:
+        return False, None
+
+
+# ------------------------------------------------------------------------------ corpus
+
+VALID = [
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /a/b?x=1&y=%2F HTTP/1.1\r\nHost: example.com:8080\r\nAccept: */*\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"DELETE /x HTTP/1.1\r\nHost: a\r\nX-Empty:\r\nX-Spaces:   v  \r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET http://h.example/p?q HTTP/1.1\r\nHost: other\r\n\r\n",
+]
+
+# Every one of these is refused by both (the request-smuggling and malformed classics).
+INVALID_BOTH = [
+    b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHo\x00st: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\x00b\r\n\r\n",
+    b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nContent-Length: -1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nContent-Length: 1x\r\nHost: a\r\n\r\n",
+    b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\n: empty-name\r\n\r\n",
+    b"GET / XTTP/1.1\r\nHost: a\r\n\r\n",
+]
+
+# Refused by fastgw on purpose although llhttp (in its default mode) lets them through.
+STRICTER = [
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",   # only 'chunked'
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",                                                            # no Host
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",                                      # two Hosts
+    b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 4, 4\r\n\r\n",                          # CL list
+    b"GET /#frag HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r x: y\r\n\r\n",                                 # lone CR
+]
+
+
+@pytest.mark.parametrize("data", VALID)
+def test_valid_requests_read_the_same(data: bytes) -> None:
+    ok, ref = llhttp(data)
+    mine_ok, head = ours(data)
+    assert ok and mine_ok
+    parser, collected = ref
+    assert head.method.decode() == parser.get_method().decode()
+    assert head.target == collected.url
+    assert head.headers() == _ows_stripped(collected.headers)
+    version = parser.get_http_version()
+    assert head.version == (11 if version == "1.1" else 10)
+    assert head.keep_alive == parser.should_keep_alive()
+
+
+@pytest.mark.parametrize("data", INVALID_BOTH)
+def test_malformed_is_refused_by_both(data: bytes) -> None:
+    assert not llhttp(data)[0]
+    assert not ours(data)[0]
+
+
+@pytest.mark.parametrize("data", STRICTER)
+def test_stricter_than_llhttp_on_purpose(data: bytes) -> None:
+    assert not ours(data)[0]
+
+
+# ------------------------------------------------------------------------------ properties
+
+TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!#$%&'*+^`|~",
+                min_size=1, max_size=12)
+VALUE = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=20)
+PATH = st.text(alphabet="abcxyz0123/-._~%?=&", min_size=0, max_size=20).map(lambda s: "/" + s)
+NOISE = st.sampled_from([b"\r", b"\n", b"\x00", b" ", b"\t", b":", b"\x7f", b"\xff", b"\r\n", b"\r\n\r\n",
+                         b"\r\n ", b"Transfer-Encoding: chunked\r\n", b"Content-Length: 3\r\n",
+                         b"Content-Length: 3\r\nContent-Length: 4\r\n", b"Content-Length: +3\r\n"])
+
+
+@st.composite
+def requests(draw: Any) -> bytes:
+    method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"]))
+    version = draw(st.sampled_from(["1.1", "1.0"]))
+    headers = draw(st.lists(st.tuples(TOKEN, VALUE), max_size=6))
+    lines = [f"{method} {draw(PATH)} HTTP/{version}", "Host: example.com"]
+    lines += [f"{k}: {v}" for k, v in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+@settings(max_examples=400, deadline=None)
+@given(requests())
+def test_well_formed_requests_agree(data: bytes) -> None:
+    ok, ref = llhttp(data)
+    mine_ok, head = ours(data)
+    if not ok:
+        assert not mine_ok, data
+        return
+    if mine_ok:
+        parser, collected = ref
+        assert head.target == collected.url
+        assert head.headers() == _ows_stripped(collected.headers)
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests(), st.lists(st.tuples(st.integers(min_value=0, max_value=200), NOISE), min_size=1, max_size=3))
+def test_whatever_llhttp_refuses_fastgw_refuses(data: bytes, edits: list[tuple[int, bytes]]) -> None:
+    # Splice noise into a valid head (inside the head, before its final CRLFCRLF).
+    head = data[:-4]
+    for pos, noise in edits:
+        pos = min(pos, len(head))
+        head = head[:pos] + noise + head[pos:]
+    mutated = head + b"\r\n\r\n"
+    # Both judge the first head only (bytes after it would be the next pipelined request).
+    mutated = mutated[:mutated.index(b"\r\n\r\n") + 4]
+    ref_ok, _ = llhttp(mutated)
+    mine_ok, _ = ours(mutated)
+    if not ref_ok:
+        assert not mine_ok, mutated
