@@ -431,6 +431,10 @@ cdef class ClientConnection(Timed):
         cdef UpstreamConnection up = self.up
         self.state = S_CLOSED
         self.deadline = 0
+        # PERF: break the transport <-> protocol cycle (via the bound write) so a closed
+        # connection is freed by refcount at once, not by the cyclic GC under churn.
+        self._write = None
+        self.transport = None
         self.engine.connections.discard(self)
         if up is not None:
             # The client went away mid-exchange: the upstream answer can't be reused.
@@ -1230,6 +1234,8 @@ cdef class UpstreamConnection(Timed):
         self.closed = True
         self.deadline = 0
         self.client = None
+        self._write = None
+        self.transport = None
         if client is not None and client.up is self:
             if self.state == U_BODY and self.resp.until_close:
                 client._response_done()
