@@ -5,9 +5,11 @@
 - ``_http.pxi``:   one-pass HTTP/1.1 head scanners, chunked framing, head builders.
 - ``_stats.pxi``:  the per-worker writer into the shared-memory stats ring.
 - ``_proxy.pxi``:  the client/upstream connection state machines, pools, timer wheel.
+- ``_log.pxi``:    the access-log JSON-lines formatter.
 """
 
 include "_router.pxi"
 include "_http.pxi"
 include "_stats.pxi"
 include "_proxy.pxi"
+include "_log.pxi"

@@ -7,6 +7,8 @@ import os
 import signal
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastgw.accesslog import FIELDS, AccessLog
 
@@ -72,3 +74,44 @@ def test_stdout(capfd):
     log.close()
     out = capfd.readouterr().out
     assert orjson.loads(out)["path"] == "/orders/3"
+
+
+# ---------------------------------------------------------------- compiled twin
+
+_TEXT = st.one_of(st.none(), st.text(max_size=30))
+_RECORD = st.tuples(
+    st.floats(min_value=0, max_value=4e9, allow_nan=False),              # time (epoch s)
+    st.text(max_size=20), st.text(max_size=40), _TEXT, _TEXT, _TEXT, _TEXT,
+    st.sampled_from(["GET", "POST", "DELETE", "BREW"]), st.text(max_size=60),
+    st.integers(min_value=100, max_value=599),
+    st.integers(min_value=0, max_value=2**40), st.integers(min_value=0, max_value=2**40),
+    st.integers(min_value=0, max_value=10**9).map(lambda us: us / 1000.0),  # total_ms, as the server makes it
+    st.integers(min_value=0, max_value=10**9).map(lambda us: us / 1000.0),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_RECORD, max_size=5))
+def test_compiled_formatter_writes_the_same_bytes(records) -> None:
+    from fastgw._core import format_access_records
+
+    from fastgw.accesslog import format_records_py
+
+    assert format_access_records(records) == format_records_py(records)
+    for line in format_access_records(records).splitlines():
+        orjson.loads(line)
+
+
+def test_unformattable_record_costs_its_batch_not_the_log(tmp_path) -> None:
+    from fastgw.accesslog import AccessLog
+
+    path = tmp_path / "a.log"
+    log = AccessLog(str(path))
+    log.append(("not a time",) + (None,) * 13)           # broken record
+    log.flush()
+    assert log.errors == 1
+    log.append((1.0, "r", "ip", "\ud800", "s", "p", "/a", "GET", "/a", 200, 1, 2, 0.5, 0.25))
+    log.flush()
+    log.close()
+    line = orjson.loads(path.read_bytes().splitlines()[0])
+    assert line["request_id"] == "r" and line["consumer"] == "?"
