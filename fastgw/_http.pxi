@@ -250,7 +250,6 @@ cdef class RequestHead:
     cdef unsigned char cls[MAX_HEADERS]
     cdef int xff_idx
     cdef int via_idx
-    cdef list conn_tokens
 
     def header_count(self):
         return self.n
@@ -504,7 +503,6 @@ cdef RequestHead scan_request(bytes buf, Py_ssize_t end, RequestHead h):
         for k in range(n):
             if h.cls[k] == H_KEEP and buf[h.name_s[k]:h.name_e[k]].lower() in tokens:
                 h.cls[k] = H_DROP
-    h.conn_tokens = tokens
     h.keep_alive = (not close) if h.version == 11 else ka
     _split_target(h)
     return h
@@ -883,9 +881,6 @@ cdef class ChunkedScanner:
 # Head builders
 # ---------------------------------------------------------------------------------------
 
-cdef bytes VIA_TOKEN = b"1.1 fastgw"
-
-
 cdef class ForwardInfo:
     """Per-listener facts the request builder needs: scheme and port as seen by clients."""
     cdef public bytes proto
@@ -1061,10 +1056,6 @@ cdef bytes _reason(int status):
     return r if r is not None else b"Unknown"
 
 
-def reason_phrase(int status):
-    return _reason(status)
-
-
 cpdef bytes build_answer(int status, list headers, bytes body, int conn_mode, bint head_request):
     """A complete answer made by the gateway itself (errors, plugin answers), one buffer."""
     cdef _Buf b = _buf
@@ -1096,9 +1087,6 @@ cpdef bytes build_answer(int status, list headers, bytes body, int conn_mode, bi
     if not head_request and status != 204 and status != 304:
         b.add_b(body)
     return b.take()
-
-
-cdef bytes _JSON_CT = b"application/json"
 
 
 cpdef bytes error_body(int status, str message, str request_id):

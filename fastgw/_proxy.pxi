@@ -34,7 +34,6 @@ DEF T_READ = 4
 DEF T_SEND = 5
 
 DEF PENDING_LIMIT = 262144
-DEF PIPELINE_LIMIT = 262144
 
 DEF U_IDLE = 0
 DEF U_HEAD = 1
@@ -46,10 +45,6 @@ cdef inline double _mono() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
-
-
-def monotonic():
-    return _mono()
 
 
 # ---------------------------------------------------------------------------------------
