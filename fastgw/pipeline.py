@@ -43,6 +43,20 @@ log = logging.getLogger("fastgw.pipeline")
 PHASES = ("on_request", "on_response", "on_log")
 
 
+def _answered(ctx: Any) -> bool:
+    """A step answered: the answer is what the response phase sees (see the module doc)."""
+    ctx.status = ctx.answer_status
+    ctx.response_headers = ctx.answer_headers
+    return True
+
+
+def _passed(ctx: Any) -> bool:
+    """Every step let the request through: forward the authenticated consumer's identity."""
+    if ctx.consumer is not None:
+        ctx.headers.extend(ctx.consumer.headers)
+    return False
+
+
 class PipelineError(ValueError):
     """A plugin's settings are unusable; ``errors`` holds ``"<place>: <message>"`` lines."""
 
@@ -142,9 +156,7 @@ class Pipeline:
     def _crashed(self, ctx: Any) -> bool:
         log.exception("plugin error on %s %s (request %s)", ctx.method, ctx.path, ctx.request_id)
         ctx.error(500, "internal plugin error")
-        ctx.status = ctx.answer_status
-        ctx.response_headers = ctx.answer_headers
-        return True
+        return _answered(ctx)
 
     def run_request(self, ctx: Any) -> bool:
         """Run the request phase (sync pipelines); True when a plugin answered."""
@@ -153,30 +165,21 @@ class Pipeline:
         try:
             for step in self._req:
                 if step(ctx):
-                    ctx.status = ctx.answer_status
-                    ctx.response_headers = ctx.answer_headers
-                    return True
+                    return _answered(ctx)
         except Exception:
             return self._crashed(ctx)
-        if ctx.consumer is not None:
-            ctx.headers.extend(ctx.consumer.headers)
-        return False
+        return _passed(ctx)
 
     async def run_request_async(self, ctx: Any) -> bool:
         """Run the request phase awaiting the async steps; True when a plugin answered."""
         strip_identity_headers(ctx.headers)
         try:
             for step, is_async in self._req_async:
-                result = (await step(ctx)) if is_async else step(ctx)
-                if result:
-                    ctx.status = ctx.answer_status
-                    ctx.response_headers = ctx.answer_headers
-                    return True
+                if (await step(ctx)) if is_async else step(ctx):
+                    return _answered(ctx)
         except Exception:
             return self._crashed(ctx)
-        if ctx.consumer is not None:
-            ctx.headers.extend(ctx.consumer.headers)
-        return False
+        return _passed(ctx)
 
     def run_response(self, ctx: Any) -> None:
         """Run the response phase (sync steps) on ``ctx.status``/``ctx.response_headers``."""
