@@ -21,6 +21,7 @@ from typing import Any
 from fastgw import _core
 from fastgw.compile import Runtime, compile_config
 from fastgw.config import Config, load
+from fastgw.pipeline import make_scope_factory
 
 log = logging.getLogger("fastgw.worker")
 
@@ -59,10 +60,6 @@ class Worker:
         self.servers: list[asyncio.AbstractServer] = []
 
     def _scope_factory(self) -> Any:
-        try:
-            from fastgw.pipeline import make_scope_factory
-        except ImportError:
-            return None
         return make_scope_factory(self.config)
 
     def _attach_stats(self, name: str, index: int) -> Any:
