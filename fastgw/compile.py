@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from fastgw._core import Backend, Engine, Route, Router, UpstreamPool, compile_template
 from fastgw.config import Config, ConfigError
 from fastgw.config.model import RouteSpec
+from fastgw.pipeline import build_pipeline
 
 SlotFor = Callable[[str], int]
 
@@ -54,8 +55,6 @@ def _target_pool(engine: Engine, url: str, cache: dict[str, UpstreamPool]) -> Up
 def _build_pipeline(spec: RouteSpec, scope_factory: Callable[[RouteSpec], Any] | None) -> Any:
     if not spec.plugins:
         return None
-    from fastgw.pipeline import build_pipeline
-
     return build_pipeline(spec, scope_factory(spec) if scope_factory else None)
 
 
