@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from fastgw._core import find_header, remove_headers
 from fastgw.plugins.base import ANSWERED
 
 Header = tuple[bytes, bytes]
@@ -28,12 +29,6 @@ def _clean(value: str) -> bytes:
     return value.translate(_CONTROL).encode("utf-8")
 
 
-def find_header(headers: list[Header], name: bytes) -> bytes | None:
-    """First value of header ``name`` (lower-case bytes) in ``headers``, or None."""
-    for key, value in headers:
-        if len(key) == len(name) and key.lower() == name:
-            return value
-    return None
 
 
 class Consumer:
@@ -134,8 +129,7 @@ class RequestContext:
         self.headers.append((_b(name), _b(value)))
 
     def remove_header(self, name: str) -> None:
-        key = name.lower().encode("latin-1")
-        self.headers[:] = [h for h in self.headers if h[0].lower() != key]
+        remove_headers(self.headers, (name.lower().encode("latin-1"),))
 
     def remove_query_arg(self, name: str) -> None:
         """Drop ``name`` from the query string forwarded to the backend (other bytes kept)."""
@@ -172,10 +166,8 @@ class RequestContext:
         return None if value is None else value.decode("latin-1")
 
     def set_response_header(self, name: str, value: str | bytes) -> None:
-        key = name.lower().encode("latin-1")
-        self.response_headers[:] = [h for h in self.response_headers if h[0].lower() != key]
+        self.remove_response_header(name)
         self.response_headers.append((_b(name), _b(value)))
 
     def remove_response_header(self, name: str) -> None:
-        key = name.lower().encode("latin-1")
-        self.response_headers[:] = [h for h in self.response_headers if h[0].lower() != key]
+        remove_headers(self.response_headers, (name.lower().encode("latin-1"),))

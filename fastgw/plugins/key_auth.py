@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastgw._core import find_header, remove_headers
 from fastgw.consumers import ConsumerTable
 from fastgw.plugins.base import CONTINUE, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
@@ -43,7 +44,8 @@ class Plugin(BasePlugin):
         super().__init__(config, scope)
         self.table: ConsumerTable = scope.consumers or ConsumerTable()
         self.names = tuple(config["key_names"])
-        self.header_names = frozenset(n.lower().encode("latin-1") for n in self.names) if config["key_in_header"] else frozenset()
+        self.header_names = tuple(dict.fromkeys(n.lower().encode("latin-1") for n in self.names)) \
+            if config["key_in_header"] else ()
         self.query_names = tuple((n, n.encode("latin-1") + b"=") for n in self.names) if config["key_in_query"] else ()
         self.hide = config["hide_credentials"]
         self.challenge = [(b"WWW-Authenticate", f'Key realm="{config["realm"]}"'.encode("latin-1"))]
@@ -52,9 +54,9 @@ class Plugin(BasePlugin):
         key: bytes | None = None
         in_query: str | None = None
         if self.header_names:
-            for name, value in ctx.headers:
-                if name.lower() in self.header_names:
-                    key = value
+            for lname in self.header_names:
+                key = find_header(ctx.headers, lname)
+                if key is not None:
                     break
         if key is None and ctx.query:
             query = ctx.query
@@ -71,9 +73,8 @@ class Plugin(BasePlugin):
             return ctx.error(401, "Invalid authentication credentials", self.challenge)
         ctx.consumer = consumer
         if self.hide:
-            hidden = self.header_names
-            if hidden:
-                ctx.headers[:] = [h for h in ctx.headers if h[0].lower() not in hidden]
+            if self.header_names:
+                remove_headers(ctx.headers, self.header_names)
             if in_query is not None or ctx.query:
                 for name, probe in self.query_names:
                     if probe in ctx.query:

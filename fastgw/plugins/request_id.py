@@ -15,6 +15,7 @@ import random
 import re
 from typing import Any
 
+from fastgw._core import pop_header
 from fastgw.plugins.base import CONTINUE, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
 
@@ -67,20 +68,10 @@ class Plugin(BasePlugin):
         self.trace = config["traceparent"]
 
     def on_request(self, ctx: Any) -> int:
-        incoming: bytes | None = None
-        trace: bytes | None = None
-        header_lc = self.header_lc
-        keep: list[tuple[bytes, bytes]] = []
-        for pair in ctx.headers:  # PERF: one pass finds both headers and drops them
-            name = pair[0].lower()
-            if name == header_lc:
-                if incoming is None:
-                    incoming = pair[1]
-            elif name == b"traceparent":
-                if trace is None:
-                    trace = pair[1]
-            else:
-                keep.append(pair)
+        keep = ctx.headers
+        # PERF: C scans; the list is only rebuilt when the client sent these headers.
+        incoming = pop_header(keep, self.header_lc)
+        trace = pop_header(keep, b"traceparent")
         if incoming is not None and self.trust and _VALID_ID(incoming):
             rid = incoming.decode("ascii")
             ctx.request_id = rid
@@ -96,7 +87,6 @@ class Plugin(BasePlugin):
             keep.append((b"traceparent", trace))
         elif trace is not None:
             keep.append((b"traceparent", trace))
-        ctx.headers[:] = keep
         if self.echo:
             ctx.response_headers_add.append((self.header, rid_b))
         return CONTINUE
