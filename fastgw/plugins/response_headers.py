@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastgw._core import find_header, remove_headers
 from fastgw.plugins.base import Plugin as BasePlugin
 from fastgw.plugins.base import PluginScope
 from fastgw.plugins.template import compile_template, param_names
@@ -55,20 +56,20 @@ class Plugin(BasePlugin):
         self.add = compiled(config["add"])
         self.append = compiled(config["append"])
         # PERF: one filter pass removes both the `remove` names and the `set` names.
-        self.drop = frozenset([n.lower().encode("latin-1") for n in config["remove"]]
-                              + [n.lower() for n, _ in self.set])
+        self.drop = tuple(dict.fromkeys([n.lower().encode("latin-1") for n in config["remove"]]
+                                         + [n.lower() for n, _ in self.set]))
         self.add_lc = tuple((n.lower(), n, v) for n, v in self.add)
 
     def on_response(self, ctx: Any) -> None:
         headers = ctx.response_headers
         if self.drop:
-            headers[:] = [h for h in headers if h[0].lower() not in self.drop]
+            remove_headers(headers, self.drop)
         for name, value in self.set:
             headers.append((name, value if type(value) is bytes else value.render(ctx).encode("utf-8")))
         for name, value in self.append:
             headers.append((name, value if type(value) is bytes else value.render(ctx).encode("utf-8")))
         if self.add_lc:
-            present = {h[0].lower() for h in headers}
+            # PERF: a C scan per added name (usually one) instead of a set of every name.
             for lc, name, value in self.add_lc:
-                if lc not in present:
+                if find_header(headers, lc) is None:
                     headers.append((name, value if type(value) is bytes else value.render(ctx).encode("utf-8")))
