@@ -1286,6 +1286,9 @@ cdef class UpstreamConnection(Timed):
                 return
             self.scan_pos = 0
             self.buf = b""
+            if end > 65536:
+                self._fail(client, "response head from upstream too large")
+                return
             try:
                 resp = scan_response(data, end, client.head_req, self.head_obj)
                 self.head_obj = resp

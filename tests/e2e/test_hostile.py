@@ -1,0 +1,132 @@
+"""End-to-end: misbehaving backends and hostile clients; the worker answers sensibly and lives on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.helpers import free_port, gateway_config, request
+
+# path -> raw bytes the backend writes back (then it closes), or None: reset at once
+ANSWERS: dict[str, bytes | None] = {
+    "/reset": None,
+    "/garbage": b"NOT HTTP AT ALL\r\n\r\n",
+    "/bad-status": b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n",
+    "/truncated": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly-a-part",
+    "/cl-and-te": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "/until-close": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nbody until the end",
+    "/bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "/huge-head": b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n",
+}
+
+
+class MisbehavingBackend(asyncio.Protocol):
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if b"\r\n\r\n" not in self.buf:
+            return
+        path = self.buf.split(b" ", 2)[1].decode().split("?")[0]
+        answer = ANSWERS.get(path, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        if answer is None:
+            sock = self.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            self.transport.abort()
+            return
+        self.transport.write(answer)
+        self.transport.close()
+
+
+@pytest.fixture
+def bad_backend() -> Iterator[int]:
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        server = loop.run_until_complete(loop.create_server(MisbehavingBackend, "127.0.0.1", port))
+        ready.set()
+        loop.run_forever()
+        server.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(5)
+    yield port
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+@pytest.fixture
+def gw_bad(bad_backend: int, port: int, gateway: Any) -> Any:
+    cfg = gateway_config(port, f"http://127.0.0.1:{bad_backend}")
+    return gateway(cfg)
+
+
+@pytest.mark.parametrize("path", ["/reset", "/garbage", "/bad-status", "/huge-head", "/bad-chunk"])
+def test_broken_backend_answers_are_502(gw_bad: Any, path: str) -> None:
+    raw = _exchange(gw_bad.port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    if path == "/bad-chunk":
+        # the head was fine and went out; the broken body ends the connection instead
+        assert raw.startswith(b"HTTP/1.1 200") or raw.startswith(b"HTTP/1.1 502")
+    else:
+        assert raw.startswith(b"HTTP/1.1 502"), raw[:80]
+        assert b'"status":502' in raw
+    assert request(gw_bad.port, "GET", "/fine").status == 200
+
+
+def test_truncated_backend_body_closes_the_client(gw_bad: Any) -> None:
+    raw = _exchange(gw_bad.port, b"GET /truncated HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 100" in head
+    assert body == b"only-a-part"            # and the connection was closed (no hang)
+
+
+def test_backend_framing_rules(gw_bad: Any) -> None:
+    raw = _exchange(gw_bad.port, b"GET /cl-and-te HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"content-length" not in head.lower()           # TE wins; the CL is dropped
+    assert body == b"5\r\nhello\r\n0\r\n\r\n"
+    raw = _exchange(gw_bad.port, b"GET /until-close HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"Connection: close" in head and body == b"body until the end"
+
+
+def test_random_garbage_never_kills_the_worker(gw_bad: Any) -> None:
+    rnd = random.Random(1234)
+    pid = next(iter(gw_bad.worker_pids().values()))
+    for _ in range(60):
+        junk = os.urandom(rnd.randint(1, 300))
+        if rnd.random() < 0.5:
+            junk = b"GET /" + junk
+        raw = _exchange(gw_bad.port, junk + b"\r\n\r\n", quiet=0.3)
+        assert raw == b"" or raw.startswith(b"HTTP/1.1 4") or raw.startswith(b"HTTP/1.1 5"), raw[:60]
+    assert next(iter(gw_bad.worker_pids().values())) == pid      # the same worker, alive
+    assert request(gw_bad.port, "GET", "/fine").status == 200
+
+
+def _exchange(port: int, data: bytes, quiet: float = 1.5) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        sock.settimeout(quiet)
+        out = b""
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return out
