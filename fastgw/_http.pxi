@@ -239,6 +239,8 @@ cdef class RequestHead:
     cdef readonly bint chunked
     cdef readonly bint keep_alive
     cdef readonly bint expect_continue
+    cdef readonly bint upgrade      # Upgrade + Connection: upgrade (a WebSocket handshake)
+    cdef int upgrade_idx
     cdef readonly bytes host        # lower-cased, without port ('' when absent)
     cdef readonly bytes host_raw    # the Host value as sent (with port)
     cdef readonly Py_ssize_t head_len   # the head is buf[:head_len]; buf may hold body bytes after it
@@ -370,6 +372,8 @@ cdef RequestHead scan_request(bytes buf, Py_ssize_t end, RequestHead h):
     h.host = b""
     h.host_raw = b""
     h.expect_continue = False
+    h.upgrade = False
+    h.upgrade_idx = -1
     h.has_query = False
     h.chunked = False
     h.n = 0
@@ -480,6 +484,7 @@ cdef RequestHead scan_request(bytes buf, Py_ssize_t end, RequestHead h):
                 h.via_idx = n
             elif cls == H_UPGRADE:
                 h.cls[n] = H_DROP
+                h.upgrade_idx = n
         n += 1
     h.n = n
     if te_count > 1:
@@ -504,6 +509,9 @@ cdef RequestHead scan_request(bytes buf, Py_ssize_t end, RequestHead h):
             if h.cls[k] == H_KEEP and buf[h.name_s[k]:h.name_e[k]].lower() in tokens:
                 h.cls[k] = H_DROP
     h.keep_alive = (not close) if h.version == 11 else ka
+    # A protocol upgrade (RFC 9110 7.8) is honoured for HTTP/1.1 requests without a body.
+    h.upgrade = (h.upgrade_idx >= 0 and tokens is not None and b"upgrade" in tokens
+                 and h.version == 11 and cl <= 0 and te_count == 0)
     _split_target(h)
     return h
 
@@ -613,6 +621,7 @@ cdef class ResponseHead:
     cdef readonly bint until_close
     cdef int line_e              # end of the status line (before CRLF)
     cdef int cl_idx              # the Content-Length header (-1: none)
+    cdef int upgrade_idx         # the Upgrade header (-1: none), for a 101
     cdef int reason_s
     cdef int n
     cdef int name_s[MAX_HEADERS]
@@ -645,6 +654,7 @@ cdef ResponseHead scan_response(bytes buf, Py_ssize_t end, bint head_request, Re
     cdef list tokens = None
     h.buf = buf
     h.cl_idx = -1
+    h.upgrade_idx = -1
     h.chunked = False
     h.until_close = False
     h.n = 0
@@ -716,6 +726,7 @@ cdef ResponseHead scan_response(bytes buf, Py_ssize_t end, bint head_request, Re
             cls = H_KEEP
         elif cls == H_UPGRADE:
             cls = H_DROP
+            h.upgrade_idx = n
         h.cls[n] = cls
         n += 1
     h.n = n
@@ -953,6 +964,10 @@ cdef bytes build_upstream_head(RequestHead h, bytes method, bytes path_query, by
         b.add_b(via)
         b.add(b", ", 2)
     b.add(b"1.1 fastgw\r\n", 12)
+    if h.upgrade:
+        b.add(b"Connection: upgrade\r\nUpgrade: ", 30)
+        b.add(p + h.val_s[h.upgrade_idx], h.val_e[h.upgrade_idx] - h.val_s[h.upgrade_idx])
+        b.add(b"\r\n", 2)
     if chunked:
         b.add(b"Transfer-Encoding: chunked\r\n", 28)
     elif content_length >= 0:
@@ -1028,7 +1043,11 @@ cdef bytes build_response_head(ResponseHead r, list headers, list add, int statu
             b.add(b"\r\n", 2)
     if chunked_out:
         b.add(b"Transfer-Encoding: chunked\r\n", 28)
-    if conn_mode == CLOSE_YES:
+    if status == 101 and r.upgrade_idx >= 0:
+        b.add(b"Connection: upgrade\r\nUpgrade: ", 30)
+        b.add(p + r.val_s[r.upgrade_idx], r.val_e[r.upgrade_idx] - r.val_s[r.upgrade_idx])
+        b.add(b"\r\n", 2)
+    elif conn_mode == CLOSE_YES:
         b.add(b"Connection: close\r\n", 19)
     elif conn_mode == KEEP_10:
         b.add(b"Connection: keep-alive\r\n", 24)

@@ -16,6 +16,7 @@ DEF S_HEAD = 0      # reading a request head (or idle between requests)
 DEF S_BODY = 1      # request dispatched, its body still arriving
 DEF S_WAIT = 2      # request complete, answer in progress
 DEF S_CLOSED = 3
+DEF S_TUNNEL = 4    # after a 101: bytes pass both ways untouched (WebSocket)
 
 DEF B_NONE = 0
 DEF B_LENGTH = 1
@@ -38,6 +39,7 @@ DEF PENDING_LIMIT = 262144
 DEF U_IDLE = 0
 DEF U_HEAD = 1
 DEF U_BODY = 2
+DEF U_TUNNEL = 3
 
 
 
@@ -455,12 +457,15 @@ cdef class ClientConnection(Timed):
                 # Pipelined bytes: keep them in order until the answer in progress is done.
                 self.inbuf = self.inbuf + data if self.inbuf else data
                 self._pause(P_PIPELINE)
+            elif self.state == S_TUNNEL:
+                self.up._write(data)
+                self._arm(T_READ, self.route.read_timeout)
         except Exception as exc:
             self._internal_error(exc)
 
     def eof_received(self):
-        if self.state == S_HEAD:
-            return False          # idle, or half a head that can never complete: close
+        if self.state == S_HEAD or self.state == S_TUNNEL:
+            return False          # idle, half a head that can never complete, or a tunnel: close
         if self.state == S_BODY:
             # The client half-closed before sending the whole body.
             self._abort_exchange()
@@ -1000,6 +1005,26 @@ cdef class ClientConnection(Timed):
         self.bytes_out = PyBytes_GET_SIZE(head)
         self._write(head)
 
+    cdef void _start_tunnel(self, ResponseHead resp, bytes rest):
+        """The backend accepted the upgrade (101): relay its answer, then pass bytes through
+        both ways until either side closes or the route's read timeout passes idle."""
+        ctx = self.ctx
+        cdef list add = ctx.response_headers_add if ctx is not None else None
+        cdef bytes head = build_response_head(resp, None, add, 101, False, CLOSE_NO, rest)
+        self.status = 101
+        self.resp_started = True
+        self.bytes_out = PyBytes_GET_SIZE(head)
+        self.t_up_end = _mono()
+        self._write(head)
+        self.state = S_TUNNEL
+        self._log_exchange()
+        self._arm(T_READ, self.route.read_timeout)
+        if self.inbuf:
+            # Bytes the client sent right behind its handshake belong to the new protocol.
+            self.up._write(self.inbuf)
+            self.inbuf = b""
+        self._resume(P_PIPELINE)
+
     cdef void _response_body(self, bytes body):
         self.bytes_out += PyBytes_GET_SIZE(body)
         self._write(body)
@@ -1053,6 +1078,27 @@ cdef class ClientConnection(Timed):
 
     # -- end of an exchange -----------------------------------------------------------------
     cdef void _finish(self):
+        self._log_exchange()
+        self.ctx = None
+        self.req = None
+        self.head_req = False
+        self.served += 1
+        if not self.keep_alive or self.state == S_CLOSED:
+            self._close()
+            return
+        # Ready for the next request on this connection.
+        self.state = S_HEAD
+        self.route = None
+        self.up = None
+        self.pending = None
+        self.resp_started = False
+        self._resume(P_PIPELINE)
+        self._arm(T_IDLE, self.engine.idle_timeout)
+        if self.inbuf:
+            self._process_input()
+
+    cdef void _log_exchange(self):
+        """Count the exchange (stats, consumer), run the log phase, queue the access-log line."""
         cdef double now = _mono()
         cdef Route route = self.route
         cdef StatsWriter stats = self.engine.stats
@@ -1086,23 +1132,6 @@ cdef class ClientConnection(Timed):
                     _log.error("log plugin failed on %s: %r", route.key, exc, exc_info=exc)
             if self.engine.access_log is not None:
                 self._access_log(route, ctx, total_us, up_us)
-        self.ctx = None
-        self.req = None
-        self.head_req = False
-        self.served += 1
-        if not self.keep_alive or self.state == S_CLOSED:
-            self._close()
-            return
-        # Ready for the next request on this connection.
-        self.state = S_HEAD
-        self.route = None
-        self.up = None
-        self.pending = None
-        self.resp_started = False
-        self._resume(P_PIPELINE)
-        self._arm(T_IDLE, self.engine.idle_timeout)
-        if self.inbuf:
-            self._process_input()
 
     cdef void _access_log(self, Route route, object ctx, long long total_us, long long up_us):
         cdef RequestHead req = self.req
@@ -1259,6 +1288,9 @@ cdef class UpstreamConnection(Timed):
                 self._on_head(client, data)
             elif self.state == U_BODY:
                 self._on_body(client, data)
+            elif self.state == U_TUNNEL:
+                client._write(data)
+                client._arm(T_READ, client.route.read_timeout)
             else:
                 self.close()
         except Exception as exc:
@@ -1299,7 +1331,12 @@ cdef class UpstreamConnection(Timed):
                 if end < PyBytes_GET_SIZE(data) else b""
             if resp.status < 200:
                 if resp.status == 101:
-                    self._fail(client, "upstream switched protocols unasked")
+                    if not client.req.upgrade:
+                        self._fail(client, "upstream switched protocols unasked")
+                        return
+                    self.resp = resp
+                    self.state = U_TUNNEL
+                    client._start_tunnel(resp, rest)
                     return
                 data = rest          # interim 1xx: not forwarded (the gateway sent its own 100)
                 if not data:
