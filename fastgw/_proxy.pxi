@@ -354,6 +354,11 @@ cdef object _context_class():
     return _RequestContext
 
 
+cdef inline bint _idempotent(bytes method):
+    return (method is M_GET or method is M_HEAD or method is M_PUT or method is M_DELETE
+            or method is M_OPTIONS or method == b"TRACE")
+
+
 cdef class ClientConnection(Timed):
     """One client TCP connection: parses heads, routes, runs plugins, streams both ways."""
     cdef Engine engine
@@ -924,7 +929,9 @@ cdef class ClientConnection(Timed):
             self.pending = None
             self.pending_size = 0
             self._resume(P_PENDING)
-        self.up_retryable = self.req_done and self.up.reused and not self.retried
+        # Only an idempotent request (RFC 9110 9.2.2) may be sent again: a POST the backend
+        # received before it closed the pooled connection must not run twice.
+        self.up_retryable = self.req_done and self.up.reused and not self.retried and _idempotent(self.req.method)
         self.t_up = _mono()
         self.up.send(data)
         if not self.req_done and self.state == S_BODY:

@@ -130,3 +130,66 @@ def _exchange(port: int, data: bytes, quiet: float = 1.5) -> bytes:
         except (TimeoutError, ConnectionResetError):
             pass
         return out
+
+
+class OneShotBackend(asyncio.Protocol):
+    """Answers the first request of a connection (keep-alive), silently drops the second:
+    what a backend closing an idle keep-alive connection looks like to a proxy that reuses it."""
+
+    seen: list[str] = []
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.buf = b""
+        self.count = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            head, _, rest = self.buf.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(rest) < length:
+                return
+            self.buf = rest[length:]
+            self.count += 1
+            if self.count > 1:
+                self.transport.abort()
+                return
+            OneShotBackend.seen.append(head.split(b" ", 2)[0].decode())
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+@pytest.fixture
+def one_shot_backend() -> Iterator[int]:
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    OneShotBackend.seen = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(loop.create_server(OneShotBackend, "127.0.0.1", port))
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(5)
+    yield port
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+def test_stale_pooled_connection_retries_only_idempotent_requests(one_shot_backend: int, port: int,
+                                                                   gateway: Any) -> None:
+    g = gateway(gateway_config(port, f"http://127.0.0.1:{one_shot_backend}"))
+    assert request(g.port, "GET", "/a").status == 200          # opens the pooled connection
+    assert request(g.port, "GET", "/b").status == 200          # dropped on reuse, retried fresh
+    assert OneShotBackend.seen == ["GET", "GET"]
+    r = request(g.port, "POST", "/pay", body=b"{}")             # dropped on reuse: NOT replayed
+    assert r.status == 502
+    assert OneShotBackend.seen == ["GET", "GET"]               # the POST never ran twice (nor once)
