@@ -32,6 +32,7 @@ Everything here uses real sockets and real processes, on loopback only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,6 +231,31 @@ def request(
 
 
 # ============================================================================ backend
+
+
+@contextlib.contextmanager
+def protocol_server(factory: Any) -> Iterator[int]:
+    """A raw asyncio server (``factory`` makes its protocols) on a free loopback port, run
+    by its own loop in a daemon thread; yields the port, stops the loop on exit."""
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(loop.create_server(factory, LOOPBACK, port))
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(5)
+    try:
+        yield port
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
 
 
 Echo = dict[str, Any]

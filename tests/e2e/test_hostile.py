@@ -6,13 +6,12 @@ import asyncio
 import os
 import random
 import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.helpers import free_port, gateway_config, request
+from tests.helpers import gateway_config, protocol_server, request
 
 # path -> raw bytes the backend writes back (then it closes), or None: reset at once
 ANSWERS: dict[str, bytes | None] = {
@@ -49,23 +48,8 @@ class MisbehavingBackend(asyncio.Protocol):
 
 @pytest.fixture
 def bad_backend() -> Iterator[int]:
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        server = loop.run_until_complete(loop.create_server(MisbehavingBackend, "127.0.0.1", port))
-        ready.set()
-        loop.run_forever()
-        server.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    ready.wait(5)
-    yield port
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
+    with protocol_server(MisbehavingBackend) as port:
+        yield port
 
 
 @pytest.fixture
@@ -165,23 +149,9 @@ class OneShotBackend(asyncio.Protocol):
 
 @pytest.fixture
 def one_shot_backend() -> Iterator[int]:
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
     OneShotBackend.seen = []
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(loop.create_server(OneShotBackend, "127.0.0.1", port))
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    ready.wait(5)
-    yield port
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
+    with protocol_server(OneShotBackend) as port:
+        yield port
 
 
 def test_stale_pooled_connection_retries_only_idempotent_requests(one_shot_backend: int, port: int,
