@@ -81,12 +81,7 @@
     tooltip.appendChild(el("div", { "class": "t" }, title));
     rows.forEach(function (r) {
       var row = el("div", { "class": "r" });
-      var name = el("span");
-      var sw = el("i");
-      sw.style.background = r.color;
-      name.appendChild(sw);
-      name.appendChild(document.createTextNode(r.name));
-      row.appendChild(name);
+      row.appendChild(swatch(r.color, r.name));
       row.appendChild(el("b", {}, r.value));
       tooltip.appendChild(row);
     });
@@ -100,17 +95,20 @@
   }
   function hideTip() { tooltip.classList.add("hidden"); }
 
+  // A colour square and a series name (legends and tooltips).
+  function swatch(color, name) {
+    var item = el("span");
+    var sw = el("i");
+    sw.style.background = color;
+    item.appendChild(sw);
+    item.appendChild(document.createTextNode(name));
+    return item;
+  }
+
   function legend(id, series) {
     var box = $(id);
     box.innerHTML = "";
-    series.forEach(function (s) {
-      var item = el("span");
-      var sw = el("i");
-      sw.style.background = s.color;
-      item.appendChild(sw);
-      item.appendChild(document.createTextNode(s.name));
-      box.appendChild(item);
-    });
+    series.forEach(function (s) { box.appendChild(swatch(s.color, s.name)); });
   }
 
   /* kind: "area" (one filled series), "stack" (stacked bars), "line" (several lines). */
