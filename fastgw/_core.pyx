@@ -4,6 +4,8 @@
 - ``_router.pxi``: path normalization, the trie router, backend-path templates.
 - ``_http.pxi``:   one-pass HTTP/1.1 head scanners, chunked framing, head builders.
 - ``_stats.pxi``:  the per-worker writer into the shared-memory stats ring.
+- ``_context.pxi``: the per-request context that plugins see.
+- ``_plugins.pxi``: the compiled plugin chain and the built-in plugins' C parts.
 - ``_proxy.pxi``:  the client/upstream connection state machines, pools, timer wheel.
 - ``_log.pxi``:    the access-log JSON-lines formatter.
 """
@@ -11,5 +13,7 @@
 include "_router.pxi"
 include "_http.pxi"
 include "_stats.pxi"
+include "_context.pxi"
+include "_plugins.pxi"
 include "_proxy.pxi"
 include "_log.pxi"

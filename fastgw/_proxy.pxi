@@ -173,6 +173,7 @@ cdef class Route:
     cdef public double read_timeout
     cdef public double send_timeout
     cdef public object pipeline          # Pipeline or None (None: the plain path)
+    cdef public StepChain chain          # pipeline.chain: its sync phases, called from C
     cdef public bint pipeline_async
     cdef public bint has_response_phase
     cdef public bint has_log_phase
@@ -342,16 +343,7 @@ cdef class Engine:
 # ---------------------------------------------------------------------------------------
 
 cdef bytes CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
-cdef object _RequestContext = None
 cdef object _normalize = None
-
-
-cdef object _context_class():
-    global _RequestContext
-    if _RequestContext is None:
-        from fastgw.context import RequestContext
-        _RequestContext = RequestContext
-    return _RequestContext
 
 
 cdef inline bint _idempotent(bytes method):
@@ -379,7 +371,7 @@ cdef class ClientConnection(Timed):
     cdef Route route
     cdef tuple values
     cdef bytes norm_path
-    cdef object ctx
+    cdef RequestContext ctx
     cdef int body_mode
     cdef long long body_left
     cdef ChunkedScanner chunk
@@ -672,9 +664,9 @@ cdef class ClientConnection(Timed):
             self._dispatch()
 
     # -- plugins -------------------------------------------------------------------------
-    cdef object _make_ctx(self, Route route, tuple values):
+    cdef RequestContext _make_ctx(self, Route route, tuple values):
         cdef RequestHead req = self.req
-        ctx = _context_class()(
+        cdef RequestContext ctx = new_context(
             req.method.decode("latin-1"), self.norm_path.decode("latin-1"), req.query,
             req.forward_headers(), self.peer_ip_str, self.fwd.proto.decode("latin-1"),
             route, values, self._rid(), "1.1" if req.version == 11 else "1.0")
@@ -701,7 +693,7 @@ cdef class ClientConnection(Timed):
             self._take_body(rest)
 
     cdef void _body_buffered(self):
-        ctx = self.ctx
+        cdef RequestContext ctx = self.ctx
         self.buffering = False
         pieces = self.body_plain if self.body_plain is not None else self.pending
         ctx.body = b"".join(pieces) if pieces else b""
@@ -716,7 +708,7 @@ cdef class ClientConnection(Timed):
     cdef void _run_request_phase(self):
         cdef Route route = self.route
         pipeline = route.pipeline
-        ctx = self.ctx
+        cdef RequestContext ctx = self.ctx
         if ctx is None:
             ctx = self._make_ctx(route, self.values)
             self.ctx = ctx
@@ -732,7 +724,7 @@ cdef class ClientConnection(Timed):
             self.async_task = self.engine.loop.create_task(self._run_async(pipeline, ctx))
             return
         try:
-            answered = pipeline.run_request(ctx)
+            answered = route.chain.run_request(ctx)
         except Exception as exc:
             self._plugin_failed(exc)
             return
@@ -791,13 +783,13 @@ cdef class ClientConnection(Timed):
         self._answer_error(500, "plugin error")
 
     cdef void _answer_ctx(self):
-        ctx = self.ctx
+        cdef RequestContext ctx = self.ctx
         if self.route is not None and self.route.has_response_phase:
             # Response plugins (e.g. response-headers, CORS) apply to gateway answers too.
             ctx.status = ctx.answer_status
             ctx.response_headers = ctx.answer_headers
             try:
-                self.route.pipeline.run_response(ctx)
+                self.route.chain.run_response(ctx)
             except Exception as exc:
                 _log.error("response plugin failed on %s: %r", self.route.key, exc, exc_info=exc)
             ctx.answer_headers = ctx.response_headers
@@ -809,6 +801,9 @@ cdef class ClientConnection(Timed):
         self._answer(ctx.answer_status, headers, ctx.answer_body)
 
     cdef str _rid(self):
+        """This request's id: the gateway's, or the one a plugin (request-id) put in ctx."""
+        if self.ctx is not None and type(self.ctx.request_id) is str and self.ctx.request_id:
+            return <str>self.ctx.request_id
         if self.request_id is None:
             self.request_id = next_request_id()
         return self.request_id
@@ -888,7 +883,7 @@ cdef class ClientConnection(Timed):
         cdef bytes path_q, host, query
         cdef list headers = None
         cdef bytes method = req.method
-        ctx = self.ctx
+        cdef RequestContext ctx = self.ctx
         if ctx is not None:
             headers = ctx.headers
             query = ctx.query
@@ -993,13 +988,13 @@ cdef class ClientConnection(Timed):
         else:
             conn_mode = CLOSE_NO
         chunked_out = resp.chunked and not self.dechunk
-        ctx = self.ctx
+        cdef RequestContext ctx = self.ctx
         if ctx is not None:
             ctx.status = resp.status
             if self.route.has_response_phase:
                 ctx.response_headers = resp.forward_headers()
                 try:
-                    self.route.pipeline.run_response(ctx)
+                    self.route.chain.run_response(ctx)
                 except Exception as exc:
                     _log.error("response plugin failed on %s: %r", self.route.key, exc, exc_info=exc)
                 headers = ctx.response_headers
@@ -1015,7 +1010,7 @@ cdef class ClientConnection(Timed):
     cdef void _start_tunnel(self, ResponseHead resp, bytes rest):
         """The backend accepted the upgrade (101): relay its answer, then pass bytes through
         both ways until either side closes or the route's read timeout passes idle."""
-        ctx = self.ctx
+        cdef RequestContext ctx = self.ctx
         cdef list add = ctx.response_headers_add if ctx is not None else None
         cdef bytes head = build_response_head(resp, None, add, 101, False, CLOSE_NO, rest)
         self.status = 101
@@ -1112,7 +1107,7 @@ cdef class ClientConnection(Timed):
         cdef long long total_us = <long long>((now - self.t_start) * 1e6) if self.t_start > 0 else 0
         cdef long long up_us = <long long>((self.t_up_end - self.t_up) * 1e6) if self.t_up > 0 and self.t_up_end > 0 else 0
         cdef int slot
-        ctx = self.ctx
+        cdef RequestContext ctx = self.ctx
         if self.req is not None:
             if stats is not None:
                 if route is not None:
@@ -1134,13 +1129,13 @@ cdef class ClientConnection(Timed):
                 ctx.bytes_out = self.bytes_out
                 ctx.upstream_time = up_us / 1e6
                 try:
-                    route.pipeline.run_log(ctx)
+                    route.chain.run_log(ctx)
                 except Exception as exc:
                     _log.error("log plugin failed on %s: %r", route.key, exc, exc_info=exc)
             if self.engine.access_log is not None:
                 self._access_log(route, ctx, total_us, up_us)
 
-    cdef void _access_log(self, Route route, object ctx, long long total_us, long long up_us):
+    cdef void _access_log(self, Route route, RequestContext ctx, long long total_us, long long up_us):
         cdef RequestHead req = self.req
         consumer = ctx.consumer.name if ctx is not None and ctx.consumer is not None else None
         self.engine.access_log.append((

@@ -92,6 +92,7 @@ def compile_config(config: Config, engine: Engine, slot_for: SlotFor | None = No
         pipeline = _build_pipeline(spec, scope_factory)
         route.pipeline = pipeline
         if pipeline is not None:
+            route.chain = pipeline.chain
             if getattr(pipeline, "response_is_async", False):
                 raise ConfigError([f"{spec.place}.plugins: an async on_response is not supported "
                                    f"(do async work in on_request; on_response must be synchronous)"])

@@ -7,6 +7,10 @@ against its ``SCHEMA`` (defaults applied), one instance built, the instances ord
 phase only calls the plugins that implement it. A route without plugins gets ``None``:
 the server's plain path builds no context and calls nothing.
 
+The sync phases run in a compiled :class:`fastgw._core.StepChain` (``pipeline.chain``,
+which the server calls directly): built-in plugins contribute their C steps
+(``plugin.native``), custom plugins their bound phase methods.
+
 Server contract (see docs/ARCHITECTURE.md, "Plugins")::
 
     answered = pipeline.run_request(ctx)            # or: await pipeline.run_request_async(ctx)
@@ -34,6 +38,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from fastgw._core import NativeStep, StepChain
 from fastgw.consumers import strip_identity_headers
 from fastgw.plugins import registry
 from fastgw.plugins.base import Plugin, PluginScope
@@ -41,20 +46,6 @@ from fastgw.plugins.base import Plugin, PluginScope
 log = logging.getLogger("fastgw.pipeline")
 
 PHASES = ("on_request", "on_response", "on_log")
-
-
-def _answered(ctx: Any) -> bool:
-    """A step answered: the answer is what the response phase sees (see the module doc)."""
-    ctx.status = ctx.answer_status
-    ctx.response_headers = ctx.answer_headers
-    return True
-
-
-def _passed(ctx: Any) -> bool:
-    """Every step let the request through: forward the authenticated consumer's identity."""
-    if ctx.consumer is not None:
-        ctx.headers.extend(ctx.consumer.headers)
-    return False
 
 
 class PipelineError(ValueError):
@@ -118,13 +109,35 @@ def _implements(instance: Plugin, phase: str) -> bool:
     return phase in vars(instance) or getattr(type(instance), phase) is not getattr(Plugin, phase)
 
 
+def _step(instance: Plugin, phase: str) -> Any:
+    """What the chain calls for ``phase``: the plugin's C step when it has one, else the method."""
+    native = getattr(instance, "native", None)
+    if isinstance(native, NativeStep) and phase in ("on_request", "on_response"):
+        return native
+    return getattr(instance, phase)
+
+
+def _answered(ctx: Any) -> bool:
+    """A step answered: the answer is what the response phase sees (see the module doc)."""
+    ctx.status = ctx.answer_status
+    ctx.response_headers = ctx.answer_headers
+    return True
+
+
+def _passed(ctx: Any) -> bool:
+    """Every step let the request through: forward the authenticated consumer's identity."""
+    if ctx.consumer is not None:
+        ctx.headers.extend(ctx.consumer.headers)
+    return False
+
+
 class Pipeline:
     """One route's plugin instances, split by phase and ordered by priority."""
 
     __slots__ = (
         "plugins", "names", "is_async", "has_response", "has_log", "response_is_async",
-        "log_is_async", "max_body", "needs_body", "preflight", "_req", "_req_async", "_resp",
-        "_resp_async", "_log", "_tasks",
+        "log_is_async", "max_body", "needs_body", "preflight", "chain", "_req_async",
+        "_resp_async", "_tasks",
     )
 
     def __init__(self, plugins: list[Plugin]) -> None:
@@ -133,12 +146,13 @@ class Pipeline:
         req = [p.on_request for p in plugins if _implements(p, "on_request")]
         resp = [p.on_response for p in plugins if _implements(p, "on_response")]
         logs = [p.on_log for p in plugins if _implements(p, "on_log")]
-        # PERF: bound methods in tuples; the sync loop never checks for awaitables.
-        self._req: tuple[Callable[..., Any], ...] = tuple(req)
+        # PERF: the sync phases run in C (StepChain); built-in plugins as C steps.
+        self.chain = StepChain(
+            [_step(p, "on_request") for p in plugins if _implements(p, "on_request")],
+            [_step(p, "on_response") for p in plugins if _implements(p, "on_response")],
+            logs, self._log_task)
         self._req_async = tuple((fn, inspect.iscoroutinefunction(fn)) for fn in req)
-        self._resp: tuple[Callable[..., Any], ...] = tuple(resp)
         self._resp_async = tuple((fn, inspect.iscoroutinefunction(fn)) for fn in resp)
-        self._log: tuple[Callable[..., Any], ...] = tuple(logs)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.is_async = any(a for _, a in self._req_async)
         self.response_is_async = any(a for _, a in self._resp_async)
@@ -160,15 +174,7 @@ class Pipeline:
 
     def run_request(self, ctx: Any) -> bool:
         """Run the request phase (sync pipelines); True when a plugin answered."""
-        # SECURITY: identity headers from the client never reach the backend.
-        strip_identity_headers(ctx.headers)
-        try:
-            for step in self._req:
-                if step(ctx):
-                    return _answered(ctx)
-        except Exception:
-            return self._crashed(ctx)
-        return _passed(ctx)
+        return self.chain.run_request(ctx)
 
     async def run_request_async(self, ctx: Any) -> bool:
         """Run the request phase awaiting the async steps; True when a plugin answered."""
@@ -183,11 +189,7 @@ class Pipeline:
 
     def run_response(self, ctx: Any) -> None:
         """Run the response phase (sync steps) on ``ctx.status``/``ctx.response_headers``."""
-        try:
-            for step in self._resp:
-                step(ctx)
-        except Exception:
-            log.exception("response plugin error (request %s)", ctx.request_id)
+        self.chain.run_response(ctx)
 
     async def run_response_async(self, ctx: Any) -> None:
         """Response phase awaiting async steps (use when ``response_is_async``)."""
@@ -202,15 +204,14 @@ class Pipeline:
 
     def run_log(self, ctx: Any) -> None:
         """Run the log phase; always called, also after an early answer. Async steps become tasks."""
-        for step in self._log:
-            try:
-                result = step(ctx)
-                if inspect.iscoroutine(result):
-                    task = asyncio.get_running_loop().create_task(result)
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-            except Exception:
-                log.exception("log plugin error (request %s)", ctx.request_id)
+        self.chain.run_log(ctx)
+
+    def _log_task(self, result: Any) -> None:
+        """An ``on_log`` step returned a coroutine: run it as a task (kept until done)."""
+        if inspect.iscoroutine(result):
+            task = asyncio.get_running_loop().create_task(result)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def close(self) -> None:
         for p in self.plugins:

@@ -79,7 +79,7 @@ def test_builtin_priorities():
 
 def test_only_implementing_plugins_are_in_a_phase():
     pipe = make_pipeline([{"name": "response-headers", "config": {"set": {"X-A": "1"}}}, {"name": "key-auth"}])
-    assert len(pipe._req) == 1 and len(pipe._resp) == 1
+    assert len(pipe.chain.req) == 1 and len(pipe.chain.resp) == 1
     assert pipe.has_response and not pipe.has_log and not pipe.is_async
 
 

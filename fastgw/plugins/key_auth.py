@@ -3,17 +3,18 @@
 Defaults follow Kong: the key is read from header ``apikey`` first, then query argument
 ``apikey``. Unlike Kong, the key is hidden from the backend by default
 (``hide_credentials: true``). Missing or wrong key: 401 with ``WWW-Authenticate``.
-The key lookup is timing-safe (see :meth:`fastgw.consumers.ConsumerTable.key_lookup`).
+The key lookup is timing-safe (see ``KeyIndex`` in fastgw/_plugins.pxi). The per-request
+work runs in C (``KeyAuthStep``); this module holds the schema and builds the step.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastgw._core import find_header, remove_headers
+from fastgw._core import KeyAuthStep
 from fastgw.consumers import ConsumerTable
-from fastgw.plugins.base import CONTINUE, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
+from fastgw.plugins.base import PluginScope
 
 NAME = "key-auth"
 PRIORITY = 1250
@@ -49,34 +50,8 @@ class Plugin(BasePlugin):
         self.query_names = tuple((n, n.encode("latin-1") + b"=") for n in self.names) if config["key_in_query"] else ()
         self.hide = config["hide_credentials"]
         self.challenge = [(b"WWW-Authenticate", f'Key realm="{config["realm"]}"'.encode("latin-1"))]
+        self.native = KeyAuthStep(self.table.keys, self.header_names, self.query_names, self.hide,
+                                  self.challenge)
 
     def on_request(self, ctx: Any) -> int:
-        key: bytes | None = None
-        in_query: str | None = None
-        if self.header_names:
-            for lname in self.header_names:
-                key = find_header(ctx.headers, lname)
-                if key is not None:
-                    break
-        if key is None and ctx.query:
-            query = ctx.query
-            for name, probe in self.query_names:
-                if probe in query:  # PERF: parse the query only when the name appears in it
-                    found = ctx.query_args.get(name)
-                    if found is not None:
-                        key, in_query = found.encode("utf-8"), name
-                        break
-        if not key:
-            return ctx.error(401, "No API key found in request", self.challenge)
-        consumer = self.table.key_lookup(key.strip())
-        if consumer is None:
-            return ctx.error(401, "Invalid authentication credentials", self.challenge)
-        ctx.consumer = consumer
-        if self.hide:
-            if self.header_names:
-                remove_headers(ctx.headers, self.header_names)
-            if in_query is not None or ctx.query:
-                for name, probe in self.query_names:
-                    if probe in ctx.query:
-                        ctx.remove_query_arg(name)
-        return CONTINUE
+        return self.native.on_request(ctx)

@@ -5,13 +5,14 @@ copy, ``add`` adds only when the response lacks the header. Values are templates
 (``{orderId}``, ``${stage.x}``, ``${header.x}``, ``${query.x}``, ``${consumer.name}``,
 ``${request_id}``) compiled at config load. Applies to backend responses and to the
 gateway's own answers (the pipeline makes ``ctx.response_headers`` the answer's headers).
+The per-request work runs in C (``ResponseHeadersStep`` in fastgw/_plugins.pxi).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastgw._core import find_header, remove_headers
+from fastgw._core import ResponseHeadersStep
 from fastgw.plugins.base import Plugin as BasePlugin
 from fastgw.plugins.base import PluginScope
 from fastgw.plugins.template import compile_template, param_names
@@ -59,17 +60,7 @@ class Plugin(BasePlugin):
         self.drop = tuple(dict.fromkeys([n.lower().encode("latin-1") for n in config["remove"]]
                                          + [n.lower() for n, _ in self.set]))
         self.add_lc = tuple((n.lower(), n, v) for n, v in self.add)
+        self.native = ResponseHeadersStep(self.drop, self.set, self.append, self.add_lc)
 
     def on_response(self, ctx: Any) -> None:
-        headers = ctx.response_headers
-        if self.drop:
-            remove_headers(headers, self.drop)
-        for name, value in self.set:
-            headers.append((name, value if type(value) is bytes else value.render(ctx).encode("utf-8")))
-        for name, value in self.append:
-            headers.append((name, value if type(value) is bytes else value.render(ctx).encode("utf-8")))
-        if self.add_lc:
-            # PERF: a C scan per added name (usually one) instead of a set of every name.
-            for lc, name, value in self.add_lc:
-                if find_header(headers, lc) is None:
-                    headers.append((name, value if type(value) is bytes else value.render(ctx).encode("utf-8")))
+        self.native.on_response(ctx)

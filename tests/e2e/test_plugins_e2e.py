@@ -6,6 +6,7 @@ whole file runs in a few seconds.
 
 from __future__ import annotations
 
+import json
 import socket
 import textwrap
 import time
@@ -80,7 +81,9 @@ def env(tmp_path_factory):
     backend = Backend().start()
     config = gateway_config(free_port(), backend.url, resources=RESOURCES, consumers=CONSUMERS)
     config["services"][0]["plugins"] = [{"name": "request-id"}]
-    gw = Gateway(config, workers=1, directory=tmp_path_factory.mktemp("gw"))
+    gwdir = tmp_path_factory.mktemp("gw")
+    config["access_log"] = {"enabled": True, "path": str(gwdir / "access.log")}
+    gw = Gateway(config, workers=1, directory=gwdir)
     try:
         gw.start()
         yield gw, backend
@@ -148,6 +151,26 @@ def test_request_id_kept_and_traceparent(env):
     assert echo["x-request-id"] == "client-abc" and echo["traceparent"].startswith("00-")
     resp = call(env, "GET", "/public", {"X-Request-Id": "bad id with spaces"})[0]
     assert resp.headers["x-request-id"] != "bad id with spaces"
+
+
+def test_the_request_id_in_use_is_the_one_logged_and_answered(env):
+    """The id the backend saw is the one in the access log and in a gateway error body."""
+    gw, _backend = env
+    resp = call(env, "GET", "/orders", {"X-Request-Id": "client-trace-41"})[0]  # no key: 401
+    assert resp.status == 401 and resp.json()["request_id"] == "client-trace-41"
+    assert resp.headers["x-request-id"] == "client-trace-41"
+    resp = call(env, "GET", "/public", {"X-Request-Id": "client-trace-42"})[0]
+    assert resp.status == 200
+    log_path = gw.dir / "access.log"
+    deadline = time.monotonic() + 5
+    ids: list[str] = []
+    while time.monotonic() < deadline:
+        text = log_path.read_text() if log_path.exists() else ""
+        ids = [json.loads(line)["request_id"] for line in text.splitlines() if line]
+        if "client-trace-42" in ids:
+            break
+        time.sleep(0.1)
+    assert "client-trace-41" in ids and "client-trace-42" in ids
 
 
 def test_cors_preflight_answered_at_the_gateway(env):

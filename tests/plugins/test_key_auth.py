@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
-
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastgw.consumers
+from fastgw import _core
 from fastgw.pipeline import PipelineError
 
 from .util import error_of, hdrs, make_ctx, make_pipeline, run
@@ -66,24 +67,72 @@ def test_custom_key_names_and_query_disabled():
     assert run(p, ctx) is True and ctx.answer_status == 401
 
 
-def test_compare_digest_is_on_the_path(monkeypatch):
-    calls = []
-    real = hmac.compare_digest
+def _siphash24_reference(key: bytes, data: bytes) -> int:
+    """SipHash-2-4 straight from the paper, in Python: the oracle for the C version."""
+    mask = (1 << 64) - 1
 
-    def spy(a, b):
-        calls.append((a, b))
-        return real(a, b)
+    def rotl(x: int, b: int) -> int:
+        return ((x << b) | (x >> (64 - b))) & mask
 
-    monkeypatch.setattr(fastgw.consumers.hmac, "compare_digest", spy)
-    ctx = make_ctx(headers=[(b"apikey", b"alice-key-1")])
-    assert run(pipe(), ctx) is False
-    assert calls == [(b"alice-key-1", b"alice-key-1")]
+    k0, k1 = int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little")
+    v = [k0 ^ 0x736F6D6570736575, k1 ^ 0x646F72616E646F6D, k0 ^ 0x6C7967656E657261, k1 ^ 0x7465646279746573]
+
+    def rounds(n: int) -> None:
+        for _ in range(n):
+            v[0] = (v[0] + v[1]) & mask; v[1] = rotl(v[1], 13) ^ v[0]; v[0] = rotl(v[0], 32)  # noqa: E702
+            v[2] = (v[2] + v[3]) & mask; v[3] = rotl(v[3], 16) ^ v[2]  # noqa: E702
+            v[0] = (v[0] + v[3]) & mask; v[3] = rotl(v[3], 21) ^ v[0]  # noqa: E702
+            v[2] = (v[2] + v[1]) & mask; v[1] = rotl(v[1], 17) ^ v[2]; v[2] = rotl(v[2], 32)  # noqa: E702
+
+    tail = len(data) % 8
+    words = [int.from_bytes(data[i:i + 8], "little") for i in range(0, len(data) - tail, 8)]
+    words.append(int.from_bytes(data[len(data) - tail:], "little") | ((len(data) & 0xFF) << 56))
+    for m in words:
+        v[3] ^= m
+        rounds(2)
+        v[0] ^= m
+    v[2] ^= 0xFF
+    rounds(4)
+    return v[0] ^ v[1] ^ v[2] ^ v[3]
+
+
+def test_siphash_matches_the_published_vectors():
+    key = bytes(range(16))
+    # The SipHash paper (Aumasson & Bernstein, 2012): empty input, and its 15-byte example.
+    assert _core.siphash(key, b"") == 0x726FDB47DD0E0E31
+    assert _core.siphash(key, bytes(range(15))) == 0xA129CA6149BE45E5
+    assert _siphash24_reference(key, bytes(range(15))) == 0xA129CA6149BE45E5
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.binary(min_size=16, max_size=16), data=st.binary(max_size=80))
+def test_siphash_agrees_with_the_reference(key: bytes, data: bytes):
+    assert _core.siphash(key, data) == _siphash24_reference(key, data)
 
 
 def test_lookup_is_by_keyed_digest_not_raw_key():
     table = fastgw.consumers.ConsumerTable(CONSUMERS)
-    assert b"alice-key-1" not in table.keys
-    assert all(len(d) == 32 for d in table.keys)
+    other = fastgw.consumers.ConsumerTable(CONSUMERS)
+    assert all(isinstance(d, int) and 0 <= d < 2**64 for d in table.keys.table)
+    assert b"alice-key-1" not in table.keys.table
+    # a per-process (here: per-table) random secret: the same key indexes differently
+    assert table.keys.digest(b"alice-key-1") != other.keys.digest(b"alice-key-1")
+    assert table.key_lookup(b"alice-key-1").name == "alice"
+
+
+def test_a_digest_hit_is_confirmed_on_the_key_itself():
+    index = _core.KeyIndex()
+    assert index.add(b"alice-key-1", "alice") and not index.add(b"alice-key-1", "mallory")
+    # Plant another key under alice's digest: a digest match alone must not authenticate.
+    index.table[index.digest(b"alice-key-1")] = (b"alice-key-2", "alice")
+    assert index.lookup(b"alice-key-1") is None
+    assert index.lookup(b"alice-key-2") is None  # its own digest is not in the index
+
+
+def test_constant_time_equal():
+    eq = _core.constant_time_equal
+    assert eq(b"", b"") and eq(b"abc", b"abc")
+    assert not eq(b"abc", b"abd") and not eq(b"abc", b"ab") and not eq(b"", b"a")
 
 
 def test_client_identity_headers_are_stripped():

@@ -1,0 +1,180 @@
+# part of fastgw/_core.pyx (see its docstring)
+#
+# The per-request context that plugins see (``fastgw.context.RequestContext``). It is a
+# cdef class so that the server builds it with C field stores (no keyword __init__, no
+# dict) and the compiled step chain (_plugins.pxi) reads and writes it without attribute
+# lookups; Python plugins use it exactly as a class with these attributes and methods.
+#
+# Headers are kept as the server parsed them: a list of ``(name, value)`` byte pairs in
+# arrival order (names in their original case). The request list is forwarded to the
+# backend after the request phase, so a plugin changes what the backend sees by editing it
+# through the helpers below. The plain path (no plugins) never builds a context.
+
+DEF CTX_ANSWERED = 1
+
+
+cdef inline bytes _ctx_b(value):
+    return value if type(value) is bytes else (<str>value).encode("latin-1")
+
+
+cdef class RequestContext:
+    """One request's view for plugins: request data, the answer, and the response."""
+
+    cdef public object method            # str
+    cdef public object path              # normalized path as routed (no query), str
+    cdef public object query             # raw query string bytes, without '?'
+    cdef public object headers           # request headers forwarded to the backend
+    cdef public object client_ip         # the caller (peer, or from trusted X-Forwarded-For)
+    cdef public object peer_ip           # the TCP peer
+    cdef public object scheme
+    cdef public object route
+    cdef public object values            # path-variable values (bytes) in route.param_names order
+    cdef public object request_id
+    cdef public object http_version
+    cdef public object consumer          # Consumer once authenticated, else None
+    cdef public object upstream_path     # set to override the backend path (+query)
+    cdef public int answer_status        # > 0 once a plugin answered
+    cdef public object answer_headers
+    cdef public object answer_body
+    cdef public int status               # response status (backend's or the answer's)
+    cdef public object response_headers  # backend response headers (response phase)
+    cdef public object response_headers_add  # added to whatever answer goes out
+    cdef public long long bytes_in
+    cdef public long long bytes_out
+    cdef public double start_time
+    cdef public double upstream_time
+    cdef public long long body_size      # Content-Length of the request, -1 if unknown/chunked
+    cdef public object body              # buffered request body, only when pipeline.needs_body
+    cdef object _vars
+    cdef object _params
+    cdef object _query_args
+
+    def __init__(self, method, path, query, headers, client_ip, scheme, route, values,
+                 request_id, http_version="1.1", peer_ip=None):
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.client_ip = client_ip
+        self.peer_ip = peer_ip or client_ip
+        self.scheme = scheme
+        self.route = route
+        self.values = values
+        self.request_id = request_id
+        self.http_version = http_version
+        self._init_empty()
+
+    cdef inline void _init_empty(self):
+        self.answer_headers = []
+        self.answer_body = b""
+        self.response_headers = []
+        self.response_headers_add = []
+        self.body_size = -1
+
+    @property
+    def vars(self):
+        """Scratch space shared by this request's plugins (a dict, made on first use)."""
+        if self._vars is None:
+            self._vars = {}
+        return self._vars
+
+    # -- request data -------------------------------------------------------------------
+    @property
+    def params(self):
+        """Path variables by name (decoded lazily, once)."""
+        if self._params is None:
+            from urllib.parse import unquote
+            names = self.route.param_names
+            self._params = {n: unquote(v.decode("latin-1")) for n, v in zip(names, self.values)}
+        return self._params
+
+    @property
+    def query_args(self):
+        """Query arguments (first value wins), parsed lazily, once."""
+        if self._query_args is None:
+            from urllib.parse import parse_qsl
+            self._query_args = dict(reversed(parse_qsl(self.query.decode("latin-1"), keep_blank_values=True)))
+        return self._query_args
+
+    def get_header(self, str name):
+        value = find_header(self.headers, name.lower().encode("latin-1"))
+        return None if value is None else value.decode("latin-1")
+
+    def get_headers(self, str name):
+        key = name.lower().encode("latin-1")
+        return [v.decode("latin-1") for k, v in self.headers if k.lower() == key]
+
+    def set_header(self, str name, value):
+        """Replace every copy of request header ``name`` with one value."""
+        self.remove_header(name)
+        self.headers.append((_ctx_b(name), _ctx_b(value)))
+
+    def add_header(self, name, value):
+        self.headers.append((_ctx_b(name), _ctx_b(value)))
+
+    def remove_header(self, str name):
+        remove_headers(self.headers, (name.lower().encode("latin-1"),))
+
+    def remove_query_arg(self, str name):
+        """Drop ``name`` from the query string forwarded to the backend (other bytes kept)."""
+        from urllib.parse import unquote_plus
+        parts = [p for p in self.query.split(b"&")
+                 if p and unquote_plus(p.split(b"=", 1)[0].decode("latin-1")) != name]
+        self.query = b"&".join(parts)
+        self._query_args = None
+
+    # -- answers ------------------------------------------------------------------------
+    cpdef int answer(self, int status, body=b"", headers=None, content_type=None):
+        """Answer the request at the gateway; returns ANSWERED for ``on_request``."""
+        self.answer_status = status
+        self.answer_body = (<str>body).encode("latin-1") if type(body) is str else body
+        cdef list hdrs = list(headers) if headers else []
+        if content_type is not None:
+            hdrs.append((b"Content-Type", _ctx_b(content_type)))
+        self.answer_headers = hdrs
+        return CTX_ANSWERED
+
+    cpdef int error(self, int status, str message, headers=None):
+        """Answer with fastgw's JSON error body ``{"error", "status", "request_id"}``."""
+        rid = self.request_id
+        return self.answer(status, error_body(status, message, rid if type(rid) is str else str(rid)),
+                           headers, "application/json")
+
+    # -- response -----------------------------------------------------------------------
+    def add_response_header(self, name, value):
+        """Add a header to whatever answer goes out (backend response or gateway answer)."""
+        self.response_headers_add.append((_ctx_b(name), _ctx_b(value)))
+
+    def get_response_header(self, str name):
+        value = find_header(self.response_headers, name.lower().encode("latin-1"))
+        return None if value is None else value.decode("latin-1")
+
+    def set_response_header(self, str name, value):
+        self.remove_response_header(name)
+        self.response_headers.append((_ctx_b(name), _ctx_b(value)))
+
+    def remove_response_header(self, str name):
+        remove_headers(self.response_headers, (name.lower().encode("latin-1"),))
+
+    def __repr__(self):
+        return f"<RequestContext {self.method} {self.path} id={self.request_id}>"
+
+
+cdef RequestContext new_context(str method, str path, bytes query, list headers, str client_ip,
+                                str scheme, object route, tuple values, str request_id,
+                                str http_version):
+    """The server's constructor: C stores only (PERF: no argument parsing, no __init__)."""
+    cdef RequestContext ctx = RequestContext.__new__(RequestContext)
+    ctx.method = method
+    ctx.path = path
+    ctx.query = query
+    ctx.headers = headers
+    ctx.client_ip = client_ip
+    ctx.peer_ip = client_ip
+    ctx.scheme = scheme
+    ctx.route = route
+    ctx.values = values
+    ctx.request_id = request_id
+    ctx.http_version = http_version
+    ctx._init_empty()
+    return ctx
