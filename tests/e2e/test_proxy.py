@@ -166,6 +166,21 @@ def test_connection_close_is_honoured(gw: Gateway) -> None:
     assert b"Connection: close" in raw
 
 
+def test_a_new_connection_sees_nothing_of_a_closed_ones_request(gw: Gateway, backend: Backend) -> None:
+    """Closed connections hand their parsed-head object to new ones: nothing may carry over."""
+    many = b"".join(b"X-Old-%d: secret-%d\r\n" % (i, i) for i in range(40))
+    for _ in range(3):
+        raw, closed = raw_exchange(gw.port, b"POST /orders HTTP/1.1\r\nHost: old.example\r\n" + many
+                                   + b"Content-Length: 3\r\nConnection: close\r\n\r\nabc")
+        assert status_of(raw) == 200 and closed
+    raw, closed = raw_exchange(gw.port, b"GET /orders/7 HTTP/1.0\r\n\r\n")
+    assert status_of(raw) == 200 and closed
+    seen = backend.requests[-1]
+    assert seen["method"] == "GET" and seen["target"] == "/v2/orders/7"
+    assert not [k for k in seen["headers"] if k.startswith("x-old")]
+    assert seen["headers"].get("host") != "old.example" and seen["body"] == ""
+
+
 # ------------------------------------------------------------------------------ bodies
 
 
