@@ -60,12 +60,30 @@ cdef class StepChain:
     cdef readonly tuple resp     # response-phase steps
     cdef readonly tuple logs     # log-phase callables
     cdef object log_task        # callable(coroutine): runs an async on_log step (set by Pipeline)
+    # Every response step is a ResponseHeadersStep and nothing reads ctx.response_headers
+    # later (no log step): the edits go straight onto the scanned head (apply_to_head).
+    cdef readonly bint head_only_response
 
     def __init__(self, req, resp, logs, log_task=None):
         self.req = tuple(req)
         self.resp = tuple(resp)
         self.logs = tuple(logs)
         self.log_task = log_task
+        self.head_only_response = bool(self.resp) and not self.logs and all(
+            isinstance(s, ResponseHeadersStep) for s in self.resp)
+
+    cdef list apply_to_head(self, ResponseHead r, RequestContext ctx):
+        """The response phase of a ``head_only_response`` chain on the backend's scanned head:
+        drops are marked on ``r``; returns the headers to send after the backend's."""
+        cdef list out = []
+        try:
+            for step in self.resp:
+                (<ResponseHeadersStep>step).apply_head(r, ctx, out)
+        except Exception:
+            _plog.exception("response plugin error (request %s)", ctx.request_id)
+        if ctx.response_headers_add:
+            out.extend(ctx.response_headers_add)
+        return out
 
     # SECURITY: a step that raises answers 500 (fail closed): a crashing auth plugin must
     # never let the request through to the backend.
@@ -466,12 +484,37 @@ cdef class ResponseHeadersStep(NativeStep):
     cdef tuple set_          # (name, value) pairs
     cdef tuple append_
     cdef tuple add_lc        # (lower-case name, name, value)
+    # The same, less the names the head builder would not forward anyway (apply_head).
+    cdef tuple fwd_set
+    cdef tuple fwd_append
+    cdef tuple fwd_add_lc
 
     def __init__(self, tuple drop, tuple set_, tuple append_, tuple add_lc):
         self.drop = drop
         self.set_ = set_
         self.append_ = append_
         self.add_lc = add_lc
+        self.fwd_set = tuple(t for t in set_ if forwardable_response_header(t[0]))
+        self.fwd_append = tuple(t for t in append_ if forwardable_response_header(t[0]))
+        self.fwd_add_lc = tuple(t for t in add_lc if forwardable_response_header(t[1]))
+
+    cdef int apply_head(self, ResponseHead r, RequestContext ctx, list out) except -1:
+        """``response`` on the backend's scanned head plus ``out`` (what earlier steps added)."""
+        cdef tuple t
+        if self.drop:
+            r.drop_headers(self.drop)
+            remove_headers(out, self.drop)
+        for item in self.fwd_set:
+            t = <tuple>item
+            out.append((t[0], _header_value(t[1], ctx)))
+        for item in self.fwd_append:
+            t = <tuple>item
+            out.append((t[0], _header_value(t[1], ctx)))
+        for item in self.fwd_add_lc:
+            t = <tuple>item
+            if not r.has_header(<bytes>t[0]) and find_header(out, <bytes>t[0]) is None:
+                out.append((t[1], _header_value(t[2], ctx)))
+        return 0
 
     cdef int response(self, RequestContext ctx) except -1:
         cdef list headers = ctx.response_headers

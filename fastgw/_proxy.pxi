@@ -1008,16 +1008,21 @@ cdef class ClientConnection(Timed):
             conn_mode = CLOSE_NO
         chunked_out = resp.chunked and not self.dechunk
         cdef RequestContext ctx = self.ctx
+        cdef StepChain chain
         if ctx is not None:
             ctx.status = resp.status
-            if self.route.has_response_phase:
-                ctx.response_headers = resp.forward_headers()
-                try:
-                    self.route.chain.run_response(ctx)
-                except Exception as exc:
-                    _log.error("response plugin failed on %s: %r", self.route.key, exc, exc_info=exc)
-                headers = ctx.response_headers
             add = ctx.response_headers_add
+            if self.route.has_response_phase:
+                chain = self.route.chain
+                if chain.head_only_response:
+                    add = chain.apply_to_head(resp, ctx)
+                else:
+                    ctx.response_headers = resp.forward_headers()
+                    try:
+                        chain.run_response(ctx)
+                    except Exception as exc:
+                        _log.error("response plugin failed on %s: %r", self.route.key, exc, exc_info=exc)
+                    headers = ctx.response_headers
             if ctx.status != resp.status and 100 <= ctx.status <= 999:
                 self.status = ctx.status
         # PERF: one buffer and one write for the head and the first body bytes.

@@ -83,6 +83,29 @@ def test_only_implementing_plugins_are_in_a_phase():
     assert pipe.has_response and not pipe.has_log and not pipe.is_async
 
 
+RESPONDER = '''
+"""A test plugin with a Python response phase."""
+from fastgw.plugins.base import Plugin as Base
+
+NAME = "{name}"
+PRIORITY = {priority}
+SCHEMA = {{"type": "object", "properties": {{}}}}
+
+
+class Plugin(Base):
+    def on_response(self, ctx):
+        ctx.response_headers.append((b"X-Py", b"1"))
+'''
+
+
+def test_built_in_response_edits_go_on_the_head_only_when_no_python_code_needs_the_list(plugin_dir):
+    edits = {"name": "response-headers", "config": {"add": {"X-A": "1"}}}
+    assert make_pipeline([edits, {"name": "key-auth"}, {"name": "request-id"}]).chain.head_only_response
+    assert not make_pipeline([edits, {"name": plugin_dir(10, RESPONDER)}]).chain.head_only_response
+    assert not make_pipeline([edits, {"name": plugin_dir(10)}]).chain.head_only_response  # has on_log
+    assert not make_pipeline([{"name": "key-auth"}]).chain.head_only_response  # no response phase
+
+
 def test_early_answer_skips_the_rest_but_log_runs(plugin_dir):
     first = plugin_dir(900)
     stopper = plugin_dir(800)

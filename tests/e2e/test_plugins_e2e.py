@@ -17,7 +17,7 @@ import jwt
 import pytest
 
 from tests.e2e.conftest import requires_engine
-from tests.helpers import Backend, Gateway, free_port, gateway_config, request
+from tests.helpers import Backend, Gateway, RawClient, free_port, gateway_config, request
 
 pytestmark = requires_engine
 
@@ -30,6 +30,13 @@ CONSUMERS = [
     {"name": "bob", "groups": ["silver"], "credentials": {"key-auth": ["bob-key-0001"]}},
     {"name": "carol", "groups": [], "credentials": {"basic-auth": [{"username": "carol", "password": PW_HASH}]}},
 ]
+
+EDITS = {
+    "remove": ["X-Absent"],
+    "set": {"Content-Type": "text/plain", "Content-Length": "999", "Connection": "close"},
+    "append": {"X-App": "a1"},
+    "add": {"Content-Type": "not-added", "X-Added": "yes", "X-Rid": "${request_id}"},
+}
 
 RESOURCES: dict[str, Any] = {
     "/orders": {
@@ -51,6 +58,13 @@ RESOURCES: dict[str, Any] = {
     "/blocked": {"GET": {"plugins": [{"name": "key-auth", "enabled": False},
                                      {"name": "ip-restriction", "config": {"deny": ["127.0.0.0/8", "::1"]}}]}},
     "/audited": {"GET": {"plugins": [{"name": "key-auth", "enabled": False}, {"name": "e2eplug.audit"}]}},
+    # The same response edits twice: with only built-in steps they go straight onto the
+    # scanned backend head; a plugin with on_log makes the server build the header list.
+    "/edits-on-head": {"GET": {"plugins": [{"name": "key-auth", "enabled": False},
+                                           {"name": "response-headers", "config": EDITS}]}},
+    "/edits-on-list": {"GET": {"plugins": [{"name": "key-auth", "enabled": False},
+                                           {"name": "response-headers", "config": EDITS},
+                                           {"name": "e2eplug.logged"}]}},
 }
 
 AUDIT = '''
@@ -69,6 +83,20 @@ class Plugin(Base):
         return CONTINUE
 '''
 
+LOGGED = '''
+"""A user plugin with only a log phase."""
+from fastgw.plugins.base import Plugin as Base
+
+NAME = "e2eplug.logged"
+PRIORITY = 5
+SCHEMA = {"type": "object", "additionalProperties": False, "properties": {}}
+
+
+class Plugin(Base):
+    def on_log(self, ctx):
+        self.last_status = ctx.status
+'''
+
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
@@ -76,6 +104,7 @@ def env(tmp_path_factory):
     (plugdir / "e2eplug").mkdir()
     (plugdir / "e2eplug" / "__init__.py").write_text("")
     (plugdir / "e2eplug" / "audit.py").write_text(textwrap.dedent(AUDIT))
+    (plugdir / "e2eplug" / "logged.py").write_text(textwrap.dedent(LOGGED))
     mp = pytest.MonkeyPatch()
     mp.setenv("PYTHONPATH", str(plugdir))
     backend = Backend().start()
@@ -135,6 +164,23 @@ def test_identity_headers_stripped_on_routes_without_auth(env):
 def test_method_level_response_headers(env):
     resp = call(env, "GET", "/orders/77", {"apikey": "bob-key-0001"}, timeout=2.0)[0]
     assert resp.status == 200 and resp.headers["x-order"] == "77"
+
+
+@pytest.mark.parametrize("path", ["/edits-on-head", "/edits-on-list"])
+def test_response_edits_keep_framing_and_hop_by_hop(env, path):
+    gw, _backend = env
+    with RawClient(gw.port) as raw:
+        resp = raw.request("GET", path, {"Host": "t"})
+    assert resp.status == 200
+    names = [k.lower() for k, _ in resp.raw_headers]
+    got = resp.headers
+    assert names.count("content-type") == 1 and got["content-type"] == "text/plain"
+    assert names.count("content-length") == 1 and int(got["content-length"]) == len(resp.body)
+    assert "connection" not in names                      # a plugin can't set hop-by-hop headers
+    assert got["x-app"] == "a1" and got["x-added"] == "yes"
+    assert got["x-rid"] == got["x-request-id"]
+    assert sorted(names) == sorted(["content-type", "content-length", "x-app", "x-added", "x-rid",
+                                    "x-request-id"])
 
 
 def test_method_level_acl(env):
