@@ -10,6 +10,25 @@
 #   - match: one trailing "/" is ignored; static > {var} > {var*} with backtracking; the
 #     first node that matches the path AND accepts the method wins; per node exact >
 #     HEAD->GET > ANY; {rest*} matches one or more segments, never the empty rest.
+#
+# Router structure: all nodes of all hosts live in ONE open-addressed C table (Router._tab,
+# linear probing, load <= 0.7, capacity a power of two, doubled and rehashed as nodes are
+# added) of 32-byte entries, 2 per cache line. A node's key is (parent uid, kind, segment);
+# its home slot comes from its 32-bit path hash, phash = mix(parent's phash, hash(segment))
+# (mix(parent's phash, VAR / REST) for a {var} / {rest*} child). An entry holds the phash
+# (compared first), the parent's uid, the node's own uid, the segment (packed inline when
+# <= 8 bytes, else an offset into one byte pool where each distinct segment is stored once),
+# flags (kind, has static / var / rest children, terminal, ...) and `fast`, the node's
+# answer (the route, a ready (200, route, ()) tuple when the path has no variables, or an
+# _RTerm when methods lead to different routes). Roots (one per host) are entries too; the
+# Router's dicts own every Python object, the table only borrows them. Hash collisions
+# (phash or slot) cost probes, never correctness: a hit needs the same parent uid, kind,
+# length and bytes.
+#
+# Matching creates no Python object per segment: segments are hashed straight from the
+# path's bytes and compared in place. Since a slot depends only on path hashes, the slots
+# of the all-static chain (and of its {var} children) are known before any is read, and
+# are prefetched together when the table is larger than the caches.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
@@ -17,10 +36,13 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
-from libc.string cimport memcmp
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, realloc
+from libc.string cimport memcmp, memcpy
 
 cimport cython
 
+import os as _rt_os
 import re as _rt_re
 
 # Byte classes for normalize_path.
@@ -263,42 +285,275 @@ cdef class PathMethods:
         return f"PathMethods(allow={self.allow!r})"
 
 
-cdef class _RNode:
-    cdef dict static        # segment bytes -> _RNode (None while empty)
-    cdef _RNode var
-    cdef _RNode rest
-    cdef dict methods       # method bytes -> route, ANY excluded (None while empty)
-    cdef object get_route
-    cdef object any_route
-    cdef bint terminal
-    cdef dict by_name       # method str -> route (ANY included): for PathMethods
-    cdef PathMethods pm
+# ---------------------------------------------------------------------------------------
+# The router's table (see the note at the top of this file).
 
-    cdef inline object pick(self, bytes method):
-        cdef PyObject* o
-        if self.methods is not None:
-            o = PyDict_GetItem(self.methods, method)
-            if o != NULL:
-                return <object>o
-        if self.get_route is not None and PyBytes_GET_SIZE(method) == 4 \
-                and memcmp(PyBytes_AS_STRING(method), b"HEAD", 4) == 0:
-            return self.get_route
-        return self.any_route
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <stdlib.h>
+    #include <string.h>
+    #if defined(__linux__)
+    #include <sys/mman.h>
+    #endif
 
-    cdef void set_route(self, str method, object route):
-        if self.by_name is None:
-            self.by_name = {}
-        self.by_name[method] = route
-        if method == "ANY":
-            self.any_route = route
-        else:
-            if self.methods is None:
-                self.methods = {}
-            self.methods[method.encode()] = route
-            if method == "GET":
-                self.get_route = route
-        self.terminal = True
-        self.pm = PathMethods(dict(self.by_name))
+    static const uint64_t __pyx_rt_P0 = 0xa0761d6478bd642fULL;
+    static const uint64_t __pyx_rt_P1 = 0xe7037ed1a0b428dbULL;
+    static const uint64_t __pyx_rt_P2 = 0x8ebc6af09c88c6e3ULL;
+    static const uint64_t __pyx_rt_P3 = 0x589965cc75374cc3ULL;
+
+    /* 64x64 -> 128-bit multiply folded to 64 bits (wyhash's mixer). */
+    static inline uint64_t __pyx_rt_mum(uint64_t a, uint64_t b) {
+    #if defined(__SIZEOF_INT128__)
+        __uint128_t r = (__uint128_t)a * b;
+        return (uint64_t)(r >> 64) ^ (uint64_t)r;
+    #else
+        uint64_t ha = a >> 32, hb = b >> 32, la = (uint32_t)a, lb = (uint32_t)b;
+        uint64_t rh = ha * hb, rm0 = ha * lb, rm1 = hb * la, rl = la * lb;
+        uint64_t t = rl + (rm0 << 32), c = t < rl;
+        uint64_t lo = t + (rm1 << 32);
+        c += lo < t;
+        return (rh + (rm0 >> 32) + (rm1 >> 32) + c) ^ lo;
+    #endif
+    }
+    static inline uint64_t __pyx_rt_r8(const unsigned char* p) { uint64_t v; memcpy(&v, p, 8); return v; }
+    static inline uint64_t __pyx_rt_r4(const unsigned char* p) { uint32_t v; memcpy(&v, p, 4); return v; }
+    static inline void __pyx_rt_prefetch(const void* p) {
+    #if defined(__GNUC__)
+        __builtin_prefetch(p, 0, 3);
+    #endif
+    }
+    /* Zeroed and cache-line aligned; a large table is 2 MB aligned and asks for transparent
+       huge pages: random probes over many MB would otherwise miss the TLB too (and a TLB
+       miss costs a two-level page walk under a hypervisor). */
+    static void* __pyx_rt_table_alloc(size_t nbytes) {
+        void* p = NULL;
+        size_t align = nbytes >= ((size_t)2 << 20) ? ((size_t)2 << 20) : 64;
+        if (posix_memalign(&p, align, nbytes) != 0) return NULL;
+    #if defined(MADV_HUGEPAGE)
+        if (align > 64) madvise(p, nbytes, MADV_HUGEPAGE);
+    #endif
+        memset(p, 0, nbytes);
+        return p;
+    }
+    """
+    const uint64_t RT_P0 "__pyx_rt_P0"
+    const uint64_t RT_P1 "__pyx_rt_P1"
+    const uint64_t RT_P2 "__pyx_rt_P2"
+    const uint64_t RT_P3 "__pyx_rt_P3"
+    uint64_t _rt_mum "__pyx_rt_mum"(uint64_t a, uint64_t b) nogil
+    uint64_t _rt_r8 "__pyx_rt_r8"(const unsigned char* p) nogil
+    uint64_t _rt_r4 "__pyx_rt_r4"(const unsigned char* p) nogil
+    void _rt_prefetch "__pyx_rt_prefetch"(const void* p) nogil
+    void* _rt_table_alloc "__pyx_rt_table_alloc"(size_t nbytes) nogil
+
+
+ctypedef struct _RtEnt:
+    uint32_t phash      # the node's path hash: home slot is phash & mask; compared first
+    uint32_t parent     # the parent's uid (a root: its own uid)
+    uint32_t uid        # 0: empty slot
+    uint16_t seglen     # RT_LONGSEG: the real length is the uint32 before the bytes in the pool
+    uint8_t flags       # kind (RT_KIND bits) | RT_HAS_* | RT_TERMINAL | RT_MULTI | RT_NOVARS
+    uint8_t fastmask    # method indexes (_rt_method_index) that `fast` answers
+    uint64_t seg        # static: _rt_pack(segment) when seglen <= RT_INLINE, else a pool offset
+    PyObject* fast      # borrowed (Router._objs owns it): see RT_MULTI / RT_NOVARS
+
+
+cdef enum:
+    RT_STATIC = 0
+    RT_VAR = 1
+    RT_REST = 2
+    RT_ROOT = 3
+    RT_KIND = 3
+    RT_HAS_STATIC = 4   # == 4 << RT_STATIC; RT_HAS_VAR == 4 << RT_VAR, RT_HAS_REST == 4 << RT_REST
+    RT_HAS_VAR = 8
+    RT_HAS_REST = 16
+    RT_TERMINAL = 32    # the node has at least one route
+    RT_MULTI = 64       # `fast` is an _RTerm: the node answers different methods with different routes
+    RT_NOVARS = 128     # no variable on the way here: `fast`/_RTerm hold ready (200, route, ()) tuples
+    RT_LONGSEG = 0xFFFF
+    RT_INLINE = 8
+    RT_MIN_CAP = 64
+    # Grow (double) when used > cap * 7/10. PERF: the table's size is what decides how
+    # often a probe leaves the cache (on the dev VM random loads cost ~20 ns within 4 MB,
+    # ~110 ns from 8 MB on), so it is kept dense; 7/10 still bounds linear probe runs.
+    RT_LOAD_NUM = 7
+    RT_LOAD_DEN = 10
+    RT_PREFETCH_DEPTH = 8
+    RT_PREFETCH_MIN_CAP = 16384   # 512 KB of table: smaller tables stay in L2, prefetching only costs
+    RT_NMETHODS = 8
+
+
+# Method indexes: GET POST PUT PATCH DELETE HEAD OPTIONS, then 7 for ANY and any other method.
+_RT_MINDEX = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+
+cdef uint64_t _rt_seed = <uint64_t>int.from_bytes(_rt_os.urandom(8), "little")
+
+
+cdef inline int _rt_method_index(bytes method) noexcept:
+    cdef const char* m = PyBytes_AS_STRING(method)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(method)
+    if n == 3:
+        if memcmp(m, b"GET", 3) == 0:
+            return 0
+        if memcmp(m, b"PUT", 3) == 0:
+            return 2
+    elif n == 4:
+        if memcmp(m, b"POST", 4) == 0:
+            return 1
+        if memcmp(m, b"HEAD", 4) == 0:
+            return 5
+    elif n == 5:
+        if memcmp(m, b"PATCH", 5) == 0:
+            return 3
+    elif n == 6:
+        if memcmp(m, b"DELETE", 6) == 0:
+            return 4
+    elif n == 7:
+        if memcmp(m, b"OPTIONS", 7) == 0:
+            return 6
+    return 7
+
+
+cdef inline uint64_t _rt_pack(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """The bytes of a segment of 1..8 bytes in one word; with n, it determines the segment.
+
+    Reads stay inside p[0:n] (overlapping reads, as wyhash does): 4..8 bytes are the first
+    and the last 4, 1..3 bytes are p[0], p[n // 2], p[n - 1]."""
+    if n >= 4:
+        return (_rt_r4(p) << 32) | _rt_r4(p + n - 4)
+    if n > 0:
+        return (<uint64_t>p[0] << 16) | (<uint64_t>p[n >> 1] << 8) | p[n - 1]
+    return 0
+
+
+cdef inline uint64_t _rt_hash(const unsigned char* p, Py_ssize_t n, uint64_t seed) noexcept nogil:
+    """wyhash-style hash of a segment; every read stays inside p[0:n]."""
+    cdef uint64_t a, b, h = seed ^ RT_P0
+    cdef Py_ssize_t m = n
+    if m <= 8:
+        a = _rt_pack(p, m)
+        b = 0
+    elif m <= 16:
+        a = _rt_r8(p)
+        b = _rt_r8(p + m - 8)
+    else:
+        while m > 16:
+            h = _rt_mum(_rt_r8(p) ^ RT_P1, _rt_r8(p + 8) ^ h)
+            p += 16
+            m -= 16
+        # 1..16 bytes are left: read the last 16 (overlapping what the loop consumed).
+        a = _rt_r8(p + m - 16)
+        b = _rt_r8(p + m - 8)
+    return _rt_mum(_rt_mum(a ^ RT_P1, b ^ h) ^ RT_P2, <uint64_t>n ^ RT_P3)
+
+
+cdef inline uint32_t _rt_child_ph(uint32_t ph, uint64_t hs) noexcept nogil:
+    """Path hash of the static child (segment hash hs) of the node with path hash ph."""
+    return <uint32_t>_rt_mum(ph ^ RT_P0, hs ^ RT_P2)
+
+
+cdef inline uint32_t _rt_kind_ph(uint32_t ph, int kind) noexcept nogil:
+    """Path hash of the {var} (kind RT_VAR) or {rest*} (RT_REST) child."""
+    return <uint32_t>_rt_mum(ph ^ RT_P1, RT_P3 + <uint64_t>kind)
+
+
+cdef inline bint _rt_seg_eq(const unsigned char* pool, const _RtEnt* x, const unsigned char* s,
+                            Py_ssize_t n) noexcept nogil:
+    cdef uint32_t w
+    if n <= RT_INLINE:
+        return x.seglen == n and x.seg == _rt_pack(s, n)
+    if n < RT_LONGSEG:
+        return x.seglen == n and memcmp(pool + x.seg, s, n) == 0
+    if x.seglen != RT_LONGSEG:
+        return False
+    memcpy(&w, pool + x.seg, 4)
+    return w == n and memcmp(pool + x.seg + 4, s, n) == 0
+
+
+ctypedef struct _RtCtx:
+    const _RtEnt* tab
+    uint64_t mask
+    uint32_t hmask
+    const unsigned char* pool
+    const unsigned char* p
+    const Py_ssize_t* ss
+    const Py_ssize_t* se
+    const uint64_t* hs
+    Py_ssize_t* vs
+    Py_ssize_t* ve
+    Py_ssize_t pend
+    int nseg
+    int k
+
+
+cdef inline const _RtEnt* _rt_find_static(const _RtCtx* c, const _RtEnt* e, int i) noexcept nogil:
+    # SECURITY: the client picks the segment (and so its home slot), not the table's layout:
+    # a probe ends at the first empty slot, so it is never longer than the longest run of
+    # occupied slots, which the load factor (<= 0.7) and the per-process seed keep short.
+    cdef uint32_t ph = _rt_child_ph(e.phash, c.hs[i]) & c.hmask
+    cdef uint64_t j = ph & c.mask
+    cdef const _RtEnt* x
+    cdef const unsigned char* s = c.p + c.ss[i]
+    cdef Py_ssize_t n = c.se[i] - c.ss[i]
+    while True:
+        x = c.tab + j
+        if x.uid == 0:
+            return NULL
+        if x.phash == ph and x.parent == e.uid and (x.flags & RT_KIND) == RT_STATIC \
+                and _rt_seg_eq(c.pool, x, s, n):
+            return x
+        j = (j + 1) & c.mask
+
+
+cdef inline const _RtEnt* _rt_find_kind(const _RtCtx* c, const _RtEnt* e, int kind) noexcept nogil:
+    cdef uint32_t ph = _rt_kind_ph(e.phash, kind) & c.hmask
+    cdef uint64_t j = ph & c.mask
+    cdef const _RtEnt* x
+    while True:
+        x = c.tab + j
+        if x.uid == 0:
+            return NULL
+        if x.phash == ph and x.parent == e.uid and (x.flags & RT_KIND) == kind:
+            return x
+        j = (j + 1) & c.mask
+
+
+cdef const _RtEnt* _rt_walk(_RtCtx* c, const _RtEnt* e, int i, int k) noexcept nogil:
+    """First resource node (static > var > rest, backtracking) matching segments i.. of the path.
+
+    SECURITY: the path alone picks the resource; the method only decides 200 or 405. A
+    method a resource lacks never falls through to a broader route (a catch-all with other
+    plugins), so a path's plugins can't be skipped by choosing another method."""
+    cdef const _RtEnt* f
+    cdef const _RtEnt* r
+    if i == c.nseg:
+        if e.flags & RT_TERMINAL:
+            c.k = k
+            return e
+        return NULL
+    if (e.flags & RT_HAS_STATIC) and c.se[i] > c.ss[i]:
+        f = _rt_find_static(c, e, i)
+        if f != NULL:
+            r = _rt_walk(c, f, i + 1, k)
+            if r != NULL:
+                return r
+    if (e.flags & RT_HAS_VAR) and c.se[i] > c.ss[i]:
+        f = _rt_find_kind(c, e, RT_VAR)
+        if f != NULL:
+            c.vs[k] = c.ss[i]
+            c.ve[k] = c.se[i]
+            r = _rt_walk(c, f, i + 1, k + 1)
+            if r != NULL:
+                return r
+    if e.flags & RT_HAS_REST:
+        f = _rt_find_kind(c, e, RT_REST)
+        if f != NULL and (f.flags & RT_TERMINAL):
+            c.vs[k] = c.ss[i]
+            c.ve[k] = c.pend
+            c.k = k + 1
+            return f
+    return NULL
 
 
 cdef tuple _rt_values(bytes path, Py_ssize_t* vs, Py_ssize_t* ve, int k):
@@ -315,74 +570,253 @@ cdef tuple _rt_values(bytes path, Py_ssize_t* vs, Py_ssize_t* ve, int k):
     return t
 
 
-cdef _RNode _rt_search(_RNode node, bytes path, const char* p, Py_ssize_t* ss, Py_ssize_t* se,
-                       int nseg, int i, int k, Py_ssize_t* vs, Py_ssize_t* ve, Py_ssize_t pend,
-                       bytes method, int* kout):
-    """First resource node (static > var > rest, backtracking) matching the path.
-
-    SECURITY: the path alone picks the resource; the method only decides 200 or 405. A
-    method a resource lacks never falls through to a broader route (a catch-all with other
-    plugins), so a path's plugins can't be skipped by choosing another method."""
-    cdef PyObject* o
-    cdef _RNode found, r
-    if i == nseg:
-        if node.terminal:
-            kout[0] = k
-            return node
-        return None
-    if node.static is not None:
-        # PERF: one small bytes object per static lookup; dict hashing beats any C scan
-        # once a level has more than a handful of children, and stays O(1) at 100k routes.
-        o = PyDict_GetItem(node.static, PyBytes_FromStringAndSize(p + ss[i], se[i] - ss[i]))
-        if o != NULL:
-            found = _rt_search(<_RNode>o, path, p, ss, se, nseg, i + 1, k, vs, ve, pend, method, kout)
-            if found is not None:
-                return found
-    if node.var is not None and se[i] > ss[i]:
-        vs[k] = ss[i]
-        ve[k] = se[i]
-        found = _rt_search(node.var, path, p, ss, se, nseg, i + 1, k + 1, vs, ve, pend, method, kout)
-        if found is not None:
-            return found
-    r = node.rest
-    if r is not None and r.terminal:
-        vs[k] = ss[i]
-        ve[k] = pend
-        kout[0] = k + 1
-        return r
-    return None
+cdef class _RTerm:
+    """The answers of a node whose methods lead to different routes, by method index."""
+    cdef PyObject* res[RT_NMETHODS]   # borrowed (Router._objs owns them); NULL: 405
 
 
+cdef class _RtRoot:
+    cdef uint32_t uid
+    cdef uint32_t phash
+
+
+@cython.no_gc_clear  # the table borrows the objects these dicts own: never drop them early
 cdef class Router:
-    """Host -> trie of path segments -> method -> route. Built once per config load."""
+    """Host -> root; every node of every host in one flat hash table. Built once per config load."""
 
-    cdef dict _exact      # host bytes -> root
-    cdef dict _wild       # b".example.com" -> root (from "*.example.com")
-    cdef _RNode _default  # "*" or no hosts
+    cdef _RtEnt* _tab
+    cdef uint64_t _mask          # capacity - 1 (a power of two, at most 2**32)
+    cdef Py_ssize_t _used
+    cdef uint32_t _next_uid
+    cdef uint64_t _seed
+    cdef uint32_t _hmask         # ANDed into every path hash: all ones, except in collision tests
+    cdef unsigned char* _pool    # static segments longer than RT_INLINE, each stored once
+    cdef Py_ssize_t _pool_len
+    cdef Py_ssize_t _pool_cap
+    cdef dict _pool_index        # segment bytes -> offset in the pool
+    cdef dict _byname            # uid -> {method str: route} (ANY included)
+    cdef dict _pms               # uid -> PathMethods (405)
+    cdef dict _objs              # uid -> what the node's `fast` points to
+    cdef dict _exact             # host bytes -> _RtRoot
+    cdef dict _wild              # b".example.com" -> _RtRoot (from "*.example.com")
+    cdef _RtRoot _default        # "*" or no hosts
     cdef readonly int count
 
-    def __init__(self):
+    def __cinit__(self):
+        self._tab = <_RtEnt*>_rt_table_alloc(RT_MIN_CAP * sizeof(_RtEnt))
+        if self._tab == NULL:
+            raise MemoryError()
+        self._mask = RT_MIN_CAP - 1
+        self._used = 0
+        self._next_uid = 1
+        self._seed = _rt_seed
+        self._hmask = 0xFFFFFFFF
+        self._pool = NULL
+        self._pool_len = 0
+        self._pool_cap = 0
+        self._pool_index = {}
+        self._byname = {}
+        self._pms = {}
+        self._objs = {}
         self._exact = {}
         self._wild = {}
         self._default = None
         self.count = 0
 
-    cdef _RNode _root(self, str host, bint create):
+    def __dealloc__(self):
+        free(self._tab)
+        free(self._pool)
+
+    # -- building ----------------------------------------------------------------------
+
+    cdef Py_ssize_t _slot_of(self, uint32_t uid, uint32_t ph) noexcept:
+        cdef uint64_t j = ph & self._mask
+        while self._tab[j].uid != uid:
+            if self._tab[j].uid == 0:
+                return -1
+            j = (j + 1) & self._mask
+        return <Py_ssize_t>j
+
+    cdef uint32_t _edge_ph(self, uint32_t pph, int kind, bytes key) noexcept:
+        if kind == RT_STATIC:
+            return _rt_child_ph(pph, _rt_hash(<const unsigned char*>PyBytes_AS_STRING(key),
+                                              PyBytes_GET_SIZE(key), self._seed)) & self._hmask
+        return _rt_kind_ph(pph, kind) & self._hmask
+
+    cdef Py_ssize_t _find(self, uint32_t puid, uint32_t pph, int kind, bytes key):
+        """Slot of the child of (puid, pph) of this kind (and static segment key), or -1."""
+        cdef uint32_t ph = self._edge_ph(pph, kind, key)
+        cdef uint64_t j = ph & self._mask
+        cdef _RtEnt* x
+        while True:
+            x = self._tab + j
+            if x.uid == 0:
+                return -1
+            if x.phash == ph and x.parent == puid and (x.flags & RT_KIND) == kind and (
+                    kind != RT_STATIC or _rt_seg_eq(self._pool, x,
+                                                    <const unsigned char*>PyBytes_AS_STRING(key),
+                                                    PyBytes_GET_SIZE(key))):
+                return <Py_ssize_t>j
+            j = (j + 1) & self._mask
+
+    cdef int _grow(self) except -1:
+        cdef uint64_t cap = (self._mask + 1) * 2
+        cdef uint64_t nm = cap - 1
+        cdef uint64_t j, h
+        cdef _RtEnt* new
+        if cap > (<uint64_t>1 << 32):
+            raise MemoryError("router: too many nodes")
+        new = <_RtEnt*>_rt_table_alloc(cap * sizeof(_RtEnt))
+        if new == NULL:
+            raise MemoryError()
+        for j in range(self._mask + 1):
+            if self._tab[j].uid != 0:
+                h = self._tab[j].phash & nm
+                while new[h].uid != 0:
+                    h = (h + 1) & nm
+                new[h] = self._tab[j]
+        free(self._tab)
+        self._tab = new
+        self._mask = nm
+        return 0
+
+    cdef Py_ssize_t _intern(self, bytes key) except -1:
+        cdef object known = self._pool_index.get(key)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(key)
+        cdef Py_ssize_t need = n + (4 if n >= RT_LONGSEG else 0)
+        cdef Py_ssize_t off = self._pool_len, cap
+        cdef uint32_t n32 = <uint32_t>n
+        cdef unsigned char* grown
+        if known is not None:
+            return known
+        if off + need > self._pool_cap:
+            cap = max(self._pool_cap * 2, off + need, 256)
+            grown = <unsigned char*>realloc(self._pool, cap)
+            if grown == NULL:
+                raise MemoryError()
+            self._pool = grown
+            self._pool_cap = cap
+        if n >= RT_LONGSEG:
+            memcpy(self._pool + off, &n32, 4)
+            memcpy(self._pool + off + 4, PyBytes_AS_STRING(key), n)
+        else:
+            memcpy(self._pool + off, PyBytes_AS_STRING(key), n)
+        self._pool_len = off + need
+        self._pool_index[key] = off
+        return off
+
+    cdef Py_ssize_t _insert(self, uint32_t puid, uint32_t pph, int kind, bytes key,
+                            bint novars) except -1:
+        """Add a child (or, with kind RT_ROOT, a root whose uid is puid); returns its slot."""
+        cdef uint64_t seg = 0, j
+        cdef Py_ssize_t n = 0, pj
+        cdef uint32_t ph
+        cdef _RtEnt* x
+        if self._next_uid == 0xFFFFFFFF:
+            raise MemoryError("router: too many nodes")
+        if kind == RT_STATIC:
+            n = PyBytes_GET_SIZE(key)
+            if n > RT_INLINE:
+                seg = <uint64_t>self._intern(key)
+            else:
+                seg = _rt_pack(<const unsigned char*>PyBytes_AS_STRING(key), n)
+        if (self._used + 1) * RT_LOAD_DEN > <Py_ssize_t>(self._mask + 1) * RT_LOAD_NUM:
+            self._grow()
+        if kind == RT_ROOT:
+            ph = <uint32_t>_rt_mum(<uint64_t>puid ^ self._seed ^ RT_P2, RT_P0) & self._hmask
+        else:
+            ph = self._edge_ph(pph, kind, key)
+            pj = self._slot_of(puid, pph)
+            self._tab[pj].flags |= <uint8_t>(RT_HAS_STATIC << kind)
+        j = ph & self._mask
+        while self._tab[j].uid != 0:
+            j = (j + 1) & self._mask
+        x = self._tab + j
+        x.phash = ph
+        x.uid = puid if kind == RT_ROOT else self._next_uid
+        x.parent = puid
+        x.seg = seg
+        x.seglen = <uint16_t>(n if n < RT_LONGSEG else RT_LONGSEG)
+        x.flags = <uint8_t>(kind | (RT_NOVARS if novars else 0))
+        x.fastmask = 0
+        x.fast = NULL
+        self._used += 1
+        if kind != RT_ROOT:
+            self._next_uid += 1
+        return <Py_ssize_t>j
+
+    cdef _RtRoot _root(self, str host, bint create):
         cdef bytes h = host.lower().encode() if host.isascii() else host.lower().encode("idna")
-        cdef _RNode node
+        cdef _RtRoot root
         if h == b"*":
             if self._default is None and create:
-                self._default = _RNode()
+                self._default = self._new_root()
             return self._default
         if h.startswith(b"*."):
             table, key = self._wild, h[1:]
         else:
             table, key = self._exact, h
-        node = table.get(key)
-        if node is None and create:
-            node = _RNode()
-            table[key] = node
-        return node
+        root = table.get(key)
+        if root is None and create:
+            root = self._new_root()
+            table[key] = root
+        return root
+
+    cdef _RtRoot _new_root(self):
+        cdef _RtRoot root = _RtRoot.__new__(_RtRoot)
+        cdef Py_ssize_t j
+        if self._next_uid == 0xFFFFFFFF:
+            raise MemoryError("router: too many nodes")
+        root.uid = self._next_uid
+        j = self._insert(root.uid, 0, RT_ROOT, None, True)
+        self._next_uid += 1
+        root.phash = self._tab[j].phash
+        return root
+
+    cdef int _set_route(self, uint32_t uid, uint32_t ph, str method, object route) except -1:
+        cdef dict by = self._byname.get(uid)
+        cdef _RTerm term = None
+        cdef _RtEnt* e
+        cdef int mi
+        cdef uint8_t mask = 0
+        cdef bint novars
+        if by is None:
+            by = {}
+            self._byname[uid] = by
+        by[method] = route
+        self._pms[uid] = PathMethods(dict(by))
+        novars = (self._tab[self._slot_of(uid, ph)].flags & RT_NOVARS) != 0
+        # Resolved once here, per method index: exact > HEAD->GET > ANY.
+        anyr = by.get("ANY")
+        res = []
+        for name in _RT_MINDEX:
+            r = by.get(name)
+            if r is None and name == "HEAD":
+                r = by.get("GET")
+            res.append(anyr if r is None else r)
+        res.append(anyr)
+        answers = {}  # id(route) -> what match returns for it
+        for r in res:
+            if r is not None and id(r) not in answers:
+                # PERF: a node without variables answers with one ready tuple, no allocation.
+                answers[id(r)] = (200, r, _rt_EMPTY) if novars else r
+        for mi in range(RT_NMETHODS):
+            if res[mi] is not None:
+                mask |= <uint8_t>(1 << mi)
+        if len(answers) > 1:
+            term = _RTerm.__new__(_RTerm)
+            for mi in range(RT_NMETHODS):
+                if res[mi] is not None:
+                    term.res[mi] = <PyObject*>answers[id(res[mi])]
+            fast = term
+        else:
+            fast = next(iter(answers.values()), None)
+        e = self._tab + self._slot_of(uid, ph)
+        e.fast = NULL if fast is None else <PyObject*>fast
+        e.fastmask = mask
+        e.flags = <uint8_t>((e.flags & ~RT_MULTI) | RT_TERMINAL | (RT_MULTI if term is not None else 0))
+        self._objs[uid] = (fast, tuple(answers.values()))
+        return 0
 
     def add(self, hosts, str prefix, str template, str method, route):
         """Add ``route`` for (each host, prefix + template, method); returns the variable names.
@@ -390,61 +824,64 @@ cdef class Router:
         Raises ValueError for a bad template and RouteConflict for a duplicate; nothing is
         added when it raises.
         """
-        cdef _RNode node, nxt
-        cdef bint create
+        cdef _RtRoot root
+        cdef uint32_t uid, ph
+        cdef Py_ssize_t j
+        cdef int kind
+        cdef bint novars
+        cdef dict by
         segs, names = _rt_parse_template(prefix, template)
         method = method.upper()
         if method not in _RT_METHODS:
             raise ValueError(f"unknown method {method!r}")
         hosts = list(hosts) or ["*"]
-        for create in (False, True):
-            for host in hosts:
-                node = self._root(host, create)
-                for kind, key in segs:
-                    if node is None:
-                        break
-                    if kind == 0:
-                        if node.static is None:
-                            if not create:
-                                node = None
-                                break
-                            node.static = {}
-                        nxt = node.static.get(key)
-                        if nxt is None and create:
-                            nxt = _RNode()
-                            node.static[key] = nxt
-                    elif kind == 1:
-                        if node.var is None and create:
-                            node.var = _RNode()
-                        nxt = node.var
-                    else:
-                        if node.rest is None and create:
-                            node.rest = _RNode()
-                        nxt = node.rest
-                    node = nxt
-                if node is None:
-                    continue
-                if create:
-                    node.set_route(method, route)
-                elif node.by_name is not None and method in node.by_name:
-                    raise RouteConflict(
-                        f"{method} {prefix}{template} on host {host!r} duplicates a route "
-                        f"with the same shape and method")
+        for host in hosts:
+            root = self._root(host, False)
+            if root is None:
+                continue
+            uid, ph = root.uid, root.phash
+            for kind, key in segs:
+                j = self._find(uid, ph, kind, key)
+                if j < 0:
+                    uid = 0
+                    break
+                uid, ph = self._tab[j].uid, self._tab[j].phash
+            if uid == 0:
+                continue
+            by = self._byname.get(uid)
+            if by is not None and method in by:
+                raise RouteConflict(
+                    f"{method} {prefix}{template} on host {host!r} duplicates a route "
+                    f"with the same shape and method")
+        for host in hosts:
+            root = self._root(host, True)
+            uid, ph = root.uid, root.phash
+            novars = True
+            for kind, key in segs:
+                if kind != RT_STATIC:
+                    novars = False
+                j = self._find(uid, ph, kind, key)
+                if j < 0:
+                    j = self._insert(uid, ph, kind, key, novars)
+                uid, ph = self._tab[j].uid, self._tab[j].phash
+            self._set_route(uid, ph, method, route)
         self.count += 1
         return names
 
-    cdef _RNode _root_for(self, bytes host):
+    # -- matching ----------------------------------------------------------------------
+
+    cdef _RtRoot _root_for(self, bytes host):
         cdef PyObject* o = PyDict_GetItem(self._exact, host)
         cdef Py_ssize_t i
         if o != NULL:
-            return <_RNode>o
+            return <_RtRoot>o
         if self._wild:
             # Longest suffix first: try ".b.example.com", then ".example.com", ...
             i = host.find(b".")
             while i >= 0:
                 o = PyDict_GetItem(self._wild, host[i:])
                 if o != NULL:
-                    return <_RNode>o
+                    return <_RtRoot>o
                 i = host.find(b".", i + 1)
         return self._default
 
@@ -452,25 +889,33 @@ cdef class Router:
         """(200, route, values) | (404, None, None) | (405, PathMethods, values)."""
         if host is None or method is None or path is None:
             raise TypeError("match() takes bytes host, method and path")
-        cdef _RNode root = self._root_for(host)
-        cdef _RNode found, node
-        cdef const char* p = PyBytes_AS_STRING(path)
+        cdef _RtRoot root = self._root_for(host)
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(path)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(path)
         cdef Py_ssize_t i, j, cap
-        cdef int nseg = 0, kout = 0
+        cdef int nseg = 0, d, mi
+        cdef uint32_t ph
         cdef Py_ssize_t stack_buf[4 * RT_STACK_SEGS]
+        cdef uint64_t stack_hs[RT_STACK_SEGS]
         cdef Py_ssize_t* buf = stack_buf
-        cdef tuple values
+        cdef uint64_t* hs = stack_hs
+        cdef const _RtEnt* e
+        cdef _RtCtx c
+        cdef PyObject* o
+        cdef tuple values = _rt_EMPTY
         if root is None:
             return (404, None, None)
-        # PERF: segment offsets live in a C stack array; the heap only for >64 segments.
+        # PERF: segment offsets and hashes live in C stack arrays; the heap only for >64 segments.
         cap = 1
         for i in range(n):
             if p[i] == 47:
                 cap += 1
         if cap > RT_STACK_SEGS:
             buf = <Py_ssize_t*>PyMem_Malloc(4 * cap * sizeof(Py_ssize_t))
-            if buf == NULL:
+            hs = <uint64_t*>PyMem_Malloc(cap * sizeof(uint64_t))
+            if buf == NULL or hs == NULL:
+                PyMem_Free(buf)
+                PyMem_Free(hs)
                 raise MemoryError()
         try:
             i = 1
@@ -484,18 +929,72 @@ cdef class Router:
                 i = j + 1
             if nseg > 0 and buf[nseg - 1] == buf[cap + nseg - 1]:
                 nseg -= 1  # one trailing "/" is ignored for matching
-            found = _rt_search(root, path, p, buf, buf + cap, nseg, 0, 0, buf + 2 * cap,
-                               buf + 3 * cap, n, method, &kout)
-            if found is None:
+            for d in range(nseg):
+                hs[d] = _rt_hash(p + buf[d], buf[cap + d] - buf[d], self._seed)
+            c.tab = self._tab
+            c.mask = self._mask
+            c.hmask = self._hmask
+            c.pool = self._pool
+            c.p = p
+            c.ss = buf
+            c.se = buf + cap
+            c.hs = hs
+            c.vs = buf + 2 * cap
+            c.ve = buf + 3 * cap
+            c.pend = n
+            c.nseg = nseg
+            c.k = 0
+            if self._mask >= RT_PREFETCH_MIN_CAP:
+                # PERF: a node's place follows from its parent's path hash and the segment
+                # alone, so the slots of the all-static chain (and of each chain node's {var}
+                # child) are known before the walk reads any of them: fetch them all at
+                # once, and the walk waits for about one memory latency instead of one per level.
+                ph = root.phash
+                for d in range(min(nseg, RT_PREFETCH_DEPTH)):
+                    _rt_prefetch(c.tab + ((_rt_kind_ph(ph, RT_VAR) & c.hmask) & c.mask))
+                    ph = _rt_child_ph(ph, hs[d]) & c.hmask
+                    _rt_prefetch(c.tab + (ph & c.mask))
+            e = _rt_walk(&c, c.tab + self._slot_of(root.uid, root.phash), 0, 0)
+            if e == NULL:
                 return (404, None, None)
-            values = _rt_values(path, buf + 2 * cap, buf + 3 * cap, kout)
+            if c.k:
+                values = _rt_values(path, c.vs, c.ve, c.k)
         finally:
             if buf != stack_buf:
                 PyMem_Free(buf)
-        route = found.pick(method)
-        if route is not None:
-            return (200, route, values)
-        return (405, found.pm, values)
+                PyMem_Free(hs)
+        mi = _rt_method_index(method)
+        if e.flags & RT_MULTI:
+            o = (<_RTerm>e.fast).res[mi]
+        elif (e.fastmask >> mi) & 1:
+            o = e.fast
+        else:
+            o = NULL
+        if o == NULL:
+            return (405, self._pms[e.uid], values)
+        if e.flags & RT_NOVARS:
+            return <tuple>o
+        return (200, <object>o, values)
+
+    # -- tests -------------------------------------------------------------------------
+
+    def _debug_set_hash(self, mask, seed=None):
+        """Tests only: AND every path hash with ``mask`` (0 puts every node in one probe run)."""
+        if self._used:
+            raise ValueError("only on an empty Router")
+        self._hmask = mask
+        if seed is not None:
+            self._seed = seed
+
+    def _debug_stats(self):
+        """Tests only: capacity, used slots, pool bytes, the longest probe distance, entry size."""
+        cdef uint64_t j, longest = 0, dist
+        for j in range(self._mask + 1):
+            if self._tab[j].uid != 0:
+                dist = (j - (self._tab[j].phash & self._mask)) & self._mask
+                longest = max(longest, dist)
+        return {"capacity": self._mask + 1, "used": self._used, "pool_bytes": self._pool_len,
+                "longest_probe": longest, "entry_bytes": sizeof(_RtEnt)}
 
 
 # ---------------------------------------------------------------------------------------

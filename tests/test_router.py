@@ -6,6 +6,10 @@ that every configured path is found with the right variables.
 
 from __future__ import annotations
 
+import functools
+import gc
+import random
+import weakref
 from typing import Any
 
 import pytest
@@ -225,3 +229,246 @@ def test_every_route_is_found_with_its_values(routes: Any, data: Any) -> None:
             elif route == i:
                 assert got == tuple(vals)
         assert canon(c.match(b"h", m, path)) == canon(ref.match(b"h", m, path))
+
+
+# ------------------------------------------------------- the compiled router's flat table
+# _core.Router keeps every node in one open-addressed hash table (see _router.pxi): the
+# tests below aim at what that adds risk to (growth, collisions, inline vs pooled segments,
+# many routes), always against the reference router or an exact expectation.
+
+ALL_METHODS = [b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS", b"ANY", b"BREW", b"get"]
+
+
+def build_pair(routes: list[tuple[str, str]], hash_mask: int | None = None) -> tuple[Any, Any]:
+    """Both routers with ``routes`` ((template, method), route = index); duplicates skipped."""
+    c, ref = _core.Router(), router_ref.Router()
+    if hash_mask is not None:
+        c._debug_set_hash(hash_mask)
+    for i, (template, method) in enumerate(routes):
+        try:
+            ref.add(["*"], "", template, method, i)
+        except router_ref.RouteConflict:
+            with pytest.raises(_core.RouteConflict):
+                c.add(["*"], "", template, method, i)
+            continue
+        c.add(["*"], "", template, method, i)
+    return c, ref
+
+
+@functools.cache
+def many_routes(n: int) -> list[tuple[str, str]]:
+    """n routes of mixed shapes: shared and unique prefixes, {var}, {rest*}, long segments."""
+    out = []
+    for i in range(n):
+        shape = i % 6
+        if shape == 0:
+            out.append((f"/api/v{i % 3}/res{i}/{{id}}", "GET"))
+        elif shape == 1:
+            out.append((f"/res{i}/items", "GET"))
+            out.append((f"/res{i}/items", "POST"))
+        elif shape == 2:
+            out.append((f"/res{i}/{{x}}/sub", "ANY"))
+        elif shape == 3:
+            out.append((f"/files{i}/{{p*}}", "GET"))
+        elif shape == 4:
+            out.append((f"/{{a}}/fixed{i}", "PUT"))
+        else:
+            out.append((f"/a-rather-long-static-segment-{i:06d}/x", "DELETE"))
+    return out
+
+
+N_MANY = 20_000
+_many_cache: dict[str, Any] = {}
+
+
+def many_pair() -> tuple[Any, Any]:
+    if "pair" not in _many_cache:
+        _many_cache["pair"] = build_pair(many_routes(N_MANY))
+    return _many_cache["pair"]
+
+
+@st.composite
+def many_lookups(draw: Any) -> bytes:
+    template, _ = many_routes(N_MANY)[draw(st.integers(0, len(many_routes(N_MANY)) - 1))]
+    parts = []
+    for seg in template.split("/")[1:]:
+        if seg.startswith("{"):
+            parts.append(draw(st.sampled_from(["1", "abc", "fixed3", "items", "res7", "x"])))
+        else:
+            parts.append(seg)
+    mutation = draw(st.integers(0, 5))
+    if mutation == 1 and parts:
+        k = draw(st.integers(0, len(parts) - 1))
+        s = parts[k]
+        j = draw(st.integers(0, len(s) - 1))
+        parts[k] = s[:j] + draw(st.sampled_from("0z-")) + s[j + 1:]  # one byte changed
+    elif mutation == 2:
+        parts.append(draw(st.sampled_from(["sub", "x", "1"])))
+    elif mutation == 3 and parts:
+        parts.pop()
+    path = "/" + "/".join(parts)
+    if mutation == 4:
+        path += "/"
+    return path.encode()
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(many_lookups(), min_size=1, max_size=20), st.sampled_from(ALL_METHODS))
+def test_many_routes_agree_with_reference(paths: list[bytes], method: bytes) -> None:
+    c, ref = many_pair()
+    for path in paths:
+        assert canon(c.match(b"h", method, path)) == canon(ref.match(b"h", method, path)), path
+
+
+def test_many_routes_every_route_answers() -> None:
+    # Oracle: each route's own path (variables filled in) answers 200 with that route and
+    # exactly those values; no two of these shapes overlap.
+    c, _ = many_pair()
+    for idx, (template, method) in enumerate(many_routes(N_MANY)):
+        parts, vals = [], []
+        for seg in template.split("/")[1:]:
+            if seg.startswith("{"):
+                v = "q1/q2" if seg.endswith("*}") else "q1"
+                parts.append(v)
+                vals.append(v.encode())
+            else:
+                parts.append(seg)
+        m = b"GET" if method == "ANY" else method.encode()
+        assert c.match(b"h", m, ("/" + "/".join(parts)).encode()) == (200, idx, tuple(vals)), template
+    stats = c._debug_stats()
+    assert stats["used"] * 10 <= stats["capacity"] * 7
+
+
+def test_table_growth_keeps_every_route() -> None:
+    r = _core.Router()
+    caps = [r._debug_stats()["capacity"]]
+    added: list[tuple[bytes, Any]] = []
+    for i in range(3_000):
+        r.add(["*"], "", f"/g{i}/{{v}}/t{i % 7}", "GET", i)
+        added.append((f"/g{i}/x/t{i % 7}".encode(), i))
+        cap = r._debug_stats()["capacity"]
+        if cap != caps[-1]:
+            caps.append(cap)
+            for path, route in added:  # right after each rehash: everything still found
+                assert r.match(b"h", b"GET", path) == (200, route, (b"x",))
+    assert len(caps) >= 5 and caps == sorted(caps)
+    stats = r._debug_stats()
+    assert stats["used"] == 1 + 3 * 3_000 and stats["used"] * 10 <= stats["capacity"] * 7
+    assert stats["entry_bytes"] == 32  # two entries per cache line
+
+
+@pytest.mark.parametrize("mask", [0, 1, 0xF])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(routes=route_sets(), paths=st.lists(st.lists(st.one_of(SEG, st.just("zz")), max_size=5), min_size=1, max_size=8),
+       method=st.sampled_from(ALL_METHODS), slash=st.booleans())
+def test_hash_collisions_change_nothing(mask: int, routes: Any, paths: Any, method: bytes, slash: bool) -> None:
+    # mask 0: every node has the same path hash, so all of them sit in one probe run and
+    # every lookup compares against every node; only parent, kind and bytes tell them apart.
+    c, ref = build_pair(routes, hash_mask=mask)
+    for segs in paths:
+        path = ("/" + "/".join(segs) + ("/" if slash and segs else "")).encode()
+        assert canon(c.match(b"h", method, path)) == canon(ref.match(b"h", method, path))
+
+
+def test_full_collisions_with_many_nodes_and_hosts() -> None:
+    r = _core.Router()
+    r._debug_set_hash(0)
+    for i in range(300):
+        r.add(["*"], "", f"/p{i % 10}/q{i}", "GET", ("q", i))
+        r.add(["*"], "", f"/p{i % 10}/q{i}/{{v}}", "POST", ("v", i))
+        r.add([f"h{i % 3}.example"], "", f"/p{i % 10}/q{i}", "GET", ("host", i))
+    assert r._debug_stats()["longest_probe"] > 500  # they really all collide
+    for i in range(300):
+        assert r.match(b"x", b"GET", f"/p{i % 10}/q{i}".encode()) == (200, ("q", i), ())
+        assert r.match(b"x", b"POST", f"/p{i % 10}/q{i}/9".encode()) == (200, ("v", i), (b"9",))
+        assert r.match(f"h{i % 3}.example".encode(), b"GET", f"/p{i % 10}/q{i}".encode()) == (200, ("host", i), ())
+        assert r.match(b"x", b"GET", f"/p{(i + 1) % 10}/q{i}".encode()) == (404, None, None)
+    with pytest.raises(ValueError):
+        r._debug_set_hash(0xFFFFFFFF)  # only on an empty router
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33, 100, 70_000])
+def test_segment_lengths_inline_pool_and_long(n: int) -> None:
+    # <= 8 bytes are packed in the entry, longer ones are in the pool, >= 65535 have their
+    # length in the pool too: a segment differing in any single byte must not match.
+    rng = random.Random(n)
+    seg = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(n))
+    r, ref = build_pair([(f"/{seg}", "GET"), (f"/{seg}/{{v}}", "GET"), (f"/x/{seg}", "GET")])
+    for router in (r, ref):
+        assert router.match(b"h", b"GET", f"/{seg}".encode()) == (200, 0, ())
+        assert router.match(b"h", b"GET", f"/{seg}/1".encode()) == (200, 1, (b"1",))
+        assert router.match(b"h", b"GET", f"/x/{seg}/".encode()) == (200, 2, ())
+    positions = range(n) if n <= 40 else [0, 1, 7, 8, 9, n // 2, n - 9, n - 8, n - 2, n - 1]
+    for j in positions:
+        other = seg[:j] + ("_" if seg[j] != "_" else "-") + seg[j + 1:]
+        assert r.match(b"h", b"GET", f"/{other}".encode()) == (404, None, None)
+        assert r.match(b"h", b"GET", f"/x/{other}".encode()) == (404, None, None)
+    for other in (seg[:-1], seg + "a", "a" + seg):
+        assert r.match(b"h", b"GET", f"/{other}".encode()) == (404, None, None)
+
+
+def test_long_segments_are_stored_once() -> None:
+    r = _core.Router()
+    long = "shared-long-segment-name"
+    for i in range(100):
+        r.add(["*"], "", f"/p{i}/{long}", "GET", i)
+    assert r._debug_stats()["pool_bytes"] == len(long)
+    assert r.match(b"h", b"GET", f"/p42/{long}".encode()) == (200, 42, ())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=12).filter(lambda b: b"/" not in b), max_size=6),
+       st.sampled_from(ALL_METHODS))
+def test_raw_bytes_and_empty_segments_agree(segs: list[bytes], method: bytes) -> None:
+    # match() takes any bytes (normally normalized): empty segments, NUL, bytes >= 0x80.
+    c, ref = raw_pair()
+    path = b"/" + b"/".join(segs)
+    assert canon(c.match(b"h", method, path)) == canon(ref.match(b"h", method, path))
+
+
+def raw_pair() -> tuple[Any, Any]:
+    if "raw" not in _many_cache:
+        _many_cache["raw"] = build_pair([
+            ("/caf\u00e9/{x}", "GET"), ("/%00/{x}/{r*}", "GET"), ("/{a}/{b}", "POST"),
+            ("/a/{r*}", "ANY"), ("/{a}/b/{c}", "GET"), ("/a//".rstrip("/"), "GET"), ("/\u00e9\u00e9\u00e9\u00e9\u00e9", "GET"),
+        ])
+    return _many_cache["raw"]
+
+
+def test_empty_and_non_ascii_segments() -> None:
+    c, ref = raw_pair()
+    for router in (c, ref):
+        assert router.match(b"h", b"GET", b"/caf%C3%A9/1") == (200, 0, (b"1",))
+        # raw bytes are not normalized: not the static caf%C3%A9, but /{a}/{b} (POST only)
+        assert router.match(b"h", b"POST", b"/caf\xc3\xa9/1") == (200, 2, (b"caf\xc3\xa9", b"1"))
+        assert router.match(b"h", b"GET", b"/caf\xc3\xa9/1")[0] == 405
+        assert router.match(b"h", b"GET", b"/%00/v/w/z") == (200, 1, (b"v", b"w/z"))
+        assert router.match(b"h", b"GET", b"/a//b") == (200, 3, (b"/b",))   # {r*} takes the empty segment
+        assert router.match(b"h", b"POST", b"/x//") == (404, None, None)    # {b} never matches ""
+        assert router.match(b"h", b"GET", b"//b/c")[0] == 404               # {a} never matches ""
+        assert router.match(b"h", b"GET", b"/%C3%A9%C3%A9%C3%A9%C3%A9%C3%A9") == (200, 6, ())
+
+
+def test_method_answers_per_node() -> None:
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+    r, ref = build_pair([("/m", m) for m in methods[:4]] + [("/m/{v}", m) for m in methods]
+                        + [("/only", "POST"), ("/anyh", "ANY"), ("/anyh", "HEAD"), ("/g", "GET")])
+    for path in (b"/m", b"/m/1", b"/only", b"/anyh", b"/g", b"/m/1/"):
+        for method in ALL_METHODS:
+            assert canon(r.match(b"h", method, path)) == canon(ref.match(b"h", method, path)), (path, method)
+    assert r.match(b"h", b"GET", b"/m") is r.match(b"h", b"GET", b"/m")  # a static answer is one ready tuple
+
+
+def test_router_in_a_reference_cycle_is_collected() -> None:
+    class Route:
+        router: Any = None
+
+    r = _core.Router()
+    route = Route()
+    route.router = r
+    r.add(["*"], "", "/c/{v}", "GET", route)
+    assert r.match(b"h", b"GET", b"/c/1") == (200, route, (b"1",))
+    ref = weakref.ref(route)
+    del r, route
+    gc.collect()
+    assert ref() is None
