@@ -165,8 +165,13 @@ def route_sets(draw: Any) -> list[tuple[str, str]]:
     return out
 
 
-def build_both(routes: list[tuple[str, str]]) -> tuple[Any, Any, list[tuple[str, str, int]]]:
+def build_both(routes: list[tuple[str, str]],
+               hash_mask: int | None = None) -> tuple[Any, Any, list[tuple[str, str, int]]]:
+    """Both routers with ``routes`` ((template, method), route = index) and the routes kept
+    (duplicates skipped); ``hash_mask`` forces hash collisions in the Cython table."""
     c, ref = _core.Router(), router_ref.Router()
+    if hash_mask is not None:
+        c._debug_set_hash(hash_mask)
     kept = []
     for i, (template, method) in enumerate(routes):
         try:
@@ -240,18 +245,8 @@ ALL_METHODS = [b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS"
 
 
 def build_pair(routes: list[tuple[str, str]], hash_mask: int | None = None) -> tuple[Any, Any]:
-    """Both routers with ``routes`` ((template, method), route = index); duplicates skipped."""
-    c, ref = _core.Router(), router_ref.Router()
-    if hash_mask is not None:
-        c._debug_set_hash(hash_mask)
-    for i, (template, method) in enumerate(routes):
-        try:
-            ref.add(["*"], "", template, method, i)
-        except router_ref.RouteConflict:
-            with pytest.raises(_core.RouteConflict):
-                c.add(["*"], "", template, method, i)
-            continue
-        c.add(["*"], "", template, method, i)
+    """Both routers with ``routes`` (see build_both)."""
+    c, ref, _kept = build_both(routes, hash_mask)
     return c, ref
 
 
