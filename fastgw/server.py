@@ -100,8 +100,7 @@ class Worker:
             port = str(sock.getsockname()[1]).encode()
             fwd = _core.ForwardInfo(b"https" if tls else b"http", port)
             server = await self.loop.create_server(
-                lambda fwd=fwd, engine=self.engine: _core.ClientConnection(engine, fwd),
-                sock=sock, ssl=ctx, backlog=4096)
+                _core.ClientFactory(self.engine, fwd), sock=sock, ssl=ctx, backlog=4096)
             self.servers.append(server)
         if self.access_log is not None and hasattr(self.access_log, "start"):
             self.access_log.start(self.loop)
