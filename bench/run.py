@@ -63,8 +63,9 @@ ALL_SCENARIOS = ("plain", "post", "gateway", "routes", "close")
 ALL_PROXIES = ("fastgw", "nginx", "haproxy", "caddy", "aiohttp")
 # fastgw doing the same job with its own bookkeeping switched off, to price it (issue: the
 # counters may cost at most 5%): "-nostats" without the stats counters, "-bare" without
-# counters and access log. Run them with --proxies fastgw,fastgw-nostats,fastgw-bare,nginx.
-FASTGW_VARIANTS = ("fastgw-nostats", "fastgw-bare")
+# counters and access log, "-uvloop" with client sockets on uvloop transports instead of
+# fastgw's own epoll set. Run them with --proxies fastgw,fastgw-nostats,fastgw-bare,nginx.
+FASTGW_VARIANTS = ("fastgw-nostats", "fastgw-bare", "fastgw-uvloop")
 KNOWN_PROXIES = ALL_PROXIES + FASTGW_VARIANTS
 SCRIPTS = {s: BENCH / f"{s}.lua" for s in ALL_SCENARIOS}
 NROUTES = 1000
@@ -283,6 +284,7 @@ def fastgw_launch(scenario: str, port: int, up: int, wd: Path, variant: str = ""
     path.write_text(json.dumps(cfg, indent=1))
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["FASTGW_UVLOOP_TRANSPORTS"] = "1" if variant == "uvloop" else "0"
     return Launch([*fastgw_command(), "run", "-c", str(path), "--workers", "1"], env=env, cwd=REPO,
                   startup_timeout=30.0)
 
@@ -291,6 +293,7 @@ LAUNCHERS: dict[str, Callable[[str, int, int, Path], Launch]] = {
     "fastgw": fastgw_launch,
     "fastgw-nostats": lambda sc, port, up, wd: fastgw_launch(sc, port, up, wd, "nostats"),
     "fastgw-bare": lambda sc, port, up, wd: fastgw_launch(sc, port, up, wd, "bare"),
+    "fastgw-uvloop": lambda sc, port, up, wd: fastgw_launch(sc, port, up, wd, "uvloop"),
     "nginx": nginx_launch,
     "haproxy": haproxy_launch,
     "caddy": caddy_launch,

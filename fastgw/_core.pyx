@@ -7,6 +7,7 @@
 - ``_context.pxi``: the per-request context that plugins see.
 - ``_plugins.pxi``: the compiled plugin chain and the built-in plugins' C parts.
 - ``_proxy.pxi``:  the client/upstream connection state machines, pools, timer wheel.
+- ``_poller.pxi``: plain-TCP client sockets on an epoll set of our own (no uvloop transport).
 - ``_log.pxi``:    the access-log JSON-lines formatter.
 """
 
@@ -16,4 +17,5 @@ include "_stats.pxi"
 include "_context.pxi"
 include "_plugins.pxi"
 include "_proxy.pxi"
+include "_poller.pxi"
 include "_log.pxi"

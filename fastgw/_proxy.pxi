@@ -458,6 +458,9 @@ cdef class ClientConnection(Timed):
         self.engine._check_drained()
 
     def data_received(self, bytes data):
+        self._on_data(data)
+
+    cdef void _on_data(self, bytes data):
         try:
             if self.state == S_HEAD:
                 if self.inbuf:

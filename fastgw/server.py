@@ -23,6 +23,10 @@ from fastgw.compile import Runtime, compile_config
 from fastgw.config import Config, load
 from fastgw.pipeline import make_scope_factory
 
+# FASTGW_UVLOOP_TRANSPORTS=1 serves plain-TCP clients through uvloop transports (as TLS
+# listeners always are) instead of fastgw's own epoll set: for comparison and as a fallback.
+UVLOOP_TRANSPORTS = os.environ.get("FASTGW_UVLOOP_TRANSPORTS", "") not in ("", "0")
+
 log = logging.getLogger("fastgw.worker")
 
 
@@ -57,7 +61,8 @@ class Worker:
         self.engine.access_log = self.access_log
         self.runtime: Runtime = compile_config(config, self.engine, slot_for, self._scope_factory())
         self.engine.router = self.runtime.router
-        self.servers: list[asyncio.AbstractServer] = []
+        self.servers: list[Any] = []      # asyncio Servers (TLS) and _core.Listeners
+        self.poller: Any = None
 
     def _scope_factory(self) -> Any:
         return make_scope_factory(self.config)
@@ -99,9 +104,14 @@ class Worker:
             ctx = _ssl_context(tls) if tls else None
             port = str(sock.getsockname()[1]).encode()
             fwd = _core.ForwardInfo(b"https" if tls else b"http", port)
-            server = await self.loop.create_server(
-                _core.ClientFactory(self.engine, fwd), sock=sock, ssl=ctx, backlog=4096)
-            self.servers.append(server)
+            factory = _core.ClientFactory(self.engine, fwd)
+            if ctx is None and not UVLOOP_TRANSPORTS:
+                # PERF: plain TCP clients on fastgw's own epoll set (fastgw/_poller.pxi).
+                if self.poller is None:
+                    self.poller = _core.Poller(self.loop)
+                self.servers.append(_core.Listener(self.poller, sock, factory, 4096))
+            else:
+                self.servers.append(await self.loop.create_server(factory, sock=sock, ssl=ctx, backlog=4096))
         if self.access_log is not None and hasattr(self.access_log, "start"):
             self.access_log.start(self.loop)
 
@@ -117,6 +127,8 @@ class Worker:
         for conn in list(self.engine.connections):
             conn.transport.close() if conn.transport is not None else None
         self.engine.stop()
+        if self.poller is not None:
+            self.poller.close()
         self.runtime.close()
         if self.access_log is not None:
             self.access_log.close()

@@ -1,0 +1,443 @@
+# part of fastgw/_core.pyx (see its docstring)
+#
+# Client connections on plain-TCP listeners without uvloop transports.
+#
+# uvloop pays, per accepted connection, a TCPTransport with getsockname + getpeername +
+# setsockopt(TCP_NODELAY) syscalls, a Python WeakValueDictionary entry (interpreted code),
+# a pseudo-socket and a call_soon for connection_made; and per read, its stream machinery
+# and a context switch into the protocol. Here one epoll set of our own is registered once
+# with the loop (``loop.add_reader(epfd)``): when it is readable, ``Poller._ready`` drains
+# it and dispatches in C — accept4 (the peer address comes with it; TCP_NODELAY is
+# inherited from the listener), recv into one shared buffer, send straight from the
+# caller's bytes. FdTransport offers the asyncio.Transport subset ClientConnection uses
+# (write, pause/resume_reading, close, abort, is_closing, get_extra_info, flow control
+# through the protocol's pause_writing/resume_writing), with asyncio's order of callbacks:
+# connection_lost comes from the loop, after close() has returned.
+#
+# TLS listeners and upstream connections stay on uvloop transports.
+
+from posix.unistd cimport close as _c_close
+
+cdef extern from "<sys/types.h>" nogil:
+    ctypedef long ssize_t
+
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        void* ptr
+        int fd
+        unsigned long long u64
+    cdef struct epoll_event:
+        unsigned int events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event* event)
+    int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout)
+    int EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CTL_DEL
+    unsigned int EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    cdef struct sockaddr:
+        unsigned short sa_family
+    cdef struct sockaddr_storage:
+        unsigned short ss_family
+    int accept4(int fd, sockaddr* addr, socklen_t* addrlen, int flags)
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
+    ssize_t recv(int fd, void* buf, size_t n, int flags)
+    int SOCK_NONBLOCK, SOCK_CLOEXEC, MSG_NOSIGNAL, AF_INET, AF_INET6
+
+cdef extern from "<netinet/in.h>" nogil:
+    cdef struct in_addr:
+        pass
+    cdef struct sockaddr_in:
+        unsigned short sin_family
+        unsigned short sin_port
+        in_addr sin_addr
+    cdef struct in6_addr:
+        pass
+    cdef struct sockaddr_in6:
+        unsigned short sin6_family
+        unsigned short sin6_port
+        unsigned int sin6_flowinfo
+        in6_addr sin6_addr
+        unsigned int sin6_scope_id
+    unsigned short ntohs(unsigned short)
+
+cdef extern from "<arpa/inet.h>" nogil:
+    const char* inet_ntop(int af, const void* src, char* dst, socklen_t size)
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+    int EAGAIN, EWOULDBLOCK, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM, ECONNABORTED
+
+DEF POLL_BATCH = 256
+DEF READ_SIZE = 262144
+DEF ACCEPT_BATCH = 64
+DEF WRITE_HIGH = 65536
+DEF WRITE_LOW = 16384
+
+cdef object _os_error(int err):
+    return OSError(err, _os.strerror(err))
+
+
+cdef class Poller:
+    """One epoll set per worker for the client side of plain-TCP listeners."""
+
+    cdef int epfd
+    cdef object loop
+    cdef char* rbuf                  # PERF: one receive buffer for every connection
+    cdef set live                    # registered listeners and transports (strong refs)
+    cdef epoll_event events[POLL_BATCH]
+
+    def __cinit__(self):
+        self.epfd = -1
+        self.rbuf = NULL
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.live = set()
+        self.rbuf = <char*>malloc(READ_SIZE)
+        if self.rbuf == NULL:
+            raise MemoryError()
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            raise _os_error(errno)
+        loop.add_reader(self.epfd, self._ready)
+
+    def __dealloc__(self):
+        if self.rbuf != NULL:
+            free(self.rbuf)
+        if self.epfd >= 0:
+            _c_close(self.epfd)
+
+    def close(self):
+        """Stop polling (the worker is done); registered fds are the owners' to close."""
+        if self.epfd >= 0:
+            self.loop.remove_reader(self.epfd)
+            _c_close(self.epfd)
+            self.epfd = -1
+
+    cdef int _set(self, int fd, unsigned int mask, int op, object owner) except -1:
+        cdef epoll_event ev
+        ev.events = mask
+        ev.data.ptr = <void*>owner
+        if epoll_ctl(self.epfd, op, fd, &ev) < 0:
+            raise _os_error(errno)
+        return 0
+
+    def _ready(self):
+        """The epoll set is readable: dispatch what is ready (level-triggered)."""
+        cdef int n, i
+        cdef unsigned int ev
+        cdef object obj
+        if self.epfd < 0:
+            return
+        n = epoll_wait(self.epfd, self.events, POLL_BATCH, 0)
+        if n < 0:
+            return          # EINTR: the loop calls again while the set stays readable
+        for i in range(n):
+            # The object stays alive for the whole batch: ``live`` drops it only from a
+            # callback the loop runs later (FdTransport._lost).
+            obj = <object>self.events[i].data.ptr
+            ev = self.events[i].events
+            if type(obj) is FdTransport:
+                (<FdTransport>obj)._on_events(ev)
+            else:
+                (<Listener>obj)._accept()
+
+
+cdef class Listener:
+    """A plain-TCP listening socket served through the Poller."""
+
+    cdef Poller poller
+    cdef object sock                 # the socket.socket (owns the fd)
+    cdef int fd
+    cdef ClientFactory factory
+    cdef bint active
+    cdef object _retry
+
+    def __init__(self, Poller poller, sock, ClientFactory factory, int backlog=4096):
+        self.poller = poller
+        self.sock = sock
+        self.factory = factory
+        sock.setblocking(False)
+        # Accepted sockets inherit TCP_NODELAY from the listener (no setsockopt each).
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        sock.listen(backlog)
+        self.fd = sock.fileno()
+        self._start()
+
+    cdef void _start(self):
+        self._retry = None
+        if not self.active and self.poller.epfd >= 0:
+            self.poller._set(self.fd, EPOLLIN, EPOLL_CTL_ADD, self)
+            self.poller.live.add(self)
+            self.active = True
+
+    cdef void _stop(self):
+        cdef epoll_event ev
+        if self.active:
+            self.active = False
+            if self.poller.epfd >= 0:
+                epoll_ctl(self.poller.epfd, EPOLL_CTL_DEL, self.fd, &ev)
+            self.poller.live.discard(self)
+
+    def close(self):
+        """Stop accepting (the socket itself is closed by its owner)."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self._stop()
+
+    def _resume(self):
+        self._start()
+
+    cdef void _accept(self):
+        cdef sockaddr_storage addr
+        cdef socklen_t alen
+        cdef int cfd, k, err
+        cdef FdTransport tr
+        cdef ClientConnection conn
+        for k in range(ACCEPT_BATCH):
+            alen = sizeof(addr)
+            cfd = accept4(self.fd, <sockaddr*>&addr, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            if cfd < 0:
+                err = errno
+                if err == EAGAIN or err == EWOULDBLOCK or err == EINTR or err == ECONNABORTED:
+                    return
+                if err == EMFILE or err == ENFILE or err == ENOBUFS or err == ENOMEM:
+                    # Out of descriptors: stop accepting for a moment instead of spinning
+                    # on a level-triggered listener (pending clients wait in the backlog).
+                    _log.warning("accept failed (%s); pausing accepts for 0.5 s", _os.strerror(err))
+                    self._stop()
+                    self._retry = self.poller.loop.call_later(0.5, self._resume)
+                    return
+                _log.error("accept failed: %s", _os.strerror(err))
+                return
+            conn = <ClientConnection>self.factory()
+            tr = FdTransport.__new__(FdTransport)
+            tr._init(self.poller, cfd, conn, _peer_tuple(&addr))
+            conn.connection_made(tr)
+
+
+cdef object _peer_tuple(sockaddr_storage* addr):
+    cdef char text[64]
+    cdef sockaddr_in* a4
+    cdef sockaddr_in6* a6
+    if addr.ss_family == AF_INET:
+        a4 = <sockaddr_in*>addr
+        inet_ntop(AF_INET, &a4.sin_addr, text, sizeof(text))
+        return (text.decode("ascii"), ntohs(a4.sin_port))
+    if addr.ss_family == AF_INET6:
+        a6 = <sockaddr_in6*>addr
+        inet_ntop(AF_INET6, &a6.sin6_addr, text, sizeof(text))
+        return (text.decode("ascii"), ntohs(a6.sin6_port), a6.sin6_flowinfo, a6.sin6_scope_id)
+    return None
+
+
+cdef class FdTransport:
+    """A client connection's socket driven by the Poller (see the module comment)."""
+
+    cdef Poller poller
+    cdef int fd
+    cdef ClientConnection proto
+    cdef object peer
+    cdef list wbuf                   # bytes not yet sent, in order
+    cdef Py_ssize_t wsize
+    cdef unsigned int mask           # the events registered (0: not in the epoll set)
+    cdef bint reading
+    cdef bint closing                # close() called: no more reads; close once flushed
+    cdef bint closed                 # the fd is closed; connection_lost is scheduled
+    cdef bint write_paused           # the protocol was told pause_writing()
+
+    cdef void _init(self, Poller poller, int fd, ClientConnection proto, object peer):
+        self.poller = poller
+        self.fd = fd
+        self.proto = proto
+        self.peer = peer
+        self.reading = True
+        self.wsize = 0
+        poller.live.add(self)
+        self._update()
+
+    cdef void _update(self):
+        """Register the events this transport waits for (none: out of the set)."""
+        cdef unsigned int want = 0
+        cdef epoll_event ev
+        cdef int op
+        if self.closed or self.poller.epfd < 0:
+            return
+        if self.reading:
+            want |= EPOLLIN
+        if self.wbuf:
+            want |= EPOLLOUT
+        if want == self.mask:
+            return
+        if want == 0:
+            # PERF/correctness: out of the set, or a peer hang-up would be reported forever.
+            epoll_ctl(self.poller.epfd, EPOLL_CTL_DEL, self.fd, &ev)
+        else:
+            op = EPOLL_CTL_ADD if self.mask == 0 else EPOLL_CTL_MOD
+            ev.events = want
+            ev.data.ptr = <void*>self
+            if epoll_ctl(self.poller.epfd, op, self.fd, &ev) < 0:
+                self._fatal(_os_error(errno))
+                return
+        self.mask = want
+
+    cdef void _on_events(self, unsigned int ev):
+        if self.closed:
+            return
+        if ev & (EPOLLOUT | EPOLLERR) and self.wbuf:
+            self._flush()
+        if self.closed:
+            return
+        if ev & (EPOLLIN | EPOLLHUP | EPOLLERR) and self.reading:
+            self._read()
+
+    cdef void _read(self):
+        cdef ssize_t n = recv(self.fd, self.poller.rbuf, READ_SIZE, 0)
+        cdef int err
+        if n > 0:
+            self.proto._on_data(PyBytes_FromStringAndSize(self.poller.rbuf, n))
+        elif n == 0:
+            self.reading = False
+            self._update()
+            try:
+                keep_open = self.proto.eof_received()
+            except Exception as exc:
+                self._fatal(exc)
+                return
+            if not keep_open:
+                self.close()
+        else:
+            err = errno
+            if err != EAGAIN and err != EWOULDBLOCK and err != EINTR:
+                self._fatal(_os_error(err))
+
+    cdef void _flush(self):
+        cdef bytes data
+        cdef ssize_t n
+        cdef int err
+        while self.wbuf:
+            data = <bytes>self.wbuf[0]
+            n = send(self.fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), MSG_NOSIGNAL)
+            if n < 0:
+                err = errno
+                if err == EAGAIN or err == EWOULDBLOCK or err == EINTR:
+                    break
+                self._fatal(_os_error(err))
+                return
+            self.wsize -= n
+            if n < PyBytes_GET_SIZE(data):
+                self.wbuf[0] = data[n:]
+                break
+            del self.wbuf[0]
+        self._update()
+        if self.write_paused and self.wsize <= WRITE_LOW:
+            self.write_paused = False
+            self.proto.resume_writing()
+        if self.closing and not self.wbuf:
+            self._close_now(None)
+
+    # -- the asyncio.Transport subset ---------------------------------------------------
+    def write(self, bytes data):
+        cdef ssize_t n = 0
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+        cdef int err
+        if self.closing or self.closed or size == 0:
+            return
+        if not self.wbuf:
+            # PERF: the common case, one send() straight from the caller's bytes.
+            n = send(self.fd, PyBytes_AS_STRING(data), size, MSG_NOSIGNAL)
+            if n == size:
+                return
+            if n < 0:
+                err = errno
+                if err != EAGAIN and err != EWOULDBLOCK and err != EINTR:
+                    self._fatal(_os_error(err))
+                    return
+                n = 0
+            self.wbuf = [data[n:] if n else data]
+        else:
+            self.wbuf.append(data)
+        self.wsize += size - n
+        self._update()
+        if not self.write_paused and self.wsize > WRITE_HIGH:
+            self.write_paused = True
+            self.proto.pause_writing()
+
+    def writelines(self, lines):
+        for data in lines:
+            self.write(data)
+
+    def pause_reading(self):
+        if self.reading and not self.closing:
+            self.reading = False
+            self._update()
+
+    def resume_reading(self):
+        if not self.reading and not self.closing and not self.closed:
+            self.reading = True
+            self._update()
+
+    def is_reading(self):
+        return self.reading
+
+    def is_closing(self):
+        return self.closing or self.closed
+
+    def get_write_buffer_size(self):
+        return self.wsize
+
+    def get_extra_info(self, name, default=None):
+        if name == "peername":
+            return self.peer
+        if name == "sockname":
+            if self.closed:
+                return default
+            s = _socket.socket(fileno=_os.dup(self.fd))
+            try:
+                return s.getsockname()
+            finally:
+                s.close()
+        return default
+
+    def close(self):
+        if self.closing or self.closed:
+            return
+        self.closing = True
+        self.reading = False
+        if not self.wbuf:
+            self._close_now(None)
+        else:
+            self._update()
+
+    def abort(self):
+        self._close_now(None)
+
+    cdef void _fatal(self, exc):
+        self._close_now(exc)
+
+    cdef void _close_now(self, exc):
+        if self.closed:
+            return
+        self.closed = True
+        self.closing = True
+        self.reading = False
+        self.wbuf = None
+        self.wsize = 0
+        self.mask = 0
+        _c_close(self.fd)       # PERF: close() takes the fd out of the epoll set (no DEL call)
+        self.fd = -1
+        # As asyncio: connection_lost comes from the loop, after the caller returned.
+        self.poller.loop.call_soon(self._lost, exc)
+
+    def _lost(self, exc):
+        proto, self.proto = self.proto, None
+        self.poller.live.discard(self)
+        if proto is not None:
+            proto.connection_lost(exc)
+
+    def __repr__(self):
+        return f"<FdTransport fd={self.fd} peer={self.peer!r}>"

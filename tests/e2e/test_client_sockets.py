@@ -1,0 +1,114 @@
+"""Client sockets on fastgw's own epoll set (fastgw/_poller.pxi) and on uvloop transports.
+
+Every other e2e test runs on the default, fastgw's poller; here the same core behaviours
+run on both (``FASTGW_UVLOOP_TRANSPORTS=1`` is the fallback, and what TLS listeners use),
+plus what only the poller handles itself: IPv6 peers, running out of file descriptors,
+a client that stops reading.
+"""
+
+from __future__ import annotations
+
+import resource
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import requires_engine
+from tests.helpers import Backend, RawClient, free_port, gateway_config, request, wait_until
+
+pytestmark = requires_engine
+
+
+@pytest.fixture(params=["poller", "uvloop"])
+def gw(request: pytest.FixtureRequest, backend: Backend, port: int, gateway: Any,
+       monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("FASTGW_UVLOOP_TRANSPORTS", "1" if request.param == "uvloop" else "0")
+    return gateway(gateway_config(port, backend.url))
+
+
+def test_keep_alive_pipelining_and_close(gw: Any) -> None:
+    with RawClient(gw.port) as raw:
+        for i in range(3):
+            assert raw.request("GET", f"/k/{i}").json()["path"] == f"/k/{i}"
+        raw.send(b"GET /p/1 HTTP/1.1\r\nHost: x\r\n\r\nGET /p/2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert raw.read_response().json()["path"] == "/p/1"
+        assert raw.read_response().json()["path"] == "/p/2"
+        raw.send(b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        last = raw.read_response()
+        assert last.json()["path"] == "/last" and last.headers["connection"] == "close"
+        assert raw.sock.recv(1) == b""           # the gateway closed after the answer
+
+
+def test_expect_100_continue_and_body(gw: Any) -> None:
+    with RawClient(gw.port) as raw:
+        raw.send(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        assert raw.sock.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        raw.send(b"hello")
+        assert raw.read_response().json()["body"] == "hello"
+
+
+def test_a_slow_reader_gets_everything(gw: Any) -> None:
+    """8 MB through a client that reads slowly: the gateway buffers a bounded amount
+    (pause_writing -> the backend read pauses), and nothing is lost or reordered."""
+    n = 8 * 1024 * 1024
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.sendall(f"GET /bytes/{n} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        time.sleep(0.5)                          # let the gateway's buffer fill up
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, body = data.split(b"\r\n\r\n", 1)
+        got = len(body)
+        while got < n:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed early"
+            assert chunk.count(b"x") == len(chunk)
+            got += len(chunk)
+        assert got == n and b"Content-Length: %d" % n in head
+
+
+def test_ipv6_client_address_is_forwarded(backend: Backend, gateway: Any) -> None:
+    port = free_port()
+    cfg = gateway_config(port, backend.url)
+    cfg["listen"] = [{"host": "::1", "port": port}]
+    g = gateway(cfg)
+    with RawClient(g.port, host="::1") as raw:
+        echo = raw.request("GET", "/v6").json()
+    assert echo["headers"]["x-forwarded-for"] == "::1"
+
+
+def test_out_of_file_descriptors_pauses_accepts_then_recovers(backend: Backend, port: int, gateway: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASTGW_UVLOOP_TRANSPORTS", "0")
+    g = gateway(gateway_config(port, backend.url))
+    assert request(g.port, "GET", "/warm").status == 200
+    pid = wait_until(lambda: g.worker_pids().get(0), what="worker pid")
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    used = len(list(Path(f"/proc/{pid}/fd").iterdir()))
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (used + 8, hard))
+    idle = []
+    try:
+        for _ in range(40):                      # more than the worker may open
+            idle.append(socket.create_connection(("127.0.0.1", g.port), timeout=5))
+        time.sleep(0.3)
+        assert "pausing accepts" in g.log()
+    finally:
+        for s in idle:
+            s.close()
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+    # The worker lives on and serves again once descriptors are free.
+    resp = wait_until(lambda: _try_get(g.port), timeout=10, what="a 200 after the fd shortage")
+    assert resp.status == 200
+    assert g.worker_pids().get(0) == pid
+
+
+def _try_get(port: int) -> Any:
+    try:
+        resp = request(port, "GET", "/again", timeout=2)
+    except OSError:
+        return None
+    return resp if resp.status == 200 else None
