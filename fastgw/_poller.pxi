@@ -14,7 +14,9 @@
 # through the protocol's pause_writing/resume_writing), with asyncio's order of callbacks:
 # connection_lost comes from the loop, after close() has returned.
 #
-# TLS listeners and upstream connections stay on uvloop transports.
+# Upstream connections to an IP-literal target without TLS run here too (non-blocking
+# connect, completion on EPOLLOUT, SO_ERROR); TLS and host-name targets, and TLS
+# listeners, stay on uvloop transports.
 
 from posix.unistd cimport close as _c_close
 
@@ -42,6 +44,8 @@ cdef extern from "<sys/socket.h>" nogil:
     cdef struct sockaddr_storage:
         unsigned short ss_family
     int accept4(int fd, sockaddr* addr, socklen_t* addrlen, int flags)
+    int getsockopt(int fd, int level, int name, void* val, socklen_t* vlen)
+    int SOL_SOCKET, SO_ERROR
     ssize_t send(int fd, const void* buf, size_t n, int flags)
     ssize_t recv(int fd, void* buf, size_t n, int flags)
     int SOCK_NONBLOCK, SOCK_CLOEXEC, MSG_NOSIGNAL, AF_INET, AF_INET6
@@ -68,7 +72,7 @@ cdef extern from "<arpa/inet.h>" nogil:
 
 cdef extern from "<errno.h>" nogil:
     int errno
-    int EAGAIN, EWOULDBLOCK, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM, ECONNABORTED
+    int EAGAIN, EWOULDBLOCK, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM, ECONNABORTED, EINPROGRESS
 
 DEF POLL_BATCH = 256
 DEF READ_SIZE = 262144
@@ -240,7 +244,7 @@ cdef class FdTransport:
 
     cdef Poller poller
     cdef int fd
-    cdef ClientConnection proto
+    cdef Timed proto                 # a ClientConnection or an UpstreamConnection
     cdef object peer
     cdef list wbuf                   # bytes not yet sent, in order
     cdef Py_ssize_t wsize
@@ -249,16 +253,65 @@ cdef class FdTransport:
     cdef bint closing                # close() called: no more reads; close once flushed
     cdef bint closed                 # the fd is closed; connection_lost is scheduled
     cdef bint write_paused           # the protocol was told pause_writing()
+    cdef bint connecting             # an outgoing connect in progress (waits for EPOLLOUT)
+    cdef bint made                   # connection_made was called
 
-    cdef void _init(self, Poller poller, int fd, ClientConnection proto, object peer):
+    cdef void _init(self, Poller poller, int fd, Timed proto, object peer):
         self.poller = poller
         self.fd = fd
         self.proto = proto
         self.peer = peer
         self.reading = True
+        self.made = True
         self.wsize = 0
         poller.live.add(self)
         self._update()
+
+    @staticmethod
+    def connect(Poller poller, int family, tuple addr, Timed proto):
+        """Start a non-blocking connect to ``addr`` for ``proto`` (an UpstreamConnection):
+        later, from the loop, ``proto.connection_made(transport)`` or
+        ``proto._connect_failed(exc)``. Returns the transport (``abort()`` cancels)."""
+        cdef FdTransport tr = FdTransport.__new__(FdTransport)
+        sock = _socket.socket(family, _socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            err = sock.connect_ex(addr)
+        except OSError as exc:
+            sock.close()
+            poller.loop.call_soon(proto._connect_failed, exc)
+            return None
+        tr.poller = poller
+        tr.proto = proto
+        tr.peer = addr
+        tr.fd = sock.detach()
+        tr.connecting = True
+        poller.live.add(tr)
+        if err != 0 and err != EINPROGRESS:
+            tr._close_now(_os_error(err))
+            return tr
+        # Even a connect done at once is reported by EPOLLOUT on the next poll: the
+        # caller has returned by then.
+        tr._update()
+        return tr
+
+    cdef void _connected(self):
+        cdef int err = 0
+        cdef socklen_t n = sizeof(err)
+        if getsockopt(self.fd, SOL_SOCKET, SO_ERROR, &err, &n) < 0:
+            err = errno
+        if err != 0:
+            self._close_now(_os_error(err))
+            return
+        self.connecting = False
+        self.reading = True
+        self.made = True
+        self._update()
+        try:
+            self.proto.connection_made(self)
+        except Exception as exc:
+            self._fatal(exc)
 
     cdef void _update(self):
         """Register the events this transport waits for (none: out of the set)."""
@@ -269,7 +322,7 @@ cdef class FdTransport:
             return
         if self.reading:
             want |= EPOLLIN
-        if self.wbuf:
+        if self.wbuf or self.connecting:
             want |= EPOLLOUT
         if want == self.mask:
             return
@@ -287,6 +340,10 @@ cdef class FdTransport:
 
     cdef void _on_events(self, unsigned int ev):
         if self.closed:
+            return
+        if self.connecting:
+            if ev & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+                self._connected()
             return
         if ev & (EPOLLOUT | EPOLLERR) and self.wbuf:
             self._flush()
@@ -347,6 +404,8 @@ cdef class FdTransport:
         cdef int err
         if self.closing or self.closed or size == 0:
             return
+        if self.connecting:
+            raise RuntimeError("write before connection_made")
         if not self.wbuf:
             # PERF: the common case, one send() straight from the caller's bytes.
             n = send(self.fd, PyBytes_AS_STRING(data), size, MSG_NOSIGNAL)
@@ -436,8 +495,12 @@ cdef class FdTransport:
     def _lost(self, exc):
         proto, self.proto = self.proto, None
         self.poller.live.discard(self)
-        if proto is not None:
+        if proto is None:
+            return
+        if self.made:
             proto.connection_lost(exc)
+        else:
+            proto._connect_failed(exc)   # never connected (exc None: cancelled)
 
     def __repr__(self):
         return f"<FdTransport fd={self.fd} peer={self.peer!r}>"

@@ -62,9 +62,15 @@ cdef class Timed:
     cdef void on_timeout(self):
         pass
 
+    cdef void _on_data(self, bytes data):
+        """Bytes from this connection's socket (FdTransport calls it; asyncio: data_received)."""
+        pass
+
 
 cdef class ClientConnection(Timed)
 cdef class UpstreamConnection(Timed)
+cdef class Poller
+cdef class FdTransport
 cdef class Backend
 cdef class UpstreamPool
 cdef class Engine
@@ -232,6 +238,8 @@ cdef class UpstreamPool:
     cdef public double idle_timeout
     cdef list idle
     cdef Engine engine
+    cdef int family
+    cdef object sockaddr                  # (ip, port) when connectable without DNS or TLS
 
     def __init__(self, Engine engine, str host, int port, object ssl=None, int max_idle=256,
                  double idle_timeout=55.0):
@@ -244,6 +252,18 @@ cdef class UpstreamPool:
         self.idle = []
         default_port = 443 if ssl is not None else 80
         self.host_header = (host if port == default_port else f"{host}:{port}").encode("idna")
+        # An IP-literal target without TLS is connected on the engine's Poller (no uvloop
+        # transport); a host name or TLS goes through loop.create_connection.
+        self.sockaddr = None
+        if ssl is None:
+            for family in (_socket.AF_INET, _socket.AF_INET6):
+                try:
+                    _socket.inet_pton(family, host)
+                except OSError:
+                    continue
+                self.family = family
+                self.sockaddr = (host, port)
+                break
 
     def idle_count(self):
         return len(self.idle)
@@ -300,6 +320,7 @@ cdef class Engine:
     cdef public object on_drained
     cdef public object plugin_errors      # callable(exc, ctx) for logging
     cdef list free_heads                  # RequestHeads of closed connections, for new ones
+    cdef public Poller poller             # fastgw's epoll set (None: all on uvloop transports)
 
     def __init__(self, loop, router, double idle_timeout=75.0, double header_timeout=30.0,
                  Py_ssize_t max_head=65536):
@@ -1249,10 +1270,28 @@ cdef class UpstreamConnection(Timed):
         self.buf = b""
 
     def start_connect(self):
-        loop = self.pool.engine.loop
+        cdef UpstreamPool pool = self.pool
+        cdef Poller poller = pool.engine.poller
+        if poller is not None and pool.sockaddr is not None and poller.epfd >= 0:
+            # PERF: a non-blocking connect on the Poller; connection_made or
+            # _connect_failed follow from the loop (never inside this call).
+            self.connect_task = FdTransport.connect(poller, pool.family, pool.sockaddr, self)
+            return
+        loop = pool.engine.loop
         self.connect_task = loop.create_task(
-            loop.create_connection(lambda: self, self.pool.host, self.pool.port, ssl=self.pool.ssl))
+            loop.create_connection(lambda: self, pool.host, pool.port, ssl=pool.ssl))
         self.connect_task.add_done_callback(self._connect_done)
+
+    def _connect_failed(self, exc):
+        """The Poller's connect ended without a connection (exc None: it was cancelled)."""
+        self.connect_task = None
+        self.closed = True
+        if exc is None:
+            return
+        client = self.client
+        self.client = None
+        if client is not None:
+            (<ClientConnection>client)._upstream_connect_failed(exc)
 
     def _connect_done(self, fut):
         self.connect_task = None
@@ -1278,8 +1317,11 @@ cdef class UpstreamConnection(Timed):
         self.closed = True
         self.deadline = 0
         if self.connect_task is not None:
-            self.connect_task.cancel()
-            self.connect_task = None
+            task, self.connect_task = self.connect_task, None
+            if type(task) is FdTransport:
+                task.abort()
+            else:
+                task.cancel()
         if self.transport is not None:
             self.transport.close()
 
@@ -1290,6 +1332,7 @@ cdef class UpstreamConnection(Timed):
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport):
+        self.connect_task = None
         self.transport = transport
         self._write = transport.write
         if self.closed:
@@ -1326,6 +1369,9 @@ cdef class UpstreamConnection(Timed):
             self.client._resume(P_UPSTREAM)
 
     def data_received(self, bytes data):
+        self._on_data(data)
+
+    cdef void _on_data(self, bytes data):
         cdef ClientConnection client = self.client
         if client is None:
             self.close()          # bytes on an idle connection: the backend is confused

@@ -99,16 +99,17 @@ class Worker:
 
     async def start(self, sockets: list[socket.socket]) -> None:
         self.engine.start()
+        if not UVLOOP_TRANSPORTS:
+            # Plain-TCP clients and IP-literal plain-HTTP upstreams use it.
+            self.poller = self.engine.poller = _core.Poller(self.loop)
         for sock, listen in zip(sockets, self.config.listen, strict=False):
             tls = listen.get("tls")
             ctx = _ssl_context(tls) if tls else None
             port = str(sock.getsockname()[1]).encode()
             fwd = _core.ForwardInfo(b"https" if tls else b"http", port)
             factory = _core.ClientFactory(self.engine, fwd)
-            if ctx is None and not UVLOOP_TRANSPORTS:
+            if ctx is None and self.poller is not None:
                 # PERF: plain TCP clients on fastgw's own epoll set (fastgw/_poller.pxi).
-                if self.poller is None:
-                    self.poller = _core.Poller(self.loop)
                 self.servers.append(_core.Listener(self.poller, sock, factory, 4096))
             else:
                 self.servers.append(await self.loop.create_server(factory, sock=sock, ssl=ctx, backlog=4096))

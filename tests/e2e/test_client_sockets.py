@@ -71,6 +71,43 @@ def test_a_slow_reader_gets_everything(gw: Any) -> None:
         assert got == n and b"Content-Length: %d" % n in head
 
 
+@pytest.mark.parametrize("mode", ["poller", "uvloop"])
+def test_backend_refusing_is_502_and_a_hanging_connect_is_504(
+        mode: str, gateway: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASTGW_UVLOOP_TRANSPORTS", "1" if mode == "uvloop" else "0")
+    # A backend whose accept queue is full: the kernel drops further SYNs, connect hangs.
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    queued = [socket.create_connection(full.getsockname(), timeout=2)]
+    hanging = []
+    for _ in range(4):                          # fill the SYN side as well
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(full.getsockname())
+        hanging.append(s)
+    refused = free_port()
+    cfg = gateway_config(free_port(), f"http://127.0.0.1:{refused}", resources={"/down": {"GET": {}}})
+    cfg["services"].append({
+        "name": "hang",
+        "stages": {"prod": {"path_prefix": "/h",
+                            "backend": {"targets": [f"http://127.0.0.1:{full.getsockname()[1]}"]}}},
+        "resources": {"/hang": {"GET": {"timeouts": {"connect": 1}}}},
+    })
+    try:
+        g = gateway(cfg)
+        resp = request(g.port, "GET", "/down")
+        assert resp.status == 502 and resp.json()["status"] == 502
+        t0 = time.monotonic()
+        resp = request(g.port, "GET", "/h/hang", timeout=10)
+        assert resp.status == 504 and 0.9 < time.monotonic() - t0 < 5
+        assert request(g.port, "GET", "/down").status == 502      # the worker lives on
+    finally:
+        for s in queued + hanging:
+            s.close()
+        full.close()
+
+
 def test_ipv6_client_address_is_forwarded(backend: Backend, gateway: Any) -> None:
     port = free_port()
     cfg = gateway_config(port, backend.url)
