@@ -310,6 +310,9 @@ cdef class Engine:
     cdef public TimerWheel wheel
     cdef public StatsWriter stats         # None: stats off
     cdef public object access_log         # AccessLog or None
+    cdef list access_buf                  # access_log.buffer, appended to from C
+    cdef Py_ssize_t access_max            # access_log.max_records: flush when reached
+    cdef object access_bound              # the AccessLog the two above belong to
     cdef public object unmatched_slot     # callable(host: bytes) -> int, or None
     cdef public dict consumer_slots       # consumer name -> stats slot
     cdef public double idle_timeout
@@ -1186,12 +1189,19 @@ cdef class ClientConnection(Timed):
     cdef void _access_log(self, Route route, RequestContext ctx, long long total_us, long long up_us):
         cdef RequestHead req = self.req
         consumer = ctx.consumer.name if ctx is not None and ctx.consumer is not None else None
-        self.engine.access_log.append((
+        cdef Engine e = self.engine
+        if e.access_bound is not e.access_log:
+            e.access_bound = e.access_log
+            e.access_buf = e.access_log.buffer
+            e.access_max = e.access_log.max_records
+        e.access_buf.append((
             _wall_time(), self._rid(), ctx.client_ip if ctx is not None else self.peer_ip_str, consumer,
             route.service if route is not None else None, route.stage if route is not None else None,
             route.resource if route is not None else None, req.method.decode("latin-1"),
             req.target.decode("latin-1"), self.status, self.bytes_in, self.bytes_out,
             total_us / 1000.0, up_us / 1000.0))
+        if len(e.access_buf) >= e.access_max:
+            e.access_log.flush()
 
     cdef void _abort_exchange(self):
         """Nothing sensible can be sent any more: close both sides."""
