@@ -1189,43 +1189,30 @@ cpdef bytes find_header(list headers, bytes lname):
 
 cpdef bytes pop_header(list headers, bytes lname):
     """Remove every ``lname`` header from ``headers`` (in place); return the first value."""
-    cdef tuple pair
     cdef bytes first = None
-    cdef Py_ssize_t i, n = len(headers)
-    cdef list kept
-    for i in range(n):
+    cdef Py_ssize_t i = len(headers) - 1
+    # PERF: deleted in place, back to front (no new list, no slices); the last match seen
+    # is the first in order.
+    while i >= 0:
         pair = <tuple>headers[i]
         if _name_is(pair[0], lname):
             first = pair[1]
-            kept = headers[:i]
-            for item in headers[i + 1:]:
-                if not _name_is((<tuple>item)[0], lname):
-                    kept.append(item)
-            headers[:] = kept
-            return first
-    return None
+            del headers[i]
+        i -= 1
+    return first
 
 
 cpdef int remove_headers(list headers, tuple lnames) except -1:
     """Remove (in place) every header whose lower-case name is in ``lnames``; how many."""
     cdef Py_ssize_t removed = 0
-    cdef list kept = None
+    cdef Py_ssize_t i = len(headers) - 1
     cdef tuple pair
-    cdef Py_ssize_t i, n = len(headers)
-    cdef bint drop
-    for i in range(n):
+    while i >= 0:
         pair = <tuple>headers[i]
-        drop = False
         for lname in lnames:
             if _name_is(pair[0], <bytes>lname):
-                drop = True
+                del headers[i]
+                removed += 1
                 break
-        if drop:
-            if kept is None:
-                kept = headers[:i]
-            removed += 1
-        elif kept is not None:
-            kept.append(pair)
-    if kept is not None:
-        headers[:] = kept
+        i -= 1
     return removed
