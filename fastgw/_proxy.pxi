@@ -228,6 +228,11 @@ cdef class Backend:
             (<UpstreamPool>p).close_idle()
 
 
+# A host-name target is looked up again after this many seconds (new connections only;
+# pooled ones keep their address until they close).
+UPSTREAM_DNS_TTL = 30.0
+
+
 cdef class UpstreamPool:
     """Keep-alive connections to one backend target (LIFO, so warm connections are reused)."""
     cdef public str host
@@ -240,6 +245,9 @@ cdef class UpstreamPool:
     cdef Engine engine
     cdef int family
     cdef object sockaddr                  # (ip, port) when connectable without DNS or TLS
+    cdef bint dns                         # the target is a host name (re-resolved)
+    cdef double resolved_until
+    cdef object resolving                 # the lookup in progress (a Task) or None
 
     def __init__(self, Engine engine, str host, int port, object ssl=None, int max_idle=256,
                  double idle_timeout=55.0):
@@ -252,9 +260,13 @@ cdef class UpstreamPool:
         self.idle = []
         default_port = 443 if ssl is not None else 80
         self.host_header = (host if port == default_port else f"{host}:{port}").encode("idna")
-        # An IP-literal target without TLS is connected on the engine's Poller (no uvloop
-        # transport); a host name or TLS goes through loop.create_connection.
+        # Plain-HTTP targets are connected on the engine's Poller (no uvloop transport):
+        # an IP literal directly; a host name once resolved (see resolve_address). TLS
+        # targets go through loop.create_connection.
         self.sockaddr = None
+        self.dns = False
+        self.resolved_until = 0.0
+        self.resolving = None
         if ssl is None:
             for family in (_socket.AF_INET, _socket.AF_INET6):
                 try:
@@ -264,6 +276,39 @@ cdef class UpstreamPool:
                 self.family = family
                 self.sockaddr = (host, port)
                 break
+            else:
+                self.dns = True
+
+    cdef void resolve_address(self):
+        """Look the host name up again (off the loop) when its answer is older than
+        UPSTREAM_DNS_TTL; new connections use the last answer meanwhile, or uvloop's
+        create_connection until there is one."""
+        if not self.dns or self.resolving is not None or _mono() < self.resolved_until:
+            return
+        loop = self.engine.loop
+        self.resolving = loop.create_task(
+            loop.getaddrinfo(self.host, self.port, type=_socket.SOCK_STREAM))
+        self.resolving.add_done_callback(self._resolved)
+
+    def _resolved(self, fut):
+        self.resolving = None
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None or not fut.result():
+            # Keep the last address, if any; ask again soon.
+            _log.warning("upstream %s: address lookup failed (%r); retrying in 5 s", self.host, exc)
+            self.resolved_until = _mono() + 5.0
+            return
+        family, _type, _proto, _name, sockaddr = fut.result()[0]
+        self.family = family
+        self.sockaddr = (sockaddr[0], sockaddr[1])
+        self.resolved_until = _mono() + UPSTREAM_DNS_TTL
+
+    @property
+    def address(self):
+        """The (ip, port) new plain-HTTP connections go to on the Poller, or None."""
+        return self.sockaddr
 
     def idle_count(self):
         return len(self.idle)
@@ -1282,6 +1327,8 @@ cdef class UpstreamConnection(Timed):
     def start_connect(self):
         cdef UpstreamPool pool = self.pool
         cdef Poller poller = pool.engine.poller
+        if poller is not None and pool.dns:
+            pool.resolve_address()
         if poller is not None and pool.sockaddr is not None and poller.epfd >= 0:
             # PERF: a non-blocking connect on the Poller; connection_made or
             # _connect_failed follow from the loop (never inside this call).

@@ -108,6 +108,30 @@ def test_backend_refusing_is_502_and_a_hanging_connect_is_504(
         full.close()
 
 
+@pytest.mark.parametrize("mode", ["poller", "uvloop"])
+def test_host_name_targets_resolve_and_new_connections_keep_working(
+        mode: str, backend: Backend, gateway: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``localhost`` targets: the first connections go out while the name is looked up,
+    later ones to the cached address; a name that does not resolve is a 502."""
+    monkeypatch.setenv("FASTGW_UVLOOP_TRANSPORTS", "1" if mode == "uvloop" else "0")
+    cfg = gateway_config(free_port(), f"http://localhost:{backend.port}")
+    cfg["services"].append({
+        "name": "nowhere",
+        "stages": {"prod": {"path_prefix": "/nowhere",
+                            "backend": {"targets": ["http://no-such-host.invalid:80"]}}},
+        "resources": {"/{p*}": {"ANY": {}}},
+    })
+    g = gateway(cfg)
+    for i in range(6):
+        # /close: the backend closes after answering, so every request needs a new connection.
+        resp = request(g.port, "GET", f"/close?i={i}")
+        assert resp.status == 200 and resp.json()["query"] == {"i": str(i)}
+        time.sleep(0.1)
+    resp = request(g.port, "GET", "/nowhere/x")
+    assert resp.status == 502 and resp.json()["status"] == 502
+    assert request(g.port, "GET", "/close?i=last").status == 200
+
+
 def test_ipv6_client_address_is_forwarded(backend: Backend, gateway: Any) -> None:
     port = free_port()
     cfg = gateway_config(port, backend.url)
