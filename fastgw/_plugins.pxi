@@ -46,13 +46,6 @@ cdef class NativeStep:
         self.response(ctx)
 
 
-cdef inline bint _answered(RequestContext ctx):
-    """A step answered: the answer is what the response phase sees."""
-    ctx.status = ctx.answer_status
-    ctx.response_headers = ctx.answer_headers
-    return True
-
-
 cdef class StepChain:
     """One route's phase steps in priority order (see fastgw/pipeline.py for the contract)."""
 
@@ -85,28 +78,46 @@ cdef class StepChain:
             out.extend(ctx.response_headers_add)
         return out
 
-    # SECURITY: a step that raises answers 500 (fail closed): a crashing auth plugin must
-    # never let the request through to the backend.
+    # The request phase's rules, one implementation for run_request and for the async path
+    # (Pipeline.run_request_async): begin, then each step, then answered/crashed/passed.
+    cpdef begin(self, RequestContext ctx):
+        """SECURITY: identity headers from the client never reach the backend."""
+        remove_headers(ctx.headers, _IDENTITY)
+
+    cpdef bint answered(self, RequestContext ctx):
+        """A step answered: the answer is what the response phase sees."""
+        ctx.status = ctx.answer_status
+        ctx.response_headers = ctx.answer_headers
+        return True
+
+    cpdef bint crashed(self, RequestContext ctx):
+        """SECURITY: a step that raised answers 500 (fail closed): a crashing auth plugin
+        must never let the request through to the backend. Call from an except block."""
+        _plog.exception("plugin error on %s %s (request %s)", ctx.method, ctx.path, ctx.request_id)
+        ctx.error(500, "internal plugin error")
+        return self.answered(ctx)
+
+    cpdef bint passed(self, RequestContext ctx):
+        """Every step let the request through: the authenticated caller's identity goes to
+        the backend."""
+        consumer = ctx.consumer
+        if consumer is not None:
+            ctx.headers.extend(consumer.headers)
+        return False
+
     cpdef bint run_request(self, RequestContext ctx) except -1:
         """Run the request phase (sync steps); True when a step answered."""
-        # SECURITY: identity headers from the client never reach the backend.
-        remove_headers(ctx.headers, _IDENTITY)
+        self.begin(ctx)
         try:
             for step in self.req:
                 if isinstance(step, NativeStep):
                     if (<NativeStep>step).request(ctx):
-                        return _answered(ctx)
+                        return self.answered(ctx)
                 elif step(ctx):
-                    return _answered(ctx)
+                    return self.answered(ctx)
         except Exception:
-            _plog.exception("plugin error on %s %s (request %s)", ctx.method, ctx.path, ctx.request_id)
-            ctx.error(500, "internal plugin error")
-            return _answered(ctx)
-        consumer = ctx.consumer
-        if consumer is not None:
-            # The authenticated caller's identity goes to the backend.
-            ctx.headers.extend(consumer.headers)
-        return False
+            return self.crashed(ctx)
+        return self.passed(ctx)
 
     cpdef run_response(self, RequestContext ctx):
         """Run the response phase on ``ctx.status`` / ``ctx.response_headers``."""
@@ -138,41 +149,38 @@ cdef inline uint64_t _rotl(uint64_t x, int b) nogil:
     return (x << b) | (x >> (64 - b))
 
 
+cdef inline void _sipround(uint64_t* v, int n) nogil:
+    cdef int r
+    for r in range(n):
+        v[0] += v[1]; v[1] = _rotl(v[1], 13); v[1] ^= v[0]; v[0] = _rotl(v[0], 32)
+        v[2] += v[3]; v[3] = _rotl(v[3], 16); v[3] ^= v[2]
+        v[0] += v[3]; v[3] = _rotl(v[3], 21); v[3] ^= v[0]
+        v[2] += v[1]; v[1] = _rotl(v[1], 17); v[1] ^= v[2]; v[2] = _rotl(v[2], 32)
+
+
 cdef uint64_t siphash24(uint64_t k0, uint64_t k1, const uint8_t* p, Py_ssize_t n) nogil:
-    cdef uint64_t v0 = k0 ^ 0x736f6d6570736575ULL
-    cdef uint64_t v1 = k1 ^ 0x646f72616e646f6dULL
-    cdef uint64_t v2 = k0 ^ 0x6c7967656e657261ULL
-    cdef uint64_t v3 = k1 ^ 0x7465646279746573ULL
+    cdef uint64_t v[4]
     cdef uint64_t m, b = (<uint64_t>n) << 56
     cdef Py_ssize_t i, j, end = n - (n % 8)
-    cdef int r
+    v[0] = k0 ^ 0x736f6d6570736575ULL
+    v[1] = k1 ^ 0x646f72616e646f6dULL
+    v[2] = k0 ^ 0x6c7967656e657261ULL
+    v[3] = k1 ^ 0x7465646279746573ULL
     for i in range(0, end, 8):
         m = 0
         for j in range(8):
             m |= (<uint64_t>p[i + j]) << (8 * j)
-        v3 ^= m
-        for r in range(2):
-            v0 += v1; v1 = _rotl(v1, 13); v1 ^= v0; v0 = _rotl(v0, 32)
-            v2 += v3; v3 = _rotl(v3, 16); v3 ^= v2
-            v0 += v3; v3 = _rotl(v3, 21); v3 ^= v0
-            v2 += v1; v1 = _rotl(v1, 17); v1 ^= v2; v2 = _rotl(v2, 32)
-        v0 ^= m
+        v[3] ^= m
+        _sipround(v, 2)
+        v[0] ^= m
     for j in range(n - end):
         b |= (<uint64_t>p[end + j]) << (8 * j)
-    v3 ^= b
-    for r in range(2):
-        v0 += v1; v1 = _rotl(v1, 13); v1 ^= v0; v0 = _rotl(v0, 32)
-        v2 += v3; v3 = _rotl(v3, 16); v3 ^= v2
-        v0 += v3; v3 = _rotl(v3, 21); v3 ^= v0
-        v2 += v1; v1 = _rotl(v1, 17); v1 ^= v2; v2 = _rotl(v2, 32)
-    v0 ^= b
-    v2 ^= 0xff
-    for r in range(4):
-        v0 += v1; v1 = _rotl(v1, 13); v1 ^= v0; v0 = _rotl(v0, 32)
-        v2 += v3; v3 = _rotl(v3, 16); v3 ^= v2
-        v0 += v3; v3 = _rotl(v3, 21); v3 ^= v0
-        v2 += v1; v1 = _rotl(v1, 17); v1 ^= v2; v2 = _rotl(v2, 32)
-    return v0 ^ v1 ^ v2 ^ v3
+    v[3] ^= b
+    _sipround(v, 2)
+    v[0] ^= b
+    v[2] ^= 0xff
+    _sipround(v, 4)
+    return v[0] ^ v[1] ^ v[2] ^ v[3]
 
 
 def siphash(bytes key, bytes data):

@@ -39,7 +39,6 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from fastgw._core import NativeStep, StepChain
-from fastgw.consumers import strip_identity_headers
 from fastgw.plugins import registry
 from fastgw.plugins.base import Plugin, PluginScope
 
@@ -117,20 +116,6 @@ def _step(instance: Plugin, phase: str) -> Any:
     return getattr(instance, phase)
 
 
-def _answered(ctx: Any) -> bool:
-    """A step answered: the answer is what the response phase sees (see the module doc)."""
-    ctx.status = ctx.answer_status
-    ctx.response_headers = ctx.answer_headers
-    return True
-
-
-def _passed(ctx: Any) -> bool:
-    """Every step let the request through: forward the authenticated consumer's identity."""
-    if ctx.consumer is not None:
-        ctx.headers.extend(ctx.consumer.headers)
-    return False
-
-
 class Pipeline:
     """One route's plugin instances, split by phase and ordered by priority."""
 
@@ -165,27 +150,21 @@ class Pipeline:
         pre = [p.preflight for p in plugins if callable(getattr(p, "preflight", None))]
         self.preflight: Callable[[Any], int] | None = pre[0] if pre else None
 
-    # SECURITY: a plugin that raises answers 500 (fail closed): a crashing auth plugin
-    # must never let the request through to the backend.
-    def _crashed(self, ctx: Any) -> bool:
-        log.exception("plugin error on %s %s (request %s)", ctx.method, ctx.path, ctx.request_id)
-        ctx.error(500, "internal plugin error")
-        return _answered(ctx)
-
     def run_request(self, ctx: Any) -> bool:
         """Run the request phase (sync pipelines); True when a plugin answered."""
         return self.chain.run_request(ctx)
 
     async def run_request_async(self, ctx: Any) -> bool:
         """Run the request phase awaiting the async steps; True when a plugin answered."""
-        strip_identity_headers(ctx.headers)
+        chain = self.chain    # the same rules as the sync phase (fastgw/_plugins.pxi)
+        chain.begin(ctx)
         try:
             for step, is_async in self._req_async:
                 if (await step(ctx)) if is_async else step(ctx):
-                    return _answered(ctx)
+                    return chain.answered(ctx)
         except Exception:
-            return self._crashed(ctx)
-        return _passed(ctx)
+            return chain.crashed(ctx)
+        return chain.passed(ctx)
 
     def run_response(self, ctx: Any) -> None:
         """Run the response phase (sync steps) on ``ctx.status``/``ctx.response_headers``."""

@@ -133,6 +133,20 @@ def test_async_plugin_makes_the_pipeline_async(plugin_dir):
     assert importlib.import_module(name).CALLS[0] == ("request", name)
 
 
+def test_async_pipelines_keep_the_request_phase_rules(plugin_dir):
+    """The async path strips client identity headers, fails closed and answers like the sync one."""
+    prefix = "async def on_request(self, ctx):\n        await __import__('asyncio').sleep(0)"
+    passing = RECORDER.replace("def on_request(self, ctx):", prefix)
+    pipe = make_pipeline([{"name": plugin_dir(10, passing)}])
+    ctx = make_ctx(headers=[(b"Host", b"h"), (b"X-Consumer-Name", b"mallory")])
+    assert asyncio.run(pipe.run_request_async(ctx)) is False
+    assert ctx.headers == [(b"Host", b"h")]
+    crashing = passing.replace('CALLS.append(("request", NAME))', "raise RuntimeError('bug')")
+    ctx = make_ctx()
+    assert asyncio.run(make_pipeline([{"name": plugin_dir(10, crashing)}]).run_request_async(ctx)) is True
+    assert ctx.answer_status == 500 and ctx.status == 500 and ctx.response_headers is ctx.answer_headers
+
+
 def test_user_plugin_by_dotted_name(tmp_path, monkeypatch):
     pkg = tmp_path / "mycompany"
     pkg.mkdir()
