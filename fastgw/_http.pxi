@@ -643,13 +643,16 @@ cdef class ResponseHead:
     # The response-header edits of built-in plugins, straight on the scan (PERF: no list of
     # header tuples when no Python plugin needs one). Only forwarded end-to-end headers
     # count; framing (Content-Length) is never touched.
+    cdef inline bint _forwarded_named(self, int i, const char* p, bytes lname):
+        return (self.cls[i] == H_KEEP or self.cls[i] == H_VIA) and _ieq(
+            p + self.name_s[i], self.name_e[i] - self.name_s[i],
+            PyBytes_AS_STRING(lname), PyBytes_GET_SIZE(lname))
+
     cdef bint has_header(self, bytes lname):
         cdef const char* p = PyBytes_AS_STRING(self.buf)
         cdef int i
         for i in range(self.n):
-            if (self.cls[i] == H_KEEP or self.cls[i] == H_VIA) and _ieq(
-                    p + self.name_s[i], self.name_e[i] - self.name_s[i],
-                    PyBytes_AS_STRING(lname), PyBytes_GET_SIZE(lname)):
+            if self._forwarded_named(i, p, lname):
                 return True
         return False
 
@@ -657,12 +660,10 @@ cdef class ResponseHead:
         cdef const char* p = PyBytes_AS_STRING(self.buf)
         cdef int i
         for i in range(self.n):
-            if self.cls[i] == H_KEEP or self.cls[i] == H_VIA:
-                for lname in lnames:
-                    if _ieq(p + self.name_s[i], self.name_e[i] - self.name_s[i],
-                            PyBytes_AS_STRING(<bytes>lname), PyBytes_GET_SIZE(<bytes>lname)):
-                        self.cls[i] = H_DROP
-                        break
+            for lname in lnames:
+                if self._forwarded_named(i, p, <bytes>lname):
+                    self.cls[i] = H_DROP
+                    break
 
 
 cdef ResponseHead scan_response(bytes buf, Py_ssize_t end, bint head_request, ResponseHead h):

@@ -9,8 +9,8 @@
 # with the loop (``loop.add_reader(epfd)``): when it is readable, ``Poller._ready`` drains
 # it and dispatches in C — accept4 (the peer address comes with it; TCP_NODELAY is
 # inherited from the listener), recv into one shared buffer, send straight from the
-# caller's bytes. FdTransport offers the asyncio.Transport subset ClientConnection uses
-# (write, pause/resume_reading, close, abort, is_closing, get_extra_info, flow control
+# caller's bytes. FdTransport offers the asyncio.Transport subset the protocols use
+# (write, pause/resume_reading, close, abort, is_closing, get_extra_info("peername"), flow control
 # through the protocol's pause_writing/resume_writing), with asyncio's order of callbacks:
 # connection_lost comes from the loop, after close() has returned.
 #
@@ -426,10 +426,6 @@ cdef class FdTransport:
             self.write_paused = True
             self.proto.pause_writing()
 
-    def writelines(self, lines):
-        for data in lines:
-            self.write(data)
-
     def pause_reading(self):
         if self.reading and not self.closing:
             self.reading = False
@@ -440,27 +436,11 @@ cdef class FdTransport:
             self.reading = True
             self._update()
 
-    def is_reading(self):
-        return self.reading
-
     def is_closing(self):
         return self.closing or self.closed
 
-    def get_write_buffer_size(self):
-        return self.wsize
-
     def get_extra_info(self, name, default=None):
-        if name == "peername":
-            return self.peer
-        if name == "sockname":
-            if self.closed:
-                return default
-            s = _socket.socket(fileno=_os.dup(self.fd))
-            try:
-                return s.getsockname()
-            finally:
-                s.close()
-        return default
+        return self.peer if name == "peername" else default
 
     def close(self):
         if self.closing or self.closed:

@@ -305,11 +305,6 @@ cdef class UpstreamPool:
         self.sockaddr = (sockaddr[0], sockaddr[1])
         self.resolved_until = _mono() + UPSTREAM_DNS_TTL
 
-    @property
-    def address(self):
-        """The (ip, port) new plain-HTTP connections go to on the Poller, or None."""
-        return self.sockaddr
-
     def idle_count(self):
         return len(self.idle)
 
@@ -354,10 +349,9 @@ cdef class Engine:
     cdef public Router router
     cdef public TimerWheel wheel
     cdef public StatsWriter stats         # None: stats off
-    cdef public object access_log         # AccessLog or None
-    cdef list access_buf                  # access_log.buffer, appended to from C
-    cdef Py_ssize_t access_max            # access_log.max_records: flush when reached
-    cdef object access_bound              # the AccessLog the two above belong to
+    cdef object log_sink                  # AccessLog or None (set through access_log)
+    cdef list access_buf                  # its buffer, appended to from C
+    cdef Py_ssize_t access_max            # its max_records: flush when reached
     cdef public object unmatched_slot     # callable(host: bytes) -> int, or None
     cdef public dict consumer_slots       # consumer name -> stats slot
     cdef public double idle_timeout
@@ -382,6 +376,17 @@ cdef class Engine:
         self.consumer_slots = {}
         self.draining = False
         self.free_heads = []
+
+    @property
+    def access_log(self):
+        """The worker's AccessLog, or None; records go straight into its ``buffer``."""
+        return self.log_sink
+
+    @access_log.setter
+    def access_log(self, log):
+        self.log_sink = log
+        self.access_buf = log.buffer if log is not None else None
+        self.access_max = log.max_records if log is not None else 0
 
     def start(self):
         self.wheel.start()
@@ -486,6 +491,9 @@ cdef class ClientConnection(Timed):
     cdef list body_plain                 # decoded payload pieces while buffering a chunked body
 
     def __init__(self, Engine engine, ForwardInfo fwd):
+        self._init(engine, fwd)
+
+    cdef inline void _init(self, Engine engine, ForwardInfo fwd):
         self.engine = engine
         self.fwd = fwd
         self.inbuf = b""
@@ -1233,17 +1241,13 @@ cdef class ClientConnection(Timed):
                     route.chain.run_log(ctx)
                 except Exception as exc:
                     _log.error("log plugin failed on %s: %r", route.key, exc, exc_info=exc)
-            if self.engine.access_log is not None:
+            if self.engine.access_buf is not None:
                 self._access_log(route, ctx, total_us, up_us)
 
     cdef void _access_log(self, Route route, RequestContext ctx, long long total_us, long long up_us):
         cdef RequestHead req = self.req
         consumer = ctx.consumer.name if ctx is not None and ctx.consumer is not None else None
         cdef Engine e = self.engine
-        if e.access_bound is not e.access_log:
-            e.access_bound = e.access_log
-            e.access_buf = e.access_log.buffer
-            e.access_max = e.access_log.max_records
         e.access_buf.append((
             _wall_time(), self._rid(), ctx.client_ip if ctx is not None else self.peer_ip_str, consumer,
             route.service if route is not None else None, route.stage if route is not None else None,
@@ -1251,7 +1255,7 @@ cdef class ClientConnection(Timed):
             req.target.decode("latin-1"), self.status, self.bytes_in, self.bytes_out,
             total_us / 1000.0, up_us / 1000.0))
         if len(e.access_buf) >= e.access_max:
-            e.access_log.flush()
+            e.log_sink.flush()
 
     cdef void _abort_exchange(self):
         """Nothing sensible can be sent any more: close both sides."""
@@ -1284,10 +1288,6 @@ cdef class ClientConnection(Timed):
         self.engine._check_drained()
 
 
-# ---------------------------------------------------------------------------------------
-# Upstream side
-# ---------------------------------------------------------------------------------------
-
 cdef class ClientFactory:
     """The protocol factory of a listener: a new ClientConnection per accepted connection
     (PERF: a C call, no Python lambda frame and no __init__ argument parsing)."""
@@ -1300,12 +1300,13 @@ cdef class ClientFactory:
 
     def __call__(self):
         cdef ClientConnection c = ClientConnection.__new__(ClientConnection)
-        c.engine = self.engine
-        c.fwd = self.fwd
-        c.inbuf = b""
-        c.state = S_HEAD
+        c._init(self.engine, self.fwd)
         return c
 
+
+# ---------------------------------------------------------------------------------------
+# Upstream side
+# ---------------------------------------------------------------------------------------
 
 cdef class UpstreamConnection(Timed):
     """One keep-alive connection to a backend target; serves one client exchange at a time."""

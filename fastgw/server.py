@@ -23,8 +23,9 @@ from fastgw.compile import Runtime, compile_config
 from fastgw.config import Config, load
 from fastgw.pipeline import make_scope_factory
 
-# FASTGW_UVLOOP_TRANSPORTS=1 serves plain-TCP clients through uvloop transports (as TLS
-# listeners always are) instead of fastgw's own epoll set: for comparison and as a fallback.
+# FASTGW_UVLOOP_TRANSPORTS=1 serves plain-TCP clients and plain-HTTP upstreams through
+# uvloop transports (as TLS always is) instead of fastgw's own epoll set: for comparison
+# and as a fallback.
 UVLOOP_TRANSPORTS = os.environ.get("FASTGW_UVLOOP_TRANSPORTS", "") not in ("", "0")
 
 log = logging.getLogger("fastgw.worker")
@@ -100,7 +101,7 @@ class Worker:
     async def start(self, sockets: list[socket.socket]) -> None:
         self.engine.start()
         if not UVLOOP_TRANSPORTS:
-            # Plain-TCP clients and IP-literal plain-HTTP upstreams use it.
+            # Plain-TCP clients and plain-HTTP upstreams use it (fastgw/_poller.pxi).
             self.poller = self.engine.poller = _core.Poller(self.loop)
         for sock, listen in zip(sockets, self.config.listen, strict=False):
             tls = listen.get("tls")
