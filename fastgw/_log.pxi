@@ -105,6 +105,63 @@ cdef int _two(_Buf b, int v) except -1:
     return b.add(d, 2)
 
 
+ctypedef struct _LogClock:
+    long long last_sec       # the second datebuf holds (-1: none yet)
+    Py_ssize_t datelen
+    char datebuf[32]         # "YYYY-MM-DDTHH:MM:SS"
+
+
+cdef int _log_time(_Buf b, double ts, _LogClock* clk) except -1:
+    """``{"time":"<ISO 8601 UTC with ms>Z"`` (PERF: the date is formatted once per second)."""
+    cdef long long sec = <long long>ts, ms
+    cdef log_time_t t
+    cdef log_tm tmv
+    cdef _Buf d
+    if sec != clk.last_sec:
+        clk.last_sec = sec
+        t = <log_time_t>sec
+        log_gmtime_r(&t, &tmv)
+        d = _Buf()
+        d.add_int(tmv.tm_year + 1900)
+        d.add(b"-", 1)
+        _two(d, tmv.tm_mon + 1)
+        d.add(b"-", 1)
+        _two(d, tmv.tm_mday)
+        d.add(b"T", 1)
+        _two(d, tmv.tm_hour)
+        d.add(b":", 1)
+        _two(d, tmv.tm_min)
+        d.add(b":", 1)
+        _two(d, tmv.tm_sec)
+        clk.datelen = d.n
+        memcpy(clk.datebuf, d.p, d.n)
+    ms = <long long>((ts - sec) * 1000)
+    b.add(b'{"time":"', 9)
+    b.add(clk.datebuf, clk.datelen)
+    b.add(b".", 1)
+    if ms < 100:
+        b.add(b"0", 1)
+    if ms < 10:
+        b.add(b"0", 1)
+    b.add_int(ms)
+    return b.add(b'Z"', 2)
+
+
+cdef int _log_tail(_Buf b, int status, long long bytes_in, long long bytes_out, double total_ms,
+                   double upstream_ms) except -1:
+    b.add(b',"status":', 10)
+    b.add_int(status)
+    b.add(b',"bytes_in":', 12)
+    b.add_int(bytes_in)
+    b.add(b',"bytes_out":', 13)
+    b.add_int(bytes_out)
+    b.add(b',"total_ms":', 12)
+    _json_ms(b, total_ms)
+    b.add(b',"upstream_ms":', 15)
+    _json_ms(b, upstream_ms)
+    return b.add(b"}\n", 2)
+
+
 cpdef bytes format_access_records(list records):
     """JSON lines for access-log ``records`` (field order: fastgw.accesslog.FIELDS).
 
@@ -112,46 +169,14 @@ cpdef bytes format_access_records(list records):
     second; about 0.3 µs a record against 1.6 µs through dict + orjson."""
     cdef _Buf b = _logbuf
     cdef tuple r
-    cdef double ts
-    cdef long long sec, last = -1, ms
-    cdef log_time_t t
-    cdef log_tm tmv
-    cdef char datebuf[32]
-    cdef Py_ssize_t datelen = 0
-    cdef _Buf d = _Buf()
+    cdef _LogClock clk
+    clk.last_sec = -1
+    clk.datelen = 0
     b.reset()
     for item in records:
         r = <tuple>item
-        ts = r[0]
-        sec = <long long>ts
-        if sec != last:
-            last = sec
-            t = <log_time_t>sec
-            log_gmtime_r(&t, &tmv)
-            d.reset()
-            d.add_int(tmv.tm_year + 1900)
-            d.add(b"-", 1)
-            _two(d, tmv.tm_mon + 1)
-            d.add(b"-", 1)
-            _two(d, tmv.tm_mday)
-            d.add(b"T", 1)
-            _two(d, tmv.tm_hour)
-            d.add(b":", 1)
-            _two(d, tmv.tm_min)
-            d.add(b":", 1)
-            _two(d, tmv.tm_sec)
-            datelen = d.n
-            memcpy(datebuf, d.p, datelen)
-        ms = <long long>((ts - sec) * 1000)
-        b.add(b'{"time":"', 9)
-        b.add(datebuf, datelen)
-        b.add(b".", 1)
-        if ms < 100:
-            b.add(b"0", 1)
-        if ms < 10:
-            b.add(b"0", 1)
-        b.add_int(ms)
-        b.add(b'Z","request_id":', 16)
+        _log_time(b, r[0], &clk)
+        b.add(b',"request_id":', 14)
         _json_str(b, r[1])
         b.add(b',"client_ip":', 13)
         _json_str(b, r[2])
@@ -167,15 +192,118 @@ cpdef bytes format_access_records(list records):
         _json_str(b, r[7])
         b.add(b',"path":', 8)
         _json_str(b, r[8])
-        b.add(b',"status":', 10)
-        b.add_int(<long long>r[9])
-        b.add(b',"bytes_in":', 12)
-        b.add_int(<long long>r[10])
-        b.add(b',"bytes_out":', 13)
-        b.add_int(<long long>r[11])
-        b.add(b',"total_ms":', 12)
-        _json_ms(b, r[12])
-        b.add(b',"upstream_ms":', 15)
-        _json_ms(b, r[13])
-        b.add(b"}\n", 2)
+        _log_tail(b, <long long>r[9], <long long>r[10], <long long>r[11], r[12], r[13])
     return b.take()
+
+
+cdef int _json_latin1(_Buf b, const unsigned char* s, Py_ssize_t n) except -1:
+    """Bytes read as latin-1, written as a JSON string: what _json_str writes for
+    ``s.decode("latin-1")`` (bytes >= 0x80 become two UTF-8 bytes)."""
+    cdef Py_ssize_t i, start = 0
+    cdef unsigned char c
+    cdef char esc[6]
+    b.add(b'"', 1)
+    for i in range(n):
+        c = s[i]
+        if 32 <= c < 128 and c != 34 and c != 92:
+            continue
+        if i > start:
+            b.add(<const char*>s + start, i - start)
+        start = i + 1
+        if c >= 128:
+            esc[0] = <char>(0xC0 | (c >> 6))
+            esc[1] = <char>(0x80 | (c & 63))
+            b.add(esc, 2)
+        elif c == 34:
+            b.add(b'\\"', 2)
+        elif c == 92:
+            b.add(b"\\\\", 2)
+        elif c == 10:
+            b.add(b"\\n", 2)
+        elif c == 13:
+            b.add(b"\\r", 2)
+        elif c == 9:
+            b.add(b"\\t", 2)
+        elif c == 8:
+            b.add(b"\\b", 2)
+        elif c == 12:
+            b.add(b"\\f", 2)
+        else:
+            esc[0] = 92
+            esc[1] = 117
+            esc[2] = 48
+            esc[3] = 48
+            esc[4] = _HEXD[c >> 4]
+            esc[5] = _HEXD[c & 15]
+            b.add(esc, 6)
+    if n > start:
+        b.add(<const char*>s + start, n - start)
+    return b.add(b'"', 1)
+
+
+cpdef bytes access_route_part(service, stage, resource):
+    """The route's constant middle of an access-log line: ``,"service":..,"stage":..,"resource":..``."""
+    cdef _Buf b = _Buf()
+    b.add(b',"service":', 11)
+    _json_str(b, service)
+    b.add(b',"stage":', 9)
+    _json_str(b, stage)
+    b.add(b',"resource":', 12)
+    _json_str(b, resource)
+    return b.take()
+
+
+cdef class AccessLines:
+    """Access-log lines written as each exchange ends, kept in one C buffer until flushed.
+
+    PERF: the server formats the line in place from C values (no record tuple, no str of the
+    method and target, the route's fields pre-formatted once): ~0.5 µs a request less than
+    queueing a tuple for format_access_records. The bytes are the same as that function's
+    for the same record (tests/test_accesslog.py, hypothesis)."""
+    cdef _Buf buf
+    cdef readonly Py_ssize_t count
+    cdef _LogClock clk
+
+    def __cinit__(self):
+        self.buf = _Buf()
+        self.clk.last_sec = -1
+        self.clk.datelen = 0
+
+    def __len__(self):
+        return self.count
+
+    cdef int add(self, double ts, object rid, object client_ip, object consumer, bytes route_part,
+                 bytes method, bytes target, int status, long long bytes_in, long long bytes_out,
+                 long long total_us, long long upstream_us) except -1:
+        cdef _Buf b = self.buf
+        _log_time(b, ts, &self.clk)
+        b.add(b',"request_id":', 14)
+        _json_str(b, rid)
+        b.add(b',"client_ip":', 13)
+        _json_str(b, client_ip)
+        b.add(b',"consumer":', 12)
+        _json_str(b, consumer)
+        b.add_b(route_part)
+        b.add(b',"method":', 10)
+        _json_latin1(b, <const unsigned char*>PyBytes_AS_STRING(method), PyBytes_GET_SIZE(method))
+        b.add(b',"path":', 8)
+        _json_latin1(b, <const unsigned char*>PyBytes_AS_STRING(target), PyBytes_GET_SIZE(target))
+        _log_tail(b, status, bytes_in, bytes_out, total_us / 1000.0, upstream_us / 1000.0)
+        self.count += 1
+        return 0
+
+    def add_line(self, double ts, rid, client_ip, consumer, service, stage, resource, bytes method,
+                 bytes target, int status, long long bytes_in, long long bytes_out, long long total_us,
+                 long long upstream_us):
+        """What the server does per exchange, callable from Python (tests, tools)."""
+        self.add(ts, rid, client_ip, consumer, access_route_part(service, stage, resource), method,
+                 target, status, bytes_in, bytes_out, total_us, upstream_us)
+
+    def take(self):
+        """The lines written since the last take (b"" when none), and start over."""
+        cdef bytes out = self.buf.take() if self.buf.n else b""
+        self.buf.reset()
+        self.count = 0
+        if self.buf.cap > 1 << 20:
+            self.buf = _Buf()     # a burst of long lines: give the memory back
+        return out

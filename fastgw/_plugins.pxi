@@ -149,7 +149,7 @@ cdef inline uint64_t _rotl(uint64_t x, int b) nogil:
     return (x << b) | (x >> (64 - b))
 
 
-cdef inline void _sipround(uint64_t* v, int n) nogil:
+cdef inline void _sipround(uint64_t* v, int n) noexcept nogil:
     cdef int r
     for r in range(n):
         v[0] += v[1]; v[1] = _rotl(v[1], 13); v[1] ^= v[0]; v[0] = _rotl(v[0], 32)

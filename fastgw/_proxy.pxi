@@ -4,13 +4,12 @@
 # protocols wired to each other with plain method calls (no Task, Future or await on the
 # plain path), a coarse TimerWheel for every timeout, and the upstream keep-alive pools.
 
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 import logging as _logging
 import time as _time
 
 cdef object _log = _logging.getLogger("fastgw.proxy")
-cdef object _wall_time = _time.time
 
 DEF S_HEAD = 0      # reading a request head (or idle between requests)
 DEF S_BODY = 1      # request dispatched, its body still arriving
@@ -46,6 +45,12 @@ DEF U_TUNNEL = 3
 cdef inline double _mono() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline double _wall() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
@@ -188,6 +193,7 @@ cdef class Route:
     cdef public int stats_slot
     cdef public object spec
     cdef public dict variables
+    cdef bytes log_part                  # access-log fragment for service/stage/resource (first use)
 
     def __init__(self):
         self.max_body = -1
@@ -200,6 +206,9 @@ cdef class Route:
 
     def __repr__(self):
         return f"<Route {self.key}>"
+
+
+cdef bytes _NO_ROUTE_LOG_PART = access_route_part(None, None, None)
 
 
 cdef class Backend:
@@ -350,7 +359,7 @@ cdef class Engine:
     cdef public TimerWheel wheel
     cdef public StatsWriter stats         # None: stats off
     cdef object log_sink                  # AccessLog or None (set through access_log)
-    cdef list access_buf                  # its buffer, appended to from C
+    cdef AccessLines access_lines         # its lines, written to from C
     cdef Py_ssize_t access_max            # its max_records: flush when reached
     cdef public object unmatched_slot     # callable(host: bytes) -> int, or None
     cdef public dict consumer_slots       # consumer name -> stats slot
@@ -379,13 +388,13 @@ cdef class Engine:
 
     @property
     def access_log(self):
-        """The worker's AccessLog, or None; records go straight into its ``buffer``."""
+        """The worker's AccessLog, or None; lines go straight into its ``lines``."""
         return self.log_sink
 
     @access_log.setter
     def access_log(self, log):
         self.log_sink = log
-        self.access_buf = log.buffer if log is not None else None
+        self.access_lines = log.lines if log is not None else None
         self.access_max = log.max_records if log is not None else 0
 
     def start(self):
@@ -1241,20 +1250,24 @@ cdef class ClientConnection(Timed):
                     route.chain.run_log(ctx)
                 except Exception as exc:
                     _log.error("log plugin failed on %s: %r", route.key, exc, exc_info=exc)
-            if self.engine.access_buf is not None:
+            if self.engine.access_lines is not None:
                 self._access_log(route, ctx, total_us, up_us)
 
     cdef void _access_log(self, Route route, RequestContext ctx, long long total_us, long long up_us):
         cdef RequestHead req = self.req
-        consumer = ctx.consumer.name if ctx is not None and ctx.consumer is not None else None
         cdef Engine e = self.engine
-        e.access_buf.append((
-            _wall_time(), self._rid(), ctx.client_ip if ctx is not None else self.peer_ip_str, consumer,
-            route.service if route is not None else None, route.stage if route is not None else None,
-            route.resource if route is not None else None, req.method.decode("latin-1"),
-            req.target.decode("latin-1"), self.status, self.bytes_in, self.bytes_out,
-            total_us / 1000.0, up_us / 1000.0))
-        if len(e.access_buf) >= e.access_max:
+        cdef bytes part
+        consumer = ctx.consumer.name if ctx is not None and ctx.consumer is not None else None
+        if route is None:
+            part = _NO_ROUTE_LOG_PART
+        else:
+            part = route.log_part
+            if part is None:
+                part = route.log_part = access_route_part(route.service, route.stage, route.resource)
+        e.access_lines.add(_wall(), self._rid(), ctx.client_ip if ctx is not None else self.peer_ip_str,
+                           consumer, part, req.method, req.target, self.status, self.bytes_in,
+                           self.bytes_out, total_us, up_us)
+        if e.access_lines.count >= e.access_max:
             e.log_sink.flush()
 
     cdef void _abort_exchange(self):

@@ -1,9 +1,10 @@
-"""Access log: JSON lines (orjson), buffered off the hot path, reopened on SIGUSR1.
+"""Access log: JSON lines, buffered off the hot path, reopened on SIGUSR1.
 
-The server calls :meth:`AccessLog.append` with one tuple per finished request (order in
-:data:`FIELDS`); nothing is formatted then. A timer on the worker's loop (every
-``interval`` seconds), or the buffer reaching ``max_records``, formats the batch and
-writes it with one ``write`` (``O_APPEND``, so workers sharing a file never interleave
+The server writes each finished request's line from C into :attr:`AccessLog.lines`
+(``fastgw._core.AccessLines``, one C buffer). Python callers may queue a record tuple
+with :meth:`AccessLog.append` (order in :data:`FIELDS`), formatted at flush time. A timer
+on the worker's loop (every ``interval`` seconds), or ``max_records`` lines waiting,
+flushes with one ``write`` (``O_APPEND``, so workers sharing a file never interleave
 inside a line). ``SIGUSR1`` reopens the file, for logrotate.
 """
 
@@ -61,9 +62,11 @@ def format_records_py(records: list[tuple[Any, ...]]) -> bytes:
 
 try:
     # PERF: the compiled formatter writes the batch into one C buffer (~0.3 µs a record).
+    from fastgw._core import AccessLines
     from fastgw._core import format_access_records as format_records
 except ImportError:  # pragma: no cover - extension not built
     format_records = format_records_py
+    AccessLines = None
 
 
 class AccessLog:
@@ -73,8 +76,9 @@ class AccessLog:
         self.path = path if path not in (None, "", "-", "stdout") else None
         self.interval = interval
         self.max_records = max_records
-        # Records waiting for the next flush. PERF: the engine appends to this very list
-        # from C (no Python call per request); flush() empties it in place.
+        # Lines the server wrote from C (PERF: no Python call and no record per request).
+        self.lines = AccessLines() if AccessLines is not None else None
+        # Records queued from Python (append), formatted at the next flush.
         self.buffer: list[tuple[Any, ...]] = []
         self._fd = -1
         self._timer: asyncio.TimerHandle | None = None
@@ -97,15 +101,16 @@ class AccessLog:
 
     def flush(self) -> None:
         """Format and write everything queued."""
-        if not self.buffer:
-            return
-        records = self.buffer[:]
-        self.buffer.clear()
-        try:
-            data = format_records(records)
-        except Exception:
-            # A record that can't be formatted costs its batch, never the log itself.
-            self.errors += 1
+        data = self.lines.take() if self.lines is not None and len(self.lines) else b""
+        if self.buffer:
+            records = self.buffer[:]
+            self.buffer.clear()
+            try:
+                data += format_records(records)
+            except Exception:
+                # A record that can't be formatted costs its batch, never the log itself.
+                self.errors += 1
+        if not data:
             return
         try:
             view = memoryview(data)

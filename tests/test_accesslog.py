@@ -115,3 +115,49 @@ def test_unformattable_record_costs_its_batch_not_the_log(tmp_path) -> None:
     log.close()
     line = orjson.loads(path.read_bytes().splitlines()[0])
     assert line["request_id"] == "r" and line["consumer"] == "?"
+
+
+_LINE = st.tuples(
+    st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    st.text(max_size=20), st.text(max_size=40), _TEXT, _TEXT, _TEXT, _TEXT,
+    st.binary(min_size=1, max_size=10),                                   # method, raw bytes
+    st.binary(max_size=60),                                               # target, raw bytes
+    st.integers(min_value=100, max_value=599),
+    st.integers(min_value=0, max_value=2**40), st.integers(min_value=0, max_value=2**40),
+    st.integers(min_value=0, max_value=10**9), st.integers(min_value=0, max_value=10**9),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_LINE, max_size=5))
+def test_lines_written_by_the_server_match_the_batch_formatter(lines) -> None:
+    """AccessLines (what the server writes per exchange, from C values) gives the bytes the
+    batch formatter gives for the same record, the method and target read as latin-1."""
+    from fastgw._core import AccessLines, format_access_records
+
+    out = AccessLines()
+    records = []
+    for (ts, rid, ip, consumer, service, stage, resource, method, target, status, bin_, bout,
+         total_us, up_us) in lines:
+        out.add_line(ts, rid, ip, consumer, service, stage, resource, method, target, status, bin_,
+                     bout, total_us, up_us)
+        records.append((ts, rid, ip, consumer, service, stage, resource, method.decode("latin-1"),
+                        target.decode("latin-1"), status, bin_, bout, total_us / 1000.0, up_us / 1000.0))
+    assert len(out) == len(lines)
+    assert out.take() == format_access_records(records)
+    assert len(out) == 0 and out.take() == b""
+
+
+def test_flush_writes_server_lines_and_queued_records(tmp_path) -> None:
+    path = tmp_path / "a.log"
+    log = AccessLog(str(path))
+    log.lines.add_line(1.5, "from-c", "10.0.0.1", None, "shop", "prod", "/a", b"GET", b"/a?x=\xff", 200,
+                       10, 20, 1500, 1000)
+    log.append(_rec(7))
+    log.flush()
+    rows = [orjson.loads(x) for x in path.read_bytes().splitlines()]
+    assert [r["request_id"] for r in rows] == ["from-c", "req-7"]
+    assert rows[0]["path"] == "/a?x=\u00ff" and rows[0]["total_ms"] == 1.5 and rows[0]["upstream_ms"] == 1.0
+    log.flush()
+    assert len(path.read_bytes().splitlines()) == 2
+    log.close()
