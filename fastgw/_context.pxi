@@ -34,10 +34,10 @@ cdef class RequestContext:
     cdef public object consumer          # Consumer once authenticated, else None
     cdef public object upstream_path     # set to override the backend path (+query)
     cdef public int answer_status        # > 0 once a plugin answered
-    cdef public object answer_headers
+    cdef object _answer_headers          # see the answer_headers property
     cdef public object answer_body
     cdef public int status               # response status (backend's or the answer's)
-    cdef public object response_headers  # backend response headers (response phase)
+    cdef object _response_headers        # see the response_headers property
     cdef public object response_headers_add  # added to whatever answer goes out
     cdef public long long bytes_in
     cdef public long long bytes_out
@@ -65,11 +65,33 @@ cdef class RequestContext:
         self._init_empty()
 
     cdef inline void _init_empty(self):
-        self.answer_headers = []
+        # PERF: answer_headers and response_headers are made on first use (most requests
+        # are neither answered by a plugin nor need the backend's headers as a list).
         self.answer_body = b""
-        self.response_headers = []
         self.response_headers_add = []
         self.body_size = -1
+
+    @property
+    def answer_headers(self):
+        """Headers of the gateway's own answer (a list of (name, value) bytes pairs)."""
+        if self._answer_headers is None:
+            self._answer_headers = []
+        return self._answer_headers
+
+    @answer_headers.setter
+    def answer_headers(self, value):
+        self._answer_headers = value
+
+    @property
+    def response_headers(self):
+        """Backend response headers in the response phase (a list of (name, value) bytes pairs)."""
+        if self._response_headers is None:
+            self._response_headers = []
+        return self._response_headers
+
+    @response_headers.setter
+    def response_headers(self, value):
+        self._response_headers = value
 
     @property
     def vars(self):

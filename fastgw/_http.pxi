@@ -323,6 +323,19 @@ cdef bytes M_PATCH = b"PATCH"
 cdef bytes M_OPTIONS = b"OPTIONS"
 
 
+cdef str S_GET = "GET"
+cdef str S_POST = "POST"
+
+
+cdef inline str method_str(bytes method):
+    """The method as str (PERF: the two common ones are constants, not decoded per request)."""
+    if method is M_GET:
+        return S_GET
+    if method is M_POST:
+        return S_POST
+    return method.decode("latin-1")
+
+
 cdef inline bytes _method_bytes(bytes buf, const char* m, Py_ssize_t n):
     """PERF: the common methods are shared constants, not a new object per request."""
     if n == 3 and m[0] == 71 and m[1] == 69 and m[2] == 84:
@@ -920,12 +933,14 @@ cdef class ChunkedScanner:
 
 cdef class ForwardInfo:
     """Per-listener facts the request builder needs: scheme and port as seen by clients."""
-    cdef public bytes proto
-    cdef public bytes port
+    cdef readonly bytes proto
+    cdef readonly bytes port
+    cdef readonly str scheme      # proto as str, for the plugins' RequestContext
 
     def __init__(self, bytes proto=b"http", bytes port=b"80"):
         self.proto = proto
         self.port = port
+        self.scheme = proto.decode("latin-1")
 
 
 cdef bytes build_upstream_head(RequestHead h, bytes method, bytes path_query, bytes host_value,

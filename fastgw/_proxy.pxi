@@ -775,8 +775,8 @@ cdef class ClientConnection(Timed):
     cdef RequestContext _make_ctx(self, Route route, tuple values):
         cdef RequestHead req = self.req
         cdef RequestContext ctx = new_context(
-            req.method.decode("latin-1"), self.norm_path.decode("latin-1"), req.query,
-            req.forward_headers(), self.peer_ip_str, self.fwd.proto.decode("latin-1"),
+            method_str(req.method), self.norm_path.decode("latin-1"), req.query,
+            req.forward_headers(), self.peer_ip_str, self.fwd.scheme,
             route, values, self._rid(), "1.1" if req.version == 11 else "1.0")
         ctx.body_size = req.content_length if not req.chunked else -1
         ctx.start_time = self.t_start
