@@ -360,7 +360,7 @@ cdef class Engine:
     cdef public StatsWriter stats         # None: stats off
     cdef object log_sink                  # AccessLog or None (set through access_log)
     cdef AccessLines access_lines         # its lines, written to from C
-    cdef Py_ssize_t access_max            # its max_records: flush when reached
+    cdef Py_ssize_t access_max            # its max_bytes: flush when this much is waiting
     cdef public object unmatched_slot     # callable(host: bytes) -> int, or None
     cdef public dict consumer_slots       # consumer name -> stats slot
     cdef public double idle_timeout
@@ -395,7 +395,7 @@ cdef class Engine:
     def access_log(self, log):
         self.log_sink = log
         self.access_lines = log.lines if log is not None else None
-        self.access_max = log.max_records if log is not None else 0
+        self.access_max = log.max_bytes if log is not None else 0
 
     def start(self):
         self.wheel.start()
@@ -1267,7 +1267,7 @@ cdef class ClientConnection(Timed):
         e.access_lines.add(_wall(), self._rid(), ctx.client_ip if ctx is not None else self.peer_ip_str,
                            consumer, part, req.method, req.target, self.status, self.bytes_in,
                            self.bytes_out, total_us, up_us)
-        if e.access_lines.count >= e.access_max:
+        if e.access_lines.buf.n >= e.access_max:
             e.log_sink.flush()
 
     cdef void _abort_exchange(self):

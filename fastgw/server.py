@@ -96,7 +96,8 @@ class Worker:
             return None
         from fastgw.accesslog import AccessLog
 
-        return AccessLog(cfg.get("path", "-"))
+        return AccessLog(cfg.get("path", "-"), interval=cfg.get("flush_interval", 0.1),
+                         max_bytes=cfg.get("buffer", 65536))
 
     async def start(self, sockets: list[socket.socket]) -> None:
         self.engine.start()

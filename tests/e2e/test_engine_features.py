@@ -72,3 +72,40 @@ def test_hmac_body_digest_with_chunked_body(backend: Backend, port: int, gateway
         assert r.status == 200, r.body
         assert r.json()["body"] == body.decode()
         assert c.request("GET", "/other").status in (404, 405)   # the connection stays usable
+
+
+def _log_lines(path: Any) -> list[dict]:
+    import orjson
+
+    return [orjson.loads(x) for x in path.read_bytes().splitlines()] if path.exists() else []
+
+
+def test_access_log_written_by_size_and_by_interval(port: int, gateway: Any, tmp_path: Any) -> None:
+    """Lines wait in the worker until ``buffer`` bytes are there (then one write), or until
+    ``flush_interval``; each line holds the request as the client sent it."""
+    from tests.helpers import wait_until
+
+    path = tmp_path / "access.log"
+    with Backend() as backend:
+        cfg = gateway_config(port, backend.url,
+                             access_log={"enabled": True, "path": str(path), "buffer": 2048,
+                                         "flush_interval": 60})
+        g = gateway(cfg)
+        for i in range(20):
+            assert request(g.port, "GET", f"/items/{i}?q=%C3%A9&x=1").status == 200
+        rows = wait_until(lambda: _log_lines(path), what="a flush by size")
+        # ~300 bytes a line: written in one or two 2 KB batches, the rest still buffered.
+        assert 2048 // 400 <= len(rows) < 20
+        assert [r["path"] for r in rows] == [f"/items/{i}?q=%C3%A9&x=1" for i in range(len(rows))]
+        assert {r["method"] for r in rows} == {"GET"} and {r["status"] for r in rows} == {200}
+        assert all(r["service"] == "test" and r["stage"] == "prod" and r["resource"] == "/{path*}"
+                   for r in rows)
+        # buffer 0: every request is written as it ends.
+        cfg["access_log"] = {"enabled": True, "path": str(path), "buffer": 0, "flush_interval": 60}
+        g.stop()
+        path.unlink()
+        g = gateway(cfg)
+        for i in range(3):
+            request(g.port, "POST", "/orders", body=b"x" * 10)
+            wait_until(lambda n=i + 1: len(_log_lines(path)) == n, what=f"line {i + 1}")
+        assert _log_lines(path)[-1]["bytes_in"] > 10
