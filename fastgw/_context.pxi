@@ -17,6 +17,48 @@ cdef inline bytes _ctx_b(value):
     return value if type(value) is bytes else (<str>value).encode("latin-1")
 
 
+_CTX_CONTROL = dict.fromkeys([*range(0, 32), 127])
+
+
+cdef bytes _ctx_clean(str value):
+    return value.translate(_CTX_CONTROL).encode("utf-8")
+
+
+cdef class Consumer:
+    """An authenticated caller: ``name`` and ``groups`` (from the config's ``consumers``).
+
+    PERF: a cdef class, so the chain and the access log read ``name`` and ``headers`` with
+    C loads (a __slots__ attribute cost ~140 instructions per read from C)."""
+
+    cdef public str name
+    cdef public tuple groups
+    cdef public dict data
+    cdef public tuple headers     # the identity headers sent to the backend
+
+    def __init__(self, str name, groups=(), data=None):
+        self.name = name
+        self.groups = tuple(groups)
+        self.data = data or {}
+        # PERF: the identity headers for the backend are built once per consumer.
+        # SECURITY: control characters are dropped (a name may come from a token claim).
+        self.headers = (
+            (b"X-Consumer-Name", _ctx_clean(name)),
+            (b"X-Consumer-Groups", _ctx_clean(",".join(self.groups))),
+        )
+
+    def __repr__(self):
+        return f"Consumer({self.name!r}, groups={self.groups!r})"
+
+
+cdef inline object consumer_name(object consumer):
+    """The name of ``ctx.consumer`` (a Consumer, or whatever a custom plugin put there)."""
+    if consumer is None:
+        return None
+    if type(consumer) is Consumer:
+        return (<Consumer>consumer).name
+    return getattr(consumer, "name", None)
+
+
 cdef class RequestContext:
     """One request's view for plugins: request data, the answer, and the response."""
 

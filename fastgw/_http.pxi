@@ -138,6 +138,20 @@ class HttpError(Exception):
         self.message = message
 
 
+cdef inline bytes _bslice(bytes b, Py_ssize_t s, Py_ssize_t e):
+    """``b[s:e]`` for 0 <= s, clamped as Python clamps. PERF: Cython slices bytes through
+    PySequence_GetSlice (a slice object and a generic call, ~180 instructions); this is
+    one PyBytes_FromStringAndSize, and ``b`` itself when the slice is all of it."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    if e > n:
+        e = n
+    if s >= e:
+        return b""
+    if s == 0 and e == n:
+        return b
+    return PyBytes_FromStringAndSize(PyBytes_AS_STRING(b) + s, e - s)
+
+
 cdef class _Buf:
     """A growable C buffer; one per process is reused for every head (PERF: no malloc per request)."""
     cdef char* p
@@ -155,7 +169,7 @@ cdef class _Buf:
         if self.p != NULL:
             free(self.p)
 
-    cdef inline void reset(self):
+    cdef inline void reset(self) noexcept:
         self.n = 0
 
     cdef int _grow(self, Py_ssize_t need) except -1:
@@ -423,7 +437,7 @@ cdef RequestHead scan_request(bytes buf, Py_ssize_t end, RequestHead h):
         raise HttpError(505, "HTTP version not supported")
     i += 10
     h.method = _method_bytes(buf, p + ms, me - ms)
-    h.target = buf[ts:te]
+    h.target = _bslice(buf, ts, te)
     # header lines
     while True:
         if p[i] == 13:       # the empty line that ends the head
@@ -478,7 +492,7 @@ cdef RequestHead scan_request(bytes buf, Py_ssize_t end, RequestHead h):
             elif cls == H_HOST:
                 host_count += 1
                 if host_count == 1:
-                    h.host_raw = buf[s:e]
+                    h.host_raw = _bslice(buf, s, e)
             elif cls == H_CONNECTION:
                 k = _conn_simple(p, s, e)
                 if k == 1:
@@ -486,7 +500,7 @@ cdef RequestHead scan_request(bytes buf, Py_ssize_t end, RequestHead h):
                 elif k == 2:
                     conn_ka = True
                 else:
-                    tokens = _connection_tokens(buf[s:e], tokens)
+                    tokens = _connection_tokens(_bslice(buf, s, e), tokens)
             elif cls == H_EXPECT:
                 if _ieq(p + s, e - s, b"100-continue", 12):
                     h.expect_continue = True
@@ -971,9 +985,9 @@ cdef bytes build_upstream_head(RequestHead h, bytes method, bytes path_query, by
                 b.add(p + h.name_s[i], h.val_e[i] - h.name_s[i])
                 b.add(b"\r\n", 2)
         if h.xff_idx >= 0:
-            xff = h.buf[h.val_s[h.xff_idx]:h.val_e[h.xff_idx]]
+            xff = _bslice(h.buf, h.val_s[h.xff_idx], h.val_e[h.xff_idx])
         if h.via_idx >= 0:
-            via = h.buf[h.val_s[h.via_idx]:h.val_e[h.via_idx]]
+            via = _bslice(h.buf, h.val_s[h.via_idx], h.val_e[h.via_idx])
     else:
         for name, value in headers:
             c = _classify(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))

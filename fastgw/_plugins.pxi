@@ -102,7 +102,8 @@ cdef class StepChain:
         the backend."""
         consumer = ctx.consumer
         if consumer is not None:
-            ctx.headers.extend(consumer.headers)
+            (<list>ctx.headers).extend(
+                (<Consumer>consumer).headers if type(consumer) is Consumer else consumer.headers)
         return False
 
     cpdef bint run_request(self, RequestContext ctx) except -1:

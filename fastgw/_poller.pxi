@@ -256,7 +256,7 @@ cdef class FdTransport:
     cdef bint connecting             # an outgoing connect in progress (waits for EPOLLOUT)
     cdef bint made                   # connection_made was called
 
-    cdef void _init(self, Poller poller, int fd, Timed proto, object peer):
+    cdef void _init(self, Poller poller, int fd, Timed proto, object peer) noexcept:
         self.poller = poller
         self.fd = fd
         self.proto = proto
@@ -296,7 +296,7 @@ cdef class FdTransport:
         tr._update()
         return tr
 
-    cdef void _connected(self):
+    cdef void _connected(self) noexcept:
         cdef int err = 0
         cdef socklen_t n = sizeof(err)
         if getsockopt(self.fd, SOL_SOCKET, SO_ERROR, &err, &n) < 0:
@@ -313,7 +313,7 @@ cdef class FdTransport:
         except Exception as exc:
             self._fatal(exc)
 
-    cdef void _update(self):
+    cdef void _update(self) noexcept:
         """Register the events this transport waits for (none: out of the set)."""
         cdef unsigned int want = 0
         cdef epoll_event ev
@@ -338,7 +338,7 @@ cdef class FdTransport:
                 return
         self.mask = want
 
-    cdef void _on_events(self, unsigned int ev):
+    cdef void _on_events(self, unsigned int ev) noexcept:
         if self.closed:
             return
         if self.connecting:
@@ -352,7 +352,7 @@ cdef class FdTransport:
         if ev & (EPOLLIN | EPOLLHUP | EPOLLERR) and self.reading:
             self._read()
 
-    cdef void _read(self):
+    cdef void _read(self) noexcept:
         cdef ssize_t n = recv(self.fd, self.poller.rbuf, READ_SIZE, 0)
         cdef int err
         if n > 0:
@@ -372,7 +372,7 @@ cdef class FdTransport:
             if err != EAGAIN and err != EWOULDBLOCK and err != EINTR:
                 self._fatal(_os_error(err))
 
-    cdef void _flush(self):
+    cdef void _flush(self) noexcept:
         cdef bytes data
         cdef ssize_t n
         cdef int err
@@ -455,10 +455,10 @@ cdef class FdTransport:
     def abort(self):
         self._close_now(None)
 
-    cdef void _fatal(self, exc):
+    cdef void _fatal(self, exc) noexcept:
         self._close_now(exc)
 
-    cdef void _close_now(self, exc):
+    cdef void _close_now(self, exc) noexcept:
         if self.closed:
             return
         self.closed = True

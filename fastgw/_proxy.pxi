@@ -64,10 +64,10 @@ cdef class Timed:
     cdef double deadline
     cdef long long sched_tick
 
-    cdef void on_timeout(self):
+    cdef int on_timeout(self) except -1:
         pass
 
-    cdef void _on_data(self, bytes data):
+    cdef void _on_data(self, bytes data) noexcept:
         """Bytes from this connection's socket (FdTransport calls it; asyncio: data_received)."""
         pass
 
@@ -119,7 +119,7 @@ cdef class TimerWheel:
             self.handle.cancel()
             self.handle = None
 
-    cdef inline void arm(self, Timed t, double deadline):
+    cdef inline int arm(self, Timed t, double deadline) except -1:
         cdef long long target
         t.deadline = deadline
         target = <long long>((deadline - self.base) / self.resolution) + 1
@@ -288,12 +288,12 @@ cdef class UpstreamPool:
             else:
                 self.dns = True
 
-    cdef void resolve_address(self):
+    cdef int resolve_address(self) except -1:
         """Look the host name up again (off the loop) when its answer is older than
         UPSTREAM_DNS_TTL; new connections use the last answer meanwhile, or uvloop's
         create_connection until there is one."""
         if not self.dns or self.resolving is not None or _mono() < self.resolved_until:
-            return
+            return 0
         loop = self.engine.loop
         self.resolving = loop.create_task(
             loop.getaddrinfo(self.host, self.port, type=_socket.SOCK_STREAM))
@@ -332,12 +332,12 @@ cdef class UpstreamPool:
         c.start_connect()
         return c
 
-    cdef void release(self, UpstreamConnection c):
+    cdef int release(self, UpstreamConnection c) except -1:
         if c.closed:
-            return
+            return 0
         if len(self.idle) >= self.max_idle or self.engine.draining:
             c.close()
-            return
+            return 0
         c.client = None
         self.idle.append(c)
         self.engine.wheel.arm(c, self.engine.wheel.now + self.idle_timeout)
@@ -414,7 +414,7 @@ cdef class Engine:
                     c._arm(T_IDLE, 2.0)
         self._check_drained()
 
-    cdef void _check_drained(self):
+    cdef int _check_drained(self) except -1:
         if self.draining and not self.connections and self.on_drained is not None:
             cb, self.on_drained = self.on_drained, None
             cb()
@@ -429,7 +429,7 @@ cdef class Engine:
             return <RequestHead>self.free_heads.pop()
         return None
 
-    cdef inline void give_head(self, RequestHead h):
+    cdef inline int give_head(self, RequestHead h) except -1:
         if len(self.free_heads) < 256:
             h.buf = None
             self.free_heads.append(h)
@@ -502,7 +502,7 @@ cdef class ClientConnection(Timed):
     def __init__(self, Engine engine, ForwardInfo fwd):
         self._init(engine, fwd)
 
-    cdef inline void _init(self, Engine engine, ForwardInfo fwd):
+    cdef inline int _init(self, Engine engine, ForwardInfo fwd) except -1:
         self.engine = engine
         self.fwd = fwd
         self.inbuf = b""
@@ -546,7 +546,7 @@ cdef class ClientConnection(Timed):
     def data_received(self, bytes data):
         self._on_data(data)
 
-    cdef void _on_data(self, bytes data):
+    cdef void _on_data(self, bytes data) noexcept:
         try:
             if self.state == S_HEAD:
                 if self.inbuf:
@@ -591,27 +591,27 @@ cdef class ClientConnection(Timed):
             self._arm(T_READ, self.route.read_timeout if self.route is not None else 60.0)
 
     # -- flow control and timers ---------------------------------------------------------
-    cdef inline void _pause(self, int reason):
+    cdef inline int _pause(self, int reason) except -1:
         self.paused |= reason
         if not self.reading_paused and self.transport is not None:
             self.reading_paused = True
             self.transport.pause_reading()
 
-    cdef inline void _resume(self, int reason):
+    cdef inline int _resume(self, int reason) except -1:
         self.paused &= ~reason
         if self.paused == 0 and self.reading_paused and self.state != S_CLOSED:
             self.reading_paused = False
             self.transport.resume_reading()
 
-    cdef inline void _arm(self, int kind, double seconds):
+    cdef inline int _arm(self, int kind, double seconds) except -1:
         self.timer_kind = kind
         self.engine.wheel.arm(self, self.engine.wheel.now + seconds)
 
-    cdef void on_timeout(self):
+    cdef int on_timeout(self) except -1:
         cdef int kind = self.timer_kind
         self.timer_kind = T_NONE
         if self.state == S_CLOSED:
-            return
+            return 0
         if kind == T_IDLE:
             self._close()
         elif kind == T_HEADER:
@@ -627,9 +627,9 @@ cdef class ClientConnection(Timed):
             self._abort_exchange()
 
     # -- request head --------------------------------------------------------------------
-    cdef void _process_input(self):
+    cdef int _process_input(self) except -1:
         if self.processing:
-            return
+            return 0
         self.processing = True
         try:
             while self.state == S_HEAD and self.inbuf:
@@ -646,8 +646,9 @@ cdef class ClientConnection(Timed):
         cdef RequestHead req
         if self.scan_pos == 0:
             # RFC 9112 2.2: ignore at least one empty line before a request-line.
-            while data[:2] == b"\r\n":
-                data = data[2:]
+            while PyBytes_GET_SIZE(data) >= 2 and PyBytes_AS_STRING(data)[0] == 13 \
+                    and PyBytes_AS_STRING(data)[1] == 10:
+                data = _bslice(data, 2, PyBytes_GET_SIZE(data))
             self.inbuf = data
             if not data:
                 return False
@@ -688,7 +689,7 @@ cdef class ClientConnection(Timed):
         self._start(req, end)
         return True
 
-    cdef void _start(self, RequestHead req, Py_ssize_t head_len):
+    cdef int _start(self, RequestHead req, Py_ssize_t head_len) except -1:
         cdef tuple m
         cdef int code
         cdef bytes path
@@ -740,7 +741,7 @@ cdef class ClientConnection(Timed):
         if path is None:
             self.keep_alive = self.keep_alive and self.req_done
             self._answer_error(400, "invalid request path")
-            return
+            return 0
         self.norm_path = path
         m = self.engine.router.match(req.host, req.method, path)
         code = m[0]
@@ -750,24 +751,24 @@ cdef class ClientConnection(Timed):
         elif code == 404:
             self.keep_alive = self.keep_alive and self.req_done
             self._answer_error(404, "no route for this request")
-            return
+            return 0
         else:
             if req.method == b"OPTIONS" and self._try_preflight(m[1], m[2]):
-                return
+                return 0
             self.keep_alive = self.keep_alive and self.req_done
             self._answer_error(405, "method not allowed", [(b"Allow", m[1].allow)])
-            return
+            return 0
         if self.route.pipeline is not None:
             if self.route.needs_body and not self.req_done:
                 self._start_buffering(rest)
-                return
+                return 0
             self._run_request_phase()
             if self.state != S_BODY and self.state != S_WAIT:
-                return        # answered by a plugin (or closed)
+                return 0        # answered by a plugin (or closed)
         if rest is not None:
             self._take_body(rest)
             if self.state != S_BODY and self.state != S_WAIT:
-                return
+                return 0
         if self.route.pipeline is None or not self.route.pipeline_async:
             self._dispatch()
 
@@ -782,7 +783,7 @@ cdef class ClientConnection(Timed):
         ctx.start_time = self.t_start
         return ctx
 
-    cdef void _start_buffering(self, bytes rest):
+    cdef int _start_buffering(self, bytes rest) except -1:
         """A plugin needs the whole body (e.g. an HMAC digest): collect it, bounded by the
         route's size limit (1 MiB when none), then run the request phase."""
         cdef Route route = self.route
@@ -790,7 +791,7 @@ cdef class ClientConnection(Timed):
         if self.req.content_length > limit:
             self.keep_alive = False
             self._answer_error(413, "request body too large")
-            return
+            return 0
         self.ctx = self._make_ctx(route, self.values)
         self.max_body = limit
         self.buffering = True
@@ -800,7 +801,7 @@ cdef class ClientConnection(Timed):
         if rest is not None:
             self._take_body(rest)
 
-    cdef void _body_buffered(self):
+    cdef int _body_buffered(self) except -1:
         cdef RequestContext ctx = self.ctx
         self.buffering = False
         pieces = self.body_plain if self.body_plain is not None else self.pending
@@ -809,11 +810,11 @@ cdef class ClientConnection(Timed):
         self._resume(P_PENDING)
         self._run_request_phase()
         if self.state != S_BODY and self.state != S_WAIT:
-            return
+            return 0
         if not self.route.pipeline_async:
             self._dispatch()
 
-    cdef void _run_request_phase(self):
+    cdef int _run_request_phase(self) except -1:
         cdef Route route = self.route
         pipeline = route.pipeline
         cdef RequestContext ctx = self.ctx
@@ -826,16 +827,16 @@ cdef class ClientConnection(Timed):
         if self.max_body >= 0 and self.req.content_length > self.max_body:
             self.keep_alive = False
             self._answer_error(413, "request body too large")
-            return
+            return 0
         if route.pipeline_async:
             self._pause(P_PLUGIN)
             self.async_task = self.engine.loop.create_task(self._run_async(pipeline, ctx))
-            return
+            return 0
         try:
             answered = route.chain.run_request(ctx)
         except Exception as exc:
             self._plugin_failed(exc)
-            return
+            return 0
         if answered:
             self._answer_ctx()
 
@@ -885,12 +886,12 @@ cdef class ClientConnection(Timed):
             return False
         return False
 
-    cdef void _plugin_failed(self, exc):
+    cdef int _plugin_failed(self, exc) except -1:
         _log.error("plugin failed on %s: %r", self.route.key if self.route else "?", exc, exc_info=exc)
         self.keep_alive = self.keep_alive and self.req_done
         self._answer_error(500, "plugin error")
 
-    cdef void _answer_ctx(self):
+    cdef int _answer_ctx(self) except -1:
         cdef RequestContext ctx = self.ctx
         if self.route is not None and self.route.has_response_phase:
             # Response plugins (e.g. response-headers, CORS) apply to gateway answers too.
@@ -917,18 +918,18 @@ cdef class ClientConnection(Timed):
         return self.request_id
 
     # -- request body --------------------------------------------------------------------
-    cdef void _take_body(self, bytes data):
+    cdef int _take_body(self, bytes data) except -1:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         cdef Py_ssize_t k
         cdef bytes body, leftover = None
         if n == 0:
-            return
+            return 0
         if self.body_mode == B_LENGTH:
             if n <= self.body_left:
                 body = data
             else:
-                body = data[:self.body_left]
-                leftover = data[self.body_left:]
+                body = _bslice(data, 0, self.body_left)
+                leftover = _bslice(data, self.body_left, n)
             self.body_left -= PyBytes_GET_SIZE(body)
             if self.body_left == 0:
                 self.req_done = True
@@ -936,18 +937,18 @@ cdef class ClientConnection(Timed):
             k = self.chunk.feed(data, self.body_plain)
             if k < 0:
                 self._bad_body()
-                return
+                return 0
             if k == n:
                 body = data
             else:
-                body = data[:k]
-                leftover = data[k:]
+                body = _bslice(data, 0, k)
+                leftover = _bslice(data, k, n)
             if self.chunk.done:
                 self.req_done = True
         self.bytes_in += PyBytes_GET_SIZE(body)
         if self.max_body >= 0 and self.bytes_in - self.req.head_len > self.max_body:
             self._body_too_large()
-            return
+            return 0
         if self.up is not None and self.up.transport is not None and self.pending is None:
             self.up.transport.write(body)
             if self.timer_kind == T_READ:
@@ -967,7 +968,7 @@ cdef class ClientConnection(Timed):
             if self.buffering:
                 self._body_buffered()
 
-    cdef void _bad_body(self):
+    cdef int _bad_body(self) except -1:
         self.keep_alive = False
         if self.resp_started:
             self._abort_exchange()
@@ -975,7 +976,7 @@ cdef class ClientConnection(Timed):
             self._drop_upstream()
             self._answer_error(400, "bad chunked body")
 
-    cdef void _body_too_large(self):
+    cdef int _body_too_large(self) except -1:
         self.keep_alive = False
         if self.resp_started:
             self._abort_exchange()
@@ -984,7 +985,7 @@ cdef class ClientConnection(Timed):
             self._answer_error(413, "request body too large")
 
     # -- upstream --------------------------------------------------------------------------
-    cdef void _dispatch(self):
+    cdef int _dispatch(self) except -1:
         cdef Route route = self.route
         cdef RequestHead req = self.req
         cdef UpstreamPool pool = route.backend.pick()
@@ -1017,14 +1018,14 @@ cdef class ClientConnection(Timed):
         if route.template is not None:
             p = route.template.render(self.values, query, headers if headers is not None else self.req.headers())
         elif route.prefix_len:
-            p = self.norm_path[route.prefix_len:] or b"/"
+            p = _bslice(self.norm_path, route.prefix_len, PyBytes_GET_SIZE(self.norm_path)) or b"/"
         else:
             p = self.norm_path
         if with_query and query:
             return p + b"?" + query
         return p
 
-    cdef void _upstream_ready(self):
+    cdef int _upstream_ready(self) except -1:
         """The upstream connection is open: send the head, glued to the body bytes we hold."""
         cdef bytes data = self.up_head
         if self.pending is not None:
@@ -1043,11 +1044,11 @@ cdef class ClientConnection(Timed):
                 self._resume(P_PENDING)
         self._arm(T_READ, self.route.read_timeout)
 
-    cdef void _upstream_connect_failed(self, exc):
+    cdef int _upstream_connect_failed(self, exc) except -1:
         self.up = None
         self._upstream_error(502, "upstream connection failed")
 
-    cdef void _upstream_lost(self, bint got_bytes):
+    cdef int _upstream_lost(self, bint got_bytes) except -1:
         """The upstream connection closed before a complete answer."""
         cdef UpstreamPool pool
         self.up = None
@@ -1062,18 +1063,18 @@ cdef class ClientConnection(Timed):
                 self._upstream_ready()
             else:
                 self._arm(T_CONNECT, self.route.connect_timeout)
-            return
+            return 0
         self._upstream_error(502, "upstream closed the connection")
 
-    cdef void _upstream_error(self, int status, str message):
+    cdef int _upstream_error(self, int status, str message) except -1:
         if self.resp_started:
             self._abort_exchange()
-            return
+            return 0
         self.keep_alive = self.keep_alive and self.req_done
         self.t_up_end = _mono()
         self._answer_error(status, message)
 
-    cdef void _drop_upstream(self):
+    cdef int _drop_upstream(self) except -1:
         cdef UpstreamConnection up = self.up
         if up is not None:
             self.up = None
@@ -1081,7 +1082,7 @@ cdef class ClientConnection(Timed):
             up.close()
 
     # -- response from upstream ----------------------------------------------------------
-    cdef void _response_head(self, ResponseHead resp, bytes body, bint done):
+    cdef int _response_head(self, ResponseHead resp, bytes body, bint done) except -1:
         cdef int conn_mode
         cdef bytes head
         cdef list headers = None, add = None
@@ -1120,7 +1121,7 @@ cdef class ClientConnection(Timed):
         self.bytes_out = PyBytes_GET_SIZE(head)
         self._write(head)
 
-    cdef void _start_tunnel(self, ResponseHead resp, bytes rest):
+    cdef int _start_tunnel(self, ResponseHead resp, bytes rest) except -1:
         """The backend accepted the upgrade (101): relay its answer, then pass bytes through
         both ways until either side closes or the route's read timeout passes idle."""
         cdef RequestContext ctx = self.ctx
@@ -1140,13 +1141,13 @@ cdef class ClientConnection(Timed):
             self.inbuf = b""
         self._resume(P_PIPELINE)
 
-    cdef void _response_body(self, bytes body):
+    cdef int _response_body(self, bytes body) except -1:
         self.bytes_out += PyBytes_GET_SIZE(body)
         self._write(body)
         if self.timer_kind == T_READ:
             self._arm(T_READ, self.route.read_timeout)
 
-    cdef void _response_done(self):
+    cdef int _response_done(self) except -1:
         self.up = None
         self.t_up_end = _mono()
         if not self.req_done:
@@ -1155,7 +1156,7 @@ cdef class ClientConnection(Timed):
         self._finish()
 
     # -- answers by the gateway ------------------------------------------------------------
-    cdef void _answer_error(self, int status, str message, list headers=None):
+    cdef int _answer_error(self, int status, str message, list headers=None) except -1:
         cdef list h = [(b"Content-Type", b"application/json")]
         if headers:
             h.extend(headers)
@@ -1163,14 +1164,14 @@ cdef class ClientConnection(Timed):
             h.extend(self.ctx.response_headers_add)
         self._answer(status, h, error_body(status, message, self._rid()))
 
-    cdef void _answer(self, int status, list headers, bytes body):
+    cdef int _answer(self, int status, list headers, bytes body) except -1:
         cdef int conn_mode
         cdef bytes data
         if self.state == S_CLOSED:
-            return
+            return 0
         if self.resp_started:
             self._abort_exchange()
-            return
+            return 0
         if self.req is None:
             self.keep_alive = False
             self.t_start = _mono()
@@ -1192,7 +1193,7 @@ cdef class ClientConnection(Timed):
         self._finish()
 
     # -- end of an exchange -----------------------------------------------------------------
-    cdef void _finish(self):
+    cdef int _finish(self) except -1:
         self._log_exchange()
         self.ctx = None
         self.req = None
@@ -1200,7 +1201,7 @@ cdef class ClientConnection(Timed):
         self.served += 1
         if not self.keep_alive or self.state == S_CLOSED:
             self._close()
-            return
+            return 0
         # Ready for the next request on this connection.
         self.state = S_HEAD
         self.route = None
@@ -1217,7 +1218,7 @@ cdef class ClientConnection(Timed):
         if self.inbuf:
             self._process_input()
 
-    cdef void _log_exchange(self):
+    cdef int _log_exchange(self) except -1:
         """Count the exchange (stats, consumer), run the log phase, queue the access-log line."""
         cdef double now = _mono()
         cdef Route route = self.route
@@ -1238,7 +1239,7 @@ cdef class ClientConnection(Timed):
                     stats.record(slot, self.status, total_us, up_us, self.bytes_in, self.bytes_out,
                                  1 if self.by_gateway else 0)
                 if ctx is not None and ctx.consumer is not None:
-                    cslot = self.engine.consumer_slots.get(ctx.consumer.name)
+                    cslot = self.engine.consumer_slots.get(consumer_name(ctx.consumer))
                     if cslot is not None:
                         stats.record_consumer(cslot)
             if ctx is not None and route is not None and route.has_log_phase:
@@ -1253,11 +1254,11 @@ cdef class ClientConnection(Timed):
             if self.engine.access_lines is not None:
                 self._access_log(route, ctx, total_us, up_us)
 
-    cdef void _access_log(self, Route route, RequestContext ctx, long long total_us, long long up_us):
+    cdef int _access_log(self, Route route, RequestContext ctx, long long total_us, long long up_us) except -1:
         cdef RequestHead req = self.req
         cdef Engine e = self.engine
         cdef bytes part
-        consumer = ctx.consumer.name if ctx is not None and ctx.consumer is not None else None
+        consumer = consumer_name(ctx.consumer) if ctx is not None else None
         if route is None:
             part = _NO_ROUTE_LOG_PART
         else:
@@ -1270,7 +1271,7 @@ cdef class ClientConnection(Timed):
         if e.access_lines.buf.n >= e.access_max:
             e.log_sink.flush()
 
-    cdef void _abort_exchange(self):
+    cdef int _abort_exchange(self) except -1:
         """Nothing sensible can be sent any more: close both sides."""
         self._drop_upstream()
         self.keep_alive = False
@@ -1278,20 +1279,20 @@ cdef class ClientConnection(Timed):
             self.status = 499
         self._close()
 
-    cdef void _internal_error(self, exc):
+    cdef int _internal_error(self, exc) except -1:
         _log.error("internal error: %r", exc, exc_info=exc)
         if self.state != S_CLOSED and not self.resp_started:
             self.keep_alive = False
             try:
                 self._answer_error(500, "internal error")
-                return
+                return 0
             except Exception:
                 pass
         self._abort_exchange()
 
-    cdef void _close(self):
+    cdef int _close(self) except -1:
         if self.state == S_CLOSED and self.transport is None:
-            return
+            return 0
         self.state = S_CLOSED
         self.deadline = 0
         self._drop_upstream()
@@ -1382,14 +1383,14 @@ cdef class UpstreamConnection(Timed):
             if client is not None:
                 (<ClientConnection>client)._upstream_connect_failed(exc)
 
-    cdef void send(self, bytes data):
+    cdef int send(self, bytes data) except -1:
         self.state = U_HEAD
         self.got_bytes = False
         self.buf = b""
         self.scan_pos = 0
         self._write(data)
 
-    cdef void close(self):
+    cdef int close(self) except -1:
         self.closed = True
         self.deadline = 0
         if self.connect_task is not None:
@@ -1401,7 +1402,7 @@ cdef class UpstreamConnection(Timed):
         if self.transport is not None:
             self.transport.close()
 
-    cdef void on_timeout(self):
+    cdef int on_timeout(self) except -1:
         # Only idle pooled connections are armed here.
         if self.client is None:
             self.close()
@@ -1447,7 +1448,7 @@ cdef class UpstreamConnection(Timed):
     def data_received(self, bytes data):
         self._on_data(data)
 
-    cdef void _on_data(self, bytes data):
+    cdef void _on_data(self, bytes data) noexcept:
         cdef ClientConnection client = self.client
         if client is None:
             self.close()          # bytes on an idle connection: the backend is confused
@@ -1468,7 +1469,7 @@ cdef class UpstreamConnection(Timed):
             self.close()
             client._internal_error(exc)
 
-    cdef void _on_head(self, ClientConnection client, bytes data):
+    cdef int _on_head(self, ClientConnection client, bytes data) except -1:
         cdef Py_ssize_t bad = -1, end
         cdef ResponseHead resp
         cdef bytes rest
@@ -1478,39 +1479,39 @@ cdef class UpstreamConnection(Timed):
             end = find_head_end(data, self.scan_pos, &bad)
             if bad >= 0:
                 self._fail(client, "bad response head from upstream")
-                return
+                return 0
             if end < 0:
                 if PyBytes_GET_SIZE(data) > 65536:
                     self._fail(client, "response head from upstream too large")
-                    return
+                    return 0
                 self.buf = data
                 self.scan_pos = PyBytes_GET_SIZE(data) - 3 if PyBytes_GET_SIZE(data) > 3 else 0
-                return
+                return 0
             self.scan_pos = 0
             self.buf = b""
             if end > 65536:
                 self._fail(client, "response head from upstream too large")
-                return
+                return 0
             try:
                 resp = scan_response(data, end, client.head_req, self.head_obj)
                 self.head_obj = resp
             except HttpError as exc:
                 self._fail(client, exc.message)
-                return
+                return 0
             rest = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + end, PyBytes_GET_SIZE(data) - end) \
                 if end < PyBytes_GET_SIZE(data) else b""
             if resp.status < 200:
                 if resp.status == 101:
                     if not client.req.upgrade:
                         self._fail(client, "upstream switched protocols unasked")
-                        return
+                        return 0
                     self.resp = resp
                     self.state = U_TUNNEL
                     client._start_tunnel(resp, rest)
-                    return
+                    return 0
                 data = rest          # interim 1xx: not forwarded (the gateway sent its own 100)
                 if not data:
-                    return
+                    return 0
                 continue
             break
         self.resp = resp
@@ -1523,10 +1524,10 @@ cdef class UpstreamConnection(Timed):
             self.body_left = resp.content_length
         self._frame(client, rest, True)
 
-    cdef void _on_body(self, ClientConnection client, bytes data):
+    cdef int _on_body(self, ClientConnection client, bytes data) except -1:
         self._frame(client, data, False)
 
-    cdef void _frame(self, ClientConnection client, bytes data, bint first):
+    cdef int _frame(self, ClientConnection client, bytes data, bint first) except -1:
         """Pass body bytes through to the client and notice where the message ends."""
         cdef ResponseHead resp = self.resp
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data), k
@@ -1544,17 +1545,17 @@ cdef class UpstreamConnection(Timed):
                 k = self.chunk.feed(data)
             if k < 0:
                 self._fail(client, "bad chunked body from upstream")
-                return
+                return 0
             if k < n:
-                extra = data[k:]
+                extra = _bslice(data, k, n)
                 if not client.dechunk:
-                    body = data[:k]
+                    body = _bslice(data, 0, k)
             done = self.chunk.done
         else:
             if n >= self.body_left:
                 if n > self.body_left:
-                    extra = data[self.body_left:]
-                    body = data[:self.body_left]
+                    extra = _bslice(data, self.body_left, n)
+                    body = _bslice(data, 0, self.body_left)
                 self.body_left = 0
                 done = True
             else:
@@ -1566,7 +1567,7 @@ cdef class UpstreamConnection(Timed):
         if done:
             self._message_done(client, extra)
 
-    cdef void _message_done(self, ClientConnection client, bytes extra):
+    cdef int _message_done(self, ClientConnection client, bytes extra) except -1:
         cdef bint reusable = self.resp.keep_alive and not extra and client.req_done and not self.closed
         self.state = U_IDLE
         self.client = None
@@ -1579,7 +1580,7 @@ cdef class UpstreamConnection(Timed):
             self.close()
         client._response_done()
 
-    cdef void _fail(self, ClientConnection client, str message):
+    cdef int _fail(self, ClientConnection client, str message) except -1:
         self.client = None
         self.close()
         client.up = None
