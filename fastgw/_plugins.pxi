@@ -46,6 +46,7 @@ cdef class NativeStep:
         self.response(ctx)
 
 
+@cython.final  # PERF: its methods are called directly (no vtable)
 cdef class StepChain:
     """One route's phase steps in priority order (see fastgw/pipeline.py for the contract)."""
 
@@ -146,7 +147,7 @@ cdef class StepChain:
 # SipHash-2-4 (Aumasson & Bernstein): a fast keyed PRF for short inputs.
 # ---------------------------------------------------------------------------------------
 
-cdef inline uint64_t _rotl(uint64_t x, int b) nogil:
+cdef inline uint64_t _rotl(uint64_t x, int b) noexcept nogil:
     return (x << b) | (x >> (64 - b))
 
 
@@ -159,7 +160,7 @@ cdef inline void _sipround(uint64_t* v, int n) noexcept nogil:
         v[2] += v[1]; v[1] = _rotl(v[1], 17); v[1] ^= v[2]; v[2] = _rotl(v[2], 32)
 
 
-cdef uint64_t siphash24(uint64_t k0, uint64_t k1, const uint8_t* p, Py_ssize_t n) nogil:
+cdef uint64_t siphash24(uint64_t k0, uint64_t k1, const uint8_t* p, Py_ssize_t n) noexcept nogil:
     cdef uint64_t v[4]
     cdef uint64_t m, b = (<uint64_t>n) << 56
     cdef Py_ssize_t i, j, end = n - (n % 8)
@@ -215,6 +216,7 @@ cdef bint ct_equal(bytes a, bytes b):
     return acc == 0
 
 
+@cython.final  # PERF: its methods are called directly (no vtable)
 cdef class KeyIndex:
     """API key -> consumer, for key-auth (built once per config, shared by its routes).
 
