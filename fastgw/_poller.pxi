@@ -401,7 +401,7 @@ cdef class FdTransport:
             self._close_now(None)
 
     # -- the asyncio.Transport subset ---------------------------------------------------
-    def write(self, bytes data):
+    cpdef write(self, bytes data):
         cdef ssize_t n = 0
         cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
         cdef int err
@@ -429,12 +429,12 @@ cdef class FdTransport:
             self.write_paused = True
             self.proto.pause_writing()
 
-    def pause_reading(self):
+    cpdef pause_reading(self):
         if self.reading and not self.closing:
             self.reading = False
             self._update()
 
-    def resume_reading(self):
+    cpdef resume_reading(self):
         if not self.reading and not self.closing and not self.closed:
             self.reading = True
             self._update()

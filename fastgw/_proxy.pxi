@@ -501,7 +501,8 @@ cdef class ClientConnection(Timed):
     cdef object async_task
     cdef int served                      # requests answered on this connection
     cdef RequestHead head_obj            # reused for every request on this connection
-    cdef object _write                   # transport.write, bound once
+    cdef object _write_fn                # transport.write, bound once (uvloop transports)
+    cdef FdTransport ftr                 # the transport when it is ours: called from C
     cdef bint buffering                  # collecting the body for a needs_body pipeline
     cdef list body_plain                 # decoded payload pieces while buffering a chunked body
 
@@ -517,7 +518,8 @@ cdef class ClientConnection(Timed):
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
-        self._write = transport.write
+        self._write_fn = transport.write
+        self.ftr = transport if type(transport) is FdTransport else None
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else "127.0.0.1"
         if ip.startswith("::ffff:"):
@@ -533,7 +535,8 @@ cdef class ClientConnection(Timed):
         self.deadline = 0
         # PERF: break the transport <-> protocol cycle (via the bound write) so a closed
         # connection is freed by refcount at once, not by the cyclic GC under churn.
-        self._write = None
+        self._write_fn = None
+        self.ftr = None
         self.transport = None
         self.engine.connections.discard(self)
         if self.head_obj is not None and self.async_task is None:
@@ -601,17 +604,30 @@ cdef class ClientConnection(Timed):
         self.paused |= reason
         if not self.reading_paused and self.transport is not None:
             self.reading_paused = True
-            self.transport.pause_reading()
+            if self.ftr is not None:
+                self.ftr.pause_reading()
+            else:
+                self.transport.pause_reading()
 
     cdef inline int _resume(self, int reason) except -1:
         self.paused &= ~reason
         if self.paused == 0 and self.reading_paused and self.state != S_CLOSED:
             self.reading_paused = False
-            self.transport.resume_reading()
+            if self.ftr is not None:
+                self.ftr.resume_reading()
+            else:
+                self.transport.resume_reading()
 
     cdef inline int _arm(self, int kind, double seconds) except -1:
         self.timer_kind = kind
         self.engine.wheel.arm(self, self.engine.wheel.now + seconds)
+
+    cdef inline int _write(self, bytes data) except -1:
+        # PERF: a C call into our own transport; a bound-method call into uvloop's.
+        if self.ftr is not None:
+            self.ftr.write(data)
+        else:
+            self._write_fn(data)
 
     cdef int on_timeout(self) except -1:
         cdef int kind = self.timer_kind
@@ -1346,7 +1362,8 @@ cdef class UpstreamConnection(Timed):
     cdef ChunkedScanner chunk
     cdef object connect_task
     cdef ResponseHead head_obj           # reused for every response on this connection
-    cdef object _write
+    cdef object _write_fn                # transport.write, bound once (uvloop transports)
+    cdef FdTransport ftr                 # the transport when it is ours: called from C
 
     def __init__(self, UpstreamPool pool):
         self.pool = pool
@@ -1398,6 +1415,18 @@ cdef class UpstreamConnection(Timed):
         self.scan_pos = 0
         self._write(data)
 
+    cdef inline int _write(self, bytes data) except -1:
+        if self.ftr is not None:
+            self.ftr.write(data)
+        else:
+            self._write_fn(data)
+
+    cdef inline int _resume_reading(self) except -1:
+        if self.ftr is not None:
+            self.ftr.resume_reading()
+        else:
+            self.transport.resume_reading()
+
     cdef int close(self) except -1:
         self.closed = True
         self.deadline = 0
@@ -1419,7 +1448,8 @@ cdef class UpstreamConnection(Timed):
     def connection_made(self, transport):
         self.connect_task = None
         self.transport = transport
-        self._write = transport.write
+        self._write_fn = transport.write
+        self.ftr = transport if type(transport) is FdTransport else None
         if self.closed:
             transport.close()
             return
@@ -1434,7 +1464,8 @@ cdef class UpstreamConnection(Timed):
         self.closed = True
         self.deadline = 0
         self.client = None
-        self._write = None
+        self._write_fn = None
+        self.ftr = None
         self.transport = None
         if client is not None and client.up is self:
             if self.state == U_BODY and self.resp.until_close:
@@ -1582,7 +1613,7 @@ cdef class UpstreamConnection(Timed):
         self.resp = None
         self.chunk = None
         if reusable:
-            self.transport.resume_reading()
+            self._resume_reading()
             self.pool.release(self)
         else:
             self.close()
