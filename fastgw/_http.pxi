@@ -198,6 +198,31 @@ cdef class _Buf:
         self.n += k
         return 0
 
+    cdef inline int reserve(self, Py_ssize_t k) except -1:
+        """Room for ``k`` more bytes, for the unchecked ``put``s that follow."""
+        if self.n + k > self.cap:
+            self._grow(k)
+        return 0
+
+    cdef inline void put(self, const char* s, Py_ssize_t k) noexcept:
+        """Append without a capacity check: only after ``reserve`` covered it."""
+        memcpy(self.p + self.n, s, k)
+        self.n += k
+
+    cdef inline void put_int(self, long long v) noexcept:
+        """``add_int`` without a capacity check (needs 20 bytes reserved)."""
+        cdef char tmp[24]
+        cdef int i = 23
+        if v == 0:
+            self.p[self.n] = 48
+            self.n += 1
+            return
+        while v > 0 and i > 0:
+            tmp[i] = <char>(48 + v % 10)
+            v //= 10
+            i -= 1
+        self.put(tmp + i + 1, 23 - i)
+
     cdef inline int add_b(self, bytes b) except -1:
         return self.add(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
 

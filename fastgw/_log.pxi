@@ -30,7 +30,8 @@ cdef int _json_str(_Buf b, object value) except -1:
     cdef unsigned char c
     cdef char esc[6]
     if value is None:
-        return b.add(b"null", 4)
+        b.add(b"null", 4)
+        return 0
     if type(value) is not str:
         value = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     try:
@@ -38,29 +39,30 @@ cdef int _json_str(_Buf b, object value) except -1:
     except UnicodeEncodeError:       # a lone surrogate (never from the wire): replaced
         value = (<str>value).encode("utf-8", "replace").decode("utf-8")
         s = PyUnicode_AsUTF8AndSize(value, &n)
-    b.add(b'"', 1)
+    b.reserve(6 * n + 2)             # PERF: one check; every byte escaped is the worst case
+    b.put(b'"', 1)
     start = 0
     for i in range(n):
         c = <unsigned char>s[i]
         if c >= 32 and c != 34 and c != 92:
             continue
         if i > start:
-            b.add(s + start, i - start)
+            b.put(s + start, i - start)
         start = i + 1
         if c == 34:
-            b.add(b'\\"', 2)
+            b.put(b'\\"', 2)
         elif c == 92:
-            b.add(b"\\\\", 2)
+            b.put(b"\\\\", 2)
         elif c == 10:
-            b.add(b"\\n", 2)
+            b.put(b"\\n", 2)
         elif c == 13:
-            b.add(b"\\r", 2)
+            b.put(b"\\r", 2)
         elif c == 9:
-            b.add(b"\\t", 2)
+            b.put(b"\\t", 2)
         elif c == 8:
-            b.add(b"\\b", 2)
+            b.put(b"\\b", 2)
         elif c == 12:
-            b.add(b"\\f", 2)
+            b.put(b"\\f", 2)
         else:
             esc[0] = 92
             esc[1] = 117
@@ -68,10 +70,11 @@ cdef int _json_str(_Buf b, object value) except -1:
             esc[3] = 48
             esc[4] = _HEXD[c >> 4]
             esc[5] = _HEXD[c & 15]
-            b.add(esc, 6)
+            b.put(esc, 6)
     if n > start:
-        b.add(s + start, n - start)
-    return b.add(b'"', 1)
+        b.put(s + start, n - start)
+    b.put(b'"', 1)
+    return 0
 
 
 cdef int _json_ms(_Buf b, double ms) except -1:
@@ -80,29 +83,34 @@ cdef int _json_ms(_Buf b, double ms) except -1:
     cdef long long whole, frac
     cdef char digits[3]
     cdef int k
+    b.reserve(32)
     if us < 0:
-        b.add(b"-", 1)
+        b.put(b"-", 1)
         us = -us
     whole = us // 1000
     frac = us % 1000
-    b.add_int(whole)
-    b.add(b".", 1)
+    b.put_int(whole)
+    b.put(b".", 1)
     if frac == 0:
-        return b.add(b"0", 1)
+        b.put(b"0", 1)
+        return 0
     digits[0] = <char>(48 + frac // 100)
     digits[1] = <char>(48 + (frac // 10) % 10)
     digits[2] = <char>(48 + frac % 10)
     k = 3
     while k > 1 and digits[k - 1] == 48:
         k -= 1
-    return b.add(digits, k)
+    b.put(digits, k)
+    return 0
 
 
 cdef int _two(_Buf b, int v) except -1:
     cdef char d[2]
+    b.reserve(2)
     d[0] = <char>(48 + v // 10)
     d[1] = <char>(48 + v % 10)
-    return b.add(d, 2)
+    b.put(d, 2)
+    return 0
 
 
 ctypedef struct _LogClock:
@@ -136,26 +144,29 @@ cdef int _log_time(_Buf b, double ts, _LogClock* clk) except -1:
         clk.datelen = d.n
         memcpy(clk.datebuf, d.p, d.n)
     ms = <long long>((ts - sec) * 1000)
-    b.add(b'{"time":"', 9)
-    b.add(clk.datebuf, clk.datelen)
-    b.add(b".", 1)
+    b.reserve(80)
+    b.put(b'{"time":"', 9)
+    b.put(clk.datebuf, clk.datelen)
+    b.put(b".", 1)
     if ms < 100:
-        b.add(b"0", 1)
+        b.put(b"0", 1)
     if ms < 10:
-        b.add(b"0", 1)
-    b.add_int(ms)
-    return b.add(b'Z"', 2)
+        b.put(b"0", 1)
+    b.put_int(ms)
+    b.put(b'Z"', 2)
+    return 0
 
 
 cdef int _log_tail(_Buf b, int status, long long bytes_in, long long bytes_out, double total_ms,
                    double upstream_ms) except -1:
-    b.add(b',"status":', 10)
-    b.add_int(status)
-    b.add(b',"bytes_in":', 12)
-    b.add_int(bytes_in)
-    b.add(b',"bytes_out":', 13)
-    b.add_int(bytes_out)
-    b.add(b',"total_ms":', 12)
+    b.reserve(120)
+    b.put(b',"status":', 10)
+    b.put_int(status)
+    b.put(b',"bytes_in":', 12)
+    b.put_int(bytes_in)
+    b.put(b',"bytes_out":', 13)
+    b.put_int(bytes_out)
+    b.put(b',"total_ms":', 12)
     _json_ms(b, total_ms)
     b.add(b',"upstream_ms":', 15)
     _json_ms(b, upstream_ms)
@@ -202,32 +213,33 @@ cdef int _json_latin1(_Buf b, const unsigned char* s, Py_ssize_t n) except -1:
     cdef Py_ssize_t i, start = 0
     cdef unsigned char c
     cdef char esc[6]
-    b.add(b'"', 1)
+    b.reserve(6 * n + 2)             # PERF: one check, for the worst case
+    b.put(b'"', 1)
     for i in range(n):
         c = s[i]
         if 32 <= c < 128 and c != 34 and c != 92:
             continue
         if i > start:
-            b.add(<const char*>s + start, i - start)
+            b.put(<const char*>s + start, i - start)
         start = i + 1
         if c >= 128:
             esc[0] = <char>(0xC0 | (c >> 6))
             esc[1] = <char>(0x80 | (c & 63))
-            b.add(esc, 2)
+            b.put(esc, 2)
         elif c == 34:
-            b.add(b'\\"', 2)
+            b.put(b'\\"', 2)
         elif c == 92:
-            b.add(b"\\\\", 2)
+            b.put(b"\\\\", 2)
         elif c == 10:
-            b.add(b"\\n", 2)
+            b.put(b"\\n", 2)
         elif c == 13:
-            b.add(b"\\r", 2)
+            b.put(b"\\r", 2)
         elif c == 9:
-            b.add(b"\\t", 2)
+            b.put(b"\\t", 2)
         elif c == 8:
-            b.add(b"\\b", 2)
+            b.put(b"\\b", 2)
         elif c == 12:
-            b.add(b"\\f", 2)
+            b.put(b"\\f", 2)
         else:
             esc[0] = 92
             esc[1] = 117
@@ -235,10 +247,11 @@ cdef int _json_latin1(_Buf b, const unsigned char* s, Py_ssize_t n) except -1:
             esc[3] = 48
             esc[4] = _HEXD[c >> 4]
             esc[5] = _HEXD[c & 15]
-            b.add(esc, 6)
+            b.put(esc, 6)
     if n > start:
-        b.add(<const char*>s + start, n - start)
-    return b.add(b'"', 1)
+        b.put(<const char*>s + start, n - start)
+    b.put(b'"', 1)
+    return 0
 
 
 cpdef bytes access_route_part(service, stage, resource):
