@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fastgw-installed
 
-.PHONY: run test build install lint bench bench-smoke annotate clean
+.PHONY: run test build install lint bench bench-smoke bench-instructions annotate clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench: build
 
 bench-smoke: build
 	$(BIN)/python bench/run.py --smoke
+
+bench-instructions: build
+	$(BIN)/python bench/instructions.py --scenarios plain,post,gateway,routes,close
 
 annotate: $(STAMP)
 	$(BIN)/cython -a -3 fastgw/_core.pyx -o /tmp/_core_annotated.c && mv /tmp/_core_annotated.html fastgw/_core.html && echo "open fastgw/_core.html"

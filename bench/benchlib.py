@@ -35,7 +35,8 @@ POST_BODY = b'{"created":true,"len":4096}\n'
 assert len(GET_BODY) == 30 and len(POST_BODY_SENT) == 4096
 
 # Debian package that provides each tool.
-DEBIAN_PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "caddy": "caddy"}
+DEBIAN_PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "caddy": "caddy",
+                   "valgrind": "valgrind"}
 TOOL_PATHS = {"nginx": ("/usr/sbin/nginx",), "haproxy": ("/usr/sbin/haproxy",)}
 
 PROXY_CPU = "0"  # the proxy under test

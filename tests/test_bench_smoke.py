@@ -46,3 +46,21 @@ def test_bench_smoke(tmp_path: Path) -> None:
     # fastgw is measured, or its row says why not (n/a while the engine is missing, FAIL on a wrong answer).
     fastgw = rows[("plain", "fastgw")]
     assert fastgw["status"] == "ok" or fastgw["status"].startswith(("n/a", "FAIL")), fastgw
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not (_have("nginx") and _have("valgrind") and _have("callgrind_control")),
+                    reason="nginx and valgrind are not installed")
+def test_instructions_smoke(tmp_path: Path) -> None:
+    """bench/instructions.py counts a worker's instructions per request under callgrind."""
+    res = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "instructions.py"), "--scenarios", "gateway",
+         "--requests", "200", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=280, cwd=REPO,
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    data = json.loads(next(tmp_path.glob("instructions-*.json")).read_text())
+    # A request through the gateway route costs thousands of instructions, not zero (an
+    # instrumentation that never switched on) and not millions (startup counted).
+    assert 2_000 < data["instructions_per_request"]["gateway"]["this tree"] < 500_000, data
