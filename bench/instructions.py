@@ -128,7 +128,7 @@ def build_revision(ref: str, into: Path) -> Path:
     return into
 
 
-def count(tree: Path, scenario: str, requests: int, up: int, wd: Path) -> int:
+def count(tree: Path, scenario: str, requests: int, up: int, wd: Path, keep: Path | None = None) -> int:
     """Instructions of ``requests`` requests in the worker of the fastgw in ``tree``."""
     port = benchlib.free_port()
     cfg = runner.fastgw_config(scenario, port, up, wd, benchlib.free_port())
@@ -163,7 +163,12 @@ def count(tree: Path, scenario: str, requests: int, up: int, wd: Path) -> int:
             for path in glob.glob(f"{out}.{wpid}*"):
                 for line in Path(path).read_text(errors="replace").splitlines():
                     if line.startswith(("summary:", "totals:")):
-                        total = max(total, int(line.split()[1]))
+                        n = int(line.split()[1])
+                        if n > total:
+                            total = n
+                            if keep is not None:
+                                keep.mkdir(parents=True, exist_ok=True)
+                                shutil.copy(path, keep / f"callgrind.{scenario}.{tree.name}.out")
             time.sleep(0.2)
         if not total:
             raise RuntimeError("callgrind wrote no totals")
@@ -182,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--compare", metavar="REF", help="also count git revision REF (built in a worktree)")
     ap.add_argument("--out", type=Path, default=benchlib.RESULTS)
+    ap.add_argument("--keep", type=Path, metavar="DIR",
+                    help="copy each callgrind profile here (read it with callgrind_annotate)")
     args = ap.parse_args(argv)
     scenarios = [s for s in args.scenarios.split(",") if s]
     unknown = set(scenarios) - set(SCENARIOS)
@@ -205,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         benchlib.start_upstream(procs, tmp, up)
         for scenario in scenarios:
             for label, tree in trees.items():
-                n = count(tree, scenario, args.requests, up, tmp)
+                n = count(tree, scenario, args.requests, up, tmp, args.keep)
                 results.setdefault(scenario, {})[label] = round(n / args.requests)
                 print(f"{scenario:<8} {label:<14} {n / args.requests:>9.0f} instructions/request", flush=True)
     finally:

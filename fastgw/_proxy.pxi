@@ -4,6 +4,7 @@
 # protocols wired to each other with plain method calls (no Task, Future or await on the
 # plain path), a coarse TimerWheel for every timeout, and the upstream keep-alive pools.
 
+from cpython.unicode cimport PyUnicode_AsASCIIString
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 import logging as _logging
@@ -517,15 +518,21 @@ cdef class ClientConnection(Timed):
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport):
-        self.transport = transport
-        self._write_fn = transport.write
-        self.ftr = transport if type(transport) is FdTransport else None
+        """asyncio's entry (uvloop transports: TLS, FASTGW_UVLOOP_TRANSPORTS=1)."""
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else "127.0.0.1"
         if ip.startswith("::ffff:"):
             ip = ip[7:]
+        self._made(transport, ip)
+
+    cdef int _made(self, object transport, str ip) except -1:
+        """The connection is up; ``ip`` is the peer's address (an IPv4-mapped one unwrapped).
+        PERF: the Listener calls this from C with the address it formatted."""
+        self.transport = transport
+        self._write_fn = transport.write
+        self.ftr = transport if type(transport) is FdTransport else None
         self.peer_ip_str = ip
-        self.peer_ip = ip.encode("ascii")
+        self.peer_ip = PyUnicode_AsASCIIString(ip)
         self.engine.connections.add(self)
         self._arm(T_IDLE, self.engine.idle_timeout)
 
@@ -1336,6 +1343,9 @@ cdef class ClientFactory:
         self.fwd = fwd
 
     def __call__(self):
+        return self.make()
+
+    cdef ClientConnection make(self):
         cdef ClientConnection c = ClientConnection.__new__(ClientConnection)
         c._init(self.engine, self.fwd)
         return c

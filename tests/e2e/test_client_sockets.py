@@ -8,6 +8,7 @@ a client that stops reading.
 
 from __future__ import annotations
 
+import json
 import resource
 import socket
 import time
@@ -130,6 +131,30 @@ def test_host_name_targets_resolve_and_new_connections_keep_working(
     resp = request(g.port, "GET", "/nowhere/x")
     assert resp.status == 502 and resp.json()["status"] == 502
     assert request(g.port, "GET", "/close?i=last").status == 200
+
+
+@pytest.mark.parametrize("source", ["127.0.0.1", "127.10.200.3", "127.255.0.99"])
+def test_ipv4_client_address_is_forwarded_as_written(gw: Any, source: str) -> None:
+    """The poller formats the peer's IPv4 address itself (not inet_ntop): one-, two- and
+    three-digit octets and zeros come out as inet_ntop writes them."""
+    with socket.socket() as sock:
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", gw.port))
+        sock.sendall(b"GET /v4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    body = data.split(b"\r\n\r\n", 1)[1]
+    assert json.loads(body)["headers"]["x-forwarded-for"] == source
+
+
+def test_ipv4_mapped_ipv6_client_is_logged_as_ipv4(backend: Backend, gateway: Any) -> None:
+    port = free_port()
+    cfg = gateway_config(port, backend.url)
+    cfg["listen"] = [{"host": "::", "port": port}]
+    g = gateway(cfg)
+    echo = request(g.port, "GET", "/mapped").json()     # connects to 127.0.0.1 -> ::ffff:127.0.0.1
+    assert echo["headers"]["x-forwarded-for"] == "127.0.0.1"
 
 
 def test_ipv6_client_address_is_forwarded(backend: Backend, gateway: Any) -> None:
