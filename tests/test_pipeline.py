@@ -218,6 +218,20 @@ def test_identity_headers_stripped_without_auth():
     assert "x-consumer-name" not in hdrs(ctx.headers) and "x-consumer-groups" not in hdrs(ctx.headers)
 
 
+def test_every_identity_header_stripped_in_any_case_and_position():
+    from fastgw._core import IDENTITY_HEADER_NAMES
+
+    pipe = make_pipeline([{"name": "request-id"}])
+    for name in IDENTITY_HEADER_NAMES:
+        for spelled in (name, name.upper(), name.title()):
+            near = [(b"x-consumer", b"kept"), (b"X-Consumer-Named-Thing", b"kept"), (b"A", b"1")]
+            ctx = make_ctx(headers=[*near, (spelled, b"forged"), (b"B", b"2"), (spelled, b"again")])
+            assert run(pipe, ctx) is False
+            left = hdrs(ctx.headers)
+            assert name.decode() not in left, (spelled, left)
+            assert left["x-consumer"] == "kept" and left["x-consumer-named-thing"] == "kept"
+
+
 def test_max_body_and_preflight_published():
     pipe = make_pipeline([{"name": "request-size-limit", "config": {"allowed_payload_size": 10, "size_unit": "kilobytes"}},
                           {"name": "cors"}])
