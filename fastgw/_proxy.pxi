@@ -1057,8 +1057,9 @@ cdef class ClientConnection(Timed):
     cdef int _upstream_ready(self) except -1:
         """The upstream connection is open: send the head, glued to the body bytes we hold."""
         cdef bytes data = self.up_head
+        cdef bytes body = None
         if self.pending is not None:
-            data = data + b"".join(self.pending)
+            body = b"".join(self.pending)     # usually one piece: no copy
             self.pending = None
             self.pending_size = 0
             self._resume(P_PENDING)
@@ -1066,7 +1067,7 @@ cdef class ClientConnection(Timed):
         # received before it closed the pooled connection must not run twice.
         self.up_retryable = self.req_done and self.up.reused and not self.retried and _idempotent(self.req.method)
         self.t_up = _mono()
-        self.up.send(data)
+        self.up.send(data, body)
         if not self.req_done and self.state == S_BODY:
             # Body still to come: read it from the client again.
             if self.paused & P_PENDING:
@@ -1418,12 +1419,18 @@ cdef class UpstreamConnection(Timed):
             if client is not None:
                 (<ClientConnection>client)._upstream_connect_failed(exc)
 
-    cdef int send(self, bytes data) except -1:
+    cdef int send(self, bytes data, bytes more=None) except -1:
+        """Send a request (``data``, then ``more`` when given: a head and its body bytes)."""
         self.state = U_HEAD
         self.got_bytes = False
         self.buf = b""
         self.scan_pos = 0
-        self._write(data)
+        if more is None:
+            self._write(data)
+        elif self.ftr is not None:
+            self.ftr.write2(data, more)
+        else:
+            self._write_fn(data + more)
 
     cdef inline int _write(self, bytes data) except -1:
         if self.ftr is not None:
