@@ -208,7 +208,6 @@ def test_write2_to_a_slow_reader_sends_everything_in_order() -> None:
     import threading
 
     import uvloop
-
     from fastgw._core import FdTransport, Poller, Timed
 
     head = b"H" * 1000 + b"\r\n"
