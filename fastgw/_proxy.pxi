@@ -487,6 +487,7 @@ cdef class ClientConnection(Timed):
     cdef UpstreamConnection up
     cdef bytes up_head
     cdef bint up_retryable
+    cdef bytes up_body                   # body bytes sent with up_head, kept for a retry
     cdef bint retried
     cdef bint resp_started
     cdef bint dechunk
@@ -733,6 +734,7 @@ cdef class ClientConnection(Timed):
         self.up = None
         self.up_head = None
         self.retried = False
+        self.up_body = None
         self.resp_started = False
         self.dechunk = False
         self.by_gateway = False
@@ -1057,7 +1059,7 @@ cdef class ClientConnection(Timed):
     cdef int _upstream_ready(self) except -1:
         """The upstream connection is open: send the head, glued to the body bytes we hold."""
         cdef bytes data = self.up_head
-        cdef bytes body = None
+        cdef bytes body = self.up_body    # a retry sends the same body again
         if self.pending is not None:
             body = b"".join(self.pending)     # usually one piece: no copy
             self.pending = None
@@ -1066,6 +1068,8 @@ cdef class ClientConnection(Timed):
         # Only an idempotent request (RFC 9110 9.2.2) may be sent again: a POST the backend
         # received before it closed the pooled connection must not run twice.
         self.up_retryable = self.req_done and self.up.reused and not self.retried and _idempotent(self.req.method)
+        # The whole request (head and body) was sent: keep the body for that retry.
+        self.up_body = body if self.up_retryable else None
         self.t_up = _mono()
         self.up.send(data, body)
         if not self.req_done and self.state == S_BODY:
@@ -1117,6 +1121,7 @@ cdef class ClientConnection(Timed):
         cdef bytes head
         cdef list headers = None, add = None
         cdef bint chunked_out
+        self.up_body = None           # answered: no retry any more
         self.status = resp.status
         if self.dechunk or resp.until_close:
             self.keep_alive = False

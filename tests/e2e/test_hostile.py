@@ -121,6 +121,7 @@ class OneShotBackend(asyncio.Protocol):
     what a backend closing an idle keep-alive connection looks like to a proxy that reuses it."""
 
     seen: list[str] = []
+    bodies: list[bytes] = []
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -144,12 +145,14 @@ class OneShotBackend(asyncio.Protocol):
                 self.transport.abort()
                 return
             OneShotBackend.seen.append(head.split(b" ", 2)[0].decode())
+            OneShotBackend.bodies.append(rest[:length])
             self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
 
 @pytest.fixture
 def one_shot_backend() -> Iterator[int]:
     OneShotBackend.seen = []
+    OneShotBackend.bodies = []
     with protocol_server(OneShotBackend) as port:
         yield port
 
@@ -163,3 +166,17 @@ def test_stale_pooled_connection_retries_only_idempotent_requests(one_shot_backe
     r = request(g.port, "POST", "/pay", body=b"{}")             # dropped on reuse: NOT replayed
     assert r.status == 502
     assert OneShotBackend.seen == ["GET", "GET"]               # the POST never ran twice (nor once)
+
+
+def test_retried_idempotent_request_carries_its_body(one_shot_backend: int, port: int,
+                                                     gateway: Any) -> None:
+    """A PUT is idempotent, so a stale pooled connection is retried on a fresh one: with
+    the body it came with (it was sent glued to the head the first time)."""
+    cfg = gateway_config(port, f"http://127.0.0.1:{one_shot_backend}")
+    cfg["services"][0]["timeouts"] = {"read": 3}
+    g = gateway(cfg)
+    assert request(g.port, "GET", "/a").status == 200          # opens the pooled connection
+    r = request(g.port, "PUT", "/item/7", body=b'{"v":7}')    # dropped on reuse, retried fresh
+    assert r.status == 200
+    assert OneShotBackend.seen == ["GET", "PUT"]
+    assert OneShotBackend.bodies == [b"", b'{"v":7}']
