@@ -31,3 +31,25 @@ def test_remove_headers(headers: list[tuple[bytes, bytes]], lnames: list[bytes])
     kept = [(k, v) for k, v in headers if k.lower() not in lnames]
     assert remove_headers(work, tuple(lnames)) == len(headers) - len(kept)
     assert work == kept
+
+
+def test_forward_headers_reuses_equal_pairs_of_the_previous_request_on_a_head() -> None:
+    """A connection scans each request into the same RequestHead; a (name, value) pair
+    equal to the previous request's at the same place is the same immutable tuple, any
+    other pair is new, and each request gets its own list."""
+    from fastgw._core import parse_request_head
+
+    first = parse_request_head(b"GET /a HTTP/1.1\r\nHost: h\r\nUser-Agent: ua/1\r\nApikey: k1\r\nConnection: keep-alive\r\n\r\n")
+    one = first.forward_headers()
+    assert one == [(b"Host", b"h"), (b"User-Agent", b"ua/1"), (b"Apikey", b"k1")]
+    one.append((b"X-Added", b"by a plugin"))                 # plugins edit their list
+    again = parse_request_head(b"GET /b HTTP/1.1\r\nHost: h\r\nUser-Agent: ua/2\r\nApikey: k1\r\n\r\n", first)
+    assert again is first
+    two = again.forward_headers()
+    assert two == [(b"Host", b"h"), (b"User-Agent", b"ua/2"), (b"Apikey", b"k1")]
+    assert two is not one and two[0] is one[0] and two[2] is one[2]
+    assert two[1] is not one[1]
+    # A shorter or reordered head never takes a pair from the wrong place.
+    third = parse_request_head(b"GET /c HTTP/1.1\r\nApikey: k1\r\nHost: h\r\n\r\n", first).forward_headers()
+    assert third == [(b"Apikey", b"k1"), (b"Host", b"h")]
+    assert third[0] is not two[2]
