@@ -8,6 +8,7 @@
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeASCII
+from libc.stdint cimport uint64_t
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.list cimport PyList_AsTuple
 from libc.stdlib cimport free, malloc, realloc
@@ -76,63 +77,97 @@ cdef inline bint _ieq(const char* p, Py_ssize_t n, const char* lit, Py_ssize_t l
     return True
 
 
-cdef int _classify(const char* p, Py_ssize_t n) noexcept nogil:
-    # PERF: dispatch on length first; most headers fall through after one compare.
+cdef inline uint64_t _ld8(const char* p) noexcept nogil:
+    cdef uint64_t v
+    memcpy(&v, p, 8)
+    return v
+
+
+cdef inline bint _name_eq(const char* p, Py_ssize_t n, const char* lit) noexcept nogil:
+    """A scanned field name p[:n] equals ``lit`` (n bytes of [a-z0-9-]) ignoring case.
+
+    PERF: 8 bytes per compare. OR-ing 0x20 folds A-Z onto a-z and maps no other token
+    character onto a byte of [a-z0-9-] (only CR and control bytes would, and a name has
+    none), so this is exact for names the scanner accepted."""
+    cdef Py_ssize_t i = 0
+    while i + 8 <= n:
+        if (_ld8(p + i) | <uint64_t>0x2020202020202020) != _ld8(lit + i):
+            return False
+        i += 8
+    while i < n:
+        if (<unsigned char>p[i] | 0x20) != <unsigned char>lit[i]:
+            return False
+        i += 1
+    return True
+
+
+cdef inline int _classify(const char* p, Py_ssize_t n) noexcept nogil:
+    """The class of any header name (e.g. one a plugin made). A name holding a CR is no
+    known name (_name_eq would read CR as "-"); the scanner refuses such names, and the
+    head builders drop them."""
+    if memchr(p, 13, n) != NULL:
+        return H_KEEP
+    return _classify_name(p, n)
+
+
+cdef int _classify_name(const char* p, Py_ssize_t n) noexcept nogil:
+    """The class of a field name the scanner accepted (token characters only).
+    PERF: dispatch on length first; most headers fall through after one compare."""
     if n == 4:
-        if _ieq(p, n, b"host", 4):
+        if _name_eq(p, n, b"host"):
             return H_HOST
     elif n == 2:
-        if _ieq(p, n, b"te", 2):
+        if _name_eq(p, n, b"te"):
             return H_DROP
     elif n == 3:
-        if _ieq(p, n, b"via", 3):
+        if _name_eq(p, n, b"via"):
             return H_VIA
     elif n == 6:
-        if _ieq(p, n, b"expect", 6):
+        if _name_eq(p, n, b"expect"):
             return H_EXPECT
     elif n == 7:
-        if _ieq(p, n, b"trailer", 7):
+        if _name_eq(p, n, b"trailer"):
             return H_DROP
-        if _ieq(p, n, b"upgrade", 7):
+        if _name_eq(p, n, b"upgrade"):
             return H_UPGRADE
     elif n == 10:
-        if _ieq(p, n, b"connection", 10):
+        if _name_eq(p, n, b"connection"):
             return H_CONNECTION
-        if _ieq(p, n, b"keep-alive", 10):
+        if _name_eq(p, n, b"keep-alive"):
             return H_DROP
     elif n == 13:
-        if _ieq(p, n, b"x-consumer-id", 13):
+        if _name_eq(p, n, b"x-consumer-id"):
             return H_CONSUMER
     elif n == 14:
-        if _ieq(p, n, b"content-length", 14):
+        if _name_eq(p, n, b"content-length"):
             return H_CL
     elif n == 15:
-        if _ieq(p, n, b"x-forwarded-for", 15):
+        if _name_eq(p, n, b"x-forwarded-for"):
             return H_XFF
-        if _ieq(p, n, b"x-consumer-name", 15):
+        if _name_eq(p, n, b"x-consumer-name"):
             return H_CONSUMER
     elif n == 16:
-        if _ieq(p, n, b"x-forwarded-host", 16):
+        if _name_eq(p, n, b"x-forwarded-host"):
             return H_XFP
-        if _ieq(p, n, b"x-forwarded-port", 16):
+        if _name_eq(p, n, b"x-forwarded-port"):
             return H_XFP
-        if _ieq(p, n, b"proxy-connection", 16):
+        if _name_eq(p, n, b"proxy-connection"):
             return H_DROP
     elif n == 17:
-        if _ieq(p, n, b"transfer-encoding", 17):
+        if _name_eq(p, n, b"transfer-encoding"):
             return H_TE
-        if _ieq(p, n, b"x-forwarded-proto", 17):
+        if _name_eq(p, n, b"x-forwarded-proto"):
             return H_XFP
-        if _ieq(p, n, b"x-consumer-groups", 17):
+        if _name_eq(p, n, b"x-consumer-groups"):
             return H_CONSUMER
     elif n == 19:
-        if _ieq(p, n, b"x-consumer-username", 19):
+        if _name_eq(p, n, b"x-consumer-username"):
             return H_CONSUMER
     elif n == 20:
-        if _ieq(p, n, b"x-consumer-custom-id", 20) or _ieq(p, n, b"x-anonymous-consumer", 20):
+        if _name_eq(p, n, b"x-consumer-custom-id") or _name_eq(p, n, b"x-anonymous-consumer"):
             return H_CONSUMER
     elif n == 23:
-        if _ieq(p, n, b"x-credential-identifier", 23):
+        if _name_eq(p, n, b"x-credential-identifier"):
             return H_CONSUMER
     return H_KEEP
 
@@ -530,7 +565,7 @@ cdef RequestHead scan_request(bytes buf, Py_ssize_t end, RequestHead h):
         h.val_s[n] = s
         h.val_e[n] = e
         i += 2
-        cls = _classify(p + h.name_s[n], h.name_e[n] - h.name_s[n])
+        cls = _classify_name(p + h.name_s[n], h.name_e[n] - h.name_s[n])
         h.cls[n] = cls
         if cls != H_KEEP:
             if cls == H_CL:
@@ -815,7 +850,7 @@ cdef ResponseHead scan_response(bytes buf, Py_ssize_t end, bint head_request, Re
         h.val_s[n] = <int>s
         h.val_e[n] = <int>e
         i += 2
-        cls = _classify(p + h.name_s[n], h.name_e[n] - h.name_s[n])
+        cls = _classify_name(p + h.name_s[n], h.name_e[n] - h.name_s[n])
         if cls == H_CL:
             if _parse_cl(p, s, e, &v) != 0 or (have_cl and v != cl):
                 raise HttpError(502, "bad Content-Length from upstream")

@@ -180,3 +180,27 @@ def test_whatever_llhttp_refuses_fastgw_refuses(data: bytes, edits: list[tuple[i
     mine_ok, _ = ours(mutated)
     if not ref_ok:
         assert not mine_ok, mutated
+
+
+@given(st.data())
+@settings(max_examples=200, deadline=None)
+def test_known_field_names_are_recognised_in_any_case_and_only_them(data) -> None:
+    """The scanner compares names 8 bytes at a time with the case folded by OR 0x20: every
+    spelling of a framing name is recognised, and a name one byte away (e.g. "_" for "-",
+    which OR 0x20 does not fold) is not."""
+    from fastgw._core import parse_request_head
+
+    def spell(name: str) -> str:
+        flips = data.draw(st.lists(st.booleans(), min_size=len(name), max_size=len(name)))
+        return "".join(c.upper() if f else c for c, f in zip(name, flips, strict=True))
+
+    cl, host, conn = spell("content-length"), spell("host"), spell("connection")
+    head = parse_request_head(f"POST / HTTP/1.1\r\n{host}: a.example\r\n{cl}: 3\r\n{conn}: close\r\n\r\n".encode())
+    assert head.content_length == 3 and head.host == b"a.example" and not head.keep_alive
+    te = spell("transfer-encoding")
+    assert parse_request_head(f"POST / HTTP/1.1\r\nHost: h\r\n{te}: chunked\r\n\r\n".encode()).chunked
+    i = data.draw(st.integers(min_value=0, max_value=len("content-length") - 1))
+    near = list("content-length")
+    near[i] = {"-": "_", "c": "k"}.get(near[i], "x" if near[i] != "x" else "y")
+    other = parse_request_head(f"GET / HTTP/1.1\r\nHost: h\r\n{''.join(near)}: 3\r\n\r\n".encode())
+    assert other.content_length == -1

@@ -80,6 +80,11 @@ SCHEMA = {"type": "object", "additionalProperties": False, "properties": {
 class Plugin(Base):
     def on_request(self, ctx):
         ctx.headers.append((b"X-Audit", self.config["tag"].encode()))
+        # Names no client could send (the scanner refuses them): never forwarded, and never
+        # mistaken for the gateway's own X-Forwarded-For or Content-Length.
+        ctx.headers.append((b"X\\rForwarded\\rFor", b"6.6.6.6"))
+        ctx.headers.append((b"Content\\rLength", b"0"))
+        ctx.add_response_header(b"Content\\rLength", b"0")
         return CONTINUE
 '''
 
@@ -267,6 +272,10 @@ def test_ip_restriction(env):
 def test_user_plugin_by_dotted_name(env):
     resp = call(env, "GET", "/audited")[0]
     assert resp.status == 200 and resp.json()["headers"]["x-audit"] == "seen"
+    seen = resp.json()["headers"]
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert not [k for k in seen if "\r" in k or "forwarded\rfor" in k or "content\rlength" in k]
+    assert "content\rlength" not in resp.headers and int(resp.headers["content-length"]) == len(resp.body)
 
 
 def test_request_size_limit_on_a_streamed_body(env):
