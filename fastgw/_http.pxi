@@ -269,15 +269,9 @@ cdef class _Buf:
         return self.add(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
 
     cdef int add_int(self, long long v) except -1:
-        cdef char tmp[24]
-        cdef int i = 23
-        if v == 0:
-            return self.add(b"0", 1)
-        while v > 0 and i > 0:
-            tmp[i] = <char>(48 + v % 10)
-            v //= 10
-            i -= 1
-        return self.add(tmp + i + 1, 23 - i)
+        self.reserve(20)
+        self.put_int(v)
+        return 0
 
     cdef inline bytes take(self):
         return PyBytes_FromStringAndSize(self.p, self.n)

@@ -23,33 +23,38 @@ cdef _Buf _logbuf = _Buf()
 cdef const char* _HEXD = b"0123456789abcdef"
 
 
-cdef int _json_str(_Buf b, object value) except -1:
-    """Append ``value`` as a JSON string (escaped as orjson does), or null for None."""
-    cdef const char* s
-    cdef Py_ssize_t n, i, start
+# Bytes copied as they are into a JSON string: not a control character, '"' or '\\';
+# bytes >= 0x80 too when the text is UTF-8 already, not when it is latin-1.
+cdef unsigned char _JSON_PLAIN_UTF8[256]
+cdef unsigned char _JSON_PLAIN_LATIN1[256]
+for _i in range(256):
+    _JSON_PLAIN_UTF8[_i] = 1 if _i >= 32 and _i != 34 and _i != 92 else 0
+    _JSON_PLAIN_LATIN1[_i] = 1 if _JSON_PLAIN_UTF8[_i] and _i < 128 else 0
+
+
+cdef int _json_chars(_Buf b, const unsigned char* s, Py_ssize_t n, bint latin1) except -1:
+    """Append s[:n] as a JSON string, escaped as orjson does. ``latin1``: the bytes are
+    latin-1 text (>= 0x80 become two UTF-8 bytes); else they are UTF-8 already."""
+    cdef Py_ssize_t i, start = 0
     cdef unsigned char c
     cdef char esc[6]
-    if value is None:
-        b.add(b"null", 4)
-        return 0
-    if type(value) is not str:
-        value = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    try:
-        s = PyUnicode_AsUTF8AndSize(value, &n)
-    except UnicodeEncodeError:       # a lone surrogate (never from the wire): replaced
-        value = (<str>value).encode("utf-8", "replace").decode("utf-8")
-        s = PyUnicode_AsUTF8AndSize(value, &n)
+    cdef const unsigned char* plain = _JSON_PLAIN_UTF8
+    if latin1:
+        plain = _JSON_PLAIN_LATIN1
     b.reserve(6 * n + 2)             # PERF: one check; every byte escaped is the worst case
     b.put(b'"', 1)
-    start = 0
     for i in range(n):
-        c = <unsigned char>s[i]
-        if c >= 32 and c != 34 and c != 92:
+        c = s[i]
+        if plain[c]:
             continue
         if i > start:
-            b.put(s + start, i - start)
+            b.put(<const char*>s + start, i - start)
         start = i + 1
-        if c == 34:
+        if c >= 128:
+            esc[0] = <char>(0xC0 | (c >> 6))
+            esc[1] = <char>(0x80 | (c & 63))
+            b.put(esc, 2)
+        elif c == 34:
             b.put(b'\\"', 2)
         elif c == 92:
             b.put(b"\\\\", 2)
@@ -72,9 +77,25 @@ cdef int _json_str(_Buf b, object value) except -1:
             esc[5] = _HEXD[c & 15]
             b.put(esc, 6)
     if n > start:
-        b.put(s + start, n - start)
+        b.put(<const char*>s + start, n - start)
     b.put(b'"', 1)
     return 0
+
+
+cdef int _json_str(_Buf b, object value) except -1:
+    """Append ``value`` as a JSON string (escaped as orjson does), or null for None."""
+    cdef const char* s
+    cdef Py_ssize_t n
+    if value is None:
+        return b.add(b"null", 4)
+    if type(value) is not str:
+        value = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    try:
+        s = PyUnicode_AsUTF8AndSize(value, &n)
+    except UnicodeEncodeError:       # a lone surrogate (never from the wire): replaced
+        value = (<str>value).encode("utf-8", "replace").decode("utf-8")
+        s = PyUnicode_AsUTF8AndSize(value, &n)
+    return _json_chars(b, <const unsigned char*>s, n, False)
 
 
 cdef int _json_ms(_Buf b, double ms) except -1:
@@ -157,6 +178,18 @@ cdef int _log_time(_Buf b, double ts, _LogClock* clk) except -1:
     return 0
 
 
+cdef int _log_head(_Buf b, _LogClock* clk, double ts, object rid, object client_ip,
+                   object consumer) except -1:
+    """The fields every line starts with: time, request id, client address, consumer."""
+    _log_time(b, ts, clk)
+    b.add(b',"request_id":', 14)
+    _json_str(b, rid)
+    b.add(b',"client_ip":', 13)
+    _json_str(b, client_ip)
+    b.add(b',"consumer":', 12)
+    return _json_str(b, consumer)
+
+
 cdef int _log_tail(_Buf b, int status, long long bytes_in, long long bytes_out, double total_ms,
                    double upstream_ms) except -1:
     b.reserve(120)
@@ -186,13 +219,7 @@ cpdef bytes format_access_records(list records):
     b.reset()
     for item in records:
         r = <tuple>item
-        _log_time(b, r[0], &clk)
-        b.add(b',"request_id":', 14)
-        _json_str(b, r[1])
-        b.add(b',"client_ip":', 13)
-        _json_str(b, r[2])
-        b.add(b',"consumer":', 12)
-        _json_str(b, r[3])
+        _log_head(b, &clk, r[0], r[1], r[2], r[3])
         b.add(b',"service":', 11)
         _json_str(b, r[4])
         b.add(b',"stage":', 9)
@@ -205,53 +232,6 @@ cpdef bytes format_access_records(list records):
         _json_str(b, r[8])
         _log_tail(b, <long long>r[9], <long long>r[10], <long long>r[11], r[12], r[13])
     return b.take()
-
-
-cdef int _json_latin1(_Buf b, const unsigned char* s, Py_ssize_t n) except -1:
-    """Bytes read as latin-1, written as a JSON string: what _json_str writes for
-    ``s.decode("latin-1")`` (bytes >= 0x80 become two UTF-8 bytes)."""
-    cdef Py_ssize_t i, start = 0
-    cdef unsigned char c
-    cdef char esc[6]
-    b.reserve(6 * n + 2)             # PERF: one check, for the worst case
-    b.put(b'"', 1)
-    for i in range(n):
-        c = s[i]
-        if 32 <= c < 128 and c != 34 and c != 92:
-            continue
-        if i > start:
-            b.put(<const char*>s + start, i - start)
-        start = i + 1
-        if c >= 128:
-            esc[0] = <char>(0xC0 | (c >> 6))
-            esc[1] = <char>(0x80 | (c & 63))
-            b.put(esc, 2)
-        elif c == 34:
-            b.put(b'\\"', 2)
-        elif c == 92:
-            b.put(b"\\\\", 2)
-        elif c == 10:
-            b.put(b"\\n", 2)
-        elif c == 13:
-            b.put(b"\\r", 2)
-        elif c == 9:
-            b.put(b"\\t", 2)
-        elif c == 8:
-            b.put(b"\\b", 2)
-        elif c == 12:
-            b.put(b"\\f", 2)
-        else:
-            esc[0] = 92
-            esc[1] = 117
-            esc[2] = 48
-            esc[3] = 48
-            esc[4] = _HEXD[c >> 4]
-            esc[5] = _HEXD[c & 15]
-            b.put(esc, 6)
-    if n > start:
-        b.put(<const char*>s + start, n - start)
-    b.put(b'"', 1)
-    return 0
 
 
 cpdef bytes access_route_part(service, stage, resource):
@@ -290,18 +270,12 @@ cdef class AccessLines:
                  bytes method, bytes target, int status, long long bytes_in, long long bytes_out,
                  long long total_us, long long upstream_us) except -1:
         cdef _Buf b = self.buf
-        _log_time(b, ts, &self.clk)
-        b.add(b',"request_id":', 14)
-        _json_str(b, rid)
-        b.add(b',"client_ip":', 13)
-        _json_str(b, client_ip)
-        b.add(b',"consumer":', 12)
-        _json_str(b, consumer)
+        _log_head(b, &self.clk, ts, rid, client_ip, consumer)
         b.add_b(route_part)
         b.add(b',"method":', 10)
-        _json_latin1(b, <const unsigned char*>PyBytes_AS_STRING(method), PyBytes_GET_SIZE(method))
+        _json_chars(b, <const unsigned char*>PyBytes_AS_STRING(method), PyBytes_GET_SIZE(method), True)
         b.add(b',"path":', 8)
-        _json_latin1(b, <const unsigned char*>PyBytes_AS_STRING(target), PyBytes_GET_SIZE(target))
+        _json_chars(b, <const unsigned char*>PyBytes_AS_STRING(target), PyBytes_GET_SIZE(target), True)
         _log_tail(b, status, bytes_in, bytes_out, total_us / 1000.0, upstream_us / 1000.0)
         self.count += 1
         return 0
