@@ -271,8 +271,7 @@ cdef str _peer_ip(sockaddr_storage* addr):
     elif addr.ss_family == AF_INET6:
         a6 = <sockaddr_in6*>addr
         inet_ntop(AF_INET6, &a6.sin6_addr, text, sizeof(text))
-        ip = text.decode("ascii")
-        return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
+        return _unmapped(text.decode("ascii"))
     else:
         return "127.0.0.1"
     for i in range(4):
@@ -470,7 +469,6 @@ cdef class FdTransport:
     cpdef write(self, bytes data):
         cdef ssize_t n = 0
         cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
-        cdef int err
         if self.closing or self.closed or size == 0:
             return
         if self.connecting:
@@ -478,22 +476,14 @@ cdef class FdTransport:
         if not self.wbuf:
             # PERF: the common case, one send() straight from the caller's bytes.
             n = send(self.fd, PyBytes_AS_STRING(data), size, MSG_NOSIGNAL)
-            if n == size:
+            if n == size or (n < 0 and self._send_failed()):
                 return
             if n < 0:
-                err = errno
-                if err != EAGAIN and err != EWOULDBLOCK and err != EINTR:
-                    self._fatal(_os_error(err))
-                    return
                 n = 0
             self.wbuf = [data[n:] if n else data]
         else:
             self.wbuf.append(data)
-        self.wsize += size - n
-        self._update()
-        if not self.write_paused and self.wsize > WRITE_HIGH:
-            self.write_paused = True
-            self.proto.pause_writing()
+        self._queued(size - n)
 
     cpdef write2(self, bytes a, bytes b):
         """``write(a + b)`` without making ``a + b``: one sendmsg with two pieces (PERF: a
@@ -502,7 +492,6 @@ cdef class FdTransport:
         cdef Py_ssize_t na = PyBytes_GET_SIZE(a), nb = PyBytes_GET_SIZE(b)
         cdef iovec iov[2]
         cdef msghdr msg
-        cdef int err
         if nb == 0 or self.wbuf or self.connecting:
             self.write(a)
             self.write(b)
@@ -517,24 +506,35 @@ cdef class FdTransport:
         msg.msg_iov = iov
         msg.msg_iovlen = 2
         n = sendmsg(self.fd, &msg, MSG_NOSIGNAL)
-        if n == na + nb:
+        if n == na + nb or (n < 0 and self._send_failed()):
             return
         if n < 0:
-            err = errno
-            if err != EAGAIN and err != EWOULDBLOCK and err != EINTR:
-                self._fatal(_os_error(err))
-                return
             n = 0
         # Partly sent: queue the rest as write() would.
         if n < na:
             self.wbuf = [a[n:] if n else a, b]
         else:
             self.wbuf = [b[n - na:] if n > na else b]
-        self.wsize += na + nb - n
+        self._queued(na + nb - n)
+
+    cdef bint _send_failed(self) noexcept:
+        """After a send that returned -1: True (the transport is then closed) unless it
+        was only full or interrupted."""
+        cdef int err = errno
+        if err == EAGAIN or err == EWOULDBLOCK or err == EINTR:
+            return False
+        self._fatal(_os_error(err))
+        return True
+
+    cdef int _queued(self, Py_ssize_t unsent) except -1:
+        """``unsent`` more bytes wait in wbuf: poll for EPOLLOUT, and pause the protocol
+        above the high-water mark."""
+        self.wsize += unsent
         self._update()
         if not self.write_paused and self.wsize > WRITE_HIGH:
             self.write_paused = True
             self.proto.pause_writing()
+        return 0
 
     cpdef pause_reading(self):
         if self.reading and not self.closing:

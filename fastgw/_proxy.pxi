@@ -73,8 +73,65 @@ cdef class Timed:
         pass
 
 
-cdef class ClientConnection(Timed)
-cdef class UpstreamConnection(Timed)
+cdef inline str _unmapped(str ip):
+    """An IPv4-mapped IPv6 peer (``::ffff:1.2.3.4``) as the IPv4 address it is."""
+    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
+
+
+cdef class Connection(Timed):
+    """A Timed with a transport, bound once: written to, paused and resumed with C calls
+    when it is fastgw's own (FdTransport), through its bound methods when it is uvloop's."""
+    cdef public object transport
+    cdef object _write_fn                # transport.write, bound once (uvloop transports)
+    cdef FdTransport ftr                 # the transport when it is ours: called from C
+
+    cdef inline int _bind(self, object transport) except -1:
+        self.transport = transport
+        self._write_fn = transport.write
+        self.ftr = transport if type(transport) is FdTransport else None
+        return 0
+
+    cdef inline int _unbind(self) except -1:
+        # PERF: break the transport <-> protocol cycle (via the bound write) so a closed
+        # connection is freed by refcount at once, not by the cyclic GC under churn.
+        self._write_fn = None
+        self.ftr = None
+        self.transport = None
+        return 0
+
+    cdef inline int _write(self, bytes data) except -1:
+        # PERF: a C call into our own transport; a bound-method call into uvloop's.
+        if self.ftr is not None:
+            self.ftr.write(data)
+        else:
+            self._write_fn(data)
+        return 0
+
+    cdef inline int _write2(self, bytes a, bytes b) except -1:
+        """``_write(a + b)``; our transport sends both pieces without joining them."""
+        if self.ftr is not None:
+            self.ftr.write2(a, b)
+        else:
+            self._write_fn(a + b)
+        return 0
+
+    cdef inline int _pause_reading(self) except -1:
+        if self.ftr is not None:
+            self.ftr.pause_reading()
+        else:
+            self.transport.pause_reading()
+        return 0
+
+    cdef inline int _resume_reading(self) except -1:
+        if self.ftr is not None:
+            self.ftr.resume_reading()
+        else:
+            self.transport.resume_reading()
+        return 0
+
+
+cdef class ClientConnection(Connection)
+cdef class UpstreamConnection(Connection)
 cdef class Poller
 cdef class FdTransport
 cdef class Backend
@@ -455,10 +512,9 @@ cdef inline bint _idempotent(bytes method):
 
 
 @cython.final  # PERF: its methods are called directly (no vtable)
-cdef class ClientConnection(Timed):
+cdef class ClientConnection(Connection):
     """One client TCP connection: parses heads, routes, runs plugins, streams both ways."""
     cdef Engine engine
-    cdef object transport
     cdef ForwardInfo fwd
     cdef bytes peer_ip
     cdef str peer_ip_str
@@ -503,8 +559,6 @@ cdef class ClientConnection(Timed):
     cdef object async_task
     cdef int served                      # requests answered on this connection
     cdef RequestHead head_obj            # reused for every request on this connection
-    cdef object _write_fn                # transport.write, bound once (uvloop transports)
-    cdef FdTransport ftr                 # the transport when it is ours: called from C
     cdef bint buffering                  # collecting the body for a needs_body pipeline
     cdef list body_plain                 # decoded payload pieces while buffering a chunked body
 
@@ -521,17 +575,12 @@ cdef class ClientConnection(Timed):
     def connection_made(self, transport):
         """asyncio's entry (uvloop transports: TLS, FASTGW_UVLOOP_TRANSPORTS=1)."""
         peer = transport.get_extra_info("peername")
-        ip = peer[0] if peer else "127.0.0.1"
-        if ip.startswith("::ffff:"):
-            ip = ip[7:]
-        self._made(transport, ip)
+        self._made(transport, _unmapped(peer[0]) if peer else "127.0.0.1")
 
     cdef int _made(self, object transport, str ip) except -1:
         """The connection is up; ``ip`` is the peer's address (an IPv4-mapped one unwrapped).
         PERF: the Listener calls this from C with the address it formatted."""
-        self.transport = transport
-        self._write_fn = transport.write
-        self.ftr = transport if type(transport) is FdTransport else None
+        self._bind(transport)
         self.peer_ip_str = ip
         self.peer_ip = PyUnicode_AsASCIIString(ip)
         self.engine.connections.add(self)
@@ -541,11 +590,7 @@ cdef class ClientConnection(Timed):
         cdef UpstreamConnection up = self.up
         self.state = S_CLOSED
         self.deadline = 0
-        # PERF: break the transport <-> protocol cycle (via the bound write) so a closed
-        # connection is freed by refcount at once, not by the cyclic GC under churn.
-        self._write_fn = None
-        self.ftr = None
-        self.transport = None
+        self._unbind()
         self.engine.connections.discard(self)
         if self.head_obj is not None and self.async_task is None:
             self.engine.give_head(self.head_obj)
@@ -597,13 +642,13 @@ cdef class ClientConnection(Timed):
     def pause_writing(self):
         self.writing_paused = True
         if self.up is not None and self.up.transport is not None:
-            self.up.transport.pause_reading()
+            self.up._pause_reading()
         self._arm(T_SEND, self.route.send_timeout if self.route is not None else 60.0)
 
     def resume_writing(self):
         self.writing_paused = False
         if self.up is not None and self.up.transport is not None:
-            self.up.transport.resume_reading()
+            self.up._resume_reading()
         if self.timer_kind == T_SEND:
             self._arm(T_READ, self.route.read_timeout if self.route is not None else 60.0)
 
@@ -612,30 +657,17 @@ cdef class ClientConnection(Timed):
         self.paused |= reason
         if not self.reading_paused and self.transport is not None:
             self.reading_paused = True
-            if self.ftr is not None:
-                self.ftr.pause_reading()
-            else:
-                self.transport.pause_reading()
+            self._pause_reading()
 
     cdef inline int _resume(self, int reason) except -1:
         self.paused &= ~reason
         if self.paused == 0 and self.reading_paused and self.state != S_CLOSED:
             self.reading_paused = False
-            if self.ftr is not None:
-                self.ftr.resume_reading()
-            else:
-                self.transport.resume_reading()
+            self._resume_reading()
 
     cdef inline int _arm(self, int kind, double seconds) except -1:
         self.timer_kind = kind
         self.engine.wheel.arm(self, self.engine.wheel.now + seconds)
-
-    cdef inline int _write(self, bytes data) except -1:
-        # PERF: a C call into our own transport; a bound-method call into uvloop's.
-        if self.ftr is not None:
-            self.ftr.write(data)
-        else:
-            self._write_fn(data)
 
     cdef int on_timeout(self) except -1:
         cdef int kind = self.timer_kind
@@ -828,7 +860,7 @@ cdef class ClientConnection(Timed):
         self.buffering = True
         self.body_plain = [] if self.body_mode == B_CHUNKED else None
         if self.req.expect_continue:
-            self.transport.write(CONTINUE_100)
+            self._write(CONTINUE_100)
         if rest is not None:
             self._take_body(rest)
 
@@ -981,7 +1013,7 @@ cdef class ClientConnection(Timed):
             self._body_too_large()
             return 0
         if self.up is not None and self.up.transport is not None and self.pending is None:
-            self.up.transport.write(body)
+            self.up._write(body)
             if self.timer_kind == T_READ:
                 self._arm(T_READ, self.route.read_timeout)
         else:
@@ -1037,7 +1069,7 @@ cdef class ClientConnection(Timed):
         self.up_head = build_upstream_head(req, method, path_q, host, self.peer_ip, self.fwd, headers,
                                            req.chunked, req.content_length)
         if req.expect_continue and not self.req_done:
-            self.transport.write(CONTINUE_100)
+            self._write(CONTINUE_100)
         self.up = pool.acquire(self)
         if self.up.transport is not None:
             self._upstream_ready()
@@ -1362,10 +1394,9 @@ cdef class ClientFactory:
 # ---------------------------------------------------------------------------------------
 
 @cython.final  # PERF: its methods are called directly (no vtable)
-cdef class UpstreamConnection(Timed):
+cdef class UpstreamConnection(Connection):
     """One keep-alive connection to a backend target; serves one client exchange at a time."""
     cdef UpstreamPool pool
-    cdef public object transport
     cdef ClientConnection client
     cdef public bint closed
     cdef bint reused
@@ -1378,8 +1409,6 @@ cdef class UpstreamConnection(Timed):
     cdef ChunkedScanner chunk
     cdef object connect_task
     cdef ResponseHead head_obj           # reused for every response on this connection
-    cdef object _write_fn                # transport.write, bound once (uvloop transports)
-    cdef FdTransport ftr                 # the transport when it is ours: called from C
 
     def __init__(self, UpstreamPool pool):
         self.pool = pool
@@ -1432,22 +1461,8 @@ cdef class UpstreamConnection(Timed):
         self.scan_pos = 0
         if more is None:
             self._write(data)
-        elif self.ftr is not None:
-            self.ftr.write2(data, more)
         else:
-            self._write_fn(data + more)
-
-    cdef inline int _write(self, bytes data) except -1:
-        if self.ftr is not None:
-            self.ftr.write(data)
-        else:
-            self._write_fn(data)
-
-    cdef inline int _resume_reading(self) except -1:
-        if self.ftr is not None:
-            self.ftr.resume_reading()
-        else:
-            self.transport.resume_reading()
+            self._write2(data, more)
 
     cdef int close(self) except -1:
         self.closed = True
@@ -1469,9 +1484,7 @@ cdef class UpstreamConnection(Timed):
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport):
         self.connect_task = None
-        self.transport = transport
-        self._write_fn = transport.write
-        self.ftr = transport if type(transport) is FdTransport else None
+        self._bind(transport)
         if self.closed:
             transport.close()
             return
@@ -1486,9 +1499,7 @@ cdef class UpstreamConnection(Timed):
         self.closed = True
         self.deadline = 0
         self.client = None
-        self._write_fn = None
-        self.ftr = None
-        self.transport = None
+        self._unbind()
         if client is not None and client.up is self:
             if self.state == U_BODY and self.resp.until_close:
                 client._response_done()
