@@ -34,6 +34,15 @@ cdef inline bint _may_be_identity(object name):
     return 13 <= n <= 23 and (p[0] == 120 or p[0] == 88) and p[1] == 45
 
 
+cpdef int strip_identity(list headers) except -1:
+    """Remove the identity headers (IDENTITY_HEADER_NAMES) from ``headers`` in place."""
+    for item in headers:
+        if _may_be_identity((<tuple>item)[0]):
+            remove_headers(headers, _IDENTITY)
+            break
+    return 0
+
+
 # ---------------------------------------------------------------------------------------
 # The chain
 # ---------------------------------------------------------------------------------------
@@ -91,10 +100,7 @@ cdef class StepChain:
     # (Pipeline.run_request_async): begin, then each step, then answered/crashed/passed.
     cpdef begin(self, RequestContext ctx):
         """SECURITY: identity headers from the client never reach the backend."""
-        for item in <list>ctx.headers:
-            if _may_be_identity((<tuple>item)[0]):
-                remove_headers(ctx.headers, _IDENTITY)
-                break
+        strip_identity(ctx.headers)
 
     cpdef bint answered(self, RequestContext ctx):
         """A step answered: the answer is what the response phase sees."""
@@ -503,55 +509,40 @@ cdef class ResponseHeadersStep(NativeStep):
     """remove + set (one filter pass), then append, then add-if-missing."""
 
     cdef tuple drop          # lower-case names removed (``remove`` and ``set`` names)
-    cdef tuple set_          # (name, value) pairs
-    cdef tuple append_
+    cdef tuple put           # (name, value) pairs appended after the drop: ``set``, then ``append``
     cdef tuple add_lc        # (lower-case name, name, value)
     # The same, less the names the head builder would not forward anyway (apply_head).
-    cdef tuple fwd_set
-    cdef tuple fwd_append
+    cdef tuple fwd_put
     cdef tuple fwd_add_lc
 
     def __init__(self, tuple drop, tuple set_, tuple append_, tuple add_lc):
         self.drop = drop
-        self.set_ = set_
-        self.append_ = append_
+        self.put = set_ + append_
         self.add_lc = add_lc
-        self.fwd_set = tuple(t for t in set_ if forwardable_response_header(t[0]))
-        self.fwd_append = tuple(t for t in append_ if forwardable_response_header(t[0]))
+        self.fwd_put = tuple(t for t in self.put if forwardable_response_header(t[0]))
         self.fwd_add_lc = tuple(t for t in add_lc if forwardable_response_header(t[1]))
+
+    cdef int _edit(self, list headers, ResponseHead r, tuple put, tuple add_lc,
+                   RequestContext ctx) except -1:
+        """The edits on ``headers`` and, when given, on the backend's scanned head ``r``."""
+        cdef tuple t
+        if self.drop:
+            if r is not None:
+                r.drop_headers(self.drop)
+            remove_headers(headers, self.drop)
+        for item in put:
+            t = <tuple>item
+            headers.append((t[0], _header_value(t[1], ctx)))
+        for item in add_lc:
+            # PERF: a C scan per added name (usually one) instead of a set of every name.
+            t = <tuple>item
+            if (r is None or not r.has_header(<bytes>t[0])) and find_header(headers, <bytes>t[0]) is None:
+                headers.append((t[1], _header_value(t[2], ctx)))
+        return 0
 
     cdef int apply_head(self, ResponseHead r, RequestContext ctx, list out) except -1:
         """``response`` on the backend's scanned head plus ``out`` (what earlier steps added)."""
-        cdef tuple t
-        if self.drop:
-            r.drop_headers(self.drop)
-            remove_headers(out, self.drop)
-        for item in self.fwd_set:
-            t = <tuple>item
-            out.append((t[0], _header_value(t[1], ctx)))
-        for item in self.fwd_append:
-            t = <tuple>item
-            out.append((t[0], _header_value(t[1], ctx)))
-        for item in self.fwd_add_lc:
-            t = <tuple>item
-            if not r.has_header(<bytes>t[0]) and find_header(out, <bytes>t[0]) is None:
-                out.append((t[1], _header_value(t[2], ctx)))
-        return 0
+        return self._edit(out, r, self.fwd_put, self.fwd_add_lc, ctx)
 
     cdef int response(self, RequestContext ctx) except -1:
-        cdef list headers = ctx.response_headers
-        cdef tuple t
-        if self.drop:
-            remove_headers(headers, self.drop)
-        for item in self.set_:
-            t = <tuple>item
-            headers.append((t[0], _header_value(t[1], ctx)))
-        for item in self.append_:
-            t = <tuple>item
-            headers.append((t[0], _header_value(t[1], ctx)))
-        for item in self.add_lc:
-            # PERF: a C scan per added name (usually one) instead of a set of every name.
-            t = <tuple>item
-            if find_header(headers, <bytes>t[0]) is None:
-                headers.append((t[1], _header_value(t[2], ctx)))
-        return 0
+        return self._edit(ctx.response_headers, None, self.put, self.add_lc, ctx)

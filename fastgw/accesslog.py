@@ -108,8 +108,7 @@ class AccessLog:
         """Format and write everything queued."""
         data = self.lines.take() if self.lines is not None and len(self.lines) else b""
         if self.buffer:
-            records = self.buffer[:]
-            self.buffer.clear()
+            records, self.buffer = self.buffer, []
             try:
                 data += format_records(records)
             except Exception:
