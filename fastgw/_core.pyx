@@ -1,6 +1,7 @@
 # cython: language_level=3
 """fastgw's hot path, compiled as one C module from included parts (as uvloop does).
 
+- ``_structs.pxi``: small containers for per-connection objects (no hashing, no resizing).
 - ``_router.pxi``: path normalization, the trie router, backend-path templates.
 - ``_http.pxi``:   one-pass HTTP/1.1 head scanners, chunked framing, head builders.
 - ``_stats.pxi``:  the per-worker writer into the shared-memory stats ring.
@@ -11,6 +12,7 @@
 - ``_log.pxi``:    the access-log JSON-lines formatter.
 """
 
+include "_structs.pxi"
 include "_router.pxi"
 include "_http.pxi"
 include "_stats.pxi"

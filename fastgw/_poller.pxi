@@ -18,6 +18,7 @@
 # connect, completion on EPOLLOUT, SO_ERROR); TLS and host-name targets, and TLS
 # listeners, stay on uvloop transports.
 
+from cpython.ref cimport Py_DECREF
 from posix.unistd cimport close as _c_close
 
 cdef extern from "<sys/types.h>" nogil:
@@ -103,8 +104,8 @@ cdef class Poller:
     cdef int epfd
     cdef object loop
     cdef char* rbuf                  # PERF: one receive buffer for every connection
-    cdef set live                    # registered listeners and transports (strong refs)
-    cdef list lost                   # (transport, exc) closed since the last _run_lost
+    cdef set listeners               # registered listeners (strong refs)
+    cdef list lost                   # transports closed since the last _run_lost
     cdef epoll_event events[POLL_BATCH]
 
     def __cinit__(self):
@@ -113,7 +114,7 @@ cdef class Poller:
 
     def __init__(self, loop):
         self.loop = loop
-        self.live = set()
+        self.listeners = set()
         self.lost = []
         self.rbuf = <char*>malloc(READ_SIZE)
         if self.rbuf == NULL:
@@ -147,17 +148,17 @@ cdef class Poller:
     cdef int _lost_later(self, FdTransport tr, object exc) except -1:
         if not self.lost:
             self.loop.call_soon(self._run_lost)
-        self.lost.append((tr, exc))
+        tr.lost_exc = exc
+        self.lost.append(tr)
         return 0
 
     def _run_lost(self):
         """connection_lost for the transports closed since the last turn, in close order."""
-        cdef tuple item
+        cdef FdTransport tr
         batch, self.lost = self.lost, []      # closed from here on: the next turn's batch
-        for entry in batch:
-            item = <tuple>entry
+        for tr in batch:
             try:
-                (<FdTransport>item[0])._lost(item[1])
+                tr._lost()
             except Exception as exc:
                 self.loop.call_exception_handler({"message": "connection_lost failed", "exception": exc})
 
@@ -172,8 +173,8 @@ cdef class Poller:
         if n < 0:
             return          # EINTR: the loop calls again while the set stays readable
         for i in range(n):
-            # The object stays alive for the whole batch: ``live`` drops it only from a
-            # callback the loop runs later (FdTransport._lost).
+            # The object stays alive for the whole batch: its registration's reference is
+            # dropped only from a callback the loop runs later (FdTransport._lost).
             obj = <object>self.events[i].data.ptr
             ev = self.events[i].events
             if type(obj) is FdTransport:
@@ -208,7 +209,7 @@ cdef class Listener:
         self._retry = None
         if not self.active and self.poller.epfd >= 0:
             self.poller._set(self.fd, EPOLLIN, EPOLL_CTL_ADD, self)
-            self.poller.live.add(self)
+            self.poller.listeners.add(self)
             self.active = True
 
     cdef void _stop(self):
@@ -217,7 +218,7 @@ cdef class Listener:
             self.active = False
             if self.poller.epfd >= 0:
                 epoll_ctl(self.poller.epfd, EPOLL_CTL_DEL, self.fd, &ev)
-            self.poller.live.discard(self)
+            self.poller.listeners.discard(self)
 
     def close(self):
         """Stop accepting (the socket itself is closed by its owner)."""
@@ -323,6 +324,7 @@ cdef class FdTransport:
     cdef bint write_paused           # the protocol was told pause_writing()
     cdef bint connecting             # an outgoing connect in progress (waits for EPOLLOUT)
     cdef bint made                   # connection_made was called
+    cdef object lost_exc             # for connection_lost, once closed
 
     cdef void _init(self, Poller poller, int fd, Timed proto, object peer) noexcept:
         self.poller = poller
@@ -332,7 +334,7 @@ cdef class FdTransport:
         self.reading = True
         self.made = True
         self.wsize = 0
-        poller.live.add(self)
+        Py_INCREF(self)     # held while registered: epoll's data.ptr; dropped by _lost
         self._update()
 
     @staticmethod
@@ -355,7 +357,7 @@ cdef class FdTransport:
         tr.peer = addr
         tr.fd = sock.detach()
         tr.connecting = True
-        poller.live.add(tr)
+        Py_INCREF(tr)       # held while registered: epoll's data.ptr; dropped by _lost
         if err != 0 and err != EINPROGRESS:
             tr._close_now(_os_error(err))
             return tr
@@ -588,15 +590,19 @@ cdef class FdTransport:
         # each cost ~4 000 instructions of uvloop handle and idle machinery per connection).
         self.poller._lost_later(self, exc)
 
-    def _lost(self, exc):
-        proto, self.proto = self.proto, None
-        self.poller.live.discard(self)
+    cdef int _lost(self) except -1:
+        """connection_lost, from the loop (Poller._run_lost holds a reference meanwhile)."""
+        cdef Timed proto = self.proto
+        exc, self.lost_exc = self.lost_exc, None
         if proto is None:
-            return
+            return 0
+        self.proto = None
+        Py_DECREF(self)     # PERF: the registration's reference (a set add/discard cost more)
         if self.made:
-            proto.connection_lost(exc)
+            proto._transport_lost(exc)
         else:
             proto._connect_failed(exc)   # never connected (exc None: cancelled)
+        return 0
 
     def __repr__(self):
         return f"<FdTransport fd={self.fd} peer={self.peer!r}>"

@@ -72,6 +72,10 @@ cdef class Timed:
         """Bytes from this connection's socket (FdTransport calls it; asyncio: data_received)."""
         pass
 
+    cdef int _transport_lost(self, object exc) except -1:
+        """The socket is closed (FdTransport calls it; asyncio: connection_lost)."""
+        return 0
+
 
 cdef inline str _unmapped(str ip):
     """An IPv4-mapped IPv6 peer (``::ffff:1.2.3.4``) as the IPv4 address it is."""
@@ -310,9 +314,9 @@ cdef class UpstreamPool:
     cdef public int port
     cdef public object ssl
     cdef public bytes host_header
-    cdef public int max_idle
+    cdef readonly int max_idle
     cdef public double idle_timeout
-    cdef list idle
+    cdef ObjStack idle
     cdef Engine engine
     cdef int family
     cdef object sockaddr                  # (ip, port) when connectable without DNS or TLS
@@ -328,7 +332,7 @@ cdef class UpstreamPool:
         self.ssl = ssl
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
-        self.idle = []
+        self.idle = ObjStack(max(max_idle, 0))
         default_port = 443 if ssl is not None else 80
         self.host_header = (host if port == default_port else f"{host}:{port}").encode("idna")
         # Plain-HTTP targets are connected on the engine's Poller (no uvloop transport):
@@ -377,11 +381,11 @@ cdef class UpstreamPool:
         self.resolved_until = _mono() + UPSTREAM_DNS_TTL
 
     def idle_count(self):
-        return len(self.idle)
+        return self.idle.n
 
     cdef UpstreamConnection acquire(self, ClientConnection client):
         cdef UpstreamConnection c
-        while self.idle:
+        while self.idle.n:
             c = <UpstreamConnection>self.idle.pop()
             if not c.closed:
                 c.deadline = 0
@@ -397,17 +401,15 @@ cdef class UpstreamPool:
     cdef int release(self, UpstreamConnection c) except -1:
         if c.closed:
             return 0
-        if len(self.idle) >= self.max_idle or self.engine.draining:
+        if self.engine.draining or not self.idle.push(c):
             c.close()
             return 0
         c.client = None
-        self.idle.append(c)
         self.engine.wheel.arm(c, self.engine.wheel.now + self.idle_timeout)
 
     cpdef void close_idle(self):
         cdef UpstreamConnection c
-        idle, self.idle = self.idle, []
-        for c in idle:
+        for c in self.idle.take_all():
             c.close()
 
 
@@ -429,11 +431,11 @@ cdef class Engine:
     cdef public double idle_timeout
     cdef public double header_timeout
     cdef public Py_ssize_t max_head
-    cdef public set connections
+    cdef Slots conns                      # open client connections (each knows its slot)
     cdef public bint draining
     cdef public object on_drained
     cdef public object plugin_errors      # callable(exc, ctx) for logging
-    cdef list free_heads                  # RequestHeads of closed connections, for new ones
+    cdef ObjStack free_heads              # RequestHeads of closed connections, for new ones
     cdef public Poller poller             # fastgw's epoll set (None: all on uvloop transports)
 
     def __init__(self, loop, router, double idle_timeout=75.0, double header_timeout=30.0,
@@ -444,10 +446,29 @@ cdef class Engine:
         self.idle_timeout = idle_timeout
         self.header_timeout = header_timeout
         self.max_head = max_head
-        self.connections = set()
+        self.conns = Slots()
         self.consumer_slots = {}
         self.draining = False
-        self.free_heads = []
+        self.free_heads = ObjStack(256)
+
+    @property
+    def connections(self):
+        """The open client connections (a new list)."""
+        return self.conns.members()
+
+    cdef inline int add_connection(self, ClientConnection c) except -1:
+        if c.conn_slot < 0:
+            c.conn_slot = self.conns.add(c)
+        return 0
+
+    cdef inline int remove_connection(self, ClientConnection c) except -1:
+        cdef Py_ssize_t i = c.conn_slot
+        if i >= 0:
+            c.conn_slot = -1
+            moved = self.conns.remove(i)
+            if moved is not None:
+                (<ClientConnection>moved).conn_slot = i
+        return 0
 
     @property
     def access_log(self):
@@ -467,7 +488,7 @@ cdef class Engine:
         """Stop keeping connections alive: idle ones close now, busy ones after their answer."""
         cdef ClientConnection c
         self.draining = True
-        for c in list(self.connections):
+        for c in self.conns.members():
             if c.state == S_HEAD and not c.inbuf:
                 if c.served:
                     c._close()      # idle between requests: nothing is lost
@@ -478,7 +499,7 @@ cdef class Engine:
         self._check_drained()
 
     cdef int _check_drained(self) except -1:
-        if self.draining and not self.connections and self.on_drained is not None:
+        if self.draining and self.conns.n == 0 and self.on_drained is not None:
             cb, self.on_drained = self.on_drained, None
             cb()
 
@@ -488,14 +509,12 @@ cdef class Engine:
     # PERF: a RequestHead is ~2.3 KB (offset arrays) to malloc and zero; with keep-alive off
     # that was once per request. Closed connections hand theirs back.
     cdef inline RequestHead take_head(self):
-        if self.free_heads:
-            return <RequestHead>self.free_heads.pop()
-        return None
+        return <RequestHead>self.free_heads.pop()
 
     cdef inline int give_head(self, RequestHead h) except -1:
-        if len(self.free_heads) < 256:
-            h.buf = None
-            self.free_heads.append(h)
+        h.buf = None
+        self.free_heads.push(h)
+        return 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -561,6 +580,7 @@ cdef class ClientConnection(Connection):
     cdef RequestHead head_obj            # reused for every request on this connection
     cdef bint buffering                  # collecting the body for a needs_body pipeline
     cdef list body_plain                 # decoded payload pieces while buffering a chunked body
+    cdef Py_ssize_t conn_slot            # in engine.conns (-1: not there)
 
     def __init__(self, Engine engine, ForwardInfo fwd):
         self._init(engine, fwd)
@@ -570,6 +590,7 @@ cdef class ClientConnection(Connection):
         self.fwd = fwd
         self.inbuf = b""
         self.state = S_HEAD
+        self.conn_slot = -1
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport):
@@ -583,15 +604,18 @@ cdef class ClientConnection(Connection):
         self._bind(transport)
         self.peer_ip_str = ip
         self.peer_ip = PyUnicode_AsASCIIString(ip)
-        self.engine.connections.add(self)
+        self.engine.add_connection(self)
         self._arm(T_IDLE, self.engine.idle_timeout)
 
     def connection_lost(self, exc):
+        self._transport_lost(exc)
+
+    cdef int _transport_lost(self, object exc) except -1:
         cdef UpstreamConnection up = self.up
         self.state = S_CLOSED
         self.deadline = 0
         self._unbind()
-        self.engine.connections.discard(self)
+        self.engine.remove_connection(self)
         if self.head_obj is not None and self.async_task is None:
             self.engine.give_head(self.head_obj)
             self.head_obj = None
@@ -604,6 +628,7 @@ cdef class ClientConnection(Connection):
             self.async_task.cancel()
             self.async_task = None
         self.engine._check_drained()
+        return 0
 
     def data_received(self, bytes data):
         self._on_data(data)
@@ -1365,7 +1390,7 @@ cdef class ClientConnection(Connection):
         self._drop_upstream()
         if self.transport is not None:
             self.transport.close()
-        self.engine.connections.discard(self)
+        self.engine.remove_connection(self)
         self.engine._check_drained()
 
 
@@ -1495,6 +1520,9 @@ cdef class UpstreamConnection(Connection):
             self.pool.release(self)
 
     def connection_lost(self, exc):
+        self._transport_lost(exc)
+
+    cdef int _transport_lost(self, object exc) except -1:
         cdef ClientConnection client = self.client
         self.closed = True
         self.deadline = 0
@@ -1505,6 +1533,7 @@ cdef class UpstreamConnection(Connection):
                 client._response_done()
             else:
                 client._upstream_lost(self.got_bytes)
+        return 0
 
     def eof_received(self):
         return False
