@@ -91,8 +91,11 @@ cdef class Connection(Timed):
 
     cdef inline int _bind(self, object transport) except -1:
         self.transport = transport
-        self._write_fn = transport.write
-        self.ftr = transport if type(transport) is FdTransport else None
+        if type(transport) is FdTransport:
+            self.ftr = transport
+        else:
+            self.ftr = None
+            self._write_fn = transport.write
         return 0
 
     cdef inline int _unbind(self) except -1:
@@ -131,6 +134,13 @@ cdef class Connection(Timed):
             self.ftr.resume_reading()
         else:
             self.transport.resume_reading()
+        return 0
+
+    cdef inline int _close_transport(self) except -1:
+        if self.ftr is not None:
+            self.ftr.close()
+        elif self.transport is not None:
+            self.transport.close()
         return 0
 
 
@@ -535,8 +545,8 @@ cdef class ClientConnection(Connection):
     """One client TCP connection: parses heads, routes, runs plugins, streams both ways."""
     cdef Engine engine
     cdef ForwardInfo fwd
-    cdef bytes peer_ip
-    cdef str peer_ip_str
+    cdef bytes peer_ip                   # the TCP peer's address (IPv4-mapped unwrapped)
+    cdef str peer_ip_str                 # the same as str, made on first use (_peer_str)
     cdef bytes inbuf
     cdef Py_ssize_t scan_pos
     cdef int state
@@ -596,14 +606,13 @@ cdef class ClientConnection(Connection):
     def connection_made(self, transport):
         """asyncio's entry (uvloop transports: TLS, FASTGW_UVLOOP_TRANSPORTS=1)."""
         peer = transport.get_extra_info("peername")
-        self._made(transport, _unmapped(peer[0]) if peer else "127.0.0.1")
+        self._made(transport, PyUnicode_AsASCIIString(_unmapped(peer[0]) if peer else "127.0.0.1"))
 
-    cdef int _made(self, object transport, str ip) except -1:
+    cdef int _made(self, object transport, bytes ip) except -1:
         """The connection is up; ``ip`` is the peer's address (an IPv4-mapped one unwrapped).
         PERF: the Listener calls this from C with the address it formatted."""
         self._bind(transport)
-        self.peer_ip_str = ip
-        self.peer_ip = PyUnicode_AsASCIIString(ip)
+        self.peer_ip = ip
         self.engine.add_connection(self)
         self._arm(T_IDLE, self.engine.idle_timeout)
 
@@ -861,11 +870,17 @@ cdef class ClientConnection(Connection):
             self._dispatch()
 
     # -- plugins -------------------------------------------------------------------------
+    cdef inline str _peer_str(self):
+        if self.peer_ip_str is None:
+            self.peer_ip_str = PyUnicode_DecodeASCII(PyBytes_AS_STRING(self.peer_ip),
+                                                     PyBytes_GET_SIZE(self.peer_ip), NULL)
+        return self.peer_ip_str
+
     cdef RequestContext _make_ctx(self, Route route, tuple values):
         cdef RequestHead req = self.req
         cdef RequestContext ctx = new_context(
             method_str(req.method), self.norm_path.decode("latin-1"), req.query,
-            req.forward_headers(), self.peer_ip_str, self.fwd.scheme,
+            req.forward_headers(), self._peer_str(), self.fwd.scheme,
             route, values, self._rid(), "1.1" if req.version == 11 else "1.0")
         ctx.body_size = req.content_length if not req.chunked else -1
         ctx.start_time = self.t_start
@@ -1357,7 +1372,7 @@ cdef class ClientConnection(Connection):
             part = route.log_part
             if part is None:
                 part = route.log_part = access_route_part(route.service, route.stage, route.resource)
-        e.access_lines.add(_wall(), self._rid(), ctx.client_ip if ctx is not None else self.peer_ip_str,
+        e.access_lines.add(_wall(), self._rid(), ctx.client_ip if ctx is not None else self._peer_str(),
                            consumer, part, req.method, req.target, self.status, self.bytes_in,
                            self.bytes_out, total_us, up_us)
         if e.access_lines.buf.n >= e.access_max:
@@ -1388,8 +1403,7 @@ cdef class ClientConnection(Connection):
         self.state = S_CLOSED
         self.deadline = 0
         self._drop_upstream()
-        if self.transport is not None:
-            self.transport.close()
+        self._close_transport()
         self.engine.remove_connection(self)
         self.engine._check_drained()
 
@@ -1498,8 +1512,7 @@ cdef class UpstreamConnection(Connection):
                 task.abort()
             else:
                 task.cancel()
-        if self.transport is not None:
-            self.transport.close()
+        self._close_transport()
 
     cdef int on_timeout(self) except -1:
         # Only idle pooled connections are armed here.

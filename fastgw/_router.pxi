@@ -600,6 +600,8 @@ cdef class Router:
     cdef dict _exact             # host bytes -> _RtRoot
     cdef dict _wild              # b".example.com" -> _RtRoot (from "*.example.com")
     cdef _RtRoot _default        # "*" or no hosts
+    cdef bytes _last_host        # the host looked up last (None: no cached answer) ...
+    cdef _RtRoot _last_root      # ... and its root: most requests repeat the last host
     cdef readonly int count
 
     def __cinit__(self):
@@ -748,6 +750,7 @@ cdef class Router:
     cdef _RtRoot _root(self, str host, bint create):
         cdef bytes h = host.lower().encode() if host.isascii() else host.lower().encode("idna")
         cdef _RtRoot root
+        self._last_host = None      # a new root may change what a host maps to
         if h == b"*":
             if self._default is None and create:
                 self._default = self._new_root()
@@ -871,6 +874,20 @@ cdef class Router:
     # -- matching ----------------------------------------------------------------------
 
     cdef _RtRoot _root_for(self, bytes host):
+        cdef bytes last = self._last_host
+        cdef _RtRoot root
+        # PERF: each request brings a new bytes object for its Host, so a dict lookup
+        # hashes it (SipHash, ~160 instructions); comparing it with the last one is cheaper.
+        if last is not None and (host is last or (
+                PyBytes_GET_SIZE(host) == PyBytes_GET_SIZE(last)
+                and memcmp(PyBytes_AS_STRING(host), PyBytes_AS_STRING(last), PyBytes_GET_SIZE(host)) == 0)):
+            return self._last_root
+        root = self._lookup_root(host)
+        self._last_host = host
+        self._last_root = root
+        return root
+
+    cdef _RtRoot _lookup_root(self, bytes host):
         cdef PyObject* o = PyDict_GetItem(self._exact, host)
         cdef Py_ssize_t i
         if o != NULL:

@@ -110,6 +110,21 @@ def test_host_choice_without_fall_through(impl: Any) -> None:
     assert r.match(b"zzz", b"GET", b"/e")[0] == 404
 
 
+def test_host_answer_follows_each_request_and_new_routes(impl: Any) -> None:
+    # The compiled router remembers the last host's root: alternating hosts, equal hosts
+    # in new objects, and a host gaining its own routes after a lookup must all be seen.
+    r = make(impl, [(["*"], "", "/d", "GET", "default"), (["a.test"], "", "/a", "GET", "a")])
+    for _ in range(2):
+        assert r.match(b"a.test", b"GET", b"/a")[1] == "a"
+        assert r.match(b"b.test", b"GET", b"/a")[0] == 404
+        assert r.match(bytes(bytearray(b"a.test")), b"GET", b"/a")[1] == "a"
+        assert r.match(b"a.tesx", b"GET", b"/d")[1] == "default"
+    assert r.match(b"b.test", b"GET", b"/d")[1] == "default"
+    r.add(["b.test"], "", "/b", "GET", "b")
+    assert r.match(b"b.test", b"GET", b"/b")[1] == "b"
+    assert r.match(b"b.test", b"GET", b"/d")[0] == 404     # b.test has its own tree now
+
+
 def test_add_returns_names_and_rejects_conflicts(impl: Any) -> None:
     r = impl.Router()
     assert r.add(["h"], "/v1", "/o/{orderId}/items/{rest*}", "get", 1) == ("orderId", "rest")
