@@ -204,3 +204,30 @@ def test_known_field_names_are_recognised_in_any_case_and_only_them(data) -> Non
     near[i] = {"-": "_", "c": "k"}.get(near[i], "x" if near[i] != "x" else "y")
     other = parse_request_head(f"GET / HTTP/1.1\r\nHost: h\r\n{''.join(near)}: 3\r\n\r\n".encode())
     assert other.content_length == -1
+
+
+def _value_byte_ok(b: int) -> bool:
+    # RFC 9110 5.5: field-vchar (VCHAR / obs-text), SP and HTAB
+    return b == 9 or 32 <= b < 127 or b >= 128
+
+
+@pytest.mark.parametrize("pos", [0, 1, 7, 8, 9, 15, 16, 23, 30])
+def test_every_value_byte_at_every_word_position(pos: int) -> None:
+    # The scanners read values eight bytes at a time: a forbidden byte must be caught in
+    # any lane of a word, in the tail after the last whole word, and next to allowed
+    # high (obs-text) bytes, in requests and in responses alike.
+    base = bytearray(b"abcdefgh\x80ijklmnop qrs\xfftuvwxyz0123")
+    for b in range(256):
+        value = bytearray(base)
+        value[pos] = b
+        req = b"GET / HTTP/1.1\r\nHost: h\r\nX-V: " + bytes(value) + b"\r\nA: b\r\n\r\n"
+        resp = b"HTTP/1.1 200 OK\r\nX-V: " + bytes(value) + b"\r\nContent-Length: 0\r\n\r\n"
+        if _value_byte_ok(b):
+            want = (b"X-V", bytes(value).strip(b" \t"))     # leading/trailing SP, HTAB dropped
+            assert _core.parse_request_head(req).headers()[1] == want, b
+            assert _core.parse_response_head(resp).forward_headers()[0] == want, b
+        else:
+            with pytest.raises(_core.HttpError):
+                _core.parse_request_head(req)
+            with pytest.raises(_core.HttpError):
+                _core.parse_response_head(resp)
