@@ -258,6 +258,11 @@ cdef class Listener:
             tr._init(self.poller, cfd, conn, None)
             tr.addr = addr
             conn._made(tr, ip)
+            # PERF: the request is usually here already (the listening sockets defer
+            # accepts until data comes: workers.open_listener): read it now rather than
+            # after another epoll round (EAGAIN costs one recv and nothing else).
+            if tr.reading and not tr.closed:
+                tr._read()
 
 
 cdef bytes _peer_ip(sockaddr_storage* addr):

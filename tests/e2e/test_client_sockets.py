@@ -43,6 +43,24 @@ def test_keep_alive_pipelining_and_close(gw: Any) -> None:
         assert raw.sock.recv(1) == b""           # the gateway closed after the answer
 
 
+def test_a_client_that_waits_before_its_first_byte_is_served(gw: Any) -> None:
+    # Listening sockets defer accepts until the first bytes come (TCP_DEFER_ACCEPT); a
+    # client that says nothing for longer than that is accepted anyway (the worker's read
+    # right after accept finds nothing), and its late request is served.
+    with RawClient(gw.port) as raw:
+        time.sleep(2.5)
+        assert raw.request("GET", "/late").json()["path"] == "/late"
+
+
+def test_a_silent_client_is_still_accepted_and_timed_out(backend: Backend, port: int, gateway: Any) -> None:
+    g = gateway(gateway_config(port, backend.url, limits={"drain_timeout": 5, "client_header_timeout": 0.5,
+                                                          "client_idle_timeout": 0.5}))
+    with socket.create_connection(("127.0.0.1", g.port), timeout=10) as sock:
+        t0 = time.monotonic()
+        assert sock.recv(1) == b""               # accepted, then closed by the idle timeout
+        assert time.monotonic() - t0 < 8
+
+
 def test_expect_100_continue_and_body(gw: Any) -> None:
     with RawClient(gw.port) as raw:
         raw.send(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
@@ -179,7 +197,9 @@ def test_out_of_file_descriptors_pauses_accepts_then_recovers(backend: Backend, 
     idle = []
     try:
         for _ in range(40):                      # more than the worker may open
-            idle.append(socket.create_connection(("127.0.0.1", g.port), timeout=5))
+            s = socket.create_connection(("127.0.0.1", g.port), timeout=5)
+            s.sendall(b"GET /")                  # a first byte: accepted at once (deferred accept)
+            idle.append(s)
         time.sleep(0.3)
         assert "pausing accepts" in g.log()
     finally:
@@ -266,3 +286,11 @@ def test_write2_to_a_slow_reader_sends_everything_in_order() -> None:
     lsock.close()
     assert bytes(got) == head + body
     assert paused >= 1                      # the send was partial: the rest went through the queue
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_DEFER_ACCEPT"), reason="Linux only")
+def test_listening_sockets_defer_accept_until_data() -> None:
+    from fastgw.workers import open_listener
+
+    with open_listener("127.0.0.1", free_port()) as sock:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
