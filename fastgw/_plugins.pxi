@@ -11,6 +11,7 @@
 #   and delegate their phase methods to it, so each behaviour is written once, here.
 # - KeyIndex: API keys -> consumers, looked up by a keyed SipHash-2-4 of the key.
 
+from cpython.mem cimport PyMem_Calloc
 from libc.stdint cimport uint8_t
 
 import logging as _plogging
@@ -233,6 +234,11 @@ cdef bint ct_equal(bytes a, bytes b):
     return acc == 0
 
 
+ctypedef struct _KeySlot:
+    uint64_t digest
+    PyObject* entry          # NULL: empty
+
+
 @cython.final  # PERF: its methods are called directly (no vtable)
 cdef class KeyIndex:
     """API key -> consumer, for key-auth (built once per config, shared by its routes).
@@ -246,11 +252,23 @@ cdef class KeyIndex:
     """
 
     cdef uint64_t k0, k1
-    cdef readonly dict table     # digest (int) -> (key bytes, consumer)
+    cdef readonly dict table     # digest (int) -> (key bytes, consumer): owns the entries
+    # PERF: lookups probe a C copy of ``table`` (open addressing, linear probing, at most
+    # half full): no int object for the digest and no dict lookup per request.
+    cdef _KeySlot* slots
+    cdef uint64_t mask
+
+    def __cinit__(self):
+        self.slots = NULL
+        self.mask = 0
 
     def __init__(self):
         self.table = {}
         self._rekey()
+        self._rebuild()
+
+    def __dealloc__(self):
+        PyMem_Free(self.slots)
 
     cdef void _rekey(self):
         cdef bytes seed = _os.urandom(16)
@@ -261,6 +279,27 @@ cdef class KeyIndex:
         for j in range(8):
             self.k0 |= (<uint64_t>s[j]) << (8 * j)
             self.k1 |= (<uint64_t>s[8 + j]) << (8 * j)
+
+    cdef int _rebuild(self) except -1:
+        """Refill the C table from ``table`` (after every change: keys are few and static)."""
+        cdef uint64_t cap = 8, j, d
+        cdef _KeySlot* slots
+        while cap < 2 * <uint64_t>len(self.table) + 2:
+            cap *= 2
+        slots = <_KeySlot*>PyMem_Calloc(cap, sizeof(_KeySlot))
+        if slots == NULL:
+            raise MemoryError()
+        for digest, entry in self.table.items():
+            d = <uint64_t>digest
+            j = d & (cap - 1)
+            while slots[j].entry != NULL:
+                j = (j + 1) & (cap - 1)
+            slots[j].digest = d
+            slots[j].entry = <PyObject*>entry       # borrowed: ``table`` holds it
+        PyMem_Free(self.slots)
+        self.slots = slots
+        self.mask = cap - 1
+        return 0
 
     cpdef object digest(self, bytes key):
         """The keyed digest that indexes ``key`` (an int below 2**64)."""
@@ -276,19 +315,31 @@ cdef class KeyIndex:
             digest = self.digest(key)
             if digest not in self.table:
                 self.table[digest] = (key, consumer)
+                self._rebuild()
                 return True
             # Two keys with one 64-bit digest (odds ~2^-64): draw a new secret, re-index.
             items = list(self.table.values())
             self._rekey()
             self.table = {self.digest(k): (k, c) for k, c in items}
 
+    def _plant(self, digest, bytes key, consumer):
+        """Tests only: file (key, consumer) under ``digest`` whatever the key's own digest."""
+        self.table[digest] = (key, consumer)
+        self._rebuild()
+
     cpdef object lookup(self, bytes presented):
         """The consumer owning API key ``presented``, or None."""
-        hit = self.table.get(self.digest(presented))
-        if hit is None:
-            return None
-        if ct_equal(<bytes>(<tuple>hit)[0], presented):
-            return (<tuple>hit)[1]
+        cdef uint64_t d = siphash24(self.k0, self.k1, <const uint8_t*>PyBytes_AS_STRING(presented),
+                                    PyBytes_GET_SIZE(presented))
+        cdef uint64_t j = d & self.mask
+        cdef tuple hit
+        while self.slots[j].entry != NULL:
+            if self.slots[j].digest == d:
+                hit = <tuple>self.slots[j].entry
+                if ct_equal(<bytes>hit[0], presented):
+                    return hit[1]
+                return None
+            j = (j + 1) & self.mask
         return None
 
     def __len__(self):

@@ -124,9 +124,22 @@ def test_a_digest_hit_is_confirmed_on_the_key_itself():
     index = _core.KeyIndex()
     assert index.add(b"alice-key-1", "alice") and not index.add(b"alice-key-1", "mallory")
     # Plant another key under alice's digest: a digest match alone must not authenticate.
-    index.table[index.digest(b"alice-key-1")] = (b"alice-key-2", "alice")
+    index._plant(index.digest(b"alice-key-1"), b"alice-key-2", "alice")
     assert index.lookup(b"alice-key-1") is None
     assert index.lookup(b"alice-key-2") is None  # its own digest is not in the index
+
+
+def test_many_keys_each_found_and_no_other():
+    # The lookup probes a C table (open addressing): with 2 000 keys many share a home
+    # slot and probe runs cross the table's end; every key must still find its consumer.
+    index = _core.KeyIndex()
+    keys = [f"key-{i:05d}".encode() for i in range(2000)]
+    for i, k in enumerate(keys):
+        assert index.add(k, f"c{i}")
+    assert len(index) == 2000
+    assert all(index.lookup(k) == f"c{i}" for i, k in enumerate(keys))
+    assert all(index.lookup(f"other-{i}".encode()) is None for i in range(2000))
+    assert index.lookup(b"") is None
 
 
 def test_constant_time_equal():
