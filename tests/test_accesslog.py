@@ -7,6 +7,7 @@ import os
 import signal
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -161,3 +162,23 @@ def test_flush_writes_server_lines_and_queued_records(tmp_path) -> None:
     log.flush()
     assert len(path.read_bytes().splitlines()) == 2
     log.close()
+
+
+@pytest.mark.parametrize("pos", [0, 3, 7, 8, 12, 15, 16, 23, 29])
+def test_every_char_escaped_at_every_word_lane(pos: int) -> None:
+    # The escaper skips eight bytes per step while none needs escaping; every byte value
+    # (a code point below 256 in text, a raw byte in the latin-1 target) at every lane of a
+    # word, and in the tail after the last whole word, must come out as orjson writes it.
+    from fastgw._core import AccessLines, format_access_records
+
+    from fastgw.accesslog import format_records_py
+
+    base = "abcdefghijklmnopqrstuvwxyz0123"
+    for c in range(256):
+        text = base[:pos] + chr(c) + base[pos + 1:]
+        rec = (1.5, text, "ip", text, "s", "p", "/r", "GET", text, 200, 1, 2, 0.5, 0.25)
+        assert format_access_records([rec]) == format_records_py([rec]), c
+        assert orjson.loads(format_access_records([rec]))["path"] == text
+        out = AccessLines()
+        out.add_line(1.5, text, "ip", text, "s", "p", "/r", b"GET", text.encode("latin-1"), 200, 1, 2, 500, 250)
+        assert out.take() == format_access_records([rec]), c
