@@ -437,7 +437,9 @@ cdef class Engine:
     cdef AccessLines access_lines         # its lines, written to from C
     cdef Py_ssize_t access_max            # its max_bytes: flush when this much is waiting
     cdef public object unmatched_slot     # callable(host: bytes) -> int, or None
-    cdef public dict consumer_slots       # consumer name -> stats slot
+    cdef dict _consumer_slots             # consumer name -> stats slot (consumer_slots)
+    cdef object _last_consumer            # the consumer counted last (by identity) ...
+    cdef object _last_cslot               # ... and its slot (None: not counted)
     cdef public double idle_timeout
     cdef public double header_timeout
     cdef public Py_ssize_t max_head
@@ -457,7 +459,7 @@ cdef class Engine:
         self.header_timeout = header_timeout
         self.max_head = max_head
         self.conns = Slots()
-        self.consumer_slots = {}
+        self._consumer_slots = {}
         self.draining = False
         self.free_heads = ObjStack(256)
 
@@ -479,6 +481,24 @@ cdef class Engine:
             if moved is not None:
                 (<ClientConnection>moved).conn_slot = i
         return 0
+
+    @property
+    def consumer_slots(self):
+        """Consumer name -> stats slot (set at each config load)."""
+        return self._consumer_slots
+
+    @consumer_slots.setter
+    def consumer_slots(self, dict slots):
+        self._consumer_slots = slots
+        self._last_consumer = None
+
+    cdef inline object consumer_slot(self, object consumer):
+        """The stats slot of ``consumer``, or None. PERF: requests come from the same
+        consumer in runs; its name's dict lookup is made once per run."""
+        if consumer is not self._last_consumer:
+            self._last_cslot = self._consumer_slots.get(consumer_name(consumer))
+            self._last_consumer = consumer
+        return self._last_cslot
 
     @property
     def access_log(self):
@@ -1346,7 +1366,7 @@ cdef class ClientConnection(Connection):
                     stats.record(slot, self.status, total_us, up_us, self.bytes_in, self.bytes_out,
                                  1 if self.by_gateway else 0)
                 if ctx is not None and ctx.consumer is not None:
-                    cslot = self.engine.consumer_slots.get(consumer_name(ctx.consumer))
+                    cslot = self.engine.consumer_slot(ctx.consumer)
                     if cslot is not None:
                         stats.record_consumer(cslot)
             if ctx is not None and route is not None and route.has_log_phase:

@@ -71,3 +71,34 @@ def test_exact_counts_through_two_workers():
                        .get("test/prod/GET /items") == 33, timeout=15, what="counts after reload")
         finally:
             gw.stop()
+
+
+def test_calls_per_consumer_alternating_and_after_a_reload():
+    # The worker remembers the last consumer's stats slot: alternating consumers on one
+    # connection, and the slots a reload assigns again, must each land on the right name.
+    with Backend() as backend:
+        cfg = gateway_config(free_port(), backend.url,
+                             {"/k": {"GET": {"plugins": [{"name": "key-auth"}]}}},
+                             admin={"host": "127.0.0.1", "port": free_port(), "token": TOKEN})
+        cfg["consumers"] = [{"name": "alice", "credentials": {"key-auth": ["alice-key-0001"]}},
+                            {"name": "bob", "credentials": {"key-auth": ["bob-key-00001"]}}]
+        gw = Gateway(cfg, workers=1).start()
+
+        def per_consumer() -> dict:
+            return {c["name"]: c["running_calls"] for c in _stats(gw)["consumers"]}
+
+        try:
+            with RawClient(gw.port) as client:
+                for key in ("alice-key-0001", "bob-key-00001", "alice-key-0001", "alice-key-0001",
+                            "bob-key-00001"):
+                    assert client.request("GET", "/k", headers={"apikey": key}).status == 200
+                assert client.request("GET", "/k", headers={"apikey": "nobody"}).status == 401
+            wait_until(lambda: per_consumer() == {"alice": 3, "bob": 2}, timeout=10, what="calls per consumer")
+            gw.reload()
+            gw.wait_log("reload", timeout=15)
+            for key in ("bob-key-00001", "alice-key-0001", "bob-key-00001"):
+                assert request(gw.port, "GET", "/k", headers={"apikey": key}).status == 200
+            wait_until(lambda: per_consumer() == {"alice": 4, "bob": 4}, timeout=15,
+                       what="calls per consumer after a reload")
+        finally:
+            gw.stop()
