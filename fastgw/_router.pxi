@@ -103,13 +103,18 @@ cdef object _rt_normalize(bytes raw):
     cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
     cdef Py_ssize_t i
     cdef unsigned char c, k, prev = 47
-    cdef bint dirty = False
+    cdef int hi, lo
+    cdef bint dirty = False, sep = False
     if n == 0 or p[0] != 47:
         return None
     # PERF: one scan decides; a path that is already canonical (the common case) is
     # returned as the same object, with no allocation. A '.' right after '/' sends the
-    # path to the slow path even when it is not a dot segment (e.g. /.well-known).
-    for i in range(1, n):
+    # path to the slow path even when it is not a dot segment (e.g. /.well-known). An
+    # escape is canonical when its hex is upper-case and it encodes a byte that must stay
+    # encoded (%20, %C3%A9, %2F ...): browsers and clients send those, and they keep the
+    # fast path.
+    i = 1
+    while i < n:
         c = p[i]
         k = _rt_cls[c]
         if k == RT_UNRES or k == RT_RAW:
@@ -122,31 +127,68 @@ cdef object _rt_normalize(bytes raw):
                 break
         elif k == RT_CTRL:
             return None
+        elif k == RT_PCT and i + 2 < n and _rt_upper_hex(p[i + 1]) and _rt_upper_hex(p[i + 2]):
+            hi = _rt_hexv[p[i + 1]]
+            lo = _rt_hexv[p[i + 2]]
+            if _rt_cls[hi * 16 + lo] == RT_UNRES:
+                dirty = True        # decoded in the canonical spelling
+                break
+            if hi * 16 + lo == 47 or hi * 16 + lo == 92:
+                sep = True          # %2F or %5C: see _rt_hidden_dot_segment
+            prev = 37
+            i += 3
+            continue
         else:
             dirty = True
             break
         prev = c
+        i += 1
     if not dirty:
+        if sep and _rt_hidden_dot_segment(p, n):
+            return None
         return raw
     out = _rt_normalize_slow(p, n)
-    if out is not None and _rt_hidden_dot_segment(<bytes>out):
+    if out is not None and _rt_hidden_dot_segment(<const unsigned char*>PyBytes_AS_STRING(out),
+                                                   PyBytes_GET_SIZE(out)):
         return None
     return out
 
 
-cdef bint _rt_hidden_dot_segment(bytes path):
-    """True when an encoded separator hides a dot segment (``..%2F``, ``.%5C``).
+cdef inline bint _rt_upper_hex(unsigned char c) noexcept:
+    return (48 <= c <= 57) or (65 <= c <= 70)
+
+
+cdef inline bint _rt_dot_part(const unsigned char* p, Py_ssize_t s, Py_ssize_t e) noexcept:
+    return (e - s == 1 and p[s] == 46) or (e - s == 2 and p[s] == 46 and p[s + 1] == 46)
+
+
+cdef bint _rt_hidden_dot_segment(const unsigned char* p, Py_ssize_t n) noexcept:
+    """True when an encoded separator hides a dot segment (``..%2F``, ``.%5C``) in the
+    canonical path p[:n] (upper-case escapes).
 
     SECURITY: ``%2F`` stays encoded and never splits a segment here, but a backend that
     decodes it (or treats ``\\`` as ``/``) and then resolves dot segments would reach a
-    path this router never saw. Such a path is refused (400) rather than forwarded."""
-    if b"%2F" not in path and b"%5C" not in path:
-        return False
-    for seg in path.split(b"/"):
-        if b"%2F" in seg or b"%5C" in seg:
-            for part in seg.replace(b"%5C", b"%2F").split(b"%2F"):
-                if part == b"." or part == b"..":
-                    return True
+    path this router never saw. Such a path is refused (400) rather than forwarded. Each
+    segment holding ``%2F`` or ``%5C`` is cut at them; no part may be ``.`` or ``..``."""
+    cdef Py_ssize_t i = 0, part = 0
+    cdef bint sep = False
+    while i <= n:
+        if i == n or p[i] == 47:
+            if sep and _rt_dot_part(p, part, i):
+                return True
+            sep = False
+            i += 1
+            part = i
+            continue
+        if p[i] == 37 and i + 2 < n and (
+                (p[i + 1] == 50 and p[i + 2] == 70) or (p[i + 1] == 53 and p[i + 2] == 67)):
+            if _rt_dot_part(p, part, i):
+                return True
+            sep = True
+            i += 3
+            part = i
+            continue
+        i += 1
     return False
 
 
