@@ -350,6 +350,20 @@ cdef class KeyIndex:
 # key-auth
 # ---------------------------------------------------------------------------------------
 
+cdef inline bytes _strip_ws(bytes b):
+    """``b.strip()``; PERF: ``b`` itself, without a method call, when it has no ASCII
+    whitespace at either end (a header value never has: the scanner trims SP and HTAB)."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(b)
+    if n == 0 or (not _is_ascii_ws(p[0]) and not _is_ascii_ws(p[n - 1])):
+        return b
+    return b.strip()
+
+
+cdef inline bint _is_ascii_ws(unsigned char c) noexcept:
+    return c == 32 or (9 <= c <= 13)
+
+
 cdef class KeyAuthStep(NativeStep):
     """Key from a header (first of ``header_names``), else from the query; 401 if unknown."""
 
@@ -384,7 +398,7 @@ cdef class KeyAuthStep(NativeStep):
                         break
         if not key:
             return ctx.error(401, "No API key found in request", self.challenge)
-        consumer = self.index.lookup(key.strip())
+        consumer = self.index.lookup(_strip_ws(key))
         if consumer is None:
             return ctx.error(401, "Invalid authentication credentials", self.challenge)
         ctx.consumer = consumer
@@ -535,7 +549,8 @@ cdef class RequestIdStep(NativeStep):
                 rid = next_request_id()
                 ctx.request_id = rid
             rid_b = (<str>rid).encode("ascii")
-        keep.append((self.header, rid_b))
+        pair = (self.header, rid_b)        # immutable: shared by both lists
+        keep.append(pair)
         if self.trace:
             if trace is None or not valid_traceparent(trace):
                 trace = new_traceparent()
@@ -543,7 +558,7 @@ cdef class RequestIdStep(NativeStep):
         elif trace is not None:
             keep.append((b"traceparent", trace))
         if self.echo:
-            ctx.response_headers_add.append((self.header, rid_b))
+            ctx.response_headers_add.append(pair)
         return 0
 
 

@@ -52,6 +52,20 @@ def test_missing_key_is_401_with_challenge():
     assert error_of(ctx) == "No API key found in request"
 
 
+@pytest.mark.parametrize("value", [b" alice-key-1", b"alice-key-1\t", b"\x0balice-key-1\x0c ",
+                                   b"alice-key-1\r\n", b"alice-key-1"])
+def test_key_with_ascii_whitespace_around_it_still_authenticates(value: bytes):
+    # (as bytes.strip: a header set by an earlier plugin, or a key in the query)
+    ctx = make_ctx(headers=[(b"apikey", value)])
+    assert run(pipe(), ctx) is False and ctx.consumer.name == "alice"
+
+
+@pytest.mark.parametrize("value", [b"alice-key-1\x00", b"\x1falice-key-1", b"alice-\tkey-1", b"\xa0alice-key-1"])
+def test_other_bytes_around_or_inside_the_key_are_not_stripped(value: bytes):
+    ctx = make_ctx(headers=[(b"apikey", value)])
+    assert run(pipe(), ctx) is True and ctx.answer_status == 401
+
+
 def test_wrong_key_is_401():
     ctx = make_ctx(headers=[(b"apikey", b"alice-key-X")])
     assert run(pipe(), ctx) is True
