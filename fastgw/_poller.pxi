@@ -331,6 +331,7 @@ cdef class FdTransport:
     cdef bint connecting             # an outgoing connect in progress (waits for EPOLLOUT)
     cdef bint made                   # connection_made was called
     cdef object lost_exc             # for connection_lost, once closed
+    cdef bint held                   # holds a reference to itself (registered, not yet lost)
 
     cdef void _init(self, Poller poller, int fd, Timed proto, object peer) noexcept:
         self.poller = poller
@@ -341,6 +342,7 @@ cdef class FdTransport:
         self.made = True
         self.wsize = 0
         Py_INCREF(self)     # held while registered: epoll's data.ptr; dropped by _lost
+        self.held = True
         self._update()
 
     @staticmethod
@@ -364,6 +366,7 @@ cdef class FdTransport:
         tr.fd = sock.detach()
         tr.connecting = True
         Py_INCREF(tr)       # held while registered: epoll's data.ptr; dropped by _lost
+        tr.held = True
         if err != 0 and err != EINPROGRESS:
             tr._close_now(_os_error(err))
             return tr
@@ -600,10 +603,12 @@ cdef class FdTransport:
         """connection_lost, from the loop (Poller._run_lost holds a reference meanwhile)."""
         cdef Timed proto = self.proto
         exc, self.lost_exc = self.lost_exc, None
+        if self.held:
+            self.held = False
+            Py_DECREF(self)     # PERF: the registration's reference (a set add/discard cost more)
         if proto is None:
             return 0
         self.proto = None
-        Py_DECREF(self)     # PERF: the registration's reference (a set add/discard cost more)
         if self.made:
             proto._transport_lost(exc)
         else:

@@ -294,3 +294,62 @@ def test_listening_sockets_defer_accept_until_data() -> None:
 
     with open_listener("127.0.0.1", free_port()) as sock:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
+
+
+def test_closed_transports_are_freed() -> None:
+    """A registered FdTransport holds a reference to itself (epoll's pointer) until its
+    connection_lost: connections that close, and connects that fail or are aborted, must
+    all let go of it (no transport outlives its connection)."""
+    import asyncio
+    import gc
+
+    import uvloop
+    from fastgw._core import FdTransport, Poller, Timed
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1024)          # never accepted: room for every connect below to complete
+    refused = ("127.0.0.1", free_port())           # nothing listens there
+
+    class Proto(Timed):
+        def __init__(self, done: asyncio.Future) -> None:
+            self.done = done
+
+        def connection_made(self, transport: Any) -> None:
+            transport.close()
+
+        def connection_lost(self, exc: Any) -> None:
+            pass
+
+        def _connect_failed(self, exc: Any) -> None:
+            if not self.done.done():
+                self.done.set_result(None)
+
+    def alive() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if type(o) is FdTransport)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        poller = Poller(loop)
+        before = alive()
+        for i in range(200):
+            done = loop.create_future()
+            if i % 3 == 0:
+                FdTransport.connect(poller, socket.AF_INET, refused, Proto(done))
+                await asyncio.wait_for(done, 5)
+            elif i % 3 == 1:
+                FdTransport.connect(poller, socket.AF_INET, lsock.getsockname(), Proto(done)).abort()
+            else:
+                FdTransport.connect(poller, socket.AF_INET, lsock.getsockname(), Proto(done))
+            for _ in range(3):
+                await asyncio.sleep(0)
+        await asyncio.sleep(0.2)
+        left = alive() - before
+        poller.close()
+        return left
+
+    try:
+        assert uvloop.run(main()) == 0
+    finally:
+        lsock.close()
