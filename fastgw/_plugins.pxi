@@ -259,10 +259,8 @@ cdef class KeyIndex:
     cdef uint64_t mask
 
     def __cinit__(self):
+        # Built here, not in __init__: ``slots`` is never NULL, however the object is made.
         self.slots = NULL
-        self.mask = 0
-
-    def __init__(self):
         self.table = {}
         self._rekey()
         self._rebuild()

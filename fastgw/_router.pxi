@@ -103,7 +103,7 @@ cdef object _rt_normalize(bytes raw):
     cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
     cdef Py_ssize_t i
     cdef unsigned char c, k, prev = 47
-    cdef int hi, lo
+    cdef int v
     cdef bint dirty = False, sep = False
     if n == 0 or p[0] != 47:
         return None
@@ -128,12 +128,11 @@ cdef object _rt_normalize(bytes raw):
         elif k == RT_CTRL:
             return None
         elif k == RT_PCT and i + 2 < n and _rt_upper_hex(p[i + 1]) and _rt_upper_hex(p[i + 2]):
-            hi = _rt_hexv[p[i + 1]]
-            lo = _rt_hexv[p[i + 2]]
-            if _rt_cls[hi * 16 + lo] == RT_UNRES:
+            v = _rt_hexv[p[i + 1]] * 16 + _rt_hexv[p[i + 2]]
+            if _rt_cls[v] == RT_UNRES:
                 dirty = True        # decoded in the canonical spelling
                 break
-            if hi * 16 + lo == 47 or hi * 16 + lo == 92:
+            if v == 47 or v == 92:
                 sep = True          # %2F or %5C: see _rt_hidden_dot_segment
             prev = 37
             i += 3

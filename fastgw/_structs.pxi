@@ -11,6 +11,15 @@
 cimport cython
 
 
+cdef inline int _put_at(list items, Py_ssize_t i, object o) except -1:
+    """``items[i] = o``, ``i`` at most ``len(items)``: a slot emptied before is reused."""
+    if i < len(items):
+        items[i] = o
+    else:
+        items.append(o)
+    return 0
+
+
 @cython.final  # PERF: its methods are called directly (no vtable)
 cdef class ObjStack:
     """A LIFO of objects whose storage only grows (up to ``limit`` items)."""
@@ -27,10 +36,7 @@ cdef class ObjStack:
         """Add ``o`` on top; False (and nothing held) when the stack is full."""
         if self.n >= self.limit:
             return False
-        if self.n < len(self.items):
-            self.items[self.n] = o
-        else:
-            self.items.append(o)
+        _put_at(self.items, self.n, o)
         self.n += 1
         return True
 
@@ -64,10 +70,7 @@ cdef class Slots:
 
     cdef inline Py_ssize_t add(self, object o) except -1:
         cdef Py_ssize_t i = self.n
-        if i < len(self.items):
-            self.items[i] = o
-        else:
-            self.items.append(o)
+        _put_at(self.items, i, o)
         self.n = i + 1
         return i
 
