@@ -9,6 +9,13 @@
 # arrival order (names in their original case). The request list is forwarded to the
 # backend after the request phase, so a plugin changes what the backend sees by editing it
 # through the helpers below. The plain path (no plugins) never builds a context.
+#
+# Lazy mode (PERF): when every step of a route's chain is a built-in C step (compile.py
+# sets Route.ctx_lazy), the list is never made. Those steps find, remove and add request
+# headers through the C methods below, which work on the scanned RequestHead (removals are
+# marked on it) plus a short list of added pairs, and build_upstream_head copies the head
+# from the scan offsets as on the plain path. Reading ``ctx.headers`` makes the list from
+# that state, after which everything works on the list, so the two modes cannot disagree.
 
 DEF CTX_ANSWERED = 1
 
@@ -63,9 +70,13 @@ cdef class RequestContext:
     """One request's view for plugins: request data, the answer, and the response."""
 
     cdef public object method            # str
-    cdef public object path              # normalized path as routed (no query), str
+    cdef object _path                    # see the path property
+    cdef bytes _path_b                   # the path as bytes until its str is asked for
     cdef public object query             # raw query string bytes, without '?'
-    cdef public object headers           # request headers forwarded to the backend
+    cdef object _headers                 # see the headers property (None in lazy mode)
+    cdef RequestHead _head               # lazy mode: the scanned head the headers are on
+    cdef bytes _head_buf                 # lazy mode: _head.buf when this request was scanned
+    cdef list _added                     # lazy mode: pairs added by steps, after the head's
     cdef public object client_ip         # the caller (peer, or from trusted X-Forwarded-For)
     cdef public object peer_ip           # the TCP peer
     cdef public object scheme
@@ -112,6 +123,88 @@ cdef class RequestContext:
         self.answer_body = b""
         self.response_headers_add = []
         self.body_size = -1
+
+    @property
+    def path(self):
+        """The normalized path as routed (no query), str."""
+        if self._path is None and self._path_b is not None:
+            self._path = self._path_b.decode("latin-1")
+        return self._path
+
+    @path.setter
+    def path(self, value):
+        self._path = value
+        self._path_b = None
+
+    @property
+    def headers(self):
+        """The request headers forwarded to the backend: a list of (name, value) bytes
+        pairs a plugin may edit in place."""
+        if self._head is not None:
+            self._materialize()
+        return self._headers
+
+    @headers.setter
+    def headers(self, value):
+        self._head = None
+        self._added = None
+        self._headers = value
+
+    cdef int _materialize(self) except -1:
+        # A connection reuses its head for its next request, after this one's exchange: by
+        # then only the chain's C steps have seen this context (Route.ctx_lazy).
+        if self._head.buf is not self._head_buf:
+            raise RuntimeError("the request's scanned headers are gone (lazy context read after its exchange)")
+        cdef list out = self._head.forward_headers()
+        if self._added is not None:
+            out.extend(self._added)
+        self._headers = out
+        self._head = None
+        self._added = None
+        return 0
+
+    # The built-in steps' header edits, in either mode (see the top of this file).
+    cdef bytes find_req_header(self, bytes lname):
+        """First value of request header ``lname`` (lower-case), or None."""
+        cdef bytes v
+        if self._head is None:
+            return find_header(<list>self._headers, lname)
+        v = self._head.view_find(lname)
+        if v is None and self._added is not None:
+            v = find_header(self._added, lname)
+        return v
+
+    cdef bytes pop_req_header(self, bytes lname):
+        """Remove every ``lname`` request header; the first value, or None."""
+        cdef bytes v, w
+        if self._head is None:
+            return pop_header(<list>self._headers, lname)
+        v = self._head.view_pop(lname)
+        if self._added is not None:
+            w = pop_header(self._added, lname)
+            if v is None:
+                v = w
+        return v
+
+    cdef int remove_req_headers(self, tuple lnames) except -1:
+        """Remove every request header named in ``lnames`` (lower-case); how many."""
+        cdef int n
+        if self._head is None:
+            return remove_headers(<list>self._headers, lnames)
+        n = self._head.view_remove(lnames)
+        if self._added is not None:
+            n += remove_headers(self._added, lnames)
+        return n
+
+    cdef int add_req_header(self, tuple pair) except -1:
+        """Append a (name, value) pair to the request headers."""
+        if self._head is None:
+            (<list>self._headers).append(pair)
+        elif self._added is None:
+            self._added = [pair]
+        else:
+            self._added.append(pair)
+        return 0
 
     @property
     def answer_headers(self):
@@ -224,15 +317,19 @@ cdef class RequestContext:
         return f"<RequestContext {self.method} {self.path} id={self.request_id}>"
 
 
-cdef RequestContext new_context(str method, str path, bytes query, list headers, str client_ip,
-                                str scheme, object route, tuple values, str request_id,
-                                str http_version):
-    """The server's constructor: C stores only (PERF: no argument parsing, no __init__)."""
+cdef RequestContext new_context(str method, bytes path, bytes query, list headers,
+                                RequestHead head, str client_ip, str scheme, object route,
+                                tuple values, str request_id, str http_version):
+    """The server's constructor: C stores only (PERF: no argument parsing, no __init__).
+    ``path`` is decoded when asked for; ``headers`` None: lazy mode on ``head``."""
     cdef RequestContext ctx = RequestContext.__new__(RequestContext)
     ctx.method = method
-    ctx.path = path
+    ctx._path_b = path
     ctx.query = query
-    ctx.headers = headers
+    ctx._headers = headers
+    if headers is None:
+        ctx._head = head
+        ctx._head_buf = head.buf
     ctx.client_ip = client_ip
     ctx.peer_ip = client_ip
     ctx.scheme = scheme
@@ -242,3 +339,31 @@ cdef RequestContext new_context(str method, str path, bytes query, list headers,
     ctx.http_version = http_version
     ctx._init_empty()
     return ctx
+
+
+def _context_view_check(bytes raw_head, list ops, bint lazy):
+    """Tests: scan ``raw_head``, run header ``ops`` through a context in lazy or list mode as
+    the built-in steps do, and build the backend's head as the server does. Returns (the
+    ops' results, the backend head). An op: ("find", lname), ("pop", lname),
+    ("remove", (lname, ...)), ("add", (name, value)) or ("list",) (reads ``ctx.headers``)."""
+    cdef RequestHead h = parse_request_head(raw_head)
+    cdef RequestContext ctx = new_context(
+        "GET", h.path, h.query, None if lazy else h.forward_headers(), h, "10.0.0.1", "http",
+        None, (), "rid", "1.1")
+    cdef list results = []
+    for op in ops:
+        kind = op[0]
+        if kind == "find":
+            results.append(ctx.find_req_header(op[1]))
+        elif kind == "pop":
+            results.append(ctx.pop_req_header(op[1]))
+        elif kind == "remove":
+            results.append(ctx.remove_req_headers(op[1]))
+        elif kind == "add":
+            results.append(ctx.add_req_header(op[1]))
+        else:
+            results.append(list(ctx.headers))
+    head = build_upstream_head(h, b"GET", h.path, h.host_raw, b"10.0.0.1", ForwardInfo(),
+                               None if ctx._head is not None else ctx.headers, ctx._added,
+                               h.chunked, h.content_length)
+    return results, head

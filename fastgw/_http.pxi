@@ -369,8 +369,6 @@ cdef class RequestHead:
     cdef int val_s[MAX_HEADERS]
     cdef int val_e[MAX_HEADERS]
     cdef unsigned char cls[MAX_HEADERS]
-    cdef int xff_idx
-    cdef int via_idx
     cdef tuple prev_pairs           # forward_headers' pairs of the request before (see there)
 
     def header_count(self):
@@ -414,6 +412,49 @@ cdef class RequestHead:
                 j += 1
         self.prev_pairs = PyList_AsTuple(out)
         return out
+
+    # The plugin view of the headers straight on the scan (a RequestContext in lazy mode,
+    # see _context.pxi): the headers forward_headers() would list, found and removed in
+    # place. A removed header is marked H_DROP, so neither build_upstream_head nor a later
+    # forward_headers() sees it. PERF: no list of pairs for a chain of built-in steps.
+    cdef inline bint _listed_named(self, int i, const char* p, bytes lname):
+        cdef unsigned char c = self.cls[i]
+        return (c == H_KEEP or c == H_HOST or c == H_XFF or c == H_VIA) and _ieq(
+            p + self.name_s[i], self.name_e[i] - self.name_s[i],
+            PyBytes_AS_STRING(lname), PyBytes_GET_SIZE(lname))
+
+    cdef bytes view_find(self, bytes lname):
+        """First value of listed header ``lname`` (lower-case), or None."""
+        cdef const char* p = PyBytes_AS_STRING(self.buf)
+        cdef int i
+        for i in range(self.n):
+            if self._listed_named(i, p, lname):
+                return _bslice(self.buf, self.val_s[i], self.val_e[i])
+        return None
+
+    cdef bytes view_pop(self, bytes lname):
+        """Remove every listed ``lname`` header; the first value, or None."""
+        cdef const char* p = PyBytes_AS_STRING(self.buf)
+        cdef bytes first = None
+        cdef int i
+        for i in range(self.n):
+            if self._listed_named(i, p, lname):
+                if first is None:
+                    first = _bslice(self.buf, self.val_s[i], self.val_e[i])
+                self.cls[i] = H_DROP
+        return first
+
+    cdef int view_remove(self, tuple lnames):
+        """Remove every listed header named in ``lnames``; how many."""
+        cdef const char* p = PyBytes_AS_STRING(self.buf)
+        cdef int i, removed = 0
+        for i in range(self.n):
+            for lname in lnames:
+                if self._listed_named(i, p, <bytes>lname):
+                    self.cls[i] = H_DROP
+                    removed += 1
+                    break
+        return removed
 
     cpdef bytes get(self, bytes lname):
         """First value of a header by lower-case name, or None."""
@@ -515,8 +556,6 @@ cdef RequestHead scan_request(bytes buf, Py_ssize_t end, RequestHead h):
     cdef list tokens = None
     h.buf = buf
     h.head_len = end
-    h.xff_idx = -1
-    h.via_idx = -1
     h.content_length = -1
     h.host = b""
     h.host_raw = b""
@@ -626,10 +665,6 @@ cdef RequestHead scan_request(bytes buf, Py_ssize_t end, RequestHead h):
                     h.expect_continue = True
                 else:
                     raise HttpError(417, "unsupported Expect")
-            elif cls == H_XFF:
-                h.xff_idx = n
-            elif cls == H_VIA:
-                h.via_idx = n
             elif cls == H_UPGRADE:
                 h.cls[n] = H_DROP
                 h.upgrade_idx = n
@@ -1081,13 +1116,16 @@ cdef class ForwardInfo:
 
 
 cdef bytes build_upstream_head(RequestHead h, bytes method, bytes path_query, bytes host_value,
-                               bytes client_ip, ForwardInfo fwd, list headers, bint chunked,
-                               long long content_length):
+                               bytes client_ip, ForwardInfo fwd, list headers, list extra,
+                               bint chunked, long long content_length):
     """The request head sent to the backend, in one buffer.
 
     ``headers`` None: forward the client's end-to-end headers straight from the scan offsets
-    (the plain path); otherwise forward that list (a plugin's view of the headers, which may
-    still hold Host, X-Forwarded-For and Via for reading: those are rebuilt here).
+    (the plain path, and a chain of built-in steps: they mark what they remove H_DROP),
+    then ``extra`` (None or the pairs those steps added); otherwise forward that list (a
+    plugin's view of the headers, which may still hold Host, X-Forwarded-For and Via for
+    reading: those are rebuilt here). Several X-Forwarded-For (Via) lines are one list
+    (RFC 9110 5.3), in order, with the client's address (our hop) after it.
     """
     cdef _Buf b = _buf
     cdef const char* p = PyBytes_AS_STRING(h.buf)
@@ -1107,11 +1145,14 @@ cdef bytes build_upstream_head(RequestHead h, bytes method, bytes path_query, by
             if c == H_KEEP:
                 b.add(p + h.name_s[i], h.val_e[i] - h.name_s[i])
                 b.add(b"\r\n", 2)
-        if h.xff_idx >= 0:
-            xff = _bslice(h.buf, h.val_s[h.xff_idx], h.val_e[h.xff_idx])
-        if h.via_idx >= 0:
-            via = _bslice(h.buf, h.val_s[h.via_idx], h.val_e[h.via_idx])
-    else:
+            elif c == H_XFF or c == H_VIA:
+                value = _bslice(h.buf, h.val_s[i], h.val_e[i])
+                if c == H_XFF:
+                    xff = value if xff is None else xff + b", " + value
+                else:
+                    via = value if via is None else via + b", " + value
+        headers = extra
+    if headers is not None:
         for name, value in headers:
             c = _classify(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
             if c == H_KEEP or c == H_CONSUMER:

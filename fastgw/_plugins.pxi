@@ -75,12 +75,17 @@ cdef class StepChain:
     # Every response step is a ResponseHeadersStep and nothing reads ctx.response_headers
     # later (no log step): the edits go straight onto the scanned head (apply_to_head).
     cdef readonly bint head_only_response
+    # Every step is a built-in C step and there is no log step: no code keeps the request's
+    # context past its exchange (what lets the server keep its headers on the scan,
+    # Route.ctx_lazy; a settings template may still read them during the exchange).
+    cdef readonly bint native_only
 
     def __init__(self, req, resp, logs, log_task=None):
         self.req = tuple(req)
         self.resp = tuple(resp)
         self.logs = tuple(logs)
         self.log_task = log_task
+        self.native_only = not self.logs and all(isinstance(s, NativeStep) for s in self.req + self.resp)
         self.head_only_response = bool(self.resp) and not self.logs and all(
             isinstance(s, ResponseHeadersStep) for s in self.resp)
 
@@ -100,8 +105,11 @@ cdef class StepChain:
     # The request phase's rules, one implementation for run_request and for the async path
     # (Pipeline.run_request_async): begin, then each step, then answered/crashed/passed.
     cpdef begin(self, RequestContext ctx):
-        """SECURITY: identity headers from the client never reach the backend."""
-        strip_identity(ctx.headers)
+        """SECURITY: identity headers from the client never reach the backend. (In lazy mode
+        there is nothing to strip: the scan marks the client's copies H_CONSUMER, which are
+        neither listed nor forwarded, and no step has added a header yet.)"""
+        if ctx._head is None:
+            strip_identity(ctx.headers)
 
     cpdef bint answered(self, RequestContext ctx):
         """A step answered: the answer is what the response phase sees."""
@@ -121,8 +129,12 @@ cdef class StepChain:
         the backend."""
         consumer = ctx.consumer
         if consumer is not None:
-            (<list>ctx.headers).extend(
-                (<Consumer>consumer).headers if type(consumer) is Consumer else consumer.headers)
+            if type(consumer) is Consumer:
+                for pair in (<Consumer>consumer).headers:
+                    ctx.add_req_header(<tuple>pair)
+            else:
+                for pair in consumer.headers:
+                    ctx.add_req_header(tuple(pair))
         return False
 
     cpdef bint run_request(self, RequestContext ctx) except -1:
@@ -381,9 +393,8 @@ cdef class KeyAuthStep(NativeStep):
     cdef int request(self, RequestContext ctx) except -1:
         cdef bytes key = None
         cdef bint in_query = False
-        cdef list headers = ctx.headers
         for lname in self.header_names:
-            key = find_header(headers, <bytes>lname)
+            key = ctx.find_req_header(<bytes>lname)
             if key is not None:
                 break
         query = ctx.query
@@ -402,7 +413,7 @@ cdef class KeyAuthStep(NativeStep):
         ctx.consumer = consumer
         if self.hide:
             if self.header_names:
-                remove_headers(headers, self.header_names)
+                ctx.remove_req_headers(self.header_names)
             if in_query or query:
                 for name, probe in self.query_names:
                     if probe in ctx.query:
@@ -533,11 +544,10 @@ cdef class RequestIdStep(NativeStep):
         self.trace = trace
 
     cdef int request(self, RequestContext ctx) except -1:
-        cdef list keep = ctx.headers
         cdef bytes rid_b
-        # PERF: C scans; the list is only rebuilt when the client sent these headers.
-        cdef bytes incoming = pop_header(keep, self.header_lc)
-        cdef bytes trace = pop_header(keep, b"traceparent")
+        # PERF: C scans; nothing is rebuilt unless the client sent these headers.
+        cdef bytes incoming = ctx.pop_req_header(self.header_lc)
+        cdef bytes trace = ctx.pop_req_header(b"traceparent")
         if incoming is not None and self.trust and valid_request_id(incoming):
             ctx.request_id = incoming.decode("ascii")
             rid_b = incoming
@@ -548,13 +558,13 @@ cdef class RequestIdStep(NativeStep):
                 ctx.request_id = rid
             rid_b = (<str>rid).encode("ascii")
         pair = (self.header, rid_b)        # immutable: shared by both lists
-        keep.append(pair)
+        ctx.add_req_header(pair)
         if self.trace:
             if trace is None or not valid_traceparent(trace):
                 trace = new_traceparent()
-            keep.append((b"traceparent", trace))
+            ctx.add_req_header((b"traceparent", trace))
         elif trace is not None:
-            keep.append((b"traceparent", trace))
+            ctx.add_req_header((b"traceparent", trace))
         if self.echo:
             ctx.response_headers_add.append(pair)
         return 0

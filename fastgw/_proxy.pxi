@@ -264,6 +264,7 @@ cdef class Route:
     cdef public bint has_log_phase
     cdef public long long max_body       # -1: no limit
     cdef public bint needs_body          # a plugin reads the whole body before the request phase
+    cdef public bint ctx_lazy            # its RequestContext keeps headers on the scan (_context.pxi)
     cdef public int stats_slot
     cdef public object spec
     cdef public dict variables
@@ -899,9 +900,9 @@ cdef class ClientConnection(Connection):
     cdef RequestContext _make_ctx(self, Route route, tuple values):
         cdef RequestHead req = self.req
         cdef RequestContext ctx = new_context(
-            method_str(req.method), self.norm_path.decode("latin-1"), req.query,
-            req.forward_headers(), self._peer_str(), self.fwd.scheme,
-            route, values, self._rid(), "1.1" if req.version == 11 else "1.0")
+            method_str(req.method), self.norm_path, req.query,
+            None if route.ctx_lazy else req.forward_headers(), req, self._peer_str(),
+            self.fwd.scheme, route, values, self._rid(), "1.1" if req.version == 11 else "1.0")
         ctx.body_size = req.content_length if not req.chunked else -1
         ctx.start_time = self.t_start
         return ctx
@@ -1113,11 +1114,14 @@ cdef class ClientConnection(Connection):
         cdef RequestHead req = self.req
         cdef UpstreamPool pool = route.backend.pick()
         cdef bytes path_q, host, query
-        cdef list headers = None
+        cdef list headers = None, extra = None
         cdef bytes method = req.method
         cdef RequestContext ctx = self.ctx
         if ctx is not None:
-            headers = ctx.headers
+            if ctx._head is not None and route.template is None:
+                extra = ctx._added      # lazy mode: the scan (with the steps' drops) + these
+            else:
+                headers = ctx.headers
             query = ctx.query
             if ctx.upstream_path is not None:
                 path_q = ctx.upstream_path
@@ -1127,7 +1131,7 @@ cdef class ClientConnection(Connection):
             path_q = self._backend_path(route, req.query, None, req.has_query)
         host = pool.host_header if route.host_from_target else (req.host_raw or pool.host_header)
         self.up_head = build_upstream_head(req, method, path_q, host, self.peer_ip, self.fwd, headers,
-                                           req.chunked, req.content_length)
+                                           extra, req.chunked, req.content_length)
         if req.expect_continue and not self.req_done:
             self._write(CONTINUE_100)
         self.up = pool.acquire(self)

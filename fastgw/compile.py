@@ -101,6 +101,9 @@ def compile_config(config: Config, engine: Engine, slot_for: SlotFor | None = No
             route.has_response_phase = bool(pipeline.has_response)
             route.has_log_phase = bool(pipeline.has_log)
             route.max_body = int(pipeline.max_body)
+            # Only built-in C steps touch the context: its headers stay on the scan.
+            route.ctx_lazy = (pipeline.chain.native_only and not route.pipeline_async
+                              and getattr(pipeline, "preflight", None) is None)
             plugins.append(pipeline)
         routes.append(route)
     return Runtime(config=config, router=router, routes=routes, backends=list(backends.values()),

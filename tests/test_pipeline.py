@@ -106,6 +106,16 @@ def test_built_in_response_edits_go_on_the_head_only_when_no_python_code_needs_t
     assert not make_pipeline([{"name": "key-auth"}]).chain.head_only_response  # no response phase
 
 
+def test_native_only_chains_are_the_ones_whose_context_may_keep_headers_on_the_scan(plugin_dir):
+    edits = {"name": "response-headers", "config": {"add": {"X-A": "1"}}}
+    assert make_pipeline([edits, {"name": "key-auth"}, {"name": "request-id"}]).chain.native_only
+    assert make_pipeline([{"name": "key-auth"}]).chain.native_only
+    assert not make_pipeline([{"name": "key-auth"}, {"name": plugin_dir(10, RESPONDER)}]).chain.native_only
+    assert not make_pipeline([{"name": "key-auth"}, {"name": plugin_dir(10)}]).chain.native_only  # on_log
+    assert not make_pipeline([{"name": "key-auth"}, {"name": "cors", "config": {"origins": ["https://a.example"]}}]
+                             ).chain.native_only
+
+
 def test_early_answer_skips_the_rest_but_log_runs(plugin_dir):
     first = plugin_dir(900)
     stopper = plugin_dir(800)
@@ -294,3 +304,27 @@ def test_inheritance_and_override_down_the_tree():
     with pytest.raises(config_mod.ConfigError) as err:
         load_data(bad)
     assert any("services[0].plugins[0].config.key_names" in e for e in err.value.errors)
+
+
+def test_compiled_routes_keep_request_headers_on_the_scan_only_for_built_in_chains(plugin_dir):
+    """Route.ctx_lazy: set when only built-in C steps run (no Python step, no preflight,
+    nothing async), never on the plain path."""
+    from fastgw.config.loader import load_data
+    from fastgw.server import Worker
+    from tests.helpers import gateway_config
+
+    edits = {"name": "response-headers", "config": {"add": {"X-A": "${header.x-t}"}}}
+    resources = {
+        "/native": {"GET": {"plugins": [{"name": "key-auth"}, {"name": "request-id"}, edits]}},
+        "/python": {"GET": {"plugins": [{"name": "key-auth"}, {"name": plugin_dir(10, RESPONDER)}]}},
+        "/cors": {"GET": {"plugins": [{"name": "key-auth"},
+                                      {"name": "cors", "config": {"origins": ["https://a.example"]}}]}},
+        "/plain": {"GET": {}},
+    }
+    loop = asyncio.new_event_loop()
+    try:
+        worker = Worker(load_data(gateway_config(1, "http://127.0.0.1:9", resources)), loop)
+        lazy = {r.resource: r.ctx_lazy for r in worker.runtime.routes}
+    finally:
+        loop.close()
+    assert lazy == {"/native": True, "/python": False, "/cors": False, "/plain": False}

@@ -38,6 +38,9 @@ EDITS = {
     "add": {"Content-Type": "not-added", "X-Added": "yes", "X-Rid": "${request_id}"},
 }
 
+LAZY_AUTH = {"name": "key-auth", "config": {"key_names": ["apikey", "X-Api-Key"]}}
+LAZY_ECHO = {"name": "response-headers", "config": {"add": {"X-Tenant-Echo": "${header.x-tenant}"}}}
+
 RESOURCES: dict[str, Any] = {
     "/orders": {
         "plugins": [{"name": "key-auth"}, {"name": "cors", "config": {"origins": ["https://app.example"]}}],
@@ -65,6 +68,11 @@ RESOURCES: dict[str, Any] = {
     "/edits-on-list": {"GET": {"plugins": [{"name": "key-auth", "enabled": False},
                                            {"name": "response-headers", "config": EDITS},
                                            {"name": "e2eplug.logged"}]}},
+    # Only built-in steps: the context keeps the request headers on the scan (lazy mode).
+    # The same chain with a log-only Python plugin works on the header list: both must
+    # send the backend the same headers.
+    "/lazy": {"GET": {"plugins": [LAZY_AUTH, LAZY_ECHO]}},
+    "/lazy-list": {"GET": {"plugins": [LAZY_AUTH, LAZY_ECHO, {"name": "e2eplug.logged"}]}},
 }
 
 AUDIT = '''
@@ -297,3 +305,34 @@ def test_request_size_limit_on_a_streamed_body(env):
     time.sleep(0.2)
     # the cut-off body never completes at the backend (its upstream connection is dropped)
     assert not any(r["path"] == "/upload" for r in backend.requests[before:])
+
+
+@pytest.mark.parametrize("path", ["/lazy", "/lazy-list"])
+def test_built_in_chain_edits_the_request_headers_on_the_scan_as_on_the_list(env, path):
+    """key-auth hides both key headers, the consumer's identity replaces the client's,
+    request-id goes up and down, a template reads a request header in the response phase,
+    and the client's two X-Forwarded-For lines reach the backend as one list."""
+    headers = [("X-Api-Key", "alice-key-1"), ("apikey", "bob-key-0001"), ("X-Tenant", "t1"),
+               ("X-Consumer-Name", "root"), ("X-Forwarded-For", "1.1.1.1"), ("Accept", "*/*"),
+               ("X-Forwarded-For", "2.2.2.2"), ("X-Request-Id", "client-lazy-1")]
+    resp, seen = call(env, "GET", path, headers)
+    assert resp.status == 200, resp.body
+    got = resp.json()["headers"]
+    assert "apikey" not in got and "x-api-key" not in got
+    assert got["x-consumer-name"] == "bob"       # the first key name configured wins
+    assert got["x-request-id"] == resp.headers["x-request-id"] == "client-lazy-1"
+    assert got["x-tenant"] == "t1" and got["accept"] == "*/*"
+    assert got["x-forwarded-for"] == "1.1.1.1, 2.2.2.2, 127.0.0.1"
+    assert resp.headers["x-tenant-echo"] == "t1"
+    # A key that is not known is refused the same way.
+    assert call(env, "GET", path, {"apikey": "nope-nope"})[0].status == 401
+
+
+def test_plain_path_forwards_every_x_forwarded_for_line_as_one_list(env):
+    """RFC 9110 5.3: field lines of one name are one list; the plain path once kept only
+    the last X-Forwarded-For (and Via) line."""
+    headers = [("X-Forwarded-For", "1.1.1.1"), ("Via", "1.0 a"), ("X-Forwarded-For", "2.2.2.2"),
+               ("Via", "1.1 b")]
+    got = call(env, "GET", "/plain", headers)[0].json()["headers"]
+    assert got["x-forwarded-for"] == "1.1.1.1, 2.2.2.2, 127.0.0.1"
+    assert got["via"] == "1.0 a, 1.1 b, 1.1 fastgw"
