@@ -236,6 +236,16 @@ cdef inline bytes _bslice(bytes b, Py_ssize_t s, Py_ssize_t e):
 
 
 @cython.final  # PERF: its methods are called directly (no vtable)
+cdef inline bytes _bslice_same(bytes old, bytes b, Py_ssize_t s, Py_ssize_t e):
+    """``b[s:e]``, or ``old`` when it holds those very bytes. PERF: a keep-alive client sends
+    the same target and Host request after request (and a connection's head is scanned
+    into again): a compare instead of a new object and its free."""
+    if old is not None and PyBytes_GET_SIZE(old) == e - s and e <= PyBytes_GET_SIZE(b) \
+            and memcmp(PyBytes_AS_STRING(old), PyBytes_AS_STRING(b) + s, e - s) == 0:
+        return old
+    return _bslice(b, s, e)
+
+
 cdef class _Buf:
     """A growable C buffer; one per process is reused for every head (PERF: no malloc per request)."""
     cdef char* p
@@ -554,6 +564,7 @@ cdef RequestHead scan_request(bytes buf, Py_ssize_t end, RequestHead h):
     cdef long long cl = -1, v
     cdef bint have_cl = False, close = False, ka = False, conn_close = False, conn_ka = False
     cdef list tokens = None
+    cdef bytes prev_host = h.host_raw
     h.buf = buf
     h.head_len = end
     h.content_length = -1
@@ -597,7 +608,7 @@ cdef RequestHead scan_request(bytes buf, Py_ssize_t end, RequestHead h):
         raise HttpError(505, "HTTP version not supported")
     i += 10
     h.method = _method_bytes(buf, p + ms, me - ms)
-    h.target = _bslice(buf, ts, te)
+    h.target = _bslice_same(h.target, buf, ts, te)
     # header lines
     while True:
         if p[i] == 13:       # the empty line that ends the head
@@ -651,7 +662,7 @@ cdef RequestHead scan_request(bytes buf, Py_ssize_t end, RequestHead h):
             elif cls == H_HOST:
                 host_count += 1
                 if host_count == 1:
-                    h.host_raw = _bslice(buf, s, e)
+                    h.host_raw = _bslice_same(prev_host, buf, s, e)
             elif cls == H_CONNECTION:
                 k = _conn_simple(p, s, e)
                 if k == 1:
@@ -1219,7 +1230,15 @@ cdef inline bint forwardable_response_header(bytes name):
 
 cdef bytes build_response_head(ResponseHead r, list headers, list add, int status, bint chunked_out,
                                int conn_mode, bytes body):
-    """The response head sent to the client, followed by ``body`` (the first body bytes).
+    """The response head sent to the client, followed by ``body``, as bytes."""
+    fill_response_head(r, headers, add, status, chunked_out, conn_mode, body)
+    return _buf.take()
+
+
+cdef int fill_response_head(ResponseHead r, list headers, list add, int status, bint chunked_out,
+                            int conn_mode, bytes body) except -1:
+    """The response head sent to the client, followed by ``body`` (the first body bytes),
+    written into the shared buffer ``_buf`` (send it before anything else uses it).
 
     ``headers`` None: copy the backend's end-to-end headers from the scan offsets; else use
     that list (after a response plugin)."""
@@ -1279,7 +1298,7 @@ cdef bytes build_response_head(ResponseHead r, list headers, list add, int statu
     b.add(b"\r\n", 2)
     if body is not None and PyBytes_GET_SIZE(body):
         b.add_b(body)
-    return b.take()
+    return 0
 
 
 cdef dict _REASONS = {

@@ -494,6 +494,34 @@ cdef class FdTransport:
             self.wbuf.append(data)
         self._queued(size - n)
 
+    cdef int write_from(self, const char* p, Py_ssize_t size) except -1:
+        """``write`` of bytes the caller owns only until this returns (a reused buffer): sent
+        straight from there, copied only when they do not all go out at once (PERF: the
+        response head of a request is never a bytes object of its own)."""
+        cdef ssize_t n = 0
+        if self.closing or self.closed or size == 0:
+            return 0
+        if self.connecting:
+            raise RuntimeError("write before connection_made")
+        if not self.wbuf:
+            n = send(self.fd, p, size, MSG_NOSIGNAL)
+            if n == size or (n < 0 and self._send_failed()):
+                return 0
+            if n < 0:
+                n = 0
+            self.wbuf = [PyBytes_FromStringAndSize(p + n, size - n)]
+        else:
+            self.wbuf.append(PyBytes_FromStringAndSize(p, size))
+        self._queued(size - n)
+        return 0
+
+    def write_buffer(self, data):
+        """``write`` of a buffer the caller may change once this returns (what the server
+        does with its reused response buffer; for tests and tools)."""
+        cdef const unsigned char[:] view = data
+        if view.shape[0]:
+            self.write_from(<const char*>&view[0], view.shape[0])
+
     cpdef write2(self, bytes a, bytes b):
         """``write(a + b)`` without making ``a + b``: one sendmsg with two pieces (PERF: a
         request head and the body bytes that came with it, no copy of the body)."""

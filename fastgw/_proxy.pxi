@@ -114,6 +114,14 @@ cdef class Connection(Timed):
             self._write_fn(data)
         return 0
 
+    cdef inline int _write_buf(self, _Buf b) except -1:
+        """``_write(b.take())``; our transport sends from the buffer without the bytes copy."""
+        if self.ftr is not None:
+            self.ftr.write_from(b.p, b.n)
+        else:
+            self._write_fn(b.take())
+        return 0
+
     cdef inline int _write2(self, bytes a, bytes b) except -1:
         """``_write(a + b)``; our transport sends both pieces without joining them."""
         if self.ftr is not None:
@@ -1214,7 +1222,6 @@ cdef class ClientConnection(Connection):
     # -- response from upstream ----------------------------------------------------------
     cdef int _response_head(self, ResponseHead resp, bytes body, bint done) except -1:
         cdef int conn_mode
-        cdef bytes head
         cdef list headers = None, add = None
         cdef bint chunked_out
         self.up_body = None           # answered: no retry any more
@@ -1247,10 +1254,10 @@ cdef class ClientConnection(Connection):
             if ctx.status != resp.status and 100 <= ctx.status <= 999:
                 self.status = ctx.status
         # PERF: one buffer and one write for the head and the first body bytes.
-        head = build_response_head(resp, headers, add, self.status, chunked_out, conn_mode, body)
+        fill_response_head(resp, headers, add, self.status, chunked_out, conn_mode, body)
         self.resp_started = True
-        self.bytes_out = PyBytes_GET_SIZE(head)
-        self._write(head)
+        self.bytes_out = _buf.n
+        self._write_buf(_buf)
 
     cdef int _start_tunnel(self, ResponseHead resp, bytes rest) except -1:
         """The backend accepted the upgrade (101): relay its answer, then pass bytes through

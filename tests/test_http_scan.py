@@ -231,3 +231,17 @@ def test_every_value_byte_at_every_word_position(pos: int) -> None:
                 _core.parse_request_head(req)
             with pytest.raises(_core.HttpError):
                 _core.parse_response_head(resp)
+
+
+def test_a_head_scanned_again_keeps_equal_target_and_host_objects() -> None:
+    """PERF: a connection's head is scanned into again; a target or Host equal to the last
+    one's is that same bytes object (no new object), any other is read afresh."""
+    from fastgw._core import parse_request_head
+
+    h = parse_request_head(b"GET /a?x=1 HTTP/1.1\r\nHost: H.example:80\r\n\r\n")
+    target, host = h.target, h.host_raw
+    again = parse_request_head(b"GET /a?x=1 HTTP/1.1\r\nHost: H.example:80\r\nX: y\r\n\r\n", h)
+    assert again.target is target and again.host_raw is host
+    other = parse_request_head(b"GET /b?x=1 HTTP/1.1\r\nHost: h.example:81\r\n\r\n", h)
+    assert (other.target, other.path, other.query) == (b"/b?x=1", b"/b", b"x=1")
+    assert (other.host_raw, other.host) == (b"h.example:81", b"h.example")

@@ -81,6 +81,7 @@ def test_a_slow_reader_gets_everything(gw: Any) -> None:
         while b"\r\n\r\n" not in data:
             data += sock.recv(65536)
         head, body = data.split(b"\r\n\r\n", 1)
+        assert body.count(b"x") == len(body)     # the part sent with the head, too
         got = len(body)
         while got < n:
             chunk = sock.recv(65536)
@@ -220,10 +221,13 @@ def _try_get(port: int) -> Any:
     return resp if resp.status == 200 else None
 
 
-def test_write2_to_a_slow_reader_sends_everything_in_order() -> None:
-    """FdTransport.write2 (a request head and its body bytes in one sendmsg, no concat): a
+@pytest.mark.parametrize("how", ["write2", "write_buffer"])
+def test_write2_to_a_slow_reader_sends_everything_in_order(how: str) -> None:
+    """FdTransport.write2 (a request head and its body bytes in one sendmsg, no concat) and
+    write_buffer (sent from memory the caller reuses at once, as the response buffer): a
     peer with a tiny receive buffer that reads late makes the send partial; the rest is
-    queued, flow control pauses and resumes the protocol, and every byte arrives in order."""
+    queued (a copy, for write_buffer: the test overwrites its buffer right after), flow
+    control pauses and resumes the protocol, and every byte arrives in order."""
     import asyncio
     import threading
 
@@ -271,7 +275,12 @@ def test_write2_to_a_slow_reader_sends_everything_in_order() -> None:
         proto = Proto()
         FdTransport.connect(poller, socket.AF_INET, lsock.getsockname(), proto)
         tr = await proto.made
-        tr.write2(head, body)
+        if how == "write2":
+            tr.write2(head, body)
+        else:
+            buf = bytearray(head + body)
+            tr.write_buffer(buf)
+            buf[:] = bytes(len(buf))            # the caller's memory is reused at once
         while not (len(got) == len(head) + len(body)):
             await asyncio.sleep(0.02)
         tr.close()
