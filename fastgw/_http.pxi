@@ -1231,14 +1231,16 @@ cdef inline bint forwardable_response_header(bytes name):
 cdef bytes build_response_head(ResponseHead r, list headers, list add, int status, bint chunked_out,
                                int conn_mode, bytes body):
     """The response head sent to the client, followed by ``body``, as bytes."""
-    fill_response_head(r, headers, add, status, chunked_out, conn_mode, body)
+    fill_response_head(r, headers, add, status, chunked_out, conn_mode,
+                       PyBytes_AS_STRING(body) if body is not None else NULL,
+                       PyBytes_GET_SIZE(body) if body is not None else 0)
     return _buf.take()
 
 
 cdef int fill_response_head(ResponseHead r, list headers, list add, int status, bint chunked_out,
-                            int conn_mode, bytes body) except -1:
-    """The response head sent to the client, followed by ``body`` (the first body bytes),
-    written into the shared buffer ``_buf`` (send it before anything else uses it).
+                            int conn_mode, const char* body, Py_ssize_t body_n) except -1:
+    """The response head sent to the client, followed by ``body[:body_n]`` (the first body
+    bytes), written into the shared buffer ``_buf`` (send it before anything else uses it).
 
     ``headers`` None: copy the backend's end-to-end headers from the scan offsets; else use
     that list (after a response plugin)."""
@@ -1296,8 +1298,8 @@ cdef int fill_response_head(ResponseHead r, list headers, list add, int status, 
     elif conn_mode == KEEP_10:
         b.add(b"Connection: keep-alive\r\n", 24)
     b.add(b"\r\n", 2)
-    if body is not None and PyBytes_GET_SIZE(body):
-        b.add_b(body)
+    if body_n:
+        b.add(body, body_n)
     return 0
 
 

@@ -1221,6 +1221,10 @@ cdef class ClientConnection(Connection):
 
     # -- response from upstream ----------------------------------------------------------
     cdef int _response_head(self, ResponseHead resp, bytes body, bint done) except -1:
+        return self._response_head_at(resp, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
+
+    cdef int _response_head_at(self, ResponseHead resp, const char* body, Py_ssize_t body_n) except -1:
+        """Answer with the backend's head and its first body bytes ``body[:body_n]``."""
         cdef int conn_mode
         cdef list headers = None, add = None
         cdef bint chunked_out
@@ -1254,7 +1258,7 @@ cdef class ClientConnection(Connection):
             if ctx.status != resp.status and 100 <= ctx.status <= 999:
                 self.status = ctx.status
         # PERF: one buffer and one write for the head and the first body bytes.
-        fill_response_head(resp, headers, add, self.status, chunked_out, conn_mode, body)
+        fill_response_head(resp, headers, add, self.status, chunked_out, conn_mode, body, body_n)
         self.resp_started = True
         self.bytes_out = _buf.n
         self._write_buf(_buf)
@@ -1615,7 +1619,7 @@ cdef class UpstreamConnection(Connection):
             client._internal_error(exc)
 
     cdef int _on_head(self, ClientConnection client, bytes data) except -1:
-        cdef Py_ssize_t bad = -1, end
+        cdef Py_ssize_t bad = -1, end, n
         cdef ResponseHead resp
         cdef bytes rest
         if self.buf:
@@ -1643,9 +1647,8 @@ cdef class UpstreamConnection(Connection):
             except HttpError as exc:
                 self._fail(client, exc.message)
                 return 0
-            rest = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + end, PyBytes_GET_SIZE(data) - end) \
-                if end < PyBytes_GET_SIZE(data) else b""
             if resp.status < 200:
+                rest = _bslice(data, end, PyBytes_GET_SIZE(data))
                 if resp.status == 101:
                     if not client.req.upgrade:
                         self._fail(client, "upstream switched protocols unasked")
@@ -1661,6 +1664,15 @@ cdef class UpstreamConnection(Connection):
             break
         self.resp = resp
         self.state = U_BODY
+        n = PyBytes_GET_SIZE(data) - end
+        if n == resp.content_length and not resp.chunked and not resp.until_close:
+            # PERF: the whole body came with the head (a small answer): it goes into the
+            # client's buffer from `data` itself, never a bytes object of its own.
+            self.body_left = 0
+            client._response_head_at(resp, PyBytes_AS_STRING(data) + end, n)
+            self._message_done(client, None)
+            return 0
+        rest = _bslice(data, end, PyBytes_GET_SIZE(data))
         if resp.chunked:
             # An HTTP/1.0 client can't take chunked framing: decode it for that client.
             client.dechunk = client.req.version == 10
