@@ -8,6 +8,10 @@
   1 000 of them (``hit_var_hot``: a gateway's skewed traffic; the table's size still grows);
   the pure-Python reference ``fastgw.router_ref.Router`` beside it when it exists;
 - ``fastgw._core.normalize_path`` on a clean and on an encoded path;
+- head scan and header rewrite: a request head (wrk's, and a browser-like one) scanned,
+  and rewritten as the backend gets it (``upstream_head_for``: hop-by-hop fields dropped,
+  X-Forwarded-*, Via); the bench upstream's response head scanned and rewritten as the
+  client gets it (``client_head_for``);
 - ``StatsWriter.record`` (one finished request counted in the shared-memory ring).
 
 Each figure is the best of several repeats of a loop over precomputed inputs, and
@@ -135,6 +139,63 @@ def bench_normalize(results: dict, notes: list[str], repeats: int, n_paths: int)
     results["normalize_path"] = row
 
 
+# Request heads: what wrk sends, and a browser-like one (13 fields, a cookie, an XFF).
+WRK_HEAD = b"GET /api/orders/123 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+BROWSER_HEAD = (
+    b"GET /api/orders/123?expand=items&page=2 HTTP/1.1\r\nHost: api.example.com\r\n"
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n"
+    b"Accept: application/json, text/plain, */*\r\nAccept-Language: en-US,en;q=0.5\r\n"
+    b"Accept-Encoding: gzip, deflate, br, zstd\r\nReferer: https://app.example.com/orders\r\n"
+    b"Origin: https://app.example.com\r\nConnection: keep-alive\r\n"
+    b"Cookie: session=3f2a9c1e7b6d4a0f8e5c2b1a9d8e7f6c; theme=dark; lang=en\r\n"
+    b"Sec-Fetch-Dest: empty\r\nSec-Fetch-Mode: cors\r\nSec-Fetch-Site: same-site\r\n"
+    b"X-Forwarded-For: 203.0.113.7\r\n\r\n"
+)
+# What the bench's nginx upstream answers.
+UPSTREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 23:44:48 GMT\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 97\r\nConnection: keep-alive\r\n\r\n"
+)
+
+
+def bench_headers(results: dict, notes: list[str], repeats: int, n_ops: int) -> None:
+    """Head scan and header rewrite, per head: the request head as the backend gets it
+    (hop-by-hop fields dropped, X-Forwarded-*, Via) from a scanned client head, and the
+    response head as the client gets it from a scanned backend head."""
+    core = try_import("fastgw._core")
+    if core is None or not hasattr(core, "upstream_head_for"):
+        notes.append("header rewrite: fastgw._core.upstream_head_for missing: skipped")
+        return
+    items = [None] * n_ops
+    for label, raw in (("wrk", WRK_HEAD), ("browser", BROWSER_HEAD)):
+        head = core.parse_request_head(raw)
+        parse, rewrite = core.parse_request_head, core.upstream_head_for
+
+        def scan(raw: bytes = raw, head: Any = head, parse: Callable = parse) -> None:
+            for _ in items:
+                parse(raw, head)
+
+        def build(head: Any = head, rewrite: Callable = rewrite) -> None:
+            for _ in items:
+                rewrite(head)
+        results[f"request head {label} ({len(raw)} B)"] = {
+            "scan_ns": round(best_ns(scan, n_ops, repeats), 1),
+            "rewrite_ns": round(best_ns(build, n_ops, repeats), 1)}
+    resp = core.parse_response_head(UPSTREAM_HEAD)
+    parse_resp, client_head = core.parse_response_head, core.client_head_for
+
+    def scan_resp() -> None:
+        for _ in items:
+            parse_resp(UPSTREAM_HEAD)
+
+    def build_resp() -> None:
+        for _ in items:
+            client_head(resp)
+    results[f"response head nginx ({len(UPSTREAM_HEAD)} B)"] = {
+        "scan_ns": round(best_ns(scan_resp, n_ops, repeats), 1),
+        "rewrite_ns": round(best_ns(build_resp, n_ops, repeats), 1)}
+
+
 def bench_stats(results: dict, notes: list[str], repeats: int, n_ops: int) -> None:
     stats = try_import("fastgw.stats")
     if stats is None or not hasattr(stats, "StatsRegion"):
@@ -184,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_overhead(results, repeats, n)
     bench_router(results, notes, repeats, n)
     bench_normalize(results, notes, repeats, n)
+    bench_headers(results, notes, repeats, n)
     bench_stats(results, notes, repeats, n)
     width = max(len(k) for k in results)
     for name, row in results.items():

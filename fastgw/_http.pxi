@@ -1220,6 +1220,21 @@ DEF CLOSE_YES = 1
 DEF KEEP_10 = 2        # HTTP/1.0 client that asked for keep-alive
 
 
+def upstream_head_for(RequestHead h, bytes client_ip=b"10.0.0.1", ForwardInfo fwd=None,
+                      list headers=None):
+    """The head the backend gets for the scanned request ``h`` as the plain path builds it
+    (``headers``: a plugin's header list instead of the scan), for benchmarks and tools."""
+    return build_upstream_head(h, h.method, h.target, h.host_raw, client_ip,
+                               fwd if fwd is not None else ForwardInfo(), headers, None,
+                               h.chunked, h.content_length)
+
+
+def client_head_for(ResponseHead r, bint close=False, bytes body=b""):
+    """The head the client gets for the backend's scanned head ``r`` (then ``body``), as
+    the plain path builds it, for benchmarks and tools."""
+    return build_response_head(r, None, None, r.status, r.chunked, CLOSE_YES if close else CLOSE_NO, body)
+
+
 cdef inline bint forwardable_response_header(bytes name):
     """Whether build_response_head keeps a plugin's header ``name`` (framing and hop-by-hop
     names are the gateway's)."""
