@@ -239,8 +239,7 @@ cdef inline bytes _bslice_same(bytes old, bytes b, Py_ssize_t s, Py_ssize_t e):
     """``b[s:e]``, or ``old`` when it holds those very bytes. PERF: a keep-alive client sends
     the same target and Host request after request (and a connection's head is scanned
     into again): a compare instead of a new object and its free."""
-    if old is not None and PyBytes_GET_SIZE(old) == e - s and e <= PyBytes_GET_SIZE(b) \
-            and memcmp(PyBytes_AS_STRING(old), PyBytes_AS_STRING(b) + s, e - s) == 0:
+    if old is not None and e <= PyBytes_GET_SIZE(b) and _bytes_is(old, PyBytes_AS_STRING(b) + s, e - s):
         return old
     return _bslice(b, s, e)
 
@@ -358,6 +357,13 @@ cdef Py_ssize_t find_head_end(bytes data, Py_ssize_t start, Py_ssize_t* bad_lf) 
     return -1
 
 
+cdef inline bint _listed_cls(unsigned char c) noexcept:
+    """Whether a request header of class ``c`` is in a plugin's view of the headers: the
+    end-to-end ones, and Host, X-Forwarded-For and Via for reading (forward_headers and
+    the lazy view on the scan must agree on this)."""
+    return c == H_KEEP or c == H_HOST or c == H_XFF or c == H_VIA
+
+
 @cython.final  # PERF: its methods are called directly (no vtable)
 cdef class RequestHead:
     """One parsed request head: offsets into ``buf`` and the framing facts the proxy needs."""
@@ -403,7 +409,6 @@ cdef class RequestHead:
         # instead of two bytes objects and a tuple made and freed per header.
         cdef int i
         cdef Py_ssize_t j = 0, nprev = 0
-        cdef unsigned char c
         cdef const char* p = PyBytes_AS_STRING(self.buf)
         cdef list out = []
         cdef tuple prev = self.prev_pairs
@@ -412,8 +417,7 @@ cdef class RequestHead:
         if prev is not None:
             nprev = PyTuple_GET_SIZE(prev)
         for i in range(self.n):
-            c = self.cls[i]
-            if c == H_KEEP or c == H_HOST or c == H_XFF or c == H_VIA:
+            if _listed_cls(self.cls[i]):
                 pair = None
                 if j < nprev:
                     old = <tuple>PyTuple_GET_ITEM(prev, j)
@@ -432,8 +436,7 @@ cdef class RequestHead:
     # place. A removed header is marked H_DROP, so neither build_upstream_head nor a later
     # forward_headers() sees it. PERF: no list of pairs for a chain of built-in steps.
     cdef inline bint _listed_named(self, int i, const char* p, bytes lname):
-        cdef unsigned char c = self.cls[i]
-        return (c == H_KEEP or c == H_HOST or c == H_XFF or c == H_VIA) and _ieq(
+        return _listed_cls(self.cls[i]) and _ieq(
             p + self.name_s[i], self.name_e[i] - self.name_s[i],
             PyBytes_AS_STRING(lname), PyBytes_GET_SIZE(lname))
 
@@ -1130,6 +1133,11 @@ cdef class ForwardInfo:
         self.scheme = proto.decode("latin-1")
 
 
+cdef inline bytes _comma_join(bytes acc, bytes value):
+    """One more field line of a list-valued header (RFC 9110 5.3): ``acc, value``."""
+    return value if acc is None else acc + b", " + value
+
+
 cdef bytes build_upstream_head(RequestHead h, bytes method, bytes path_query, bytes host_value,
                                bytes client_ip, ForwardInfo fwd, list headers, list extra,
                                bint chunked, long long content_length):
@@ -1160,12 +1168,10 @@ cdef bytes build_upstream_head(RequestHead h, bytes method, bytes path_query, by
             if c == H_KEEP:
                 b.add(p + h.name_s[i], h.val_e[i] - h.name_s[i])
                 b.add(b"\r\n", 2)
-            elif c == H_XFF or c == H_VIA:
-                value = _bslice(h.buf, h.val_s[i], h.val_e[i])
-                if c == H_XFF:
-                    xff = value if xff is None else xff + b", " + value
-                else:
-                    via = value if via is None else via + b", " + value
+            elif c == H_XFF:
+                xff = _comma_join(xff, _bslice(h.buf, h.val_s[i], h.val_e[i]))
+            elif c == H_VIA:
+                via = _comma_join(via, _bslice(h.buf, h.val_s[i], h.val_e[i]))
         headers = extra
     if headers is not None:
         for name, value in headers:
@@ -1178,9 +1184,9 @@ cdef bytes build_upstream_head(RequestHead h, bytes method, bytes path_query, by
                 b.add_b(value)
                 b.add(b"\r\n", 2)
             elif c == H_XFF:
-                xff = value if xff is None else xff + b", " + value
+                xff = _comma_join(xff, value)
             elif c == H_VIA:
-                via = value if via is None else via + b", " + value
+                via = _comma_join(via, value)
     b.add(b"X-Forwarded-For: ", 17)
     if xff is not None:
         b.add_b(xff)

@@ -559,11 +559,9 @@ cdef class RequestIdStep(NativeStep):
             rid_b = (<str>rid).encode("ascii")
         pair = (self.header, rid_b)        # immutable: shared by both lists
         ctx.add_req_header(pair)
-        if self.trace:
-            if trace is None or not valid_traceparent(trace):
-                trace = new_traceparent()
-            ctx.add_req_header((b"traceparent", trace))
-        elif trace is not None:
+        if self.trace and (trace is None or not valid_traceparent(trace)):
+            trace = new_traceparent()
+        if trace is not None:
             ctx.add_req_header((b"traceparent", trace))
         if self.echo:
             ctx.response_headers_add.append(pair)

@@ -475,44 +475,43 @@ cdef class FdTransport:
             self._close_now(None)
 
     # -- the asyncio.Transport subset ---------------------------------------------------
-    cpdef write(self, bytes data):
-        cdef ssize_t n = 0
-        cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+    cdef inline Py_ssize_t _send_first(self, const char* p, Py_ssize_t size) except -2:
+        """A write's first step. -1: nothing to queue (no bytes, closing or closed, all
+        sent, or a failed send that closed the transport); else how many of the bytes
+        went out (0 while earlier ones wait: these queue behind them). PERF: the common
+        case is one send() straight from the caller's memory."""
+        cdef ssize_t n
         if self.closing or self.closed or size == 0:
-            return
+            return -1
         if self.connecting:
             raise RuntimeError("write before connection_made")
-        if not self.wbuf:
-            # PERF: the common case, one send() straight from the caller's bytes.
-            n = send(self.fd, PyBytes_AS_STRING(data), size, MSG_NOSIGNAL)
-            if n == size or (n < 0 and self._send_failed()):
-                return
-            if n < 0:
-                n = 0
-            self.wbuf = [data[n:] if n else data]
+        if self.wbuf:
+            return 0
+        n = send(self.fd, p, size, MSG_NOSIGNAL)
+        if n == size or (n < 0 and self._send_failed()):
+            return -1
+        return n if n > 0 else 0
+
+    cdef inline int _queue(self, bytes rest) except -1:
+        """Queue ``rest`` (what a write did not send) behind anything waiting."""
+        if self.wbuf:
+            self.wbuf.append(rest)
         else:
-            self.wbuf.append(data)
-        self._queued(size - n)
+            self.wbuf = [rest]
+        return self._queued(PyBytes_GET_SIZE(rest))
+
+    cpdef write(self, bytes data):
+        cdef Py_ssize_t n = self._send_first(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        if n >= 0:
+            self._queue(data[n:] if n else data)
 
     cdef int write_from(self, const char* p, Py_ssize_t size) except -1:
         """``write`` of bytes the caller owns only until this returns (a reused buffer): sent
         straight from there, copied only when they do not all go out at once (PERF: the
         response head of a request is never a bytes object of its own)."""
-        cdef ssize_t n = 0
-        if self.closing or self.closed or size == 0:
-            return 0
-        if self.connecting:
-            raise RuntimeError("write before connection_made")
-        if not self.wbuf:
-            n = send(self.fd, p, size, MSG_NOSIGNAL)
-            if n == size or (n < 0 and self._send_failed()):
-                return 0
-            if n < 0:
-                n = 0
-            self.wbuf = [PyBytes_FromStringAndSize(p + n, size - n)]
-        else:
-            self.wbuf.append(PyBytes_FromStringAndSize(p, size))
-        self._queued(size - n)
+        cdef Py_ssize_t n = self._send_first(p, size)
+        if n >= 0:
+            self._queue(PyBytes_FromStringAndSize(p + n, size - n))
         return 0
 
     def write_buffer(self, data):

@@ -1220,10 +1220,7 @@ cdef class ClientConnection(Connection):
             up.close()
 
     # -- response from upstream ----------------------------------------------------------
-    cdef int _response_head(self, ResponseHead resp, bytes body, bint done) except -1:
-        return self._response_head_at(resp, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
-
-    cdef int _response_head_at(self, ResponseHead resp, const char* body, Py_ssize_t body_n) except -1:
+    cdef int _response_head(self, ResponseHead resp, const char* body, Py_ssize_t body_n) except -1:
         """Answer with the backend's head and its first body bytes ``body[:body_n]``."""
         cdef int conn_mode
         cdef list headers = None, add = None
@@ -1669,7 +1666,7 @@ cdef class UpstreamConnection(Connection):
             # PERF: the whole body came with the head (a small answer): it goes into the
             # client's buffer from `data` itself, never a bytes object of its own.
             self.body_left = 0
-            client._response_head_at(resp, PyBytes_AS_STRING(data) + end, n)
+            client._response_head(resp, PyBytes_AS_STRING(data) + end, n)
             self._message_done(client, None)
             return 0
         rest = _bslice(data, end, PyBytes_GET_SIZE(data))
@@ -1718,7 +1715,7 @@ cdef class UpstreamConnection(Connection):
             else:
                 self.body_left -= n
         if first:
-            client._response_head(resp, body, done)
+            client._response_head(resp, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
         elif body:
             client._response_body(body)
         if done:

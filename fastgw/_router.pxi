@@ -919,9 +919,7 @@ cdef class Router:
         cdef _RtRoot root
         # PERF: each request brings a new bytes object for its Host, so a dict lookup
         # hashes it (SipHash, ~160 instructions); comparing it with the last one is cheaper.
-        if last is not None and (host is last or (
-                PyBytes_GET_SIZE(host) == PyBytes_GET_SIZE(last)
-                and memcmp(PyBytes_AS_STRING(host), PyBytes_AS_STRING(last), PyBytes_GET_SIZE(host)) == 0)):
+        if last is not None and (host is last or _bytes_is(host, PyBytes_AS_STRING(last), PyBytes_GET_SIZE(last))):
             return self._last_root
         root = self._lookup_root(host)
         self._last_host = host

@@ -166,9 +166,10 @@ def test_flush_writes_server_lines_and_queued_records(tmp_path) -> None:
 
 @pytest.mark.parametrize("pos", [0, 3, 7, 8, 12, 15, 16, 23, 29])
 def test_every_char_escaped_at_every_word_lane(pos: int) -> None:
-    # The escaper skips eight bytes per step while none needs escaping; every byte value
-    # (a code point below 256 in text, a raw byte in the latin-1 target) at every lane of a
-    # word, and in the tail after the last whole word, must come out as orjson writes it.
+    # Every byte value (a code point below 256 in text, a raw byte in the latin-1 target)
+    # at every position of an eight-byte word, and in the tail after the last whole word,
+    # must come out as orjson writes it (kept from an eight-bytes-per-step escaper that was
+    # tried and dropped: it guards any such scan coming back).
     from fastgw._core import AccessLines, format_access_records
 
     from fastgw.accesslog import format_records_py
