@@ -104,6 +104,7 @@ cdef class Poller:
     cdef int epfd
     cdef object loop
     cdef char* rbuf                  # PERF: one receive buffer for every connection
+    cdef Py_ssize_t read_size        # its size: at most this much per recv
     cdef set listeners               # registered listeners (strong refs)
     cdef list lost                   # transports closed since the last _run_lost
     cdef epoll_event events[POLL_BATCH]
@@ -112,11 +113,15 @@ cdef class Poller:
         self.epfd = -1
         self.rbuf = NULL
 
-    def __init__(self, loop):
+    def __init__(self, loop, Py_ssize_t read_size=READ_SIZE):
+        """``read_size``: bytes per recv (tests make it small to see the reads split)."""
+        if read_size <= 0:
+            raise ValueError("read_size must be positive")
         self.loop = loop
         self.listeners = set()
         self.lost = []
-        self.rbuf = <char*>malloc(READ_SIZE)
+        self.read_size = read_size
+        self.rbuf = <char*>malloc(read_size)
         if self.rbuf == NULL:
             raise MemoryError()
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
@@ -163,7 +168,11 @@ cdef class Poller:
                 self.loop.call_exception_handler({"message": "connection_lost failed", "exception": exc})
 
     def _ready(self):
-        """The epoll set is readable: dispatch what is ready (level-triggered)."""
+        """The epoll set is readable: dispatch what is ready (level-triggered: what a read
+        leaves in a socket is reported again). Edge-triggered sockets were measured: no
+        difference in CPU per request (an epoll_wait re-polls each level-triggered socket
+        it reported once more, ~50 ns), and every path that stops reading early would have
+        to ask epoll to look again."""
         cdef int n, i
         cdef unsigned int ev
         cdef object obj
@@ -430,7 +439,7 @@ cdef class FdTransport:
             self._read()
 
     cdef void _read(self) noexcept:
-        cdef ssize_t n = recv(self.fd, self.poller.rbuf, READ_SIZE, 0)
+        cdef ssize_t n = recv(self.fd, self.poller.rbuf, self.poller.read_size, 0)
         cdef int err
         if n > 0:
             self.proto._on_data(PyBytes_FromStringAndSize(self.poller.rbuf, n))

@@ -69,8 +69,12 @@ cdef class Timed:
         pass
 
     cdef void _on_data(self, bytes data) noexcept:
-        """Bytes from this connection's socket (FdTransport calls it; asyncio: data_received)."""
-        pass
+        """Bytes from this connection's socket (FdTransport calls it; asyncio: data_received).
+        Here: a protocol written in Python (tests, tools) gets its ``data_received``."""
+        try:
+            self.data_received(data)
+        except Exception as exc:
+            _log.error("data_received failed: %r", exc, exc_info=exc)
 
     cdef int _transport_lost(self, object exc) except -1:
         """The socket is closed (FdTransport calls it; asyncio: connection_lost)."""

@@ -297,6 +297,72 @@ def test_write2_to_a_slow_reader_sends_everything_in_order(how: str) -> None:
     assert paused >= 1                      # the send was partial: the rest went through the queue
 
 
+def test_a_read_that_fills_the_buffer_is_followed_by_the_rest() -> None:
+    """A recv that fills the read buffer may leave more behind, and no new data will come to
+    say so: it must be read in its turn all the same (an edge-triggered epoll set without a
+    re-arm after a full read fails this). 32 KB wait in the socket before the first read,
+    read 4 KB at a time."""
+    import asyncio
+    import threading
+
+    import uvloop
+    from fastgw._core import FdTransport, Poller, Timed
+
+    data = bytes(range(256)) * 128          # 32 KB: all of it in the receive queue at once
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    sent = threading.Event()
+
+    def peer() -> None:
+        conn, _ = lsock.accept()
+        with conn:
+            conn.sendall(data)
+            sent.set()
+            time.sleep(5)                   # then silent: no new data
+
+    class Proto(Timed):
+        def __init__(self) -> None:
+            self.made: asyncio.Future = asyncio.get_running_loop().create_future()
+            self.got = bytearray()
+            self.reads = 0
+
+        def connection_made(self, transport: Any) -> None:
+            transport.pause_reading()       # let all the bytes arrive before the first read
+            self.made.set_result(transport)
+
+        def data_received(self, chunk: bytes) -> None:
+            self.got.extend(chunk)
+            self.reads += 1
+
+        def connection_lost(self, exc: Any) -> None:
+            pass
+
+    async def main() -> tuple[bytes, int]:
+        loop = asyncio.get_running_loop()
+        poller = Poller(loop, read_size=4096)
+        proto = Proto()
+        FdTransport.connect(poller, socket.AF_INET, lsock.getsockname(), proto)
+        tr = await proto.made
+        await loop.run_in_executor(None, sent.wait, 5)
+        await asyncio.sleep(0.2)
+        tr.resume_reading()
+        t0 = time.monotonic()
+        while len(proto.got) < len(data) and time.monotonic() - t0 < 3:
+            await asyncio.sleep(0.01)
+        tr.abort()
+        await asyncio.sleep(0.05)
+        poller.close()
+        return bytes(proto.got), proto.reads
+
+    t = threading.Thread(target=peer, daemon=True)
+    t.start()
+    got, reads = uvloop.run(main())
+    lsock.close()
+    assert got == data
+    assert reads >= len(data) // 4096       # it was read in buffer-sized steps
+
+
 @pytest.mark.skipif(not hasattr(socket, "TCP_DEFER_ACCEPT"), reason="Linux only")
 def test_listening_sockets_defer_accept_until_data() -> None:
     from fastgw.workers import open_listener
