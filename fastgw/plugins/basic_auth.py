@@ -8,7 +8,8 @@ removed before forwarding by default.
 PERF/SECURITY: a bcrypt/scrypt check costs milliseconds of CPU on the event loop, so a
 verified (user, password) pair is remembered as an HMAC digest under a per-process secret
 (never the password) for ``cache_ttl`` seconds; an unknown user is checked against a dummy
-hash so the answer time does not reveal which user names exist.
+hash made with the parameters most of the configured hashes use (bcrypt cost, scrypt N, r,
+p), so the answer time does not reveal which user names exist.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import hashlib
 import hmac
 import os
 import time
+from collections import Counter
 from typing import Any
 
 import bcrypt
@@ -43,7 +45,30 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
-_DUMMY_BCRYPT = bcrypt.hashpw(b"fastgw-dummy", bcrypt.gensalt(4))
+_DUMMY_BCRYPT = bcrypt.hashpw(b"fastgw-dummy", bcrypt.gensalt(4)).decode("ascii")
+
+
+def _hash_params(stored: str) -> str:
+    """What decides the cost of checking ``stored``: ``$2b$12$`` or ``scrypt$N$r$p$<dklen>``."""
+    if stored.startswith("scrypt$"):
+        _, n, r, p, _salt, want = stored.split("$")
+        return f"scrypt${n}${r}${p}${len(base64.b64decode(want))}"
+    return stored[:7]
+
+
+def dummy_hash_like(stored: list[str]) -> str:
+    """A hash no password matches that costs what the most common of ``stored`` costs to
+    check (SECURITY: the check an unknown user name gets; a cheaper one would tell apart
+    the names that exist). A cost-4 bcrypt hash when ``stored`` is empty."""
+    if not stored:
+        return _DUMMY_BCRYPT
+    params = Counter(_hash_params(h) for h in stored).most_common(1)[0][0]
+    if params.startswith("scrypt$"):
+        _, n, r, p, dklen = params.split("$")
+        salt = base64.b64encode(os.urandom(16)).decode()
+        want = base64.b64encode(os.urandom(int(dklen))).decode()
+        return f"scrypt${n}${r}${p}${salt}${want}"
+    return params + _DUMMY_BCRYPT[7:]      # the same cost, a salt and digest of no password
 
 
 def scrypt_hash(password: str, n: int = 2 ** 14, r: int = 8, p: int = 1) -> str:
@@ -72,11 +97,12 @@ class Plugin(BasePlugin):
         self.challenge = [(b"WWW-Authenticate", f'Basic realm="{config["realm"]}"'.encode("latin-1"))]
         self._secret = os.urandom(32)
         self._cache: dict[bytes, float] = {}
+        self._dummy = dummy_hash_like([stored for _c, stored in self.table.basic.values()])
 
     def _check(self, user: str, password: bytes, raw: bytes) -> Any:
         hit = self.table.basic.get(user)
         if hit is None:
-            bcrypt.checkpw(password, _DUMMY_BCRYPT)  # SECURITY: same work for unknown users
+            verify_password(password, self._dummy)  # SECURITY: the same work for unknown users
             return None
         consumer, stored = hit
         if self.ttl > 0:

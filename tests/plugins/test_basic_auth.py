@@ -57,3 +57,33 @@ def test_plain_text_password_refused_by_credential_schema():
     assert not list(v.iter_errors([{"username": "a", "password": BCRYPT}]))
     assert not list(v.iter_errors([{"username": "a", "password": SCRYPT}]))
     assert list(v.iter_errors([{"username": "a", "password": "hunter2"}]))
+
+
+@pytest.mark.parametrize("stored,expect", [
+    ([BCRYPT], "$2b$04$"),
+    ([bcrypt.hashpw(b"x", bcrypt.gensalt(5)).decode()] * 2 + [BCRYPT], "$2b$05$"),   # the most common
+    ([SCRYPT], "scrypt$1024$8$1$"),
+])
+def test_unknown_users_are_checked_against_a_hash_of_the_same_cost(monkeypatch, stored, expect):
+    """SECURITY: a name that does not exist gets a check that costs what a real one costs
+    (a cheaper dummy would let the answer time tell which names exist)."""
+    from fastgw.plugins import basic_auth
+
+    consumers = [{"name": f"c{i}", "credentials": {"basic-auth": [{"username": f"u{i}", "password": h}]}}
+                 for i, h in enumerate(stored)]
+    checked: list[str] = []
+    real = basic_auth.verify_password
+
+    def recording(password: bytes, hashed: str) -> bool:
+        checked.append(hashed)
+        return real(password, hashed)
+
+    monkeypatch.setattr(basic_auth, "verify_password", recording)
+    pipe = make_pipeline([{"name": "basic-auth"}], consumers)
+    ctx = make_ctx(headers=basic("nobody", "pw"))
+    assert run(pipe, ctx) is True and ctx.answer_status == 401
+    assert len(checked) == 1 and checked[0].startswith(expect)
+    assert checked[0] not in stored
+    if expect.startswith("scrypt"):    # the same derived-key length too
+        assert len(base64.b64decode(checked[0].split("$")[5])) == len(base64.b64decode(SCRYPT.split("$")[5]))
+    assert not real(b"pw", checked[0]) and not real(b"", checked[0])
