@@ -5,15 +5,18 @@ Consumer credentials hold hashes only (the credential schema refuses plain text)
 Failure: 401 with ``WWW-Authenticate: Basic realm="..."``. The ``Authorization`` header is
 removed before forwarding by default.
 
-PERF/SECURITY: a bcrypt/scrypt check costs milliseconds of CPU on the event loop, so a
-verified (user, password) pair is remembered as an HMAC digest under a per-process secret
-(never the password) for ``cache_ttl`` seconds; an unknown user is checked against a dummy
+PERF/SECURITY: a bcrypt/scrypt check costs milliseconds of CPU (~250 ms at bcrypt cost
+12), so it runs on a small thread pool, never on the event loop, with at most
+``MAX_PENDING_CHECKS`` waiting per route (then 429); a verified (user, password) pair is
+remembered as an HMAC digest under a per-process secret (never the password) for
+``cache_ttl`` seconds, and then costs no check at all; an unknown user is checked against a dummy
 hash made with the parameters most of the configured hashes use (bcrypt cost, scrypt N, r,
 p), so the answer time does not reveal which user names exist.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -21,6 +24,7 @@ import hmac
 import os
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import bcrypt
@@ -88,6 +92,22 @@ def verify_password(password: bytes, stored: str) -> bool:
     return bcrypt.checkpw(password, stored.encode("ascii"))
 
 
+# Hash checks run on a few threads of their own (bcrypt and hashlib.scrypt release the GIL),
+# made on first use in each worker process (threads do not survive a fork).
+CHECK_THREADS = 2
+MAX_PENDING_CHECKS = 64       # beyond this, 429 at once: a flood of guesses can't queue forever
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
+
+
+def _check_pool() -> ThreadPoolExecutor:
+    global _pool, _pool_pid
+    if _pool is None or _pool_pid != os.getpid():
+        _pool = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="fastgw-basic-auth")
+        _pool_pid = os.getpid()
+    return _pool
+
+
 class Plugin(BasePlugin):
     def __init__(self, config: dict[str, Any], scope: PluginScope) -> None:
         super().__init__(config, scope)
@@ -98,11 +118,22 @@ class Plugin(BasePlugin):
         self._secret = os.urandom(32)
         self._cache: dict[bytes, float] = {}
         self._dummy = dummy_hash_like([stored for _c, stored in self.table.basic.values()])
+        self.pending = 0          # hash checks queued or running for this route
 
-    def _check(self, user: str, password: bytes, raw: bytes) -> Any:
+    async def _verify(self, password: bytes, stored: str) -> bool:
+        """``verify_password`` off the event loop (PERF: a cost-12 bcrypt check is ~250 ms of
+        CPU; on the loop, every request of the worker would wait for it)."""
+        self.pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                _check_pool(), verify_password, password, stored)
+        finally:
+            self.pending -= 1
+
+    async def _check(self, user: str, password: bytes, raw: bytes) -> Any:
         hit = self.table.basic.get(user)
         if hit is None:
-            verify_password(password, self._dummy)  # SECURITY: the same work for unknown users
+            await self._verify(password, self._dummy)  # SECURITY: the same work for unknown users
             return None
         consumer, stored = hit
         if self.ttl > 0:
@@ -111,15 +142,15 @@ class Plugin(BasePlugin):
             now = time.monotonic()
             if expiry is not None and expiry > now:
                 return consumer
-        if not verify_password(password, stored):
+        if not await self._verify(password, stored):
             return None
         if self.ttl > 0:
             if len(self._cache) > 10000:
                 self._cache.clear()
-            self._cache[mark] = now + self.ttl
+            self._cache[mark] = time.monotonic() + self.ttl
         return consumer
 
-    def on_request(self, ctx: Any) -> int:
+    async def on_request(self, ctx: Any) -> int:
         auth = ctx.get_header("authorization")
         if auth is None or auth[:6].lower() != "basic ":
             return ctx.error(401, "Unauthorized", self.challenge)
@@ -130,7 +161,9 @@ class Plugin(BasePlugin):
         user_b, sep, password = raw.partition(b":")
         if not sep:
             return ctx.error(401, "Invalid authentication credentials", self.challenge)
-        consumer = self._check(user_b.decode("utf-8", "replace"), password, raw)
+        if self.pending >= MAX_PENDING_CHECKS:
+            return ctx.error(429, "Too many password checks in progress", [(b"Retry-After", b"1")])
+        consumer = await self._check(user_b.decode("utf-8", "replace"), password, raw)
         if consumer is None:
             return ctx.error(401, "Invalid authentication credentials", self.challenge)
         ctx.consumer = consumer

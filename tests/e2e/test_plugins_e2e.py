@@ -336,3 +336,34 @@ def test_plain_path_forwards_every_x_forwarded_for_line_as_one_list(env):
     got = call(env, "GET", "/plain", headers)[0].json()["headers"]
     assert got["x-forwarded-for"] == "1.1.1.1, 2.2.2.2, 127.0.0.1"
     assert got["via"] == "1.0 a, 1.1 b, 1.1 fastgw"
+
+
+def test_password_checks_do_not_hold_up_other_requests(backend: Backend, port: int, gateway: Any) -> None:
+    """basic-auth's hash check (bcrypt cost 13 here, hundreds of ms of CPU) runs off the event
+    loop: a request to another route, sent while a wrong password is being checked, is
+    answered first. On the loop, the worker would serve nothing until the check ended."""
+    import base64
+    import threading
+
+    slow = bcrypt.hashpw(b"dave-pw", bcrypt.gensalt(13)).decode()
+    consumers = [{"name": "dave", "credentials": {"basic-auth": [{"username": "dave", "password": slow}]}}]
+    resources = {"/basic": {"GET": {"plugins": [{"name": "basic-auth"}]}}, "/plain": {"GET": {}}}
+    g = gateway(gateway_config(port, backend.url, resources=resources, consumers=consumers))
+    assert request(g.port, "GET", "/plain").status == 200          # connections warm
+    done: dict[str, float] = {}
+    statuses: dict[str, int] = {}
+
+    def guess() -> None:
+        bad = base64.b64encode(b"dave:wrong").decode()
+        statuses["basic"] = request(g.port, "GET", "/basic", {"Authorization": f"Basic {bad}"},
+                                    timeout=30).status
+        done["basic"] = time.monotonic()
+
+    t = threading.Thread(target=guess)
+    t.start()
+    time.sleep(0.1)                                                   # the check is running
+    statuses["plain"] = request(g.port, "GET", "/plain", timeout=30).status
+    done["plain"] = time.monotonic()
+    t.join(30)
+    assert statuses == {"basic": 401, "plain": 200}
+    assert done["plain"] < done["basic"]

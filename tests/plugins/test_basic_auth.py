@@ -87,3 +87,20 @@ def test_unknown_users_are_checked_against_a_hash_of_the_same_cost(monkeypatch, 
     if expect.startswith("scrypt"):    # the same derived-key length too
         assert len(base64.b64decode(checked[0].split("$")[5])) == len(base64.b64decode(SCRYPT.split("$")[5]))
     assert not real(b"pw", checked[0]) and not real(b"", checked[0])
+
+
+def test_too_many_checks_waiting_answer_429_without_a_check(monkeypatch):
+    from fastgw.plugins import basic_auth
+
+    pipe = make_pipeline([{"name": "basic-auth"}], CONSUMERS)
+    plugin = pipe.plugins[0]
+    checked: list[str] = []
+    monkeypatch.setattr(basic_auth, "verify_password", lambda pw, h: checked.append(h) or False)
+    plugin.pending = basic_auth.MAX_PENDING_CHECKS
+    ctx = make_ctx(headers=basic("alice", "guess"))
+    assert run(pipe, ctx) is True and ctx.answer_status == 429
+    assert hdrs(ctx.answer_headers)["retry-after"] == "1" and not checked
+    plugin.pending = basic_auth.MAX_PENDING_CHECKS - 1       # room for one more: checked
+    ctx = make_ctx(headers=basic("alice", "guess"))
+    assert run(pipe, ctx) is True and ctx.answer_status == 401 and len(checked) == 1
+    assert plugin.pending == basic_auth.MAX_PENDING_CHECKS - 1   # back where it was after the check
