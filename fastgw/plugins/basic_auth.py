@@ -96,6 +96,7 @@ def verify_password(password: bytes, stored: str) -> bool:
 # made on first use in each worker process (threads do not survive a fork).
 CHECK_THREADS = 2
 MAX_PENDING_CHECKS = 64       # beyond this, 429 at once: a flood of guesses can't queue forever
+_BUSY = object()
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0
 
@@ -118,37 +119,47 @@ class Plugin(BasePlugin):
         self._secret = os.urandom(32)
         self._cache: dict[bytes, float] = {}
         self._dummy = dummy_hash_like([stored for _c, stored in self.table.basic.values()])
+        self._inflight: dict[bytes, asyncio.Future[bool]] = {}
         self.pending = 0          # hash checks queued or running for this route
 
-    async def _verify(self, password: bytes, stored: str) -> bool:
-        """``verify_password`` off the event loop (PERF: a cost-12 bcrypt check is ~250 ms of
-        CPU; on the loop, every request of the worker would wait for it)."""
+    def _start_check(self, mark: bytes, password: bytes, stored: str) -> asyncio.Future[bool]:
+        """``verify_password`` on the check threads (PERF: a cost-12 bcrypt check is ~250 ms of
+        CPU; on the loop, every request of the worker would wait for it). Requests with the
+        same credentials while it runs share it (one check, not one per request, when many
+        connections of one client arrive at once); a success is remembered when it ends."""
+        fut = asyncio.get_running_loop().run_in_executor(_check_pool(), verify_password, password, stored)
         self.pending += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                _check_pool(), verify_password, password, stored)
-        finally:
+        self._inflight[mark] = fut
+
+        def done(f: asyncio.Future[bool]) -> None:
             self.pending -= 1
+            self._inflight.pop(mark, None)
+            if self.ttl > 0 and stored is not self._dummy and not f.cancelled() \
+                    and f.exception() is None and f.result():
+                if len(self._cache) > 10000:
+                    self._cache.clear()
+                self._cache[mark] = time.monotonic() + self.ttl
+
+        fut.add_done_callback(done)
+        return fut
 
     async def _check(self, user: str, password: bytes, raw: bytes) -> Any:
+        """The consumer, None (wrong credentials) or _BUSY (too many checks waiting)."""
         hit = self.table.basic.get(user)
-        if hit is None:
-            await self._verify(password, self._dummy)  # SECURITY: the same work for unknown users
-            return None
-        consumer, stored = hit
-        if self.ttl > 0:
-            mark = hmac.new(self._secret, raw, hashlib.sha256).digest()
+        mark = hmac.new(self._secret, raw, hashlib.sha256).digest()
+        if hit is not None and self.ttl > 0:
             expiry = self._cache.get(mark)
-            now = time.monotonic()
-            if expiry is not None and expiry > now:
-                return consumer
-        if not await self._verify(password, stored):
-            return None
-        if self.ttl > 0:
-            if len(self._cache) > 10000:
-                self._cache.clear()
-            self._cache[mark] = time.monotonic() + self.ttl
-        return consumer
+            if expiry is not None and expiry > time.monotonic():
+                return hit[0]
+        fut = self._inflight.get(mark)
+        if fut is None:
+            if self.pending >= MAX_PENDING_CHECKS:
+                return _BUSY
+            # SECURITY: an unknown user gets the same work (a dummy hash of the same cost).
+            fut = self._start_check(mark, password, self._dummy if hit is None else hit[1])
+        # shield: a waiter that goes away (its client closed) does not cancel the others' check
+        ok = await asyncio.shield(fut)
+        return hit[0] if ok and hit is not None else None
 
     async def on_request(self, ctx: Any) -> int:
         auth = ctx.get_header("authorization")
@@ -161,9 +172,9 @@ class Plugin(BasePlugin):
         user_b, sep, password = raw.partition(b":")
         if not sep:
             return ctx.error(401, "Invalid authentication credentials", self.challenge)
-        if self.pending >= MAX_PENDING_CHECKS:
-            return ctx.error(429, "Too many password checks in progress", [(b"Retry-After", b"1")])
         consumer = await self._check(user_b.decode("utf-8", "replace"), password, raw)
+        if consumer is _BUSY:
+            return ctx.error(429, "Too many password checks in progress", [(b"Retry-After", b"1")])
         if consumer is None:
             return ctx.error(401, "Invalid authentication credentials", self.challenge)
         ctx.consumer = consumer

@@ -104,3 +104,41 @@ def test_too_many_checks_waiting_answer_429_without_a_check(monkeypatch):
     ctx = make_ctx(headers=basic("alice", "guess"))
     assert run(pipe, ctx) is True and ctx.answer_status == 401 and len(checked) == 1
     assert plugin.pending == basic_auth.MAX_PENDING_CHECKS - 1   # back where it was after the check
+
+
+def test_concurrent_requests_with_the_same_credentials_share_one_check(monkeypatch):
+    """64 connections of one client arriving at once with an uncached password: one hash
+    check, not 64 (which would queue ~64 x 250 ms of CPU at bcrypt cost 12); a different
+    password is checked on its own; afterwards the cache answers."""
+    import asyncio
+    import threading
+    import time
+
+    from fastgw.plugins import basic_auth
+
+    pipe = make_pipeline([{"name": "basic-auth"}], CONSUMERS)
+    checked: list[bytes] = []
+    lock = threading.Lock()
+    real = basic_auth.verify_password
+
+    def slow(password: bytes, hashed: str) -> bool:
+        with lock:
+            checked.append(password)
+        time.sleep(0.2)                      # still running when the others arrive
+        return real(password, hashed)
+
+    monkeypatch.setattr(basic_auth, "verify_password", slow)
+
+    async def burst() -> list[tuple[bool, int]]:
+        ctxs = [make_ctx(headers=basic("alice", "alice-pw")) for _ in range(20)]
+        ctxs += [make_ctx(headers=basic("alice", "wrong")) for _ in range(5)]
+        answered = await asyncio.gather(*(pipe.run_request_async(c) for c in ctxs))
+        return [(a, c.answer_status) for a, c in zip(answered, ctxs)]
+
+    results = asyncio.run(burst())
+    assert results[:20] == [(False, 0)] * 20              # not answered: passed on
+    assert all(a and status == 401 for a, status in results[20:])
+    assert sorted(checked) == [b"alice-pw", b"wrong"]
+    assert pipe.plugins[0].pending == 0 and not pipe.plugins[0]._inflight
+    ctx = make_ctx(headers=basic("alice", "alice-pw"))
+    assert run(pipe, ctx) is False and len(checked) == 2        # from the cache
