@@ -101,6 +101,10 @@ cdef class RequestContext:
     cdef object _vars
     cdef object _params
     cdef object _query_args
+    # A request step that has to wait returned an awaitable: the server awaits it, then runs
+    # the steps from _resume_at on (StepChain.start_request, Pipeline.finish_request).
+    cdef public object _waiting
+    cdef public int _resume_at
 
     def __init__(self, method, path, query, headers, client_ip, scheme, route, values,
                  request_id, http_version="1.1", peer_ip=None):

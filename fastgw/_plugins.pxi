@@ -138,18 +138,55 @@ cdef class StepChain:
         return False
 
     cpdef bint run_request(self, RequestContext ctx) except -1:
-        """Run the request phase (sync steps); True when a step answered."""
+        """Run the request phase (sync steps); True when a step answered. A step that has to
+        wait (it returned an awaitable) is an error here: the server and
+        ``Pipeline.run_request_async`` use ``start_request``, which allows it."""
+        cdef int state = self.start_request(ctx)
+        if state == 2:
+            waiting, ctx._waiting = ctx._waiting, None
+            if hasattr(waiting, "close"):
+                waiting.close()
+            raise RuntimeError("a request step waits: run the request phase with start_request "
+                               "(or Pipeline.run_request_async)")
+        return state == 1
+
+    cpdef int start_request(self, RequestContext ctx) except -1:
+        """The server's request phase: 1 a step answered, 0 every step let the request
+        through, 2 a step has to wait: ``ctx._waiting`` holds what it returned (an awaitable
+        whose result is the step's: truthy when it answered) and ``Pipeline.finish_request``
+        goes on from there. PERF: the steps that answer at once (a cache hit) keep the
+        request on this path, with no task."""
         self.begin(ctx)
+        return self.continue_request(ctx, 0)
+
+    cpdef int continue_request(self, RequestContext ctx, int start) except -1:
+        """The steps from index ``start`` on (``start_request`` without ``begin``)."""
+        cdef Py_ssize_t i, n = len(self.req)
         try:
-            for step in self.req:
+            for i in range(start, n):
+                step = self.req[i]
                 if isinstance(step, NativeStep):
                     if (<NativeStep>step).request(ctx):
-                        return self.answered(ctx)
-                elif step(ctx):
-                    return self.answered(ctx)
+                        self.answered(ctx)
+                        return 1
+                    continue
+                result = step(ctx)
+                if result is None or type(result) is int or type(result) is bool:
+                    if result:
+                        self.answered(ctx)
+                        return 1
+                elif hasattr(result, "__await__"):
+                    ctx._waiting = result
+                    ctx._resume_at = <int>(i + 1)
+                    return 2
+                elif result:
+                    self.answered(ctx)
+                    return 1
         except Exception:
-            return self.crashed(ctx)
-        return self.passed(ctx)
+            self.crashed(ctx)
+            return 1
+        self.passed(ctx)
+        return 0
 
     cpdef run_response(self, RequestContext ctx):
         """Run the response phase on ``ctx.status`` / ``ctx.response_headers``."""

@@ -669,6 +669,11 @@ cdef class ClientConnection(Connection):
         if self.async_task is not None:
             self.async_task.cancel()
             self.async_task = None
+            if self.ctx is not None and self.ctx._waiting is not None:
+                # A step's awaitable its task never took up (cancelled before it ran).
+                waiting, self.ctx._waiting = self.ctx._waiting, None
+                if hasattr(waiting, "close"):
+                    waiting.close()
         self.engine._check_drained()
         return 0
 
@@ -899,7 +904,7 @@ cdef class ClientConnection(Connection):
             self._take_body(rest)
             if self.state != S_BODY and self.state != S_WAIT:
                 return 0
-        if self.route.pipeline is None or not self.route.pipeline_async:
+        if self.async_task is None:     # else the request phase's task dispatches
             self._dispatch()
 
     # -- plugins -------------------------------------------------------------------------
@@ -947,7 +952,7 @@ cdef class ClientConnection(Connection):
         self._run_request_phase()
         if self.state != S_BODY and self.state != S_WAIT:
             return 0
-        if not self.route.pipeline_async:
+        if self.async_task is None:     # else the request phase's task dispatches
             self._dispatch()
 
     cdef int _run_request_phase(self) except -1:
@@ -966,19 +971,27 @@ cdef class ClientConnection(Connection):
             return 0
         if route.pipeline_async:
             self._pause(P_PLUGIN)
-            self.async_task = self.engine.loop.create_task(self._run_async(pipeline, ctx))
+            self.async_task = self.engine.loop.create_task(self._run_async(pipeline, ctx, False))
             return 0
         try:
-            answered = route.chain.run_request(ctx)
+            state = route.chain.start_request(ctx)
         except Exception as exc:
             self._plugin_failed(exc)
             return 0
-        if answered:
+        if state == 1:
             self._answer_ctx()
+        elif state == 2:
+            # A step has to wait (e.g. a password check off the loop): the rest of the phase
+            # and the dispatch run in a task, as for an async pipeline.
+            self._pause(P_PLUGIN)
+            self.async_task = self.engine.loop.create_task(self._run_async(pipeline, ctx, True))
 
-    async def _run_async(self, pipeline, ctx):
+    async def _run_async(self, pipeline, ctx, bint resume):
+        """The request phase in a task (the whole of an async pipeline's, or the rest after a
+        step that waits: ``resume``), then answer or dispatch. The phase's coroutine is made
+        here: a task cancelled before it starts leaves no coroutine never awaited."""
         try:
-            answered = await pipeline.run_request_async(ctx)
+            answered = await (pipeline.finish_request(ctx) if resume else pipeline.run_request_async(ctx))
         except _asyncio.CancelledError:
             raise
         except Exception as exc:

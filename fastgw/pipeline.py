@@ -14,6 +14,8 @@ which the server calls directly): built-in plugins contribute their C steps
 Server contract (see docs/ARCHITECTURE.md, "Plugins")::
 
     answered = pipeline.run_request(ctx)            # or: await pipeline.run_request_async(ctx)
+    # (the server: state = pipeline.chain.start_request(ctx); 2 = a step waits:
+    #  answered = await pipeline.finish_request(ctx))
     # answered: send ctx.answer_status / ctx.answer_headers (+ ctx.response_headers_add)
     # else: forward ctx.headers, ctx.query, ctx.upstream_path; on the response head:
     ctx.status, ctx.response_headers = status, headers
@@ -155,16 +157,39 @@ class Pipeline:
         return self.chain.run_request(ctx)
 
     async def run_request_async(self, ctx: Any) -> bool:
-        """Run the request phase awaiting the async steps; True when a plugin answered."""
+        """Run the request phase awaiting the async steps (and whatever a sync step returns
+        to wait on); True when a plugin answered."""
         chain = self.chain    # the same rules as the sync phase (fastgw/_plugins.pxi)
         chain.begin(ctx)
         try:
             for step, is_async in self._req_async:
-                if (await step(ctx)) if is_async else step(ctx):
+                result = step(ctx)
+                if is_async or inspect.isawaitable(result):
+                    result = await result
+                if result:
                     return chain.answered(ctx)
         except Exception:
             return chain.crashed(ctx)
         return chain.passed(ctx)
+
+    async def finish_request(self, ctx: Any) -> bool:
+        """After ``chain.start_request(ctx)`` returned 2 (a step has to wait): await what the
+        step returned, then run the steps after it (which may wait in turn); True when a
+        step answered."""
+        chain = self.chain
+        while True:
+            waiting, ctx._waiting = ctx._waiting, None
+            try:
+                answered = await waiting
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                return chain.crashed(ctx)
+            if answered:
+                return chain.answered(ctx)
+            state = chain.continue_request(ctx, ctx._resume_at)
+            if state != 2:
+                return state == 1
 
     def run_response(self, ctx: Any) -> None:
         """Run the response phase (sync steps) on ``ctx.status``/``ctx.response_headers``."""

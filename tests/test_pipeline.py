@@ -328,3 +328,93 @@ def test_compiled_routes_keep_request_headers_on_the_scan_only_for_built_in_chai
     finally:
         loop.close()
     assert lazy == {"/native": True, "/python": False, "/cors": False, "/plain": False}
+
+
+WAITER = '''
+"""A test plugin whose sync on_request returns an awaitable when configured to wait."""
+import asyncio
+
+from fastgw.plugins.base import CONTINUE, Plugin as Base
+
+NAME = "{name}"
+PRIORITY = {priority}
+SCHEMA = {{"type": "object", "additionalProperties": False, "properties": {{
+    "wait": {{"type": "string", "default": "no", "description": "no | continue | answer | raise"}}}}}}
+CALLS = []
+
+
+class Plugin(Base):
+    def on_request(self, ctx):
+        CALLS.append(("request", NAME))
+        how = self.config["wait"]
+        if how == "no":
+            return CONTINUE
+        return self._later(ctx, how)
+
+    async def _later(self, ctx, how):
+        await asyncio.sleep(0.01)
+        CALLS.append(("resumed", NAME))
+        if how == "raise":
+            raise ValueError("backend of the plugin is down")
+        if how == "answer":
+            return ctx.error(403, "no")
+        ctx.headers.append((b"X-Waited", b"yes"))
+        return CONTINUE
+'''
+
+
+@pytest.mark.parametrize("how", ["no", "continue", "answer", "raise"])
+def test_a_sync_step_may_return_an_awaitable_to_wait(plugin_dir, how):
+    """The chain runs sync until a step returns an awaitable (start_request: 2); the server
+    awaits it in a task (finish_request) and runs the steps after it; an answer from the
+    awaitable ends the phase there, an exception answers 500 (fail closed). A step that
+    answers at once never makes a task."""
+    first = plugin_dir(1000, WAITER.replace('"default": "no"', f'"default": "{how}"'))
+    after = plugin_dir(10)
+    pipe = make_pipeline([{"name": first}, {"name": after}])
+    assert not pipe.is_async                  # only the route's sync path, no task per request
+    ctx = make_ctx(headers=[(b"Host", b"api.test"), (b"X-Consumer-Name", b"forged")])
+
+    async def phase() -> tuple[int, bool]:
+        state = pipe.chain.start_request(ctx)
+        return state, (await pipe.finish_request(ctx)) if state == 2 else state == 1
+
+    state, answered = asyncio.run(phase())
+    later = list(importlib.import_module(after).CALLS)
+    assert state == (0 if how == "no" else 2)
+    if how in ("no", "continue"):
+        assert answered is False and later == [("request", after)]
+        assert (how == "continue") == (b"yes" in [v for k, v in ctx.headers if k == b"X-Waited"])
+        assert "x-consumer-name" not in hdrs(ctx.headers)   # begin() still stripped it
+    else:
+        assert answered is True and later == []
+        assert ctx.status == ctx.answer_status == (403 if how == "answer" else 500)
+    # The same chain through the Python async path gives the same outcome.
+    ctx2 = make_ctx()
+    assert asyncio.run(pipe.run_request_async(ctx2)) is answered
+
+
+def test_the_sync_api_refuses_a_step_that_waits(plugin_dir):
+    name = plugin_dir(1000, WAITER.replace('"default": "no"', '"default": "continue"'))
+    pipe = make_pipeline([{"name": name}])
+    with _no_warning():                         # the coroutine is closed, not leaked
+        with pytest.raises(RuntimeError, match="waits"):
+            pipe.run_request(make_ctx())
+
+
+class _no_warning:
+    """Fails when a coroutine was left unawaited inside the block."""
+
+    def __enter__(self):
+        import warnings
+        self._catch = warnings.catch_warnings(record=True)
+        self.seen = self._catch.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc):
+        import gc
+        gc.collect()
+        self._catch.__exit__(*exc)
+        assert not [w for w in self.seen if "never awaited" in str(w.message)]
+        return False

@@ -4,7 +4,8 @@ A plugin module exports ``NAME``, ``PRIORITY`` (higher runs first, as in Kong), 
 (JSON Schema of its ``config``) and ``Plugin``, a subclass of :class:`Plugin`. One instance
 is built per route at config load with its validated settings; per-request work happens
 only in the phase methods. A phase never raises to steer the chain: ``on_request`` returns
-``CONTINUE`` or ``ANSWERED`` (after ``ctx.answer``/``ctx.error``).
+``CONTINUE`` or ``ANSWERED`` (after ``ctx.answer``/``ctx.error``), or, from a plain ``def``,
+an awaitable of either for a request that has to wait (the chain goes on after it).
 """
 
 from __future__ import annotations

@@ -96,7 +96,6 @@ def verify_password(password: bytes, stored: str) -> bool:
 # made on first use in each worker process (threads do not survive a fork).
 CHECK_THREADS = 2
 MAX_PENDING_CHECKS = 64       # beyond this, 429 at once: a flood of guesses can't queue forever
-_BUSY = object()
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0
 
@@ -143,25 +142,9 @@ class Plugin(BasePlugin):
         fut.add_done_callback(done)
         return fut
 
-    async def _check(self, user: str, password: bytes, raw: bytes) -> Any:
-        """The consumer, None (wrong credentials) or _BUSY (too many checks waiting)."""
-        hit = self.table.basic.get(user)
-        mark = hmac.new(self._secret, raw, hashlib.sha256).digest()
-        if hit is not None and self.ttl > 0:
-            expiry = self._cache.get(mark)
-            if expiry is not None and expiry > time.monotonic():
-                return hit[0]
-        fut = self._inflight.get(mark)
-        if fut is None:
-            if self.pending >= MAX_PENDING_CHECKS:
-                return _BUSY
-            # SECURITY: an unknown user gets the same work (a dummy hash of the same cost).
-            fut = self._start_check(mark, password, self._dummy if hit is None else hit[1])
-        # shield: a waiter that goes away (its client closed) does not cancel the others' check
-        ok = await asyncio.shield(fut)
-        return hit[0] if ok and hit is not None else None
-
-    async def on_request(self, ctx: Any) -> int:
+    def on_request(self, ctx: Any) -> Any:
+        """CONTINUE or ANSWERED at once when the header is bad or the credentials are cached;
+        else a coroutine that waits for the hash check (the chain goes on after it)."""
         auth = ctx.get_header("authorization")
         if auth is None or auth[:6].lower() != "basic ":
             return ctx.error(401, "Unauthorized", self.challenge)
@@ -172,11 +155,27 @@ class Plugin(BasePlugin):
         user_b, sep, password = raw.partition(b":")
         if not sep:
             return ctx.error(401, "Invalid authentication credentials", self.challenge)
-        consumer = await self._check(user_b.decode("utf-8", "replace"), password, raw)
-        if consumer is _BUSY:
-            return ctx.error(429, "Too many password checks in progress", [(b"Retry-After", b"1")])
-        if consumer is None:
-            return ctx.error(401, "Invalid authentication credentials", self.challenge)
+        hit = self.table.basic.get(user_b.decode("utf-8", "replace"))
+        mark = hmac.new(self._secret, raw, hashlib.sha256).digest()
+        if hit is not None and self.ttl > 0:
+            expiry = self._cache.get(mark)
+            if expiry is not None and expiry > time.monotonic():
+                return self._pass(ctx, hit[0])
+        fut = self._inflight.get(mark)
+        if fut is None:
+            if self.pending >= MAX_PENDING_CHECKS:
+                return ctx.error(429, "Too many password checks in progress", [(b"Retry-After", b"1")])
+            # SECURITY: an unknown user gets the same work (a dummy hash of the same cost).
+            fut = self._start_check(mark, password, self._dummy if hit is None else hit[1])
+        return self._after_check(ctx, fut, None if hit is None else hit[0])
+
+    async def _after_check(self, ctx: Any, fut: asyncio.Future[bool], consumer: Any) -> int:
+        # shield: a waiter that goes away (its client closed) does not cancel the others' check
+        if await asyncio.shield(fut) and consumer is not None:
+            return self._pass(ctx, consumer)
+        return ctx.error(401, "Invalid authentication credentials", self.challenge)
+
+    def _pass(self, ctx: Any, consumer: Any) -> int:
         ctx.consumer = consumer
         if self.hide:
             ctx.remove_header("authorization")

@@ -367,3 +367,25 @@ def test_password_checks_do_not_hold_up_other_requests(backend: Backend, port: i
     t.join(30)
     assert statuses == {"basic": 401, "plain": 200}
     assert done["plain"] < done["basic"]
+
+
+def test_clients_that_leave_during_a_password_check(backend: Backend, port: int, gateway: Any) -> None:
+    """Clients that close while their password is being checked: the check's waiters are
+    dropped cleanly (no coroutine left never awaited, no traceback), the worker serves on,
+    and the check's result still serves the next request with those credentials."""
+    import base64
+
+    pw_hash = bcrypt.hashpw(b"erin-pw", bcrypt.gensalt(10)).decode()
+    consumers = [{"name": "erin", "credentials": {"basic-auth": [{"username": "erin", "password": pw_hash}]}}]
+    g = gateway(gateway_config(port, backend.url, resources={"/basic": {"GET": {"plugins": [{"name": "basic-auth"}]}}},
+                               consumers=consumers))
+    good = base64.b64encode(b"erin:erin-pw").decode()
+    for i in range(20):
+        with socket.create_connection(("127.0.0.1", g.port)) as s:
+            creds = good if i % 2 else base64.b64encode(f"erin:guess-{i}".encode()).decode()
+            s.sendall(f"GET /basic HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {creds}\r\n\r\n".encode())
+    resp = request(g.port, "GET", "/basic", {"Authorization": f"Basic {good}"}, timeout=30)
+    assert resp.status == 200
+    time.sleep(0.5)
+    log = g.log()
+    assert "never awaited" not in log and "Traceback" not in log, log[-2000:]

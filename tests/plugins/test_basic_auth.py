@@ -133,7 +133,7 @@ def test_concurrent_requests_with_the_same_credentials_share_one_check(monkeypat
         ctxs = [make_ctx(headers=basic("alice", "alice-pw")) for _ in range(20)]
         ctxs += [make_ctx(headers=basic("alice", "wrong")) for _ in range(5)]
         answered = await asyncio.gather(*(pipe.run_request_async(c) for c in ctxs))
-        return [(a, c.answer_status) for a, c in zip(answered, ctxs)]
+        return [(a, c.answer_status) for a, c in zip(answered, ctxs, strict=True)]
 
     results = asyncio.run(burst())
     assert results[:20] == [(False, 0)] * 20              # not answered: passed on
@@ -142,3 +142,24 @@ def test_concurrent_requests_with_the_same_credentials_share_one_check(monkeypat
     assert pipe.plugins[0].pending == 0 and not pipe.plugins[0]._inflight
     ctx = make_ctx(headers=basic("alice", "alice-pw"))
     assert run(pipe, ctx) is False and len(checked) == 2        # from the cache
+
+
+def test_cached_credentials_are_answered_without_waiting():
+    """Once verified, the credentials are a cache hit: the step answers at once and the
+    request stays on the sync chain (no task); a miss returns something to wait on."""
+    import asyncio
+
+    pipe = make_pipeline([{"name": "basic-auth"}], CONSUMERS)
+
+    async def states() -> list[int]:
+        out = []
+        for _ in range(2):
+            ctx = make_ctx(headers=basic("alice", "alice-pw"))
+            state = pipe.chain.start_request(ctx)
+            if state == 2:
+                assert await pipe.finish_request(ctx) is False
+            out.append(state)
+            assert ctx.consumer.name == "alice"
+        return out
+
+    assert asyncio.run(states()) == [2, 0]

@@ -44,10 +44,18 @@ def make_ctx(method: str = "GET", path: str = "/orders/1", query: bytes = b"",
 
 
 def run(pipe: Pipeline, ctx: RequestContext) -> bool:
-    """The server's request phase: sync or async as the pipeline says."""
+    """The server's request phase: an async pipeline in a task; else the sync chain, and the
+    rest of it in a task when a step has to wait (returned an awaitable)."""
     if pipe.is_async:
         return asyncio.run(pipe.run_request_async(ctx))
-    return pipe.run_request(ctx)
+
+    async def phase() -> bool:          # on a running loop, as in the server
+        state = pipe.chain.start_request(ctx)
+        if state == 2:
+            return await pipe.finish_request(ctx)
+        return state == 1
+
+    return asyncio.run(phase())
 
 
 def hdrs(pairs: list[tuple[bytes, bytes]]) -> dict[str, str]:
