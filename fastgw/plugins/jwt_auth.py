@@ -1,7 +1,8 @@
 """jwt: verify a JSON Web Token (``Authorization: Bearer``) and map its claims.
 
 Keys come from the plugin config (``keys``: inline secret or PEM, or a PEM file;
-``jwks_file``; ``jwks_url``, fetched on the event loop, cached and refreshed) and from the
+``jwks_file``; ``jwks_url``, fetched on the event loop, cached and refreshed; only a
+request that has to wait for a fetch leaves the sync chain) and from the
 consumers' ``jwt`` credentials (matched by the token's ``key_claim_name`` claim, ``iss``
 by default, and then the consumer is that credential's owner). Algorithms: HS256/384/512,
 RS256/384/512, ES256, EdDSA.
@@ -206,6 +207,7 @@ class JwksCache:
         self.fetched_at = -1e18
         self.attempt_at = -1e18
         self._inflight: asyncio.Future[None] | None = None
+        self._later: asyncio.Task[None] | None = None     # the background refresh, if any
 
     async def refresh(self) -> None:
         if self._inflight is not None:
@@ -223,15 +225,35 @@ class JwksCache:
             self._inflight = None
             fut.set_result(None)
 
+    def lookup(self, kid: str | None) -> list[Key] | None:
+        """The keys for ``kid`` when they can be had without waiting, else None (then
+        ``get``). PERF: a token whose kid is known is checked on the sync chain, no task;
+        stale keys still serve while a refresh runs in the background."""
+        now = time.monotonic()
+        if not self.keys and now - self.attempt_at >= self.min_refresh:
+            return None                             # nothing fetched yet: wait for it
+        found = self.keys.get(kid)
+        if found is None and kid is not None and now - self.attempt_at >= self.min_refresh:
+            return None                             # a new kid: wait for a refetch
+        if now - self.fetched_at > self.ttl and self._inflight is None:
+            self._refresh_later()
+        if found is None and kid is None:
+            return [k for ks in self.keys.values() for k in ks]
+        return found or []
+
+    def _refresh_later(self) -> None:
+        if self._later is None or self._later.done():
+            self._later = asyncio.get_running_loop().create_task(self.refresh())
+            _background.add(self._later)
+            self._later.add_done_callback(_background.discard)
+
     async def get(self, kid: str | None) -> list[Key]:
         now = time.monotonic()
         if not self.keys and now - self.attempt_at >= self.min_refresh:
             await self.refresh()
         elif now - self.fetched_at > self.ttl and self._inflight is None:
             # PERF: stale-while-revalidate: serve the old keys, refresh in the background.
-            task = asyncio.get_running_loop().create_task(self.refresh())
-            _background.add(task)
-            task.add_done_callback(_background.discard)
+            self._refresh_later()
         found = self.keys.get(kid)
         if found is None and kid is not None and time.monotonic() - self.attempt_at >= self.min_refresh:
             await self.refresh()  # a new kid: the issuer may have rotated its keys
@@ -287,7 +309,6 @@ class Plugin(BasePlugin):
         if config["jwks_url"]:
             ck = (config["jwks_url"], float(config["jwks_cache_ttl"]), float(config["jwks_min_refresh"]), self.allowed)
             self.jwks = _jwks_caches.get(ck) or _jwks_caches.setdefault(ck, JwksCache(*ck))
-            self.on_request = self.on_request_async  # type: ignore[method-assign]
         elif not self.all_keys and not self.cred_keys:
             raise ValueError("no verification key: give keys, jwks_file, jwks_url or consumer jwt credentials")
         self.key_claim = config["key_claim_name"]
@@ -413,18 +434,19 @@ class Plugin(BasePlugin):
             return ctx.error(401, "Token algorithm not allowed", self.challenge_bad), "", {}
         return -1, token, header
 
-    def on_request(self, ctx: Any) -> int:
+    def on_request(self, ctx: Any) -> Any:
+        """CONTINUE or ANSWERED; with ``jwks_url``, a coroutine when the keys must be fetched
+        first (the first token, or a kid not seen yet): the chain goes on after it."""
         status, token, header = self._prepare(ctx)
         if status >= 0:
             return status
-        return self._verify(ctx, token, header, None)
-
-    async def on_request_async(self, ctx: Any) -> int:
-        status, token, header = self._prepare(ctx)
-        if status >= 0:
-            return status
-        extra = None
         kid = header.get("kid")
-        if self.jwks is not None and (kid is None or kid not in self.by_kid):
-            extra = await self.jwks.get(kid)
+        if self.jwks is None or (kid is not None and kid in self.by_kid):
+            return self._verify(ctx, token, header, None)
+        extra = self.jwks.lookup(kid)
+        if extra is None:
+            return self._verify_after_fetch(ctx, token, header, kid)
         return self._verify(ctx, token, header, extra)
+
+    async def _verify_after_fetch(self, ctx: Any, token: str, header: dict[str, Any], kid: str | None) -> int:
+        return self._verify(ctx, token, header, await self.jwks.get(kid))  # type: ignore[union-attr]

@@ -194,7 +194,7 @@ def test_jwks_file_kid_selection(tmp_path):
     assert answered and ctx.answer_status == 401
 
 
-def test_jwks_url_fetched_async_and_cached():
+def test_jwks_url_fetched_once_then_checked_without_waiting():
     hits = []
     doc = json.dumps(_jwks()).encode()
 
@@ -211,20 +211,51 @@ def test_jwks_url_fetched_async_and_cached():
         port = server.sockets[0].getsockname()[1]
         pipe = make_pipeline([{"name": "jwt", "config": {"jwks_url": f"http://127.0.0.1:{port}/jwks",
                                                         "jwks_min_refresh": 3600}}])
-        assert pipe.is_async
+        assert not pipe.is_async        # only a request that waits for a fetch leaves the sync chain
         results = []
         for kid, key, alg in (("r1", RSA_KEY, "RS256"), ("e1", EC_KEY, "ES256"), ("zz", EC_KEY, "ES256")):
             ctx = make_ctx(headers=bearer(jwt.encode(claims(), key, algorithm=alg, headers={"kid": kid})))
-            results.append((await pipe.run_request_async(ctx), ctx.answer_status))
+            state = pipe.chain.start_request(ctx)       # as the server does
+            answered = (await pipe.finish_request(ctx)) if state == 2 else state == 1
+            results.append((state, answered, ctx.answer_status))
+        ctx = make_ctx(headers=bearer(jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": "r1"})))
+        results.append((0, await pipe.run_request_async(ctx), ctx.answer_status))   # the Python path
         server.close()
         return results
 
     results = asyncio.run(scenario())
-    assert results == [(False, 0), (False, 0), (True, 401)]
-    assert len(hits) == 1  # cached; an unknown kid does not refetch within jwks_min_refresh
+    # The first token waits for the fetch; then known kids are checked at once; an unknown
+    # kid within jwks_min_refresh is not refetched (no wait) and fails.
+    assert results == [(2, False, 0), (0, False, 0), (1, True, 401), (0, False, 0)]
+    assert len(hits) == 1
 
 
 def test_no_key_at_all_is_a_config_error():
     with pytest.raises(PipelineError) as err:
         make_pipeline([{"name": "jwt"}])
     assert "no verification key" in err.value.errors[0]
+
+
+def test_stale_jwks_keys_serve_while_one_refresh_runs():
+    """Past jwks_cache_ttl the old keys still answer at once (no wait), and the many
+    requests that see them stale start one background refresh, not one each."""
+    from fastgw.plugins.jwt_auth import JwksCache
+
+    cache = JwksCache("http://127.0.0.1:9/jwks", ttl=1, min_refresh=3600, allowed=frozenset({"RS256"}))
+    refreshes = []
+
+    async def fake_refresh() -> None:
+        refreshes.append(1)
+        await asyncio.sleep(0.01)
+
+    cache.refresh = fake_refresh  # type: ignore[method-assign]
+
+    async def scenario() -> list:
+        cache.keys = {"r1": ["key-r1"]}
+        cache.fetched_at = cache.attempt_at = time.monotonic() - 10     # stale
+        got = [cache.lookup("r1") for _ in range(5)]
+        await asyncio.sleep(0.05)
+        return got
+
+    assert asyncio.run(scenario()) == [["key-r1"]] * 5
+    assert refreshes == [1]
