@@ -210,6 +210,13 @@ cdef class RequestContext:
             self._added.append(pair)
         return 0
 
+    cdef void _drop_waiting(self):
+        """Forget the awaitable a step returned to wait on, closing it (a coroutine nobody
+        will await: no "never awaited" warning)."""
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and hasattr(waiting, "close"):
+            waiting.close()
+
     @property
     def answer_headers(self):
         """Headers of the gateway's own answer (a list of (name, value) bytes pairs)."""

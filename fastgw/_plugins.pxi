@@ -143,9 +143,7 @@ cdef class StepChain:
         ``Pipeline.run_request_async`` use ``start_request``, which allows it."""
         cdef int state = self.start_request(ctx)
         if state == 2:
-            waiting, ctx._waiting = ctx._waiting, None
-            if hasattr(waiting, "close"):
-                waiting.close()
+            ctx._drop_waiting()
             raise RuntimeError("a request step waits: run the request phase with start_request "
                                "(or Pipeline.run_request_async)")
         return state == 1
@@ -171,15 +169,13 @@ cdef class StepChain:
                         return 1
                     continue
                 result = step(ctx)
-                if result is None or type(result) is int or type(result) is bool:
-                    if result:
-                        self.answered(ctx)
-                        return 1
-                elif hasattr(result, "__await__"):
+                # PERF: the usual int answer is told apart without an attribute lookup.
+                if not (result is None or type(result) is int or type(result) is bool) \
+                        and hasattr(result, "__await__"):
                     ctx._waiting = result
                     ctx._resume_at = <int>(i + 1)
                     return 2
-                elif result:
+                if result:
                     self.answered(ctx)
                     return 1
         except Exception:

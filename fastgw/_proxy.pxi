@@ -669,11 +669,8 @@ cdef class ClientConnection(Connection):
         if self.async_task is not None:
             self.async_task.cancel()
             self.async_task = None
-            if self.ctx is not None and self.ctx._waiting is not None:
-                # A step's awaitable its task never took up (cancelled before it ran).
-                waiting, self.ctx._waiting = self.ctx._waiting, None
-                if hasattr(waiting, "close"):
-                    waiting.close()
+            if self.ctx is not None:
+                self.ctx._drop_waiting()   # what a step returned, if its task never took it up
         self.engine._check_drained()
         return 0
 

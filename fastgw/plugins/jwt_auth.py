@@ -237,6 +237,10 @@ class JwksCache:
             return None                             # a new kid: wait for a refetch
         if now - self.fetched_at > self.ttl and self._inflight is None:
             self._refresh_later()
+        return self._keys_for(kid, found)
+
+    def _keys_for(self, kid: str | None, found: list[Key] | None) -> list[Key]:
+        """``found`` (the keys filed under ``kid``), every key for a token without a kid."""
         if found is None and kid is None:
             return [k for ks in self.keys.values() for k in ks]
         return found or []
@@ -248,19 +252,13 @@ class JwksCache:
             self._later.add_done_callback(_background.discard)
 
     async def get(self, kid: str | None) -> list[Key]:
-        now = time.monotonic()
-        if not self.keys and now - self.attempt_at >= self.min_refresh:
+        """The keys for ``kid``, fetching them first when ``lookup`` can't answer (nothing
+        fetched yet, or a new kid past ``min_refresh``: the issuer may have rotated keys)."""
+        keys = self.lookup(kid)
+        if keys is None:
             await self.refresh()
-        elif now - self.fetched_at > self.ttl and self._inflight is None:
-            # PERF: stale-while-revalidate: serve the old keys, refresh in the background.
-            self._refresh_later()
-        found = self.keys.get(kid)
-        if found is None and kid is not None and time.monotonic() - self.attempt_at >= self.min_refresh:
-            await self.refresh()  # a new kid: the issuer may have rotated its keys
-            found = self.keys.get(kid)
-        if found is None and kid is None:
-            return [k for ks in self.keys.values() for k in ks]
-        return found or []
+            keys = self._keys_for(kid, self.keys.get(kid))
+        return keys
 
 
 _background: set[asyncio.Task[Any]] = set()
