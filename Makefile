@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fastgw-installed
 
-.PHONY: run test build install lint bench bench-smoke bench-instructions annotate clean
+.PHONY: run test build install lint bench bench-smoke bench-instructions bench-targets annotate clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench-smoke: build
 
 bench-instructions: build
 	$(BIN)/python bench/instructions.py --scenarios plain,post,gateway,routes,close
+
+# The performance targets, run by run, over the saved results (bench/results, docs/bench-history).
+bench-targets: $(STAMP)
+	$(BIN)/python bench/targets.py --brief
 
 annotate: $(STAMP)
 	$(BIN)/cython -a -3 fastgw/_core.pyx -o /tmp/_core_annotated.c && mv /tmp/_core_annotated.html fastgw/_core.html && echo "open fastgw/_core.html"
