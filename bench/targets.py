@@ -56,8 +56,7 @@ class Check:
 
 @dataclass
 class RunChecks:
-    source: str
-    kind: str                     # "run" or "micro"
+    source: str                   # the result file's name
     checks: list[Check] = field(default_factory=list)
 
 
@@ -68,12 +67,13 @@ def _median_of(row: dict, key: str) -> float | None:
 
 
 def check_run(data: dict, source: str) -> RunChecks | None:
-    """The targets a run.py JSON can show (None: not a run with fastgw and nginx)."""
+    """The targets a run.py JSON can show (None: a smoke run, or no scenario where fastgw
+    was measured; a target whose other proxy is missing from the run is left out)."""
     rows = {(r.get("scenario"), r.get("proxy")): r for r in data.get("rows", []) if r.get("status") == "ok"}
     scenarios = [s for s in data.get("params", {}).get("scenarios", []) if (s, "fastgw") in rows]
     if data.get("params", {}).get("smoke") or not scenarios:
         return None
-    out = RunChecks(source, "run")
+    out = RunChecks(source)
     for sc in scenarios:
         fg = _median_of(rows[(sc, "fastgw")], "cpu_us")
         ng = _median_of(rows.get((sc, "nginx"), {}), "cpu_us")
@@ -100,7 +100,7 @@ def check_micro(data: dict, source: str) -> RunChecks | None:
     small, large = results.get("router cython 10 routes"), results.get("router cython 100000 routes")
     if not small or not large:
         return None
-    out = RunChecks(source, "micro")
+    out = RunChecks(source)
     for label, key in (("router growth, hot", "hit_var_hot_ns"), ("router growth, uniform", "hit_var_ns")):
         if small.get(key) and large.get(key):
             out.checks.append(Check(label, large[key] / small[key], ROUTER_GROWTH_MAX, at_most=True))
