@@ -61,7 +61,8 @@ cdef extern from "<sys/socket.h>" nogil:
         int msg_flags
     ssize_t sendmsg(int fd, const msghdr* msg, int flags)
     ssize_t recv(int fd, void* buf, size_t n, int flags)
-    int SOCK_NONBLOCK, SOCK_CLOEXEC, MSG_NOSIGNAL, AF_INET, AF_INET6
+    int shutdown(int fd, int how)
+    int SOCK_NONBLOCK, SOCK_CLOEXEC, MSG_NOSIGNAL, AF_INET, AF_INET6, SHUT_WR
 
 cdef extern from "<netinet/in.h>" nogil:
     cdef struct in_addr:
@@ -335,6 +336,7 @@ cdef class FdTransport:
     cdef unsigned int mask           # the events registered (0: not in the epoll set)
     cdef bint reading
     cdef bint closing                # close() called: no more reads; close once flushed
+    cdef bint eof_pending            # write_eof() called: half-close once flushed
     cdef bint closed                 # the fd is closed; connection_lost is scheduled
     cdef bint write_paused           # the protocol was told pause_writing()
     cdef bint connecting             # an outgoing connect in progress (waits for EPOLLOUT)
@@ -482,6 +484,8 @@ cdef class FdTransport:
             self.proto.resume_writing()
         if self.closing and not self.wbuf:
             self._close_now(None)
+        elif self.eof_pending and not self.wbuf and not self.closed:
+            self._shutdown_write()
 
     # -- the asyncio.Transport subset ---------------------------------------------------
     cdef inline Py_ssize_t _send_first(self, const char* p, Py_ssize_t size) except -2:
@@ -580,6 +584,21 @@ cdef class FdTransport:
             self.write_paused = True
             self.proto.pause_writing()
         return 0
+
+    def can_write_eof(self):
+        return True
+
+    cpdef write_eof(self):
+        """Half-close (shutdown SHUT_WR) once what is queued has gone out; reads go on."""
+        if self.closing or self.closed or self.eof_pending:
+            return
+        self.eof_pending = True
+        if not self.wbuf:
+            self._shutdown_write()
+
+    cdef void _shutdown_write(self) noexcept:
+        # The fd stays open and readable; ENOTCONN (the peer reset) is seen by the next recv.
+        shutdown(self.fd, SHUT_WR)
 
     cpdef pause_reading(self):
         if self.reading and not self.closing:

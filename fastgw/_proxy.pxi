@@ -17,6 +17,7 @@ DEF S_BODY = 1      # request dispatched, its body still arriving
 DEF S_WAIT = 2      # request complete, answer in progress
 DEF S_CLOSED = 3
 DEF S_TUNNEL = 4    # after a 101: bytes pass both ways untouched (WebSocket)
+DEF S_LINGER = 5    # last answer sent, write side shut: reading and dropping until the client closes
 
 DEF B_NONE = 0
 DEF B_LENGTH = 1
@@ -33,6 +34,7 @@ DEF T_HEADER = 2
 DEF T_CONNECT = 3
 DEF T_READ = 4
 DEF T_SEND = 5
+DEF T_LINGER = 6
 
 DEF PENDING_LIMIT = 262144
 
@@ -455,6 +457,8 @@ cdef class Engine:
     cdef object _last_cslot               # ... and its slot (None: not counted)
     cdef public double idle_timeout
     cdef public double header_timeout
+    cdef public double lingering_timeout  # a lingering close ends after this long without data ...
+    cdef public double lingering_time     # ... or this long after the answer at the latest
     cdef public Py_ssize_t max_head
     cdef Slots conns                      # open client connections (each knows its slot)
     cdef public bint draining
@@ -464,12 +468,14 @@ cdef class Engine:
     cdef public Poller poller             # fastgw's epoll set (None: all on uvloop transports)
 
     def __init__(self, loop, router, double idle_timeout=75.0, double header_timeout=30.0,
-                 Py_ssize_t max_head=65536):
+                 Py_ssize_t max_head=65536, double lingering_timeout=5.0, double lingering_time=30.0):
         self.loop = loop
         self.router = router
         self.wheel = TimerWheel(loop)
         self.idle_timeout = idle_timeout
         self.header_timeout = header_timeout
+        self.lingering_timeout = lingering_timeout
+        self.lingering_time = lingering_time
         self.max_head = max_head
         self.conns = Slots()
         self._consumer_slots = {}
@@ -624,6 +630,8 @@ cdef class ClientConnection(Connection):
     cdef bint buffering                  # collecting the body for a needs_body pipeline
     cdef list body_plain                 # decoded payload pieces while buffering a chunked body
     cdef Py_ssize_t conn_slot            # in engine.conns (-1: not there)
+    cdef bint head_rejected              # a head was refused: the client's bytes after it were not read
+    cdef double linger_end               # S_LINGER: close by then whatever the client does
 
     def __init__(self, Engine engine, ForwardInfo fwd):
         self._init(engine, fwd)
@@ -694,11 +702,13 @@ cdef class ClientConnection(Connection):
             elif self.state == S_TUNNEL:
                 self.up._write(data)
                 self._arm(T_READ, self.route.read_timeout)
+            elif self.state == S_LINGER:
+                self._linger_rearm()    # what the client still sends is dropped
         except Exception as exc:
             self._internal_error(exc)
 
     def eof_received(self):
-        if self.state == S_HEAD or self.state == S_TUNNEL:
+        if self.state == S_HEAD or self.state == S_TUNNEL or self.state == S_LINGER:
             return False          # idle, half a head that can never complete, or a tunnel: close
         if self.state == S_BODY:
             # The client half-closed before sending the whole body.
@@ -756,6 +766,8 @@ cdef class ClientConnection(Connection):
             self._upstream_error(504, "upstream timed out")
         elif kind == T_SEND:
             self._abort_exchange()
+        elif kind == T_LINGER:
+            self._close()               # the client was silent for lingering_timeout, or time is up
 
     # -- request head --------------------------------------------------------------------
     cdef int _process_input(self) except -1:
@@ -788,12 +800,14 @@ cdef class ClientConnection(Connection):
         if bad >= 0:
             self.inbuf = b""
             self.keep_alive = False
+            self.head_rejected = True
             self._answer_error(400, "bare LF in request head")
             return True
         if end < 0:
             if PyBytes_GET_SIZE(data) > self.engine.max_head:
                 self.inbuf = b""
                 self.keep_alive = False
+                self.head_rejected = True
                 self._answer_error(431, "request head too large")
                 return True
             self.scan_pos = PyBytes_GET_SIZE(data) - 3 if PyBytes_GET_SIZE(data) > 3 else 0
@@ -803,6 +817,7 @@ cdef class ClientConnection(Connection):
         if end > self.engine.max_head:
             self.inbuf = b""
             self.keep_alive = False
+            self.head_rejected = True
             self._answer_error(431, "request head too large")
             return True
         try:
@@ -813,6 +828,7 @@ cdef class ClientConnection(Connection):
         except HttpError as exc:
             self.inbuf = b""
             self.keep_alive = False
+            self.head_rejected = True
             self._answer_error(exc.status, exc.message)
             return True
         self.inbuf = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + end, PyBytes_GET_SIZE(data) - end) \
@@ -1241,7 +1257,9 @@ cdef class ClientConnection(Connection):
         cdef bint chunked_out
         self.up_body = None           # answered: no retry any more
         self.status = resp.status
-        if self.dechunk or resp.until_close:
+        if self.dechunk or resp.until_close or not self.req_done:
+            # not self.req_done: the backend answers before it had the whole body (e.g. a
+            # 413): the connection ends after this answer, and the head says so.
             self.keep_alive = False
         if not self.keep_alive:
             conn_mode = CLOSE_YES
@@ -1353,7 +1371,10 @@ cdef class ClientConnection(Connection):
         self.head_req = False
         self.served += 1
         if not self.keep_alive or self.state == S_CLOSED:
-            self._close()
+            if self.state != S_CLOSED and (not self.req_done or self.inbuf or self.head_rejected):
+                self._linger()      # the client may still be sending: don't answer it with a reset
+            else:
+                self._close()
             return 0
         # Ready for the next request on this connection.
         self.state = S_HEAD
@@ -1452,6 +1473,45 @@ cdef class ClientConnection(Connection):
         self._close_transport()
         self.engine.remove_connection(self)
         self.engine._check_drained()
+
+    # -- lingering close (RFC 9112 9.6) ----------------------------------------------------
+    cdef int _linger(self) except -1:
+        """Close after an answer that left client bytes unread (a body not taken, pipelined
+        requests, a refused head). Closing at once would make the kernel answer those bytes
+        with a reset, which can destroy the answer before the client reads it: so shut the
+        write side once the answer is out, read and drop what the client still sends, and
+        close on its EOF, after ``lingering_timeout`` without data, or ``lingering_time``
+        after the answer at the latest (nginx's lingering_close). A TLS connection (no
+        half-close) closes at once."""
+        cdef Engine e = self.engine
+        self._drop_upstream()
+        if self.ftr is not None:
+            self.ftr.write_eof()
+        elif self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self._close()
+            return 0
+        self.state = S_LINGER
+        self.inbuf = b""
+        self.pending = None
+        self.chunk = None
+        e.remove_connection(self)       # draining does not wait for it
+        self.paused = 0
+        if self.reading_paused:
+            self.reading_paused = False
+            self._resume_reading()
+        self.linger_end = e.wheel.now + e.lingering_time
+        self._arm(T_LINGER, min(e.lingering_timeout, e.lingering_time))
+        e._check_drained()
+
+    cdef int _linger_rearm(self) except -1:
+        """Bytes came while lingering: wait ``lingering_timeout`` more, within ``lingering_time``."""
+        cdef double left = self.linger_end - self.engine.wheel.now
+        if left <= 0:
+            self._close()
+        else:
+            self._arm(T_LINGER, min(self.engine.lingering_timeout, left))
 
 
 @cython.final  # PERF: its methods are called directly (no vtable)

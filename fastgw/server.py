@@ -52,6 +52,8 @@ class Worker:
             loop, None,
             idle_timeout=float(limits.get("client_idle_timeout", 75)),
             header_timeout=float(limits.get("client_header_timeout", 30)),
+            lingering_timeout=float(limits.get("client_lingering_timeout", 5)),
+            lingering_time=float(limits.get("client_lingering_time", 30)),
             max_head=int(limits.get("max_head_bytes", 65536)),
         )
         self.stats_region: Any = None

@@ -60,7 +60,7 @@ def test_valid_config_flattens_routes() -> None:
     assert cfg.admin == {"host": "127.0.0.1", "port": 9901, "token": "t"}
     assert cfg.listen == [{"host": "0.0.0.0", "port": 8080}]
     assert cfg.limits == {"max_head_bytes": 65536, "client_idle_timeout": 75, "client_header_timeout": 30,
-                          "drain_timeout": 30}
+                          "client_lingering_timeout": 5, "client_lingering_time": 30, "drain_timeout": 30}
     assert cfg.access_log == {"enabled": False, "path": "-", "buffer": 65536, "flush_interval": 0.1}
     assert cfg.stats["enabled"] is True
     keys = [r.key for r in cfg.routes]
