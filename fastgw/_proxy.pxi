@@ -1728,7 +1728,11 @@ cdef class UpstreamConnection(Connection):
                     self.state = U_TUNNEL
                     client._start_tunnel(resp, rest)
                     return 0
-                data = rest          # interim 1xx: not forwarded (the gateway sent its own 100)
+                # RFC 9110 15.2: a proxy forwards interim answers (e.g. 103 Early Hints), but
+                # never to an HTTP/1.0 client; a 100 is not: the gateway answers Expect itself.
+                if resp.status != 100 and client.req is not None and client.req.version == 11:
+                    client._write(interim_head(resp))
+                data = rest
                 if not data:
                     return 0
                 continue

@@ -1,12 +1,13 @@
 """End-to-end tests of the proxy engine over real sockets: a gateway subprocess and real backends.
 
 Covers RFC 9110/9112 proxy behaviour (hop-by-hop headers, X-Forwarded-*, Via), keep-alive,
-pipelining, chunked bodies, HEAD/204/304, HTTP/1.0 clients, 100-continue, request-smuggling
+pipelining, chunked bodies, HEAD/204/304, HTTP/1.0 clients, 100-continue, interim 1xx answers, request-smuggling
 probes, errors (404/405/502/504) and 100 MB bodies streamed each way in bounded memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import socket
@@ -20,7 +21,17 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO, Backend, Gateway, RawClient, free_port, gateway_config, request, wait_until
+from tests.helpers import (
+    REPO,
+    Backend,
+    Gateway,
+    RawClient,
+    free_port,
+    gateway_config,
+    protocol_server,
+    request,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -212,6 +223,40 @@ def test_chunked_response_to_http10_client_is_dechunked(gw: Gateway) -> None:
     assert status_of(raw) == 200 and closed
     assert b"transfer-encoding" not in head.lower()
     assert body == b"aaaabbbbcccc"
+
+
+class InterimBackend(asyncio.Protocol):
+    """Answers /hints with a 103 Early Hints before its 200, /continue with an unasked 100."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+            interim = (b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n"
+                       b"Connection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n"
+                       if b" /hints " in head else b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.transport.write(interim + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal")
+
+
+def test_interim_answers_are_forwarded_to_http11_clients_only(port: int, gateway: Any) -> None:
+    """RFC 9110 15.2: a 103 reaches an HTTP/1.1 client (hop-by-hop fields dropped) before
+    the final answer, and the connection goes on; an HTTP/1.0 client gets the final answer
+    only; a 100 is not forwarded (the gateway answers Expect itself)."""
+    with protocol_server(InterimBackend) as bport:
+        g = gateway(gateway_config(port, f"http://127.0.0.1:{bport}"))
+        with RawClient(g.port) as c:
+            c.send(b"GET /hints HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert c._read_until(b"\r\n\r\n") == b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload"
+            final = c.read_response()
+            assert final.status == 200 and final.body == b"final"
+            c.send(b"GET /continue HTTP/1.1\r\nHost: x\r\n\r\n")       # the same connection
+            assert c._read_until(b"\r\n").startswith(b"HTTP/1.1 200 ")     # no 100 before it
+        raw, closed = raw_exchange(g.port, b"GET /hints HTTP/1.0\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and b"103" not in raw and closed
 
 
 def test_head_204_304(gw: Gateway) -> None:
