@@ -1294,6 +1294,9 @@ cdef int fill_response_head(ResponseHead r, list headers, list add, int status, 
     cdef int i
     cdef unsigned char c
     cdef bytes name, value
+    # RFC 9110 8.6: no Content-Length in a 1xx or 204 (a backend's is dropped; nginx does
+    # the same); a 304's describes the representation and stays.
+    cdef bint keep_cl = not r.chunked and r.status >= 200 and r.status != 204
     b.reset()
     if status == r.status:
         b.add(b"HTTP/1.1 ", 9)
@@ -1308,7 +1311,7 @@ cdef int fill_response_head(ResponseHead r, list headers, list add, int status, 
     if headers is None:
         for i in range(r.n):
             c = r.cls[i]
-            if c == H_KEEP or c == H_VIA or (c == H_CL and not r.chunked):
+            if c == H_KEEP or c == H_VIA or (c == H_CL and keep_cl):
                 b.add(p + r.name_s[i], r.val_e[i] - r.name_s[i])
                 b.add(b"\r\n", 2)
     else:
@@ -1321,7 +1324,7 @@ cdef int fill_response_head(ResponseHead r, list headers, list add, int status, 
                 b.add_b(value)
                 b.add(b"\r\n", 2)
         # The framing stays the backend's: plugins don't see or change Content-Length.
-        if r.cl_idx >= 0 and not r.chunked:
+        if r.cl_idx >= 0 and keep_cl:
             b.add(p + r.name_s[r.cl_idx], r.val_e[r.cl_idx] - r.name_s[r.cl_idx])
             b.add(b"\r\n", 2)
     if add:

@@ -259,6 +259,34 @@ def test_interim_answers_are_forwarded_to_http11_clients_only(port: int, gateway
         assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and b"103" not in raw and closed
 
 
+class NoContentBackend(asyncio.Protocol):
+    """A 204 with a Content-Length (which a 204 must not carry), a 304 with one (allowed)."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+            if b" /204 " in head:
+                self.transport.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n")
+            else:
+                self.transport.write(b'HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\nETag: "v1"\r\n\r\n')
+
+
+def test_a_204_goes_out_without_content_length_a_304_with_it(port: int, gateway: Any) -> None:
+    with protocol_server(NoContentBackend) as bport:
+        g = gateway(gateway_config(port, f"http://127.0.0.1:{bport}"))
+        with RawClient(g.port) as c:
+            r = c.request("GET", "/204")
+            assert r.status == 204 and "content-length" not in r.headers and r.headers["x-a"] == "1"
+            r = c.request("GET", "/304")
+            assert r.status == 304 and r.headers["content-length"] == "1234" and r.body == b""
+            assert c.request("GET", "/204").status == 204          # the connection goes on
+
+
 def test_head_204_304(gw: Gateway) -> None:
     with RawClient(gw.port) as c:
         r = c.request("HEAD", "/bytes/1000")
