@@ -808,7 +808,7 @@ cdef class ClientConnection(Connection):
                 self.inbuf = b""
                 self.keep_alive = False
                 self.head_rejected = True
-                self._answer_error(431, "request head too large")
+                self._answer_head_too_large(data)
                 return True
             self.scan_pos = PyBytes_GET_SIZE(data) - 3 if PyBytes_GET_SIZE(data) > 3 else 0
             self.inbuf = data
@@ -818,7 +818,7 @@ cdef class ClientConnection(Connection):
             self.inbuf = b""
             self.keep_alive = False
             self.head_rejected = True
-            self._answer_error(431, "request head too large")
+            self._answer_head_too_large(data)
             return True
         try:
             if self.head_obj is None:
@@ -835,6 +835,13 @@ cdef class ClientConnection(Connection):
             if end < PyBytes_GET_SIZE(data) else b""
         self._start(req, end)
         return True
+
+    cdef int _answer_head_too_large(self, bytes data) except -1:
+        """414 when the request line alone is over the limit (RFC 9110 15.5.15), else 431."""
+        if memchr(PyBytes_AS_STRING(data), 10, self.engine.max_head) == NULL:
+            self._answer_error(414, "request target too long")
+        else:
+            self._answer_error(431, "request head too large")
 
     cdef int _start(self, RequestHead req, Py_ssize_t head_len) except -1:
         cdef tuple m

@@ -355,6 +355,13 @@ def test_oversize_head_is_431(gw: Gateway) -> None:
     assert status_of(raw) == 431 and closed
 
 
+@pytest.mark.parametrize("complete", [True, False])
+def test_oversize_request_target_is_414(gw: Gateway, complete: bool) -> None:
+    line = b"GET /orders?q=" + b"a" * 70000
+    raw, closed = raw_exchange(gw.port, line + (b" HTTP/1.1\r\nHost: x\r\n\r\n" if complete else b""))
+    assert status_of(raw) == 414 and closed
+
+
 def test_worker_survives_garbage(gw: Gateway) -> None:
     for junk in (b"\x00\xff\xfe garbage\r\n\r\n", b"GET\r\n\r\n", b"GET / HTTP/9.9\r\nHost: x\r\n\r\n"):
         raw, _ = raw_exchange(gw.port, junk)
