@@ -710,11 +710,20 @@ cdef RequestHead scan_request(bytes buf, Py_ssize_t end, RequestHead h):
             if h.cls[k] == H_KEEP and buf[h.name_s[k]:h.name_e[k]].lower() in tokens:
                 h.cls[k] = H_DROP
     h.keep_alive = (not close) if h.version == 11 else ka
-    # A protocol upgrade (RFC 9110 7.8) is honoured for HTTP/1.1 requests without a body.
+    # A protocol upgrade (RFC 9110 7.8) is honoured for HTTP/1.1 requests without a body,
+    # to WebSocket only. SECURITY: any other (h2c above all) would turn the tunnel into a
+    # channel for requests the route's plugins never see ("h2c smuggling"); such a request
+    # goes on as a plain one, its Upgrade dropped as a hop-by-hop field.
     h.upgrade = (h.upgrade_idx >= 0 and tokens is not None and b"upgrade" in tokens
-                 and h.version == 11 and cl <= 0 and te_count == 0)
+                 and h.version == 11 and cl <= 0 and te_count == 0
+                 and _is_websocket(p, h.val_s[h.upgrade_idx], h.val_e[h.upgrade_idx]))
     _split_target(h)
     return h
+
+
+cdef bint _is_websocket(const char* p, Py_ssize_t s, Py_ssize_t e) noexcept nogil:
+    """The Upgrade value is the one token ``websocket`` (any case, RFC 6455 4.2.1)."""
+    return _ieq(p + s, e - s, b"websocket", 9)
 
 
 cdef list _connection_tokens(bytes value, list tokens):

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.helpers import free_port, gateway_config
+from tests.helpers import free_port, gateway_config, protocol_server
 
 
 @pytest.fixture
@@ -101,3 +101,37 @@ def test_upgrade_without_connection_token_is_plain_http(ws_backend: int, port: i
         sock.sendall(b"GET /plain HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
         data = sock.recv(65536)
     assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"plain")
+
+
+class AnyUpgradeBackend(asyncio.Protocol):
+    """Switches to any protocol it is asked for (as an h2c-capable server would); a request
+    without Upgrade gets a 200 saying which hop-by-hop fields reached it."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if b"\r\n\r\n" not in self.buf:
+            return
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lower = head.lower()
+        if b"\r\nupgrade:" in lower:
+            self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+            return
+        body = b"settings" if b"http2-settings" in lower else b"plain"
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+
+def test_an_h2c_upgrade_is_not_tunnelled(port: int, gateway: Any) -> None:
+    """SECURITY (h2c smuggling): a tunnel to a backend that speaks h2c would carry HTTP/2
+    requests that no route plugin sees. The gateway forwards the request without its
+    Upgrade and HTTP2-Settings, and the backend answers it as plain HTTP/1.1."""
+    with protocol_server(AnyUpgradeBackend) as bport:
+        g = gateway(gateway_config(port, f"http://127.0.0.1:{bport}"))
+        with socket.create_connection(("127.0.0.1", g.port), timeout=10) as sock:
+            sock.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                         b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+            data = sock.recv(65536)
+    assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"plain"), data
