@@ -763,7 +763,13 @@ cdef class ClientConnection(Connection):
             self._upstream_error(504, "upstream connect timed out")
         elif kind == T_READ:
             self._drop_upstream()
-            self._upstream_error(504, "upstream timed out")
+            if self.state == S_BODY and not self.resp_started and not (self.paused & P_UPSTREAM):
+                # The body stopped coming while the backend waits for it: the client's doing
+                # (as nginx's client_body_timeout), not the backend's.
+                self.keep_alive = False
+                self._answer_error(408, "request body not received in time")
+            else:
+                self._upstream_error(504, "upstream timed out")
         elif kind == T_SEND:
             self._abort_exchange()
         elif kind == T_LINGER:

@@ -47,3 +47,17 @@ def test_read_timeout_longer_than_the_wheel_horizon(backend: Backend, port: int,
     elapsed = time.monotonic() - t0
     assert r.status == 504
     assert 5.5 < elapsed < 8.5
+
+
+def test_a_stalled_request_body_gets_408_not_504(backend: Backend, port: int, gateway: Any) -> None:
+    """The client stops sending its body while the backend waits for it: the client is
+    timed out (408), the backend is not blamed (504), and a whole body still gets through."""
+    g = gateway(gateway_config(port, backend.url, {"/up": {"POST": {"timeouts": {"read": 1}}}}))
+    with socket.create_connection(("127.0.0.1", g.port), timeout=10) as sock:
+        t0 = time.monotonic()
+        sock.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten b")
+        data = sock.recv(65536)
+        elapsed = time.monotonic() - t0
+    assert data.startswith(b"HTTP/1.1 408") and b"Connection: close" in data, data[:200]
+    assert 0.7 < elapsed < 4
+    assert request(g.port, "POST", "/up", body=b"x" * 100).status == 200
