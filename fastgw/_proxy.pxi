@@ -963,6 +963,10 @@ cdef class ClientConnection(Connection):
         self.max_body = limit
         self.buffering = True
         self.body_plain = [] if self.body_mode == B_CHUNKED else None
+        # The route's read timeout between body pieces (each re-arms it); a body that stops
+        # coming is answered 408. Without it a client could hold the connection and its
+        # buffer for ever by sending part of a body.
+        self._arm(T_READ, route.read_timeout)
         if self.req.expect_continue:
             self._write(CONTINUE_100)
         if rest is not None:
@@ -1124,10 +1128,10 @@ cdef class ClientConnection(Connection):
         if self.max_body >= 0 and self.bytes_in - self.req.head_len > self.max_body:
             self._body_too_large()
             return 0
+        if self.timer_kind == T_READ:
+            self._arm(T_READ, self.route.read_timeout)    # a piece came: the body still flows
         if self.up is not None and self.up.transport is not None and self.pending is None:
             self.up._write(body)
-            if self.timer_kind == T_READ:
-                self._arm(T_READ, self.route.read_timeout)
         else:
             if self.pending is None:
                 self.pending = []

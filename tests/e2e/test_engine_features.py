@@ -109,3 +109,30 @@ def test_access_log_written_by_size_and_by_interval(port: int, gateway: Any, tmp
             request(g.port, "POST", "/orders", body=b"x" * 10)
             wait_until(lambda n=i + 1: len(_log_lines(path)) == n, what=f"line {i + 1}")
         assert _log_lines(path)[-1]["bytes_in"] > 10
+
+
+def test_a_buffered_body_has_the_read_timeout_between_pieces_not_the_head_timeout(
+        backend: Backend, port: int, gateway: Any) -> None:
+    """A body collected for a plugin (hmac-auth's digest) may take longer in all than the
+    head timeout while its pieces keep coming within the route's read timeout; a body that
+    stops coming is answered 408."""
+    cfg = gateway_config(port, backend.url, {"/pay": {"POST": {"timeouts": {"read": 1.5}, "plugins": [
+        {"name": "hmac-auth", "config": {"validate_request_body": True}}]}}},
+        limits={"drain_timeout": 5, "client_header_timeout": 1})
+    cfg["consumers"] = [{"name": "alice", "credentials": {"hmac-auth": [{"username": "alice", "secret": SECRET}]}}]
+    g = gateway(cfg)
+    body = b"slow piece " * 60
+    head = "POST /pay HTTP/1.1\r\nHost: x\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in _signed_headers("POST", "/pay", body)) + f"Content-Length: {len(body)}\r\n\r\n"
+    with RawClient(g.port) as c:
+        c.send(head.encode())
+        for i in range(0, len(body), 110):           # 6 pieces, 0.5 s apart: 2.5 s in all
+            time.sleep(0.5)
+            c.send(body[i:i + 110])
+        r = c.read_response()
+        assert r.status == 200, r.body
+        assert r.json()["body"] == body.decode()
+    with RawClient(g.port) as c:
+        c.send(head.encode() + body[:100])            # and then nothing
+        r = c.read_response()
+        assert r.status == 408 and "body" in r.json()["error"], r.body
