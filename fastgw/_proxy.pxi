@@ -35,6 +35,7 @@ DEF T_CONNECT = 3
 DEF T_READ = 4
 DEF T_SEND = 5
 DEF T_LINGER = 6
+DEF T_PLUGIN = 7    # a request step is waiting (the route's read timeout bounds it)
 
 DEF PENDING_LIMIT = 262144
 
@@ -774,6 +775,8 @@ cdef class ClientConnection(Connection):
             self._abort_exchange()
         elif kind == T_LINGER:
             self._close()               # the client was silent for lingering_timeout, or time is up
+        elif kind == T_PLUGIN:
+            self._plugin_timed_out()
 
     # -- request head --------------------------------------------------------------------
     cdef int _process_input(self) except -1:
@@ -1002,6 +1005,7 @@ cdef class ClientConnection(Connection):
         if route.pipeline_async:
             self._pause(P_PLUGIN)
             self.async_task = self.engine.loop.create_task(self._run_async(pipeline, ctx, False))
+            self._arm(T_PLUGIN, route.read_timeout)
             return 0
         try:
             state = route.chain.start_request(ctx)
@@ -1015,6 +1019,7 @@ cdef class ClientConnection(Connection):
             # and the dispatch run in a task, as for an async pipeline.
             self._pause(P_PLUGIN)
             self.async_task = self.engine.loop.create_task(self._run_async(pipeline, ctx, True))
+            self._arm(T_PLUGIN, route.read_timeout)
 
     async def _run_async(self, pipeline, ctx, bint resume):
         """The request phase in a task (the whole of an async pipeline's, or the rest after a
@@ -1064,6 +1069,19 @@ cdef class ClientConnection(Connection):
             self.ctx = None
             return False
         return False
+
+    cdef int _plugin_timed_out(self) except -1:
+        """A request step waited longer than the route's read timeout: stop it, answer 504."""
+        if self.async_task is None:
+            return 0
+        self.async_task.cancel()
+        self.async_task = None
+        if self.ctx is not None:
+            self.ctx._drop_waiting()
+        self._resume(P_PLUGIN)
+        _log.warning("plugin timed out on %s", self.route.key if self.route else "?")
+        self.keep_alive = self.keep_alive and self.req_done
+        self._answer_error(504, "plugin timed out")
 
     cdef int _plugin_failed(self, exc) except -1:
         _log.error("plugin failed on %s: %r", self.route.key if self.route else "?", exc, exc_info=exc)

@@ -61,3 +61,21 @@ def test_a_stalled_request_body_gets_408_not_504(backend: Backend, port: int, ga
     assert data.startswith(b"HTTP/1.1 408") and b"Connection: close" in data, data[:200]
     assert 0.7 < elapsed < 4
     assert request(g.port, "POST", "/up", body=b"x" * 100).status == 200
+
+
+def test_a_request_step_that_waits_too_long_gets_504(backend: Backend, port: int, gateway: Any) -> None:
+    """A plugin's request step (async on_request) is bounded by the route's read timeout:
+    504 and the step cancelled, the worker serving on; a step within the timeout is fine."""
+    slow = "tests.fixtures_plugins.slow_plugin"
+    g = gateway(gateway_config(port, backend.url, {
+        "/stuck": {"GET": {"timeouts": {"read": 1}, "plugins": [{"name": slow, "config": {"seconds": 60}}]}},
+        "/brief": {"GET": {"timeouts": {"read": 2}, "plugins": [{"name": slow, "config": {"seconds": 0.2}}]}},
+    }))
+    t0 = time.monotonic()
+    r = request(g.port, "GET", "/stuck")
+    elapsed = time.monotonic() - t0
+    assert r.status == 504 and r.json()["error"] == "plugin timed out", r.body
+    assert 0.7 < elapsed < 4
+    assert request(g.port, "GET", "/brief").status == 200
+    log = g.log()
+    assert "plugin timed out on" in log and "Traceback" not in log and "never awaited" not in log, log[-2000:]
