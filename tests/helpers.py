@@ -257,6 +257,25 @@ def protocol_server(factory: Any) -> Iterator[int]:
         thread.join(5)
 
 
+class ScriptedBackend(asyncio.Protocol):
+    """A backend for ``protocol_server`` that writes ``answer(head)`` for each request head
+    it gets (raw bytes, so any answer an HTTP backend could give, right or wrong); what
+    follows a head without another blank line (a body) is never answered."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+            self.transport.write(self.answer(head))
+
+    def answer(self, head: bytes) -> bytes:
+        raise NotImplementedError
+
+
 
 Echo = dict[str, Any]
 

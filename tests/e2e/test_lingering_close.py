@@ -16,7 +16,6 @@ close that send fails with a reset or a broken pipe.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Backend, gateway_config, protocol_server
+from tests.helpers import Backend, ScriptedBackend, gateway_config, protocol_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,19 +39,11 @@ KEY_AUTH = {"name": "key-auth", "config": {"key_names": ["apikey"]}}
 CONSUMERS = [{"name": "ann", "credentials": {"key-auth": ["ann-key-00001"]}}]
 
 
-class EarlyAnswerBackend(asyncio.Protocol):
+class EarlyAnswerBackend(ScriptedBackend):
     """Answers 413 as soon as a request head is in, without reading the body."""
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.buf = b""
-        self.answered = False
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if not self.answered and b"\r\n\r\n" in self.buf:
-            self.answered = True
-            self.transport.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n\r\ntoo large")
+    def answer(self, head: bytes) -> bytes:
+        return b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n\r\ntoo large"
 
 
 @pytest.fixture

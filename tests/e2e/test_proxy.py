@@ -7,7 +7,6 @@ probes, errors (404/405/502/504) and 100 MB bodies streamed each way in bounded 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import socket
@@ -26,6 +25,7 @@ from tests.helpers import (
     Backend,
     Gateway,
     RawClient,
+    ScriptedBackend,
     free_port,
     gateway_config,
     protocol_server,
@@ -225,21 +225,14 @@ def test_chunked_response_to_http10_client_is_dechunked(gw: Gateway) -> None:
     assert body == b"aaaabbbbcccc"
 
 
-class InterimBackend(asyncio.Protocol):
+class InterimBackend(ScriptedBackend):
     """Answers /hints with a 103 Early Hints before its 200, /continue with an unasked 100."""
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.buf = b""
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while b"\r\n\r\n" in self.buf:
-            head, _, self.buf = self.buf.partition(b"\r\n\r\n")
-            interim = (b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n"
-                       b"Connection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n"
-                       if b" /hints " in head else b"HTTP/1.1 100 Continue\r\n\r\n")
-            self.transport.write(interim + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal")
+    def answer(self, head: bytes) -> bytes:
+        interim = (b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n"
+                   b"Connection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n"
+                   if b" /hints " in head else b"HTTP/1.1 100 Continue\r\n\r\n")
+        return interim + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"
 
 
 def test_interim_answers_are_forwarded_to_http11_clients_only(port: int, gateway: Any) -> None:
@@ -259,21 +252,13 @@ def test_interim_answers_are_forwarded_to_http11_clients_only(port: int, gateway
         assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and b"103" not in raw and closed
 
 
-class NoContentBackend(asyncio.Protocol):
+class NoContentBackend(ScriptedBackend):
     """A 204 with a Content-Length (which a 204 must not carry), a 304 with one (allowed)."""
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.buf = b""
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while b"\r\n\r\n" in self.buf:
-            head, _, self.buf = self.buf.partition(b"\r\n\r\n")
-            if b" /204 " in head:
-                self.transport.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n")
-            else:
-                self.transport.write(b'HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\nETag: "v1"\r\n\r\n')
+    def answer(self, head: bytes) -> bytes:
+        if b" /204 " in head:
+            return b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n"
+        return b'HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\nETag: "v1"\r\n\r\n'
 
 
 def test_a_204_goes_out_without_content_length_a_304_with_it(port: int, gateway: Any) -> None:

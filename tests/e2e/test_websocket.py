@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.helpers import free_port, gateway_config, protocol_server
+from tests.helpers import ScriptedBackend, free_port, gateway_config, protocol_server
 
 
 @pytest.fixture
@@ -103,25 +103,16 @@ def test_upgrade_without_connection_token_is_plain_http(ws_backend: int, port: i
     assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"plain")
 
 
-class AnyUpgradeBackend(asyncio.Protocol):
+class AnyUpgradeBackend(ScriptedBackend):
     """Switches to any protocol it is asked for (as an h2c-capable server would); a request
     without Upgrade gets a 200 saying which hop-by-hop fields reached it."""
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.buf = b""
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if b"\r\n\r\n" not in self.buf:
-            return
-        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+    def answer(self, head: bytes) -> bytes:
         lower = head.lower()
         if b"\r\nupgrade:" in lower:
-            self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
-            return
+            return b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
         body = b"settings" if b"http2-settings" in lower else b"plain"
-        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
 
 
 def test_an_h2c_upgrade_is_not_tunnelled(port: int, gateway: Any) -> None:
