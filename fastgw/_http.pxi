@@ -1254,26 +1254,6 @@ def client_head_for(ResponseHead r, bint close=False, bytes body=b""):
     return build_response_head(r, None, None, r.status, r.chunked, CLOSE_YES if close else CLOSE_NO, body)
 
 
-cpdef bytes interim_head(ResponseHead r):
-    """An interim (1xx) answer of the backend as the client gets it: the status line and
-    the end-to-end fields (e.g. 103 Early Hints' Link), hop-by-hop ones dropped."""
-    cdef const char* p = PyBytes_AS_STRING(r.buf)
-    cdef _Buf b = _Buf()
-    cdef int i
-    b.add(b"HTTP/1.1 ", 9)
-    b.add_int(r.status)
-    b.add(b" ", 1)
-    b.add(p + r.reason_s, r.line_e - r.reason_s)
-    for i in range(r.n):
-        if r.cls[i] == H_KEEP or r.cls[i] == H_VIA:
-            b.add(b"\r\n", 2)
-            b.add(p + r.name_s[i], r.name_e[i] - r.name_s[i])
-            b.add(b": ", 2)
-            b.add(p + r.val_s[i], r.val_e[i] - r.val_s[i])
-    b.add(b"\r\n\r\n", 4)
-    return b.take()
-
-
 cdef inline bint forwardable_response_header(bytes name):
     """Whether build_response_head keeps a plugin's header ``name`` (framing and hop-by-hop
     names are the gateway's)."""

@@ -158,6 +158,17 @@ cdef class Connection(Timed):
             self.transport.close()
         return 0
 
+    cdef bint _half_close(self) except -1:
+        """Shut the write side once what is queued has gone out (reads go on); False when
+        the transport can't (TLS)."""
+        if self.ftr is not None:
+            self.ftr.write_eof()
+        elif self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            return False
+        return True
+
 
 cdef class ClientConnection(Connection)
 cdef class UpstreamConnection(Connection)
@@ -676,10 +687,7 @@ cdef class ClientConnection(Connection):
             up.client = None
             up.close()
         if self.async_task is not None:
-            self.async_task.cancel()
-            self.async_task = None
-            if self.ctx is not None:
-                self.ctx._drop_waiting()   # what a step returned, if its task never took it up
+            self._stop_phase_task()
         self.engine._check_drained()
         return 0
 
@@ -1003,9 +1011,7 @@ cdef class ClientConnection(Connection):
             self._answer_error(413, "request body too large")
             return 0
         if route.pipeline_async:
-            self._pause(P_PLUGIN)
-            self.async_task = self.engine.loop.create_task(self._run_async(pipeline, ctx, False))
-            self._arm(T_PLUGIN, route.read_timeout)
+            self._start_phase_task(pipeline, ctx, False)
             return 0
         try:
             state = route.chain.start_request(ctx)
@@ -1017,9 +1023,22 @@ cdef class ClientConnection(Connection):
         elif state == 2:
             # A step has to wait (e.g. a password check off the loop): the rest of the phase
             # and the dispatch run in a task, as for an async pipeline.
-            self._pause(P_PLUGIN)
-            self.async_task = self.engine.loop.create_task(self._run_async(pipeline, ctx, True))
-            self._arm(T_PLUGIN, route.read_timeout)
+            self._start_phase_task(pipeline, ctx, True)
+
+    cdef int _start_phase_task(self, pipeline, RequestContext ctx, bint resume) except -1:
+        """The request phase goes on in a task (see _run_async); reading waits for it, and
+        the route's read timeout bounds it (T_PLUGIN)."""
+        self._pause(P_PLUGIN)
+        self.async_task = self.engine.loop.create_task(self._run_async(pipeline, ctx, resume))
+        self._arm(T_PLUGIN, self.route.read_timeout)
+
+    cdef int _stop_phase_task(self) except -1:
+        """Cancel the request phase's task; close what a step returned if the task never
+        took it up (no coroutine left never awaited)."""
+        self.async_task.cancel()
+        self.async_task = None
+        if self.ctx is not None:
+            self.ctx._drop_waiting()
 
     async def _run_async(self, pipeline, ctx, bint resume):
         """The request phase in a task (the whole of an async pipeline's, or the rest after a
@@ -1074,10 +1093,7 @@ cdef class ClientConnection(Connection):
         """A request step waited longer than the route's read timeout: stop it, answer 504."""
         if self.async_task is None:
             return 0
-        self.async_task.cancel()
-        self.async_task = None
-        if self.ctx is not None:
-            self.ctx._drop_waiting()
+        self._stop_phase_task()
         self._resume(P_PLUGIN)
         _log.warning("plugin timed out on %s", self.route.key if self.route else "?")
         self.keep_alive = self.keep_alive and self.req_done
@@ -1520,11 +1536,7 @@ cdef class ClientConnection(Connection):
         half-close) closes at once."""
         cdef Engine e = self.engine
         self._drop_upstream()
-        if self.ftr is not None:
-            self.ftr.write_eof()
-        elif self.transport is not None and self.transport.can_write_eof():
-            self.transport.write_eof()
-        else:
+        if not self._half_close():
             self._close()
             return 0
         self.state = S_LINGER
@@ -1766,7 +1778,9 @@ cdef class UpstreamConnection(Connection):
                 # RFC 9110 15.2: a proxy forwards interim answers (e.g. 103 Early Hints), but
                 # never to an HTTP/1.0 client; a 100 is not: the gateway answers Expect itself.
                 if resp.status != 100 and client.req is not None and client.req.version == 11:
-                    client._write(interim_head(resp))
+                    # The same head builder as a final answer's: end-to-end fields, no
+                    # Content-Length (a 1xx has none), no Connection.
+                    client._write(build_response_head(resp, None, None, resp.status, False, CLOSE_NO, None))
                 data = rest
                 if not data:
                     return 0
