@@ -774,15 +774,68 @@ cdef int _split_target(RequestHead h) except -1:
     else:
         h.path = t
         h.query = b""
-    h.host = _host_key(h.host_raw)
+    host = _host_key(h.host_raw)
+    if host is None:
+        raise HttpError(400, "invalid Host")
+    h.host = <bytes>host
     return 0
 
 
-cdef bytes _host_key(bytes raw):
-    """Lower-case host without port; IPv6 literals keep their brackets.
+# Bytes of a Host value (RFC 9110 7.2: uri-host [":" port], RFC 3986 3.2.2): 1 for the
+# bytes of a reg-name (unreserved, sub-delims; '%' is checked apart, for its two hex
+# digits). An IP literal's brackets hold these and ':' (IPv6 and IPvFuture).
+cdef unsigned char _HOST_CHR[256]
+_HOST_REG_NAME = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;="
+for _c in range(256):
+    _HOST_CHR[_c] = 1 if _c in _HOST_REG_NAME else 0
+
+
+cdef inline bint _is_hex(unsigned char c) noexcept nogil:
+    return (48 <= c <= 57) or (65 <= c <= 70) or (97 <= c <= 102)
+
+
+cdef bint _host_valid(const unsigned char* p, Py_ssize_t n, Py_ssize_t* host_end) noexcept nogil:
+    """Whether p[:n] is a valid Host value; host_end gets where the port part starts (n
+    when none). SECURITY: a Host the backend would read otherwise than the router (a '/',
+    '@', '\\', a space, a second ':') is refused (RFC 9112 3.2: 400 for an invalid Host)."""
+    cdef Py_ssize_t i = 0, j
+    cdef unsigned char c
+    if n > 0 and p[0] == 91:                      # '[' IP-literal ']'
+        i = 1
+        while i < n and p[i] != 93:
+            c = p[i]
+            if not (_HOST_CHR[c] or c == 58):
+                return False
+            i += 1
+        if i >= n or i == 1:
+            return False
+        i += 1
+    else:
+        while i < n:
+            c = p[i]
+            if c == 58:
+                break
+            if not _HOST_CHR[c]:
+                if c != 37 or i + 2 >= n or not _is_hex(p[i + 1]) or not _is_hex(p[i + 2]):
+                    return False
+                i += 2
+            i += 1
+    host_end[0] = i
+    if i < n:
+        if p[i] != 58:
+            return False
+        for j in range(i + 1, n):
+            if not (48 <= p[j] <= 57):
+                return False
+    return True
+
+
+cdef object _host_key(bytes raw):
+    """Lower-case host without port (IPv6 literals keep their brackets); None when the
+    value is not a valid Host.
 
     PERF: one C pass; the Host value itself is returned when it is already the key."""
-    cdef const char* p = PyBytes_AS_STRING(raw)
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(raw)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
     cdef Py_ssize_t end = n, i
     cdef bint upper = False
@@ -790,22 +843,24 @@ cdef bytes _host_key(bytes raw):
     cdef char* o
     if n == 0:
         return b""
-    if p[0] == 91:  # '['
-        c = raw.find(b"]")
-        return raw[:c + 1].lower() if c > 0 else raw.lower()
-    for i in range(n):
-        if p[i] == 58:
-            end = i
-            break
-        if p[i] >= 65 and p[i] <= 90:
+    if not _host_valid(p, n, &end):
+        return None
+    for i in range(end):
+        if 65 <= p[i] <= 90:
             upper = True
+            break
     if end == n and not upper:
         return raw
-    out = PyBytes_FromStringAndSize(p, end)
-    if upper:
-        o = PyBytes_AS_STRING(out)
-        for i in range(end):
-            o[i] = <char>_lower(<unsigned char>o[i])
+    if not upper:
+        return PyBytes_FromStringAndSize(<const char*>p, end)
+    # SECURITY: a fresh object to write into. PyBytes_FromStringAndSize(p, 1) returns
+    # CPython's shared one-byte bytes object, and lower-casing it in place changed b"F"
+    # (say) for the whole process (a client's "Host: F:80" turned every later b"%2F" the
+    # router built into b"%2f").
+    out = PyBytes_FromStringAndSize(NULL, end)
+    o = PyBytes_AS_STRING(out)
+    for i in range(end):
+        o[i] = <char>_lower(p[i])
     return out
 
 

@@ -320,6 +320,10 @@ cdef class PathMethods:
         names = set(routes)
         if "GET" in names:
             names.add("HEAD")
+        if "ANY" in names:
+            # An Allow value can't say "any method": ANY stands for the ones routes name.
+            names.discard("ANY")
+            names.update(("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"))
         self.allow = ", ".join(sorted(names)).encode()
 
     def __repr__(self):
@@ -425,7 +429,11 @@ cdef enum:
     RT_NMETHODS = 8
 
 
-# Method indexes: GET POST PUT PATCH DELETE HEAD OPTIONS, then 7 for ANY and any other method.
+# Method indexes: GET POST PUT PATCH DELETE HEAD OPTIONS, then 7 for ANY and any other method;
+# -1 for TRACE and CONNECT, which no route takes: ANY does not cover them (SECURITY: TRACE
+# echoes the request, credentials included, back to a script that sent it; a 2xx to CONNECT
+# makes the client take the connection for a tunnel the gateway never opened). Their
+# answer is the 405 of the path, as nginx's is.
 _RT_MINDEX = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 cdef uint64_t _rt_seed = <uint64_t>int.from_bytes(_rt_os.urandom(8), "little")
@@ -447,12 +455,16 @@ cdef inline int _rt_method_index(bytes method) noexcept:
     elif n == 5:
         if memcmp(m, b"PATCH", 5) == 0:
             return 3
+        if memcmp(m, b"TRACE", 5) == 0:
+            return -1
     elif n == 6:
         if memcmp(m, b"DELETE", 6) == 0:
             return 4
     elif n == 7:
         if memcmp(m, b"OPTIONS", 7) == 0:
             return 6
+        if memcmp(m, b"CONNECT", 7) == 0:
+            return -1
     return 7
 
 
@@ -1020,7 +1032,9 @@ cdef class Router:
                 PyMem_Free(buf)
                 PyMem_Free(hs)
         mi = _rt_method_index(method)
-        if e.flags & RT_MULTI:
+        if mi < 0:
+            o = NULL
+        elif e.flags & RT_MULTI:
             o = (<_RTerm>e.fast).res[mi]
         elif (e.fastmask >> mi) & 1:
             o = e.fast

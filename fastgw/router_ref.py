@@ -16,8 +16,9 @@ Semantics (shared with ``_router.pxi``):
   ``/orders``), so it cannot reach a catch-all that skips ``/orders``'s plugins.
   Precedence per segment: static > ``{var}`` > ``{var*}``, with backtracking; the first
   node (in that order) that matches the path *and* accepts the method wins. Method per
-  node: exact > ``HEAD``→``GET`` > ``ANY``. ``{rest*}`` matches one or more segments
-  (never the empty rest); its value is the rest of the path, trailing ``/`` included.
+  node: exact > ``HEAD``→``GET`` > ``ANY``; ``TRACE`` and ``CONNECT`` match no route
+  (405). ``{rest*}`` matches one or more segments (never the empty rest); its value is
+  the rest of the path, trailing ``/`` included.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 KEEP_RAW = UNRESERVED | frozenset(b"!$&'()*+,;=:@")
 HEX = b"0123456789ABCDEF"
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "ANY")
+# Methods no route takes, ANY included (their answer is the path's 405): TRACE echoes the
+# request, credentials included; a 2xx to CONNECT would announce a tunnel never opened.
+UNROUTED_METHODS = frozenset(("TRACE", "CONNECT"))
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -172,6 +176,10 @@ class PathMethods:
         names = set(routes)
         if "GET" in names:
             names.add("HEAD")
+        if "ANY" in names:
+            # An Allow value can't say "any method": ANY stands for the ones routes name.
+            names.discard("ANY")
+            names.update(("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"))
         self.allow = ", ".join(sorted(names)).encode()
 
 
@@ -185,6 +193,8 @@ class _Node:
         self.methods: dict[str, Any] = {}
 
     def pick(self, method: str) -> Any:
+        if method in UNROUTED_METHODS:
+            return None
         r = self.methods.get(method)
         if r is None and method == "HEAD":
             r = self.methods.get("GET")

@@ -130,7 +130,10 @@ class RawClient:
         host: str | None = None,
     ) -> Response:
         """Send one request (Content-Length framing when there is a body) and read the answer."""
-        self.send(build_request(method, path, headers, body, host or f"{self.host}:{self.port}"))
+        if host is None:
+            # An IPv6 literal goes in brackets (RFC 3986 3.2.2); the gateway refuses it bare.
+            host = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        self.send(build_request(method, path, headers, body, host))
         return self.read_response(head_only=method.upper() == "HEAD")
 
     # ---------------------------------------------------------------- reading

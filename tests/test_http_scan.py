@@ -8,6 +8,7 @@ on well-formed requests both read the same method, target, headers and body fram
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httptools
@@ -102,6 +103,11 @@ STRICTER = [
     b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 4, 4\r\n\r\n",                          # CL list
     b"GET /#frag HTTP/1.1\r\nHost: a\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\n\r x: y\r\n\r\n",                                 # lone CR
+    # a Host that is no uri-host [":" port] (RFC 9112 3.2: 400)
+    b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a:1:2\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a:x\r\n\r\n", b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a%g0\r\n\r\n", b"GET / HTTP/1.1\r\nHost: \xc3\xa9\r\n\r\n",
 ]
 
 
@@ -180,6 +186,38 @@ def test_whatever_llhttp_refuses_fastgw_refuses(data: bytes, edits: list[tuple[i
     mine_ok, _ = ours(mutated)
     if not ref_ok:
         assert not mine_ok, mutated
+
+
+# RFC 9110 7.2 / RFC 3986 3.2.2: Host = uri-host [":" port]; an IP literal in brackets, or
+# a reg-name (unreserved, sub-delims, %XX); port = *DIGIT. The empty value is valid.
+_REG = rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})"
+HOST_GRAMMAR = re.compile(rb"(?:\[(?:" + _REG + rb"|:)+\]|" + _REG + rb"*)(?::[0-9]*)?\Z")
+HOST_TEXT = st.text(alphabet="aZ09-._~!$&'()*+,;=:%[]@/?#\\\"<>{}|^`\u00e9fF", max_size=12)
+
+
+@settings(max_examples=600, deadline=None)
+@given(HOST_TEXT)
+def test_host_values_follow_the_uri_host_grammar(text: str) -> None:
+    """The scanner's Host check against the RFC grammar as a regex, on values built from
+    the bytes that matter (delimiters, brackets, '%' with and without hex)."""
+    value = text.encode("utf-8")
+    ok, head = ours(b"GET / HTTP/1.1\r\nHost: " + value + b"\r\n\r\n")
+    assert ok == bool(HOST_GRAMMAR.match(value)), value
+    if ok:
+        end = value.index(b"]") + 1 if value.startswith(b"[") else len(value.split(b":")[0])
+        assert head.host == value[:end].lower() and head.host_raw == value
+
+
+def test_lower_casing_a_host_leaves_shared_bytes_objects_alone() -> None:
+    """A one-letter upper-case Host was lower-cased inside CPython's shared one-byte bytes
+    object: after "Host: F" every b"F" in the process read b"f" (the router then wrote
+    %2F as %2f, and the normalizer let ..%2f through)."""
+    for letter in range(65, 91):
+        for value in (bytes([letter]), bytes([letter]) + b":80"):
+            head = _core.parse_request_head(b"GET / HTTP/1.1\r\nHost: " + value + b"\r\n\r\n")
+            assert head.host == bytes([letter + 32])
+    assert [bytes([c])[0] for c in range(256)] == list(range(256))
+    assert _core.normalize_path(b"/a%2fb") == b"/a%2Fb"
 
 
 @given(st.data())

@@ -88,6 +88,13 @@ def test_methods_and_405(impl: Any) -> None:
     assert r.match(b"h", b"HEAD", b"/any") == (200, "head", ())
     assert r.match(b"h", b"GET", b"/any") == (200, "any", ())
     assert r.match(b"h", b"BREW", b"/any") == (200, "any", ())
+    # TRACE and CONNECT: no route takes them, ANY included; the 405's Allow spells out
+    # what ANY stands for (an Allow value can't say "any method").
+    for method in (b"TRACE", b"CONNECT"):
+        st_, pm, vals = r.match(b"h", method, b"/any")
+        assert (st_, pm.allow) == (405, b"DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT")
+        assert r.match(b"h", method, b"/o")[1].allow == b"GET, HEAD, POST"
+        assert r.match(b"h", method, b"/nothing")[0] == 404
 
 
 def test_host_choice_without_fall_through(impl: Any) -> None:
@@ -256,7 +263,8 @@ def test_every_route_is_found_with_its_values(routes: Any, data: Any) -> None:
 # tests below aim at what that adds risk to (growth, collisions, inline vs pooled segments,
 # many routes), always against the reference router or an exact expectation.
 
-ALL_METHODS = [b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS", b"ANY", b"BREW", b"get"]
+ALL_METHODS = [b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS", b"ANY", b"BREW", b"get",
+               b"TRACE", b"CONNECT"]
 
 
 def build_pair(routes: list[tuple[str, str]], hash_mask: int | None = None) -> tuple[Any, Any]:
