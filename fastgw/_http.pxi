@@ -390,6 +390,11 @@ cdef class RequestHead:
     cdef int val_e[MAX_HEADERS]
     cdef unsigned char cls[MAX_HEADERS]
     cdef tuple prev_pairs           # forward_headers' pairs of the request before (see there)
+    # PERF: the last Host value found valid (the object) and its key. The scanner hands
+    # back the previous request's Host object when the bytes are equal (_bslice_same), so
+    # a keep-alive client's Host is checked and keyed once, not per request.
+    cdef bytes hk_src
+    cdef bytes hk
 
     def header_count(self):
         return self.n
@@ -774,10 +779,15 @@ cdef int _split_target(RequestHead h) except -1:
     else:
         h.path = t
         h.query = b""
+    if h.host_raw is h.hk_src:
+        h.host = h.hk
+        return 0
     host = _host_key(h.host_raw)
     if host is None:
         raise HttpError(400, "invalid Host")
     h.host = <bytes>host
+    h.hk_src = h.host_raw
+    h.hk = h.host
     return 0
 
 

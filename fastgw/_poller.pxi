@@ -180,17 +180,21 @@ cdef class Poller:
         if self.epfd < 0:
             return
         n = epoll_wait(self.epfd, self.events, POLL_BATCH, 0)
-        if n < 0:
+        if n <= 0:
             return          # EINTR: the loop calls again while the set stays readable
-        for i in range(n):
-            # The object stays alive for the whole batch: its registration's reference is
-            # dropped only from a callback the loop runs later (FdTransport._lost).
-            obj = <object>self.events[i].data.ptr
-            ev = self.events[i].events
-            if type(obj) is FdTransport:
-                (<FdTransport>obj)._on_events(ev)
-            else:
-                (<Listener>obj)._accept()
+        _turn_begin()       # one clock reading for the requests of this turn (_mono)
+        try:
+            for i in range(n):
+                # The object stays alive for the whole batch: its registration's reference is
+                # dropped only from a callback the loop runs later (FdTransport._lost).
+                obj = <object>self.events[i].data.ptr
+                ev = self.events[i].events
+                if type(obj) is FdTransport:
+                    (<FdTransport>obj)._on_events(ev)
+                else:
+                    (<Listener>obj)._accept()
+        finally:
+            _turn_end()
 
 
 @cython.final  # PERF: its methods are called directly (no vtable)

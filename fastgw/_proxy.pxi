@@ -46,16 +46,57 @@ DEF U_TUNNEL = 3
 
 
 
-cdef inline double _mono() noexcept nogil:
+# The clock of a poller turn. PERF: as nginx caches its time once per event-loop turn, a
+# turn of Poller._ready reads the monotonic clock once and every request it handles is
+# timed with that reading (the wall clock, for access-log lines, at most once a turn):
+# one clock read per turn instead of four or five per request (~25 ns each here). A
+# request's times are then those of the turns that handled its events, within one turn's
+# length (microseconds; the dashboard and log show milliseconds). Outside a turn (uvloop
+# transports, timers, tests) each call reads the clock.
+cdef double _turn_mono = 0.0
+cdef double _turn_wall = 0.0     # 0: not read yet this turn
+cdef bint _turn_held = False
+
+
+cdef inline double _mono_read() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
-cdef inline double _wall() noexcept nogil:
+cdef inline double _wall_read() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_REALTIME, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline double _mono() noexcept nogil:
+    """Monotonic seconds: the turn's reading inside a poller turn, else the clock's."""
+    if _turn_held:
+        return _turn_mono
+    return _mono_read()
+
+
+cdef inline double _wall() noexcept nogil:
+    """Wall-clock seconds: read once per poller turn (on first use), else each call."""
+    global _turn_wall
+    if _turn_held:
+        if _turn_wall == 0.0:
+            _turn_wall = _wall_read()
+        return _turn_wall
+    return _wall_read()
+
+
+cdef inline void _turn_begin() noexcept nogil:
+    global _turn_mono, _turn_wall, _turn_held
+    _turn_mono = _mono_read()
+    _turn_wall = 0.0
+    _turn_held = True
+
+
+cdef inline void _turn_end() noexcept nogil:
+    global _turn_held
+    _turn_held = False
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,7 +244,7 @@ cdef class TimerWheel:
         self.size = size
         self.horizon = max(1, min(size - 1, <long long>(horizon / resolution)))
         self.slots = [[] for _ in range(size)]
-        self.now = _mono()
+        self.now = _mono_read()
         self.base = self.now
         self.tick = 0
         self.running = False
@@ -237,7 +278,7 @@ cdef class TimerWheel:
         cdef list bucket
         cdef Timed t
         cdef long long due
-        self.now = _mono()
+        self.now = _mono_read()
         due = <long long>((self.now - self.base) / self.resolution)
         while self.tick < due:
             self.tick += 1

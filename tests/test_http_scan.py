@@ -277,12 +277,21 @@ def test_a_head_scanned_again_keeps_equal_target_and_host_objects() -> None:
     from fastgw._core import parse_request_head
 
     h = parse_request_head(b"GET /a?x=1 HTTP/1.1\r\nHost: H.example:80\r\n\r\n")
-    target, host = h.target, h.host_raw
+    target, host, key = h.target, h.host_raw, h.host
     again = parse_request_head(b"GET /a?x=1 HTTP/1.1\r\nHost: H.example:80\r\nX: y\r\n\r\n", h)
-    assert again.target is target and again.host_raw is host
+    assert again.target is target and again.host_raw is host and again.host is key == b"h.example"
     other = parse_request_head(b"GET /b?x=1 HTTP/1.1\r\nHost: h.example:81\r\n\r\n", h)
     assert (other.target, other.path, other.query) == (b"/b?x=1", b"/b", b"x=1")
     assert (other.host_raw, other.host) == (b"h.example:81", b"h.example")
+    # The key kept is only ever that of a Host found valid: an invalid one is refused on
+    # the same head, again and again, and a valid one after it is keyed afresh.
+    for _ in range(2):
+        with pytest.raises(_core.HttpError):
+            parse_request_head(b"GET / HTTP/1.1\r\nHost: a@b:81\r\n\r\n", h)
+    assert parse_request_head(b"GET / HTTP/1.1\r\nHost: B:81\r\n\r\n", h).host == b"b"
+    with pytest.raises(_core.HttpError):   # host_raw set, then a later check refuses the head
+        parse_request_head(b"GET / HTTP/1.1\r\nHost: C\r\nHost: C\r\n\r\n", h)
+    assert parse_request_head(b"GET / HTTP/1.1\r\nHost: C\r\n\r\n", h).host == b"c"
 
 
 @pytest.mark.parametrize(("upgrade", "honoured"), [
