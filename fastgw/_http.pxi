@@ -865,8 +865,8 @@ cdef object _host_key(bytes raw):
         return PyBytes_FromStringAndSize(<const char*>p, end)
     # SECURITY: a fresh object to write into. PyBytes_FromStringAndSize(p, 1) returns
     # CPython's shared one-byte bytes object, and lower-casing it in place changed b"F"
-    # (say) for the whole process (a client's "Host: F:80" turned every later b"%2F" the
-    # router built into b"%2f").
+    # (say) for the whole process: after a client's "Host: F", every one-letter b"F" the
+    # worker sliced out later (a path variable, a header value) read b"f".
     out = PyBytes_FromStringAndSize(NULL, end)
     o = PyBytes_AS_STRING(out)
     for i in range(end):
