@@ -210,8 +210,8 @@ def test_host_values_follow_the_uri_host_grammar(text: str) -> None:
 
 def test_lower_casing_a_host_leaves_shared_bytes_objects_alone() -> None:
     """A one-letter upper-case Host was lower-cased inside CPython's shared one-byte bytes
-    object: after "Host: F" every b"F" in the process read b"f" (the router then wrote
-    %2F as %2f, and the normalizer let ..%2f through)."""
+    object: after "Host: F" every one-byte b"F" in the process read b"f" (in the server:
+    a one-letter path variable or header value of any later request)."""
     for letter in range(65, 91):
         for value in (bytes([letter]), bytes([letter]) + b":80"):
             head = _core.parse_request_head(b"GET / HTTP/1.1\r\nHost: " + value + b"\r\n\r\n")
