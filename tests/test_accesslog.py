@@ -103,6 +103,30 @@ def test_compiled_formatter_writes_the_same_bytes(records) -> None:
         orjson.loads(line)
 
 
+# Mostly plain ASCII, now and then a character JSON must escape or a non-ASCII one: the
+# compiled formatter scans 8 bytes a step over the plain run a string starts with, so the
+# first escape must be found at every offset of a word, after runs of every length.
+_PLAIN = "abcxyz/-._~019?=&"
+_SPECIAL = '"\\\n\r\t\x00\x1f\x7f\u00e9\u0080\u00ff\u20ac'
+_MOSTLY_PLAIN = st.text(alphabet=st.sampled_from(list(_PLAIN * 3 + _SPECIAL)), max_size=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_MOSTLY_PLAIN, _MOSTLY_PLAIN.filter(lambda t: all(ord(c) < 256 for c in t)))
+def test_escapes_are_found_at_every_offset_of_a_plain_run(text: str, latin: str) -> None:
+    from fastgw._core import AccessLines, format_access_records
+
+    from fastgw.accesslog import format_records_py
+
+    record = (1.0, text, text, text, text, text, text, "GET", latin, 200, 1, 2, 0.5, 0.25)
+    expected = format_records_py([record])
+    assert format_access_records([record]) == expected              # str fields: UTF-8 text
+    lines = AccessLines()                                            # target bytes: latin-1
+    lines.add_line(1.0, text, text, text, text, text, text, b"GET", latin.encode("latin-1"), 200, 1, 2,
+                   500, 250)
+    assert lines.take() == expected
+
+
 def test_unformattable_record_costs_its_batch_not_the_log(tmp_path) -> None:
     from fastgw.accesslog import AccessLog
 
