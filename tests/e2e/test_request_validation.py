@@ -92,3 +92,22 @@ def test_trace_and_connect_are_405_even_on_an_any_route(gw: Any, backend: Any, m
     # Other methods an ANY route takes still go through, unknown ones included.
     assert request(gw.port, "PROPFIND", "/any/x").status == 200
     assert backend.requests[-1]["method"] == "PROPFIND"
+
+
+def test_pipelined_requests_with_changing_hosts_each_route_by_their_own(backend: Any, port: int,
+                                                                       gateway: Any) -> None:
+    """The connection's head keeps the last valid Host and its key (PERF): requests on one
+    keep-alive connection that switch Host, in case and port too, still each pick their
+    own stage, and an invalid Host after valid ones is refused."""
+    cfg = gateway_config(port, backend.url, resources={"/x": {"GET": {"backend_path": "/${stage.v}/x"}}})
+    cfg["services"][0]["stages"] = {
+        "prod": {"hosts": ["api.example"], "variables": {"v": "prod"}, "backend": {"targets": [backend.url]}},
+        "alpha": {"hosts": ["alpha.example"], "variables": {"v": "alpha"}, "backend": {"targets": [backend.url]}},
+    }
+    gw = gateway(cfg)
+    hosts = [b"api.example", b"ALPHA.example:8080", b"api.example", b"api.example", b"Alpha.Example", b"a@b"]
+    before = len(backend.requests)
+    raw = _exchange(gw.port, b"".join(b"GET /x HTTP/1.1\r\nHost: " + h + b"\r\n\r\n" for h in hosts))
+    assert raw.count(b"HTTP/1.1 200 ") == 5
+    assert raw.rindex(b"HTTP/1.1 400 ") > raw.rindex(b"HTTP/1.1 200 ") and b"invalid Host" in raw
+    assert [r["path"] for r in backend.requests[before:]] == ["/prod/x", "/alpha/x", "/prod/x", "/prod/x", "/alpha/x"]
