@@ -1585,12 +1585,9 @@ cdef class ClientConnection(Connection):
         self.pending = None
         self.chunk = None
         e.remove_connection(self)       # draining does not wait for it
-        self.paused = 0
-        if self.reading_paused:
-            self.reading_paused = False
-            self._resume_reading()
+        self._resume(self.paused)       # whatever held reading back: read (and drop) now
         self.linger_end = e.wheel.now + e.lingering_time
-        self._arm(T_LINGER, min(e.lingering_timeout, e.lingering_time))
+        self._linger_rearm()
         e._check_drained()
 
     cdef int _linger_rearm(self) except -1:

@@ -323,7 +323,7 @@ cdef class PathMethods:
         if "ANY" in names:
             # An Allow value can't say "any method": ANY stands for the ones routes name.
             names.discard("ANY")
-            names.update(("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"))
+            names.update(_RT_MINDEX)
         self.allow = ", ".join(sorted(names)).encode()
 
     def __repr__(self):

@@ -179,7 +179,7 @@ class PathMethods:
         if "ANY" in names:
             # An Allow value can't say "any method": ANY stands for the ones routes name.
             names.discard("ANY")
-            names.update(("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"))
+            names.update(m for m in METHODS if m != "ANY")
         self.allow = ", ".join(sorted(names)).encode()
 
 
