@@ -201,6 +201,14 @@ class RawClient:
             self._read_until(b"\r\n")
 
 
+def read_to_eof(sock: socket.socket) -> bytes:
+    """Everything ``sock`` receives until the peer's FIN (a reset raises)."""
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
 def build_request(
     method: str,
     path: str,

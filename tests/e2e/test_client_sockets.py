@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import requires_engine
-from tests.helpers import Backend, RawClient, free_port, gateway_config, request, wait_until
+from tests.helpers import Backend, RawClient, free_port, gateway_config, read_to_eof, request, wait_until
 
 pytestmark = requires_engine
 
@@ -160,9 +160,7 @@ def test_ipv4_client_address_is_forwarded_as_written(gw: Any, source: str) -> No
         sock.bind((source, 0))
         sock.connect(("127.0.0.1", gw.port))
         sock.sendall(b"GET /v4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+        data = read_to_eof(sock)
     body = data.split(b"\r\n\r\n", 1)[1]
     assert json.loads(body)["headers"]["x-forwarded-for"] == source
 

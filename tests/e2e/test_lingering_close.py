@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Backend, ScriptedBackend, gateway_config, protocol_server
+from tests.helpers import Backend, ScriptedBackend, gateway_config, protocol_server, read_to_eof
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -72,16 +72,6 @@ def _read_answer(sock: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-def _read_to_eof(sock: socket.socket) -> bytes:
-    """What comes before the gateway's FIN (a reset raises)."""
-    out = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return out
-        out += chunk
-
-
 def _post_answered_early(port: int, headers: str = "") -> socket.socket:
     """A POST of BODY bytes with only its first 64 KB sent; returns once the answer is in."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -99,7 +89,7 @@ def test_an_answer_from_a_plugin_before_the_body_is_read_to_the_end(backend: Bac
         assert answer.startswith(b"HTTP/1.1 401") and b"\r\nConnection: close\r\n" in answer
         sock.sendall(b"a" * (BODY - 65536))      # the rest is read and dropped, not reset
         sock.shutdown(socket.SHUT_WR)
-        assert _read_to_eof(sock) == b""
+        assert read_to_eof(sock) == b""
     assert not any(r["path"] == "/upload" for r in backend.requests)   # the plugin answered
 
 
@@ -112,7 +102,7 @@ def test_an_answer_from_the_backend_before_the_body_is_read_to_the_end(early_bac
         assert b"\r\nConnection: close\r\n" in answer      # the head says the connection ends
         sock.sendall(b"a" * (BODY - 65536))
         sock.shutdown(socket.SHUT_WR)
-        assert _read_to_eof(sock) == b""
+        assert read_to_eof(sock) == b""
 
 
 def test_bytes_after_a_refused_head_are_read_not_reset(backend: Backend, port: int, gateway: Any) -> None:
@@ -123,7 +113,7 @@ def test_bytes_after_a_refused_head_are_read_not_reset(backend: Backend, port: i
         assert answer.startswith(b"HTTP/1.1 400") and b"\r\nConnection: close\r\n" in answer
         sock.sendall(b"GET /y HTTP/1.1\r\nHost: x\r\n\r\n" * 20000)   # a client that pipelines on
         sock.shutdown(socket.SHUT_WR)
-        assert _read_to_eof(sock) == b""
+        assert read_to_eof(sock) == b""
 
 
 def _reset_by_gateway(sock: socket.socket) -> bool:
@@ -170,7 +160,7 @@ def test_a_complete_request_that_asks_to_close_is_closed_at_once(backend: Backen
     with socket.create_connection(("127.0.0.1", g.port), timeout=10) as sock:
         sock.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         t0 = time.monotonic()
-        out = _read_to_eof(sock)
+        out = read_to_eof(sock)
         assert out.startswith(b"HTTP/1.1 200") and time.monotonic() - t0 < 2
 
 

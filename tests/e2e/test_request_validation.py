@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import requires_engine
-from tests.helpers import gateway_config, request
+from tests.helpers import gateway_config, read_to_eof, request
 
 pytestmark = requires_engine
 
@@ -28,10 +28,7 @@ def _exchange(port: int, data: bytes) -> bytes:
     """Send ``data`` and read until the gateway closes (every case here closes)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(data)
-        out = b""
-        while chunk := sock.recv(65536):
-            out += chunk
-        return out
+        return read_to_eof(sock)
 
 
 @pytest.fixture
