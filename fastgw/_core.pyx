@@ -10,6 +10,7 @@
 - ``_proxy.pxi``:  the client/upstream connection state machines, pools, timer wheel.
 - ``_poller.pxi``: plain-TCP client sockets on an epoll set of our own (no uvloop transport).
 - ``_log.pxi``:    the access-log JSON-lines formatter.
+- ``_replay.pxi``: the node-wide set of used tokens in shared memory (hmac-auth's replay guard).
 """
 
 include "_structs.pxi"
@@ -21,3 +22,4 @@ include "_context.pxi"
 include "_plugins.pxi"
 include "_proxy.pxi"
 include "_poller.pxi"
+include "_replay.pxi"

@@ -174,7 +174,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     sockets = [socket.socket(fileno=fd) for fd in args.fd or []]
     from fastgw import server
 
-    server.run_worker(args.config, sockets, args.index, args.generation, args.stats, args.ready_fd)
+    server.run_worker(args.config, sockets, args.index, args.generation, args.stats, args.ready_fd,
+                      args.replay)
     return 0
 
 
@@ -232,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generation", type=int, default=1)
     p.add_argument("--ready-fd", type=int, default=None)
     p.add_argument("--stats", default=None, help="name of the stats shared-memory region")
+    p.add_argument("--replay", default=None, help="name of the replay-guard shared-memory region")
     p.set_defaults(func=cmd_worker)
     return parser
 

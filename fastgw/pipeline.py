@@ -232,7 +232,8 @@ def make_scope_factory(config: Any, services: dict[str, Any] | None = None) -> C
     """``spec -> PluginScope`` for one loaded config: the ConsumerTable is built once here.
 
     The server passes the result to ``compile_config``; every route's plugins then share
-    the table (and ``services``, e.g. a Redis client under ``"redis"``).
+    the table (and ``services``: the worker's shared parts, e.g. the node-wide replay guard
+    under ``"replay"``).
     """
     from fastgw.consumers import ConsumerTable
 

@@ -42,7 +42,7 @@ class Worker:
     """A worker's serving state: engine, runtime, servers; built from a validated config."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, index: int = 0,
-                 stats_name: str | None = None, generation: int = 0) -> None:
+                 stats_name: str | None = None, generation: int = 0, replay_name: str | None = None) -> None:
         limits = config.limits
         self._generation = generation
         self.config = config
@@ -60,6 +60,13 @@ class Worker:
         slot_for = None
         if stats_name:
             slot_for = self._attach_stats(stats_name, index)
+        self.replay_region: Any = None
+        self.services: dict[str, Any] = {}      # PluginScope.services: shared per worker
+        if replay_name:
+            from fastgw.replay import ReplayRegion
+
+            self.replay_region = ReplayRegion.attach(replay_name)
+            self.services["replay"] = self.replay_region.guard()
         self.access_log = self._open_access_log(config)
         self.engine.access_log = self.access_log
         self.runtime: Runtime = compile_config(config, self.engine, slot_for, self._scope_factory())
@@ -68,7 +75,7 @@ class Worker:
         self.poller: Any = None
 
     def _scope_factory(self) -> Any:
-        return make_scope_factory(self.config)
+        return make_scope_factory(self.config, self.services)
 
     def _attach_stats(self, name: str, index: int) -> Any:
         from fastgw.stats import CONSUMER_PREFIX, UNMATCHED_PREFIX, StatsRegion, config_keys
@@ -140,7 +147,8 @@ class Worker:
 
 
 def run_worker(config_path: str, sockets: list[socket.socket], index: int = 0, generation: int = 0,
-               stats_name: str | None = None, ready_fd: int | None = None) -> None:
+               stats_name: str | None = None, ready_fd: int | None = None,
+               replay_name: str | None = None) -> None:
     """Entry point of a worker process (``fastgw worker``): serve until SIGTERM, then drain."""
     import uvloop
 
@@ -150,7 +158,7 @@ def run_worker(config_path: str, sockets: list[socket.socket], index: int = 0, g
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     config = load(config_path)
-    worker = Worker(config, loop, index, stats_name, generation)
+    worker = Worker(config, loop, index, stats_name, generation, replay_name)
     stop = loop.create_future()
 
     def on_term() -> None:

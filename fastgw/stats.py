@@ -451,9 +451,10 @@ def _writer_class(pure: bool) -> Any:
     return PyStatsWriter
 
 
-def remove_stale_regions(directory: str = "/dev/shm") -> int:
-    """Delete regions left by supervisors that were killed (their pid is in the name and no
-    longer runs); returns how many. The ring is a live view, history is in SQLite."""
+def remove_stale_regions(directory: str = "/dev/shm", kind: str = "stats") -> int:
+    """Delete regions left by supervisors that were killed (their pid is in the name,
+    ``fastgw-<kind>-<pid>-<random>``, and no longer runs); returns how many. The ring is a
+    live view, history is in SQLite; the replay region (kind "replay") dies with its node."""
     removed = 0
     try:
         names = os.listdir(directory)
@@ -461,7 +462,7 @@ def remove_stale_regions(directory: str = "/dev/shm") -> int:
         return 0
     for entry in names:
         parts = entry.split("-")
-        if len(parts) != 4 or parts[0] != "fastgw" or parts[1] != "stats" or not parts[2].isdigit():
+        if len(parts) != 4 or parts[0] != "fastgw" or parts[1] != kind or not parts[2].isdigit():
             continue
         pid = int(parts[2])
         try:

@@ -159,6 +159,7 @@ class Supervisor:
         self.stopping = False
         self.stats_region: Any = None
         self.stats_name: str | None = None
+        self.replay_region: Any = None   # fastgw.replay.ReplayRegion: used tokens, node-wide
         self.admin: Any = None
         self._stop_event: asyncio.Event | None = None
         self._reload_lock: asyncio.Lock | None = None
@@ -237,6 +238,8 @@ class Supervisor:
         cmd += ["--index", str(slot), "--generation", str(generation), "--ready-fd", str(ready_w)]
         if self.stats_name:
             cmd += ["--stats", self.stats_name]
+        if self.replay_region is not None:
+            cmd += ["--replay", self.replay_region.name]
         try:
             proc = await asyncio.create_subprocess_exec(
                 *cmd, pass_fds=[*fds, ready_w], stdin=asyncio.subprocess.DEVNULL
@@ -403,11 +406,17 @@ class Supervisor:
     # ----------------------------------------------------------------- stats + admin
 
     def _start_stats_and_admin(self, cfg: Any) -> None:
-        """Create the stats region and start the admin listener, when those modules exist.
+        """Create the shared-memory regions (stats, replay guard) and start the admin
+        listener, when those modules exist.
 
         ``fastgw.stats`` and ``fastgw.admin`` are optional here so that the process
         model runs on its own; every other part of the supervisor is independent of them.
         """
+        from fastgw.replay import ReplayRegion
+
+        # One per node for the supervisor's life: every worker and every later generation
+        # attaches the same table, so a signature is used once whatever worker sees it.
+        self.replay_region = ReplayRegion.create()
         try:
             from fastgw import stats as fstats
         except ImportError:
@@ -432,7 +441,7 @@ class Supervisor:
                 hook(cfg)
 
     async def _close_stats_and_admin(self) -> None:
-        for part in (self.admin, self.stats_region):
+        for part in (self.admin, self.stats_region, self.replay_region):
             close = getattr(part, "close", None)
             if close is not None:
                 result = close()

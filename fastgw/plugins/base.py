@@ -28,7 +28,7 @@ class PluginScope:
     spec: RouteSpec
     consumers: Any = None  # fastgw.consumers.ConsumerTable (built once per config)
     variables: dict[str, str] = field(default_factory=dict)
-    services: dict[str, Any] = field(default_factory=dict)  # shared clients (e.g. "redis")
+    services: dict[str, Any] = field(default_factory=dict)  # shared parts ("replay": fastgw.replay guard)
 
 
 class Plugin:

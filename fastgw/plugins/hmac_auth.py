@@ -11,8 +11,9 @@ The signature is the HMAC of the listed items joined by ``\\n``: ``request-line`
 ``"<METHOD> <path>[?query] HTTP/<version>"`` (the path as routed), any other name is
 ``"<name>: <value>"`` of that request header. ``enforce_headers`` must all be signed; the
 ``Date`` (or ``X-Date``) must lie within ``clock_skew`` seconds of the gateway's clock; a
-signature is accepted once (replay guard: seen signatures are kept for the window, per
-worker process).
+signature is accepted once per node (replay guard, ``fastgw.replay``: a used signature is
+kept in shared memory until its Date leaves the window, and every worker checks the same
+table; a table too full to record it refuses the request with 503, never lets it through).
 
 Body digest: with ``validate_request_body`` the digest header must be signed and the
 pipeline declares ``needs_body``: the server buffers the body (up to the pipeline's
@@ -26,6 +27,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import re
 import time
 from email.utils import parsedate_to_datetime
@@ -34,6 +36,9 @@ from typing import Any
 from fastgw.consumers import ConsumerTable
 from fastgw.plugins.base import CONTINUE, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
+from fastgw.replay import LOCAL_GUARD
+
+log = logging.getLogger("fastgw.hmac_auth")
 
 NAME = "hmac-auth"
 PRIORITY = 1030
@@ -45,7 +50,7 @@ SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "clock_skew": {"type": "integer", "minimum": 1, "default": 300,
+        "clock_skew": {"type": "integer", "minimum": 1, "maximum": 86400, "default": 300,
                        "description": "Seconds the Date header may differ from the gateway clock."},
         "algorithms": {"type": "array", "minItems": 1, "default": list(_ALGS),
                        "items": {"type": "string", "enum": list(_ALGS)},
@@ -114,21 +119,10 @@ class Plugin(BasePlugin):
         self.hide = config["hide_credentials"]
         self.challenge = [(b"WWW-Authenticate",
                            f'hmac realm="{config["realm"]}", headers="{" ".join(self.enforce)}"'.encode("latin-1"))]
-        self._seen: dict[str, float] = {}
-        self._purge_at = 0.0
+        self.replay = scope.services.get("replay") or LOCAL_GUARD
 
     def _deny(self, ctx: Any, message: str) -> int:
         return ctx.error(401, message, self.challenge)
-
-    def _replayed(self, signature: str, now: float) -> bool:
-        seen = self._seen
-        if now >= self._purge_at:
-            self._seen = seen = {s: t for s, t in seen.items() if t > now}
-            self._purge_at = now + 1.0
-        if signature in seen:
-            return True
-        seen[signature] = now + 2 * self.skew  # a Date is valid from now-skew to now+skew
-        return False
 
     def on_request(self, ctx: Any) -> int:
         auth = ctx.get_header("authorization")
@@ -170,7 +164,12 @@ class Plugin(BasePlugin):
                 body = b""
             if not body_digest_ok(ctx, body):
                 return self._deny(ctx, "Body digest does not match")
-        if self._replayed(params["signature"], now):
+        # The signature stays usable until its Date leaves the window: remember it that long.
+        first = self.replay.first_use(params["signature"].encode("latin-1"), sent + self.skew - now + 1)
+        if first is None:
+            log.error("hmac-auth: replay guard full: a signed request was refused")
+            return ctx.error(503, "replay guard full")
+        if not first:
             return self._deny(ctx, "Signature already used")
         ctx.consumer = consumer
         if self.hide:

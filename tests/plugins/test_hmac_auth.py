@@ -8,6 +8,11 @@ import hmac
 import time
 from email.utils import formatdate
 
+import pytest
+
+from fastgw.pipeline import PipelineError
+from fastgw.replay import LocalReplayGuard, ReplayRegion
+
 from .util import error_of, hdrs, make_ctx, make_pipeline, run
 
 SECRET = "alice-hmac-secret-0123456789"
@@ -102,3 +107,46 @@ def test_body_digest():
     # digest not covered by the signature
     ctx = signed(method="POST", extra=[_digest(b"")], when=time.time() - 5)
     assert run(pipe, ctx) is True and ctx.answer_status == 401
+
+
+def test_replay_guard_is_shared_by_the_routes_of_a_worker():
+    # A signature that does not cover the request line is valid on any route: used on one,
+    # it is used on all of them (the worker's guard is shared, not one per route).
+    guard = LocalReplayGuard()
+    config = {"enforce_headers": ["date"]}
+    orders = make_pipeline([{"name": "hmac-auth", "config": config}], CONSUMERS, services={"replay": guard})
+    users = make_pipeline([{"name": "hmac-auth", "config": config}], CONSUMERS, services={"replay": guard},
+                          resource="/users/{id}")
+    first = signed(names=("date",))
+    again = make_ctx(path="/users/1", headers=list(first.headers))
+    assert run(orders, first) is False
+    assert run(users, again) is True and error_of(again) == "Signature already used"
+
+
+def test_a_signature_is_remembered_until_its_date_leaves_the_window():
+    guard = LocalReplayGuard()
+    pipe = make_pipeline([{"name": "hmac-auth", "config": {"clock_skew": 60}}], CONSUMERS, services={"replay": guard})
+    sent = time.time() - 50
+    assert run(pipe, signed(when=sent)) is False
+    (expires,) = guard._seen.values()
+    # usable until sent + 60 (the Date has whole seconds): kept ~10-12 s, not 2 x skew
+    assert 9 <= expires - time.monotonic() <= 12.5
+
+
+def test_a_full_replay_guard_refuses_the_request(tmp_path):
+    region = ReplayRegion.create(capacity=64, directory=str(tmp_path))
+    try:
+        guard = region.guard()
+        for i in range(64):                      # every slot of every window taken
+            assert guard.first_use(b"token-%d" % i, 60) is True
+        pipe = make_pipeline([{"name": "hmac-auth"}], CONSUMERS, services={"replay": guard})
+        ctx = signed()
+        assert run(pipe, ctx) is True and ctx.answer_status == 503 and error_of(ctx) == "replay guard full"
+    finally:
+        region.close()
+
+
+def test_clock_skew_is_bounded():
+    with pytest.raises(PipelineError) as err:
+        make_pipeline([{"name": "hmac-auth", "config": {"clock_skew": 86401}}], CONSUMERS)
+    assert "clock_skew" in str(err.value.errors)

@@ -12,6 +12,7 @@ from fastgw.context import RequestContext
 from fastgw.pipeline import Pipeline, build_pipeline
 from fastgw.plugins.base import PluginScope
 from fastgw.plugins.template import param_names
+from fastgw.replay import LocalReplayGuard
 
 RESOURCE = "/orders/{id}"
 
@@ -27,9 +28,14 @@ def make_spec(plugins: list[dict[str, Any]], resource: str = RESOURCE, method: s
 
 
 def make_pipeline(plugins: list[dict[str, Any]], consumers: list[dict[str, Any]] | None = None,
-                  **kw: Any) -> Pipeline:
+                  services: dict[str, Any] | None = None, **kw: Any) -> Pipeline:
+    """A route's pipeline; each gets its own replay guard unless ``services`` names one (a
+    worker's pipelines share theirs, so tests signing the same request in the same second
+    must not meet through the process-wide fallback)."""
     spec = make_spec(plugins, **kw)
-    pipe = build_pipeline(spec, PluginScope(spec=spec, consumers=ConsumerTable(consumers), variables=spec.variables))
+    services = {"replay": LocalReplayGuard()} if services is None else services
+    pipe = build_pipeline(spec, PluginScope(spec=spec, consumers=ConsumerTable(consumers), variables=spec.variables,
+                                            services=services))
     assert pipe is not None
     return pipe
 

@@ -1,0 +1,149 @@
+"""The replay guard's shared table (fastgw/replay.py, fastgw/_replay.pxi): expiry, the
+2**20-second wrap, full windows, several processes claiming the same tokens at once."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastgw import _core
+from fastgw.replay import LocalReplayGuard, ReplayRegion, remove_stale_regions
+
+FIRST, USED, FULL = _core.REPLAY_FIRST_USE, _core.REPLAY_USED, _core.REPLAY_FULL
+
+
+@pytest.fixture
+def region(tmp_path: Path) -> Any:
+    r = ReplayRegion.create(capacity=1 << 12, directory=str(tmp_path))
+    yield r
+    r.close()
+
+
+def table(capacity: int = 1 << 12) -> Any:
+    return _core.ReplaySet(bytearray(capacity * 8 + 64), 64, capacity)
+
+
+@pytest.mark.parametrize("kind", ["shared", "local"])
+def test_a_token_is_used_once(kind: str, region: Any) -> None:
+    guard = region.guard() if kind == "shared" else LocalReplayGuard()
+    assert guard.first_use(b"sig-a", 30) is True
+    assert guard.first_use(b"sig-a", 30) is False
+    assert guard.first_use(b"sig-b", 30) is True
+    assert guard.first_use(b"sig-a", 30) is False
+    assert guard.live_count() == 2
+
+
+def test_expiry_frees_the_token() -> None:
+    t = table()
+    assert t.claim(7, 99, 1000, 5) == FIRST
+    assert t.claim(7, 99, 1004, 5) == USED       # still inside its 5 s
+    assert t.claim(7, 99, 1005, 5) == FIRST      # expired: a new first use
+    assert t.live_count(1005) == 1
+
+
+@pytest.mark.parametrize("now", [(1 << 20) - 3, (1 << 32) - 2, 0, (1 << 19) + 1])
+def test_expiry_across_the_clock_wrap(now: int) -> None:
+    t = table()
+    assert t.claim(1, 5, now, 10) == FIRST
+    assert t.claim(1, 5, (now + 9) & 0xFFFFFFFF, 10) == USED
+    assert t.claim(1, 5, (now + 10) & 0xFFFFFFFF, 10) == FIRST
+    # the longest ttl the plugin may ask for (2 x 86 400 s) is honoured
+    assert t.claim(2, 6, now, 172_800) == FIRST
+    assert t.claim(2, 6, (now + 172_799) & 0xFFFFFFFF, 10) == USED
+
+
+def test_same_home_different_tokens_and_full_window() -> None:
+    t = table(64)
+    for fp in range(1, 65):
+        assert t.claim(0, fp << 1, 100, 50) == FIRST, fp
+    for fp in range(1, 65):
+        assert t.claim(0, fp << 1, 100, 50) == USED, fp
+    assert t.claim(0, 999 << 1, 100, 50) == FULL     # nothing recorded, caller refuses
+    assert t.claim(0, 999 << 1, 150, 50) == FIRST    # the others expired: room again
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        _core.ReplaySet(bytearray(4096), 0, 100)           # not a power of two
+    with pytest.raises(ValueError):
+        _core.ReplaySet(bytearray(1024), 0, 256)           # larger than the buffer
+    with pytest.raises(ValueError):
+        table().claim(1, 1, 0, 0)
+    with pytest.raises(ValueError):
+        table().claim(1, 1, 0, 1 << 19)
+
+
+def _claim_all(name: str, tokens: int, start: Any, out: Any) -> None:
+    guard = ReplayRegion.attach(name).guard()
+    start.wait()
+    out.send([i for i in range(tokens) if guard.first_use(b"token-%d" % i, 60)])
+    out.close()
+
+
+def test_processes_claiming_the_same_tokens_at_once_get_each_exactly_once(region: Any) -> None:
+    ctx = multiprocessing.get_context("fork")
+    tokens, procs = 3000, 4
+    start = ctx.Barrier(procs)
+    pipes, children = [], []
+    for _ in range(procs):
+        r, w = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_claim_all, args=(region.name, tokens, start, w))
+        p.start()
+        w.close()
+        pipes.append(r)
+        children.append(p)
+    won = [r.recv() for r in pipes]
+    for p in children:
+        p.join(10)
+        assert p.exitcode == 0
+    claimed = [i for part in won for i in part]
+    assert sorted(claimed) == list(range(tokens))          # each token once, by one process
+    assert region.guard().live_count() == tokens
+
+
+def test_region_file_and_attach(tmp_path: Path) -> None:
+    r = ReplayRegion.create(capacity=1 << 10, directory=str(tmp_path))
+    try:
+        assert stat.S_IMODE(os.stat(r.name).st_mode) == 0o600
+        assert r.guard().first_use(b"x", 10) is True
+        other = ReplayRegion.attach(r.name)
+        assert other.guard().first_use(b"x", 10) is False   # same table, same key
+        other.close()
+        assert os.path.exists(r.name)                       # only the creator removes it
+        bogus = tmp_path / "not-a-region"
+        bogus.write_bytes(b"\0" * 8192)
+        with pytest.raises(ValueError, match="not a fastgw replay region"):
+            ReplayRegion.attach(str(bogus))
+    finally:
+        r.close()
+    assert not os.path.exists(r.name)
+
+
+def test_two_regions_hash_differently(tmp_path: Path) -> None:
+    # Each region has its own random key: a token's slots can't be predicted offline.
+    a = ReplayRegion.create(capacity=1 << 10, directory=str(tmp_path))
+    b = ReplayRegion.create(capacity=1 << 10, directory=str(tmp_path))
+    try:
+        assert a.guard().first_use(b"x", 10) is True and b.guard().first_use(b"x", 10) is True
+        assert a._key != b._key
+    finally:
+        a.close()
+        b.close()
+
+
+def test_stale_regions_of_dead_supervisors_are_removed(tmp_path: Path) -> None:
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(0,))
+    child.start()
+    child.join()
+    dead = tmp_path / f"fastgw-replay-{child.pid}-abcd1234"
+    alive = tmp_path / f"fastgw-replay-{os.getpid()}-abcd1234"
+    dead.write_bytes(b"")
+    alive.write_bytes(b"")
+    assert remove_stale_regions(str(tmp_path), kind="replay") == 1
+    assert not dead.exists() and alive.exists()
