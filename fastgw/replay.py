@@ -14,6 +14,12 @@ Tokens are hashed with BLAKE2b under the region's random key: 64 bits pick the h
 44 more identify the token. A process without a region (a plugin built in a test, or
 ``fastgw validate``) gets :class:`LocalReplayGuard`, the same contract in a dict.
 
+Many nodes: with a top-level ``redis`` in the config, workers use
+:class:`RedisReplayGuard` instead (``SET <prefix>replay:<hash> 1 NX EX <ttl>``, one atomic
+command, so a signature is accepted once by all the nodes together); its ``first_use``
+returns an awaitable, and a Redis that fails or does not answer in time gives None: the
+request is refused (fail closed), never let through unchecked.
+
 Capacity: 2**21 slots by default (16 MB of address space; a page takes memory only once a
 token lands in it), enough for about a million live signatures — with the default
 300 s clock skew, some 1 500 signed requests a second, sustained. Beyond what a token's
@@ -24,11 +30,14 @@ request (503): it never lets a signature through unchecked.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import mmap
 import os
 import struct
 import time
+from collections.abc import Awaitable
+from typing import Any
 
 from fastgw import _core
 from fastgw.stats import remove_stale_regions
@@ -41,6 +50,8 @@ MAX_TTL = _core.REPLAY_MAX_TTL
 _HEADER = struct.Struct("<8sIIQ32s")   # magic, version, reserved, capacity, key
 _PREFIX = "fastgw-replay-"
 
+log = logging.getLogger("fastgw.replay")
+
 
 class ReplayGuard:
     """``first_use(token, ttl)`` over a shared :class:`fastgw._core.ReplaySet`."""
@@ -48,6 +59,7 @@ class ReplayGuard:
     def __init__(self, table: _core.ReplaySet, key: bytes) -> None:
         self._table = table
         self._key = key
+        self._last_full = -10.0
 
     def first_use(self, token: bytes, ttl: float) -> bool | None:
         """True the first time ``token`` is seen within ``ttl`` seconds, False after that,
@@ -57,6 +69,11 @@ class ReplayGuard:
         seconds = min(MAX_TTL, max(1, math.ceil(ttl)))
         verdict = self._table.claim(home, fingerprint, int(time.monotonic()) & 0xFFFFFFFF, seconds)
         if verdict == _core.REPLAY_FULL:
+            now = time.monotonic()
+            if now - self._last_full >= 10.0:         # one line per 10 s, not one per request
+                self._last_full = now
+                log.error("replay guard: no room for a signature (%d slots); signed requests are "
+                          "refused until older ones expire", self._table.capacity)
             return None
         return verdict == _core.REPLAY_FIRST_USE
 
@@ -86,6 +103,43 @@ class LocalReplayGuard:
     def live_count(self) -> int:
         now = time.monotonic()
         return sum(1 for exp in self._seen.values() if exp > now)
+
+
+class RedisReplayGuard:
+    """The contract over a Redis that every node shares; ``first_use`` is awaitable."""
+
+    def __init__(self, client: Any, key_prefix: str = "fastgw:") -> None:
+        self._client = client
+        self._prefix = key_prefix + "replay:"
+        self._last_error = -10.0
+
+    def first_use(self, token: bytes, ttl: float) -> Awaitable[bool | None]:
+        return self._first_use(token, ttl)
+
+    async def _first_use(self, token: bytes, ttl: float) -> bool | None:
+        key = self._prefix + hashlib.blake2b(token, digest_size=16).hexdigest()
+        try:
+            done = await self._client.set(key, b"1", nx=True, ex=min(MAX_TTL, max(1, math.ceil(ttl))))
+        except Exception as exc:  # noqa: BLE001 - any failure of the store: refuse (fail closed)
+            now = time.monotonic()
+            if now - self._last_error >= 10.0:        # one line per 10 s, not one per request
+                self._last_error = now
+                log.error("replay guard: Redis unavailable (%s: %s); signed requests are refused",
+                          type(exc).__name__, exc)
+            return None
+        return bool(done)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def redis_guard(settings: dict[str, Any]) -> RedisReplayGuard:
+    """The guard for a config's ``redis`` section (connects on first use)."""
+    import redis.asyncio
+
+    timeout = float(settings.get("timeout", 0.25))
+    client = redis.asyncio.Redis.from_url(settings["url"], socket_timeout=timeout, socket_connect_timeout=timeout)
+    return RedisReplayGuard(client, settings.get("key_prefix", "fastgw:"))
 
 
 # Every plugin instance of a process without a region shares this one, so a token used on

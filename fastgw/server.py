@@ -62,7 +62,12 @@ class Worker:
             slot_for = self._attach_stats(stats_name, index)
         self.replay_region: Any = None
         self.services: dict[str, Any] = {}      # PluginScope.services: shared per worker
-        if replay_name:
+        if config.redis:
+            # Many nodes: the replay guard is one set in the Redis they share.
+            from fastgw.replay import redis_guard
+
+            self.services["replay"] = redis_guard(config.redis)
+        elif replay_name:
             from fastgw.replay import ReplayRegion
 
             self.replay_region = ReplayRegion.attach(replay_name)
@@ -144,6 +149,10 @@ class Worker:
         self.runtime.close()
         if self.access_log is not None:
             self.access_log.close()
+        close = getattr(self.services.get("replay"), "close", None)
+        if close is not None:          # the Redis client's connections
+            with contextlib.suppress(Exception):
+                await close()
 
 
 def run_worker(config_path: str, sockets: list[socket.socket], index: int = 0, generation: int = 0,

@@ -2,6 +2,8 @@
 
 - ``backend``: a running :class:`helpers.Backend` on 127.0.0.1 (stopped after the test).
 - ``port``: a free port on 127.0.0.1.
+- ``redis``: a private, running :class:`helpers.RedisServer` (stopped after the test);
+  skipped where ``redis-server`` is not installed, except in CI (``CI`` set), where it fails.
 - ``gateway``: a factory ``gateway(config: dict, workers=1) -> helpers.Gateway`` that
   starts ``fastgw run`` and waits until all workers serve; every gateway it made is
   killed after the test (its log is printed when the test failed).
@@ -20,7 +22,9 @@ import pytest
 # state directory, never in the user's ~/.local/state.
 os.environ.setdefault("XDG_STATE_HOME", tempfile.mkdtemp(prefix="fastgw-test-state-"))
 
-from tests.helpers import Backend, Gateway, free_port
+import shutil
+
+from tests.helpers import Backend, Gateway, RedisServer, free_port
 
 
 @pytest.fixture
@@ -32,6 +36,19 @@ def backend() -> Iterator[Backend]:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (.ci/run installs it)")
+        pytest.skip("redis-server is not installed")
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

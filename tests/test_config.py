@@ -104,6 +104,20 @@ def test_input_not_modified_and_raw_has_defaults() -> None:
     assert cfg.raw["services"][0]["plugins"][0]["config"]["mode"] == "a"
 
 
+def test_redis_section() -> None:
+    assert load_data(base()).redis is None                  # default: each node on its own
+    data = base()
+    data["redis"] = {"url": "redis://10.0.0.9:6379/2"}
+    assert load_data(data).redis == {"url": "redis://10.0.0.9:6379/2", "timeout": 0.25, "key_prefix": "fastgw:"}
+    data["redis"] = {"url": "http://10.0.0.9:6379", "timeout": 0}
+    assert sorted(errors_of(data)) == [
+        "redis.timeout: 0 is less than or equal to the minimum of 0",
+        "redis.url: 'http://10.0.0.9:6379' does not match '^(redis|rediss|unix)://'",
+    ]
+    data["redis"] = {"host": "10.0.0.9"}
+    assert sorted(errors_of(data)) == ["redis.host: unknown key (allowed: url, timeout, key_prefix)", "redis.url: required"]
+
+
 def test_workers_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     data = base()
     data["workers"] = "auto"
@@ -140,7 +154,7 @@ def test_unknown_keys_and_types_name_the_place() -> None:
     data["services"][0]["resources"]["/orders"]["GET"]["backend"] = "/x"
     data["limits"] = {"max_head_bytes": 10}
     errs = errors_of(data)
-    assert "admn: unknown key (allowed: listen, workers, admin, consumers, stats, access_log, limits, services)" in errs
+    assert "admn: unknown key (allowed: listen, workers, admin, consumers, stats, redis, access_log, limits, services)" in errs
     assert "listen[0].port: '80' is not of type 'integer'" in errs
     assert any(e.startswith("services[0].stages.prod.hostz: unknown key (allowed: hosts,") for e in errs)
     assert any(e.startswith("services[0].resources./orders.get: unknown key") for e in errs)

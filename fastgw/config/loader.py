@@ -51,4 +51,5 @@ def load_data(data: Any, source: str = "<data>") -> Config:
         limits=raw["limits"],
         routes=flatten(raw),
         source=source,
+        redis=raw["redis"],
     )

@@ -58,3 +58,4 @@ class Config:
     limits: dict[str, Any]
     routes: list[RouteSpec] = field(default_factory=list)
     source: str = "<data>"
+    redis: dict[str, Any] | None = None   # shared by every node (url, timeout, key_prefix)

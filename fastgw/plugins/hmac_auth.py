@@ -13,7 +13,9 @@ The signature is the HMAC of the listed items joined by ``\\n``: ``request-line`
 ``Date`` (or ``X-Date``) must lie within ``clock_skew`` seconds of the gateway's clock; a
 signature is accepted once per node (replay guard, ``fastgw.replay``: a used signature is
 kept in shared memory until its Date leaves the window, and every worker checks the same
-table; a table too full to record it refuses the request with 503, never lets it through).
+table; with a top-level ``redis``, all the nodes check one set there). When the guard can't
+record a signature (its table is full, Redis is down or slow) the request gets 503: it is
+never let through unchecked.
 
 Body digest: with ``validate_request_body`` the digest header must be signed and the
 pipeline declares ``needs_body``: the server buffers the body (up to the pipeline's
@@ -27,9 +29,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import logging
 import re
 import time
+from collections.abc import Awaitable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -37,8 +39,6 @@ from fastgw.consumers import ConsumerTable
 from fastgw.plugins.base import CONTINUE, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
 from fastgw.replay import LOCAL_GUARD
-
-log = logging.getLogger("fastgw.hmac_auth")
 
 NAME = "hmac-auth"
 PRIORITY = 1030
@@ -166,9 +166,16 @@ class Plugin(BasePlugin):
                 return self._deny(ctx, "Body digest does not match")
         # The signature stays usable until its Date leaves the window: remember it that long.
         first = self.replay.first_use(params["signature"].encode("latin-1"), sent + self.skew - now + 1)
-        if first is None:
-            log.error("hmac-auth: replay guard full: a signed request was refused")
-            return ctx.error(503, "replay guard full")
+        if first is None or first is True or first is False:
+            return self._after_replay_check(ctx, first, consumer)
+        return self._await_replay_check(ctx, first, consumer)   # Redis: the request waits
+
+    async def _await_replay_check(self, ctx: Any, pending: Awaitable[bool | None], consumer: Any) -> int:
+        return self._after_replay_check(ctx, await pending, consumer)
+
+    def _after_replay_check(self, ctx: Any, first: bool | None, consumer: Any) -> int:
+        if first is None:           # SECURITY: no room / no store to record it: refuse
+            return ctx.error(503, "replay guard unavailable")
         if not first:
             return self._deny(ctx, "Signature already used")
         ctx.consumer = consumer

@@ -141,7 +141,7 @@ def test_a_full_replay_guard_refuses_the_request(tmp_path):
             assert guard.first_use(b"token-%d" % i, 60) is True
         pipe = make_pipeline([{"name": "hmac-auth"}], CONSUMERS, services={"replay": guard})
         ctx = signed()
-        assert run(pipe, ctx) is True and ctx.answer_status == 503 and error_of(ctx) == "replay guard full"
+        assert run(pipe, ctx) is True and ctx.answer_status == 503 and error_of(ctx) == "replay guard unavailable"
     finally:
         region.close()
 
