@@ -355,25 +355,46 @@ cdef bytes _NO_ROUTE_LOG_PART = access_route_part(None, None, None)
 
 @cython.final  # PERF: its methods are called directly (no vtable)
 cdef class Backend:
-    """A stage's backend: its targets' pools, picked round-robin."""
+    """A stage's backend: its targets' pools, picked round-robin. A target that could not
+    be connected to ``max_fails`` times within ``fail_timeout`` seconds is passed over for
+    ``fail_timeout`` seconds (nginx's max_fails / fail_timeout), unless every target is:
+    then they are all tried in turn, as before. A backend with one target never skips it."""
     cdef public list pools
     cdef int rr
-    cdef int n
+    cdef readonly int n
+    cdef readonly int max_fails
+    cdef readonly double fail_timeout
 
-    def __init__(self, list pools):
+    def __init__(self, list pools, int max_fails=1, double fail_timeout=10.0):
         self.pools = pools
         self.n = len(pools)
         self.rr = 0
+        self.max_fails = max_fails
+        self.fail_timeout = fail_timeout
 
     cdef inline UpstreamPool pick(self):
-        cdef UpstreamPool p
         if self.n == 1:
             return <UpstreamPool>self.pools[0]
-        p = <UpstreamPool>self.pools[self.rr]
-        self.rr += 1
-        if self.rr >= self.n:
-            self.rr = 0
-        return p
+        return self.pick_live(None)
+
+    cdef UpstreamPool pick_live(self, UpstreamPool avoid):
+        """The next target in turn that is not passed over, other than ``avoid`` (the one
+        that just failed); when all are passed over, the next in turn anyway."""
+        cdef UpstreamPool p, first = None
+        cdef double now = _mono()
+        cdef int k
+        for k in range(self.n):
+            p = <UpstreamPool>self.pools[self.rr]
+            self.rr += 1
+            if self.rr >= self.n:
+                self.rr = 0
+            if p is avoid:
+                continue
+            if p.down_until <= now:
+                return p
+            if first is None:
+                first = p
+        return first if first is not None else avoid
 
     def close(self):
         for p in self.pools:
@@ -401,6 +422,9 @@ cdef class UpstreamPool:
     cdef bint dns                         # the target is a host name (re-resolved)
     cdef double resolved_until
     cdef object resolving                 # the lookup in progress (a Task) or None
+    cdef readonly double down_until       # passed over until then (Backend.pick_live)
+    cdef readonly int fails               # failed connects in the window ending at fail_window_end
+    cdef double fail_window_end
 
     def __init__(self, Engine engine, str host, int port, object ssl=None, int max_idle=256,
                  double idle_timeout=55.0):
@@ -460,6 +484,24 @@ cdef class UpstreamPool:
 
     def idle_count(self):
         return self.idle.n
+
+    cdef int connect_failed(self, int max_fails, double fail_timeout) except -1:
+        """A new connection to this target failed or timed out: count it, and pass the
+        target over for ``fail_timeout`` s once ``max_fails`` fall within that long."""
+        cdef double now = _mono()
+        if now >= self.fail_window_end:
+            self.fails = 0
+            self.fail_window_end = now + fail_timeout
+        self.fails += 1
+        if max_fails > 0 and self.fails >= max_fails and self.down_until <= now:
+            self.down_until = now + fail_timeout
+            _log.warning("upstream %s:%d: passed over for %g s after %d failed connection(s)",
+                         self.host, self.port, fail_timeout, self.fails)
+
+    cdef inline void connected(self) noexcept:
+        """A new connection succeeded: the target is healthy again."""
+        self.fails = 0
+        self.down_until = 0.0
 
     cdef UpstreamConnection acquire(self, ClientConnection client):
         cdef UpstreamConnection c
@@ -666,6 +708,7 @@ cdef class ClientConnection(Connection):
     cdef bint up_retryable
     cdef bytes up_body                   # body bytes sent with up_head, kept for a retry
     cdef bint retried
+    cdef int up_tries                    # targets tried for this request (connect failures)
     cdef bint resp_started
     cdef bint dechunk
     cdef bint keep_alive
@@ -800,6 +843,7 @@ cdef class ClientConnection(Connection):
 
     cdef int on_timeout(self) except -1:
         cdef int kind = self.timer_kind
+        cdef UpstreamPool failed
         self.timer_kind = T_NONE
         if self.state == S_CLOSED:
             return 0
@@ -809,8 +853,10 @@ cdef class ClientConnection(Connection):
             self.keep_alive = False
             self._answer_error(408, "request head not received in time")
         elif kind == T_CONNECT:
+            failed = self.up.pool if self.up is not None else None
             self._drop_upstream()
-            self._upstream_error(504, "upstream connect timed out")
+            if not self._next_upstream(failed):
+                self._upstream_error(504, "upstream connect timed out")
         elif kind == T_READ:
             self._drop_upstream()
             if self.state == S_BODY and not self.resp_started and not (self.paused & P_UPSTREAM):
@@ -916,6 +962,7 @@ cdef class ClientConnection(Connection):
         self.up = None
         self.up_head = None
         self.retried = False
+        self.up_tries = 0
         self.up_body = None
         self.resp_started = False
         self.dechunk = False
@@ -1240,9 +1287,13 @@ cdef class ClientConnection(Connection):
 
     # -- upstream --------------------------------------------------------------------------
     cdef int _dispatch(self) except -1:
+        self.up_tries = 1
+        return self._forward(self.route.backend.pick(), True)
+
+    cdef int _forward(self, UpstreamPool pool, bint first) except -1:
+        """Send the request to ``pool``'s target (``first``: not a retry on another one)."""
         cdef Route route = self.route
         cdef RequestHead req = self.req
-        cdef UpstreamPool pool = route.backend.pick()
         cdef bytes path_q, host, query
         cdef list headers = None, extra = None
         cdef bytes method = req.method
@@ -1262,7 +1313,7 @@ cdef class ClientConnection(Connection):
         host = pool.host_header if route.host_from_target else (req.host_raw or pool.host_header)
         self.up_head = build_upstream_head(req, method, path_q, host, self.peer_ip, self.fwd, headers,
                                            extra, req.chunked, req.content_length)
-        if req.expect_continue and not self.req_done:
+        if first and req.expect_continue and not self.req_done:
             self._write(CONTINUE_100)
         self.up = pool.acquire(self)
         if self.up.transport is not None:
@@ -1304,25 +1355,34 @@ cdef class ClientConnection(Connection):
                 self._resume(P_PENDING)
         self._arm(T_READ, self.route.read_timeout)
 
-    cdef int _upstream_connect_failed(self, exc) except -1:
+    cdef int _upstream_connect_failed(self, UpstreamPool failed) except -1:
         self.up = None
-        self._upstream_error(502, "upstream connection failed")
+        if not self._next_upstream(failed):
+            self._upstream_error(502, "upstream connection failed")
+
+    cdef bint _next_upstream(self, UpstreamPool failed) except -1:
+        """No connection to ``failed``'s target could be made (nothing of the request reached
+        it): count the failure, and send the request to another target while one is left
+        untried (nginx's proxy_next_upstream error timeout). False: answer the error."""
+        cdef Backend backend = self.route.backend
+        if failed is not None and backend.n > 1:
+            failed.connect_failed(backend.max_fails, backend.fail_timeout)
+        if self.state == S_CLOSED or self.resp_started or self.up_tries >= backend.n:
+            return False
+        self.up_tries += 1
+        self._forward(backend.pick_live(failed), False)
+        return True
 
     cdef int _upstream_lost(self, bint got_bytes) except -1:
         """The upstream connection closed before a complete answer."""
-        cdef UpstreamPool pool
         self.up = None
         if not got_bytes and self.up_retryable and not self.resp_started:
             # A reused keep-alive connection that the backend had just closed: retry once
             # on a fresh connection (the whole request is in up_head, nothing was answered).
             self.retried = True
             self.up_retryable = False
-            pool = self.route.backend.pick()
-            self.up = pool.acquire(self)
-            if self.up.transport is not None:
-                self._upstream_ready()
-            else:
-                self._arm(T_CONNECT, self.route.connect_timeout)
+            # The head is built again: with host_header "target" its Host is the target's.
+            self._forward(self.route.backend.pick(), False)
             return 0
         self._upstream_error(502, "upstream closed the connection")
 
@@ -1668,7 +1728,7 @@ cdef class UpstreamConnection(Connection):
         client = self.client
         self.client = None
         if client is not None:
-            (<ClientConnection>client)._upstream_connect_failed(exc)
+            (<ClientConnection>client)._upstream_connect_failed(self.pool)
 
     def _connect_done(self, fut):
         self.connect_task = None
@@ -1681,7 +1741,7 @@ cdef class UpstreamConnection(Connection):
             client = self.client
             self.client = None
             if client is not None:
-                (<ClientConnection>client)._upstream_connect_failed(exc)
+                (<ClientConnection>client)._upstream_connect_failed(self.pool)
 
     cdef int send(self, bytes data, bytes more=None) except -1:
         """Send a request (``data``, then ``more`` when given: a head and its body bytes)."""
@@ -1714,6 +1774,8 @@ cdef class UpstreamConnection(Connection):
     def connection_made(self, transport):
         self.connect_task = None
         self._bind(transport)
+        if self.pool.fails:
+            self.pool.connected()
         if self.closed:
             transport.close()
             return

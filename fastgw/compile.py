@@ -63,7 +63,7 @@ def compile_config(config: Config, engine: Engine, slot_for: SlotFor | None = No
     """Build the router and every Route of ``config`` for ``engine``'s worker."""
     router = Router()
     pools: dict[str, UpstreamPool] = {}
-    backends: dict[tuple[str, ...], Backend] = {}
+    backends: dict[tuple[tuple[str, ...], int, float], Backend] = {}
     routes: list[Route] = []
     plugins: list[Any] = []
     for spec in config.routes:
@@ -76,10 +76,12 @@ def compile_config(config: Config, engine: Engine, slot_for: SlotFor | None = No
         route.method = spec.method
         route.variables = dict(spec.variables)
         route.prefix_len = len(spec.path_prefix.rstrip("/")) if spec.path_prefix else 0
-        backend = backends.get(spec.targets)
+        max_fails = int(spec.backend.get("max_fails", 1))
+        fail_timeout = float(spec.backend.get("fail_timeout", 10))
+        backend = backends.get((spec.targets, max_fails, fail_timeout))
         if backend is None:
-            backend = Backend([_target_pool(engine, t, pools) for t in spec.targets])
-            backends[spec.targets] = backend
+            backend = Backend([_target_pool(engine, t, pools) for t in spec.targets], max_fails, fail_timeout)
+            backends[(spec.targets, max_fails, fail_timeout)] = backend
         route.backend = backend
         route.host_from_target = spec.backend.get("host_header", "client") == "target"
         route.connect_timeout = float(spec.timeouts.get("connect", 5))

@@ -106,6 +106,7 @@ class RawClient:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
+        self.skipped_interim = 0
         self.host = host
         self.port = port
 
@@ -161,6 +162,11 @@ class RawClient:
         out, self.buf = self.buf[:n], self.buf[n:]
         return out
 
+    def read_interim(self) -> bytes:
+        """The next response head, raw, without its blank line (read_response skips
+        interim 1xx answers, counting them in ``skipped_interim``)."""
+        return self._read_until(b"\r\n\r\n")
+
     def read_response(self, head_only: bool = False) -> Response:
         """Read one response (skipping 1xx); Content-Length, chunked or close-delimited body."""
         while True:
@@ -175,6 +181,7 @@ class RawClient:
                 raw_headers.append((name.strip(), value.strip()))
             if not 100 <= status < 200:
                 break
+            self.skipped_interim += 1
         headers = {name.lower(): value for name, value in raw_headers}
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         if head_only or status in (204, 304):

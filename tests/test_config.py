@@ -76,7 +76,7 @@ def test_valid_config_flattens_routes() -> None:
     assert get.hosts == ("api.shop.example",) and get.path_prefix == ""
     assert get.backend_path == "/${stage.version}/orders"
     assert get.targets == ("http://10.0.0.5:8000",)
-    assert get.backend == {"host_header": "client"}
+    assert get.backend == {"host_header": "client", "max_fails": 1, "fail_timeout": 10}
     assert get.variables == {"version": "v2"}
     assert get.timeouts == {"connect": 5, "read": 60, "send": 60}
     assert get.plugins == ({"name": DEMO, "config": {"limit": 1, "mode": "a", "nested": {"flag": True}}},)

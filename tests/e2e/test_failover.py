@@ -1,0 +1,144 @@
+"""End-to-end: a stage with several targets keeps answering when one of them is down.
+
+A request whose connection to a target is refused, unreachable or not made within the
+route's connect timeout goes to another target (nothing of it reached the first one, so
+any method may: nginx's ``proxy_next_upstream error timeout``), and the failing target is
+passed over for ``backend.fail_timeout`` seconds after ``backend.max_fails`` failures
+(nginx's passive health check). Only when every target has failed does the client get
+the 502 (refused) or 504 (connect timeout), with a JSON body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.helpers import Backend, RawClient, free_port, gateway_config, request
+
+LOOPBACK = "127.0.0.1"
+
+
+def _dead_url() -> str:
+    """A loopback port nothing listens on: connections to it are refused at once."""
+    return f"http://{LOOPBACK}:{free_port()}"
+
+
+@contextlib.contextmanager
+def blackhole() -> Iterator[str]:
+    """A target whose connects never complete: a listener that never accepts, its accept
+    queue filled, so the kernel drops every further SYN (the client waits in SYN_SENT)."""
+    listener = socket.socket()
+    listener.bind((LOOPBACK, 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect((LOOPBACK, port))
+        fillers.append(s)
+    time.sleep(0.05)
+    try:
+        yield f"http://{LOOPBACK}:{port}"
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+
+
+def _config(port: int, targets: list[str], **backend: Any) -> dict[str, Any]:
+    cfg = gateway_config(port, targets[0])
+    cfg["services"][0]["stages"]["prod"]["backend"] = {"targets": targets, **backend}
+    return cfg
+
+
+def test_a_refused_target_is_passed_over(backend: Backend, port: int, gateway: Any) -> None:
+    g = gateway(_config(port, [_dead_url(), backend.url]))
+    answers = [request(g.port, "GET", f"/item/{i}") for i in range(10)]
+    assert [r.status for r in answers] == [200] * 10
+    assert [r.json()["path"] for r in answers] == [f"/item/{i}" for i in range(10)]
+    assert len(backend.requests) == 10
+    g.wait_log("passed over for 10 s after 1 failed connection")
+
+
+def test_a_request_body_goes_whole_to_the_next_target(backend: Backend, port: int, gateway: Any) -> None:
+    dead = _dead_url()
+    g = gateway(_config(port, [dead, backend.url], max_fails=0))   # never passed over: each try fails over
+    body = b'{"order": 42}' * 100
+    r = request(g.port, "POST", "/orders", headers={"Content-Type": "application/json"}, body=body)
+    assert r.status == 200 and r.json()["body"] == body.decode()
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 500]), body[i:i + 500]) for i in range(0, len(body), 500))
+    with RawClient(g.port) as c:
+        for _ in range(2):                     # round robin starts at the dead one again
+            c.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                   b"Expect: 100-continue\r\n\r\n")
+            assert c.read_interim() == b"HTTP/1.1 100 Continue"
+            c.send(chunks + b"0\r\n\r\n")
+            r = c.read_response()
+            assert r.status == 200 and r.json()["body"] == body.decode()
+            assert c.skipped_interim == 0       # one 100 per request, not one per target tried
+    assert [q["path"] for q in backend.requests] == ["/orders", "/upload", "/upload"]
+
+
+def test_every_target_down_is_a_502_and_the_worker_serves_on(port: int, gateway: Any) -> None:
+    with Backend() as alive:
+        cfg = _config(port, [_dead_url(), _dead_url()])
+        cfg["services"].append({"name": "ok", "stages": {"prod": {"hosts": ["ok.test"],
+                                "backend": {"targets": [alive.url]}}}, "resources": {"/{p*}": {"GET": {}}}})
+        g = gateway(cfg)
+        for _ in range(3):
+            r = request(g.port, "GET", "/x")
+            assert r.status == 502 and r.json()["error"] == "upstream connection failed"
+        assert request(g.port, "GET", "/y", headers={"Host": "ok.test"}).status == 200
+
+
+def test_a_target_is_used_again_after_fail_timeout(backend: Backend, port: int, gateway: Any) -> None:
+    dead_port = free_port()
+    g = gateway(_config(port, [f"http://{LOOPBACK}:{dead_port}", backend.url], fail_timeout=0.6))
+    assert request(g.port, "GET", "/a").json()["backend"] == "backend"   # failed over, marked
+    with Backend("revived", port=dead_port):
+        seen = [request(g.port, "GET", f"/b{i}").json()["backend"] for i in range(4)]
+        assert seen == ["backend"] * 4                                     # still passed over
+        time.sleep(0.7)
+        seen = [request(g.port, "GET", f"/c{i}").json()["backend"] for i in range(4)]
+        assert sorted(seen) == ["backend", "backend", "revived", "revived"]
+
+
+def test_host_header_target_names_the_target_that_answers(backend: Backend, port: int, gateway: Any) -> None:
+    g = gateway(_config(port, [_dead_url(), backend.url], host_header="target", max_fails=0))
+    for _ in range(2):
+        r = request(g.port, "GET", "/h", headers={"Host": "client.example"})
+        assert r.status == 200 and r.json()["headers"]["host"] == f"{LOOPBACK}:{backend.port}"
+
+
+def test_a_connect_timeout_goes_to_the_next_target(backend: Backend, port: int, gateway: Any) -> None:
+    with blackhole() as hole:
+        cfg = _config(port, [hole, backend.url])
+        cfg["services"][0]["stages"]["prod"]["timeouts"] = {"connect": 0.3}
+        g = gateway(cfg)
+        t0 = time.monotonic()
+        r = request(g.port, "GET", "/slow-connect")
+        assert r.status == 200 and r.json()["path"] == "/slow-connect"
+        assert 0.25 <= time.monotonic() - t0 < 3
+        # now passed over: no more waiting
+        t0 = time.monotonic()
+        assert [request(g.port, "GET", "/x").status for _ in range(4)] == [200] * 4
+        assert time.monotonic() - t0 < 0.25 * 4
+
+
+@pytest.mark.parametrize("targets", [1, 2])
+def test_when_no_target_connects_in_time_the_answer_is_504(targets: int, port: int, gateway: Any) -> None:
+    with blackhole() as hole, blackhole() as hole2:
+        cfg = _config(port, [hole, hole2][:targets])
+        cfg["services"][0]["stages"]["prod"]["timeouts"] = {"connect": 0.2}
+        g = gateway(cfg)
+        t0 = time.monotonic()
+        r = request(g.port, "GET", "/x")
+        assert r.status == 504 and r.json()["error"] == "upstream connect timed out"
+        assert 0.15 * targets <= time.monotonic() - t0 < 0.2 * targets + 2
