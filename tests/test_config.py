@@ -92,7 +92,7 @@ def test_valid_config_flattens_routes() -> None:
         "limit": 5, "mode": "b", "nested": {"flag": True}}
     alpha = by["shop/alpha/GET /orders"]
     assert alpha.path_prefix == "/alpha" and alpha.timeouts == {"connect": 5, "read": 30, "send": 60}
-    assert alpha.backend == {"host_header": "target"}
+    assert alpha.backend == {"host_header": "target", "max_fails": 1, "fail_timeout": 10}
 
 
 def test_input_not_modified_and_raw_has_defaults() -> None:
