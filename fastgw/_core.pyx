@@ -11,6 +11,7 @@
 - ``_poller.pxi``: plain-TCP client sockets on an epoll set of our own (no uvloop transport).
 - ``_log.pxi``:    the access-log JSON-lines formatter.
 - ``_replay.pxi``: the node-wide set of used tokens in shared memory (hmac-auth's replay guard).
+- ``_counters.pxi``: the node-wide rate-limit counters in shared memory.
 """
 
 include "_structs.pxi"
@@ -23,3 +24,4 @@ include "_plugins.pxi"
 include "_proxy.pxi"
 include "_poller.pxi"
 include "_replay.pxi"
+include "_counters.pxi"

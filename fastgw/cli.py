@@ -175,7 +175,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from fastgw import server
 
     server.run_worker(args.config, sockets, args.index, args.generation, args.stats, args.ready_fd,
-                      args.replay)
+                      args.shared)
     return 0
 
 
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generation", type=int, default=1)
     p.add_argument("--ready-fd", type=int, default=None)
     p.add_argument("--stats", default=None, help="name of the stats shared-memory region")
-    p.add_argument("--replay", default=None, help="name of the replay-guard shared-memory region")
+    p.add_argument("--shared", default=None, help="name of the node's shared-memory region (replay set, counters)")
     p.set_defaults(func=cmd_worker)
     return parser
 

@@ -1,18 +1,14 @@
-"""Replay guard: one-time tokens (hmac-auth signatures) accepted once per node.
+"""Replay guard: one-time tokens (hmac-auth signatures) accepted once per node, or once
+per cluster.
 
-The supervisor creates one region (a file in ``/dev/shm``, like the stats region) and
-passes its name to every worker (``--replay``); each worker attaches and hands a
-:class:`ReplayGuard` to its plugins as ``PluginScope.services["replay"]``. The table lives
-in shared memory and is written with atomic compare-and-swap (``fastgw._core.ReplaySet``),
-so a signature seen by one worker is refused by all of them, and by the next generation
-after a reload (it attaches the same region). Layout::
-
-    header (4096 B)   magic, version, capacity (slots), 32-byte random key
-    table             capacity x u64 words (see fastgw/_replay.pxi)
-
-Tokens are hashed with BLAKE2b under the region's random key: 64 bits pick the home slot,
-44 more identify the token. A process without a region (a plugin built in a test, or
-``fastgw validate``) gets :class:`LocalReplayGuard`, the same contract in a dict.
+The node's guard is :class:`ReplayGuard`, over the replay table of the node's shared
+region (``fastgw.shared.SharedRegion``, created by the supervisor and attached by every
+worker, so a signature seen by one worker is refused by all of them, and by the next
+generation after a reload). The table is written with atomic compare-and-swap
+(``fastgw._core.ReplaySet``). Tokens are hashed with BLAKE2b under the region's random
+key: 64 bits pick the home slot, 44 more identify the token. A process without a region
+(a plugin built in a test, or ``fastgw validate``) gets :class:`LocalReplayGuard`, the
+same contract in a dict.
 
 Many nodes: with a top-level ``redis`` in the config, workers use
 :class:`RedisReplayGuard` instead (``SET <prefix>replay:<hash> 1 NX EX <ttl>``, one atomic
@@ -20,11 +16,8 @@ command, so a signature is accepted once by all the nodes together); its ``first
 returns an awaitable, and a Redis that fails or does not answer in time gives None: the
 request is refused (fail closed), never let through unchecked.
 
-Capacity: 2**21 slots by default (16 MB of address space; a page takes memory only once a
-token lands in it), enough for about a million live signatures — with the default
-300 s clock skew, some 1 500 signed requests a second, sustained. Beyond what a token's
-64 slots can hold, :meth:`ReplayGuard.first_use` answers None and the plugin refuses the
-request (503): it never lets a signature through unchecked.
+When the node's table has no room left for a token (its 64 slots are all live),
+:meth:`ReplayGuard.first_use` answers None too, and the plugin refuses the request (503).
 """
 
 from __future__ import annotations
@@ -32,23 +25,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import mmap
-import os
 import struct
 import time
 from collections.abc import Awaitable
 from typing import Any
 
 from fastgw import _core
-from fastgw.stats import remove_stale_regions
 
-MAGIC = b"FGWRPLY1"
-VERSION = 1
-HEADER_SIZE = 4096
-DEFAULT_CAPACITY = 1 << 21
 MAX_TTL = _core.REPLAY_MAX_TTL
-_HEADER = struct.Struct("<8sIIQ32s")   # magic, version, reserved, capacity, key
-_PREFIX = "fastgw-replay-"
 
 log = logging.getLogger("fastgw.replay")
 
@@ -129,97 +113,17 @@ class RedisReplayGuard:
             return None
         return bool(done)
 
-    async def close(self) -> None:
-        await self._client.aclose()
 
 
-def redis_guard(settings: dict[str, Any]) -> RedisReplayGuard:
-    """The guard for a config's ``redis`` section (connects on first use)."""
+def redis_client(settings: dict[str, Any]) -> Any:
+    """A ``redis.asyncio`` client for a config's ``redis`` section (connects on first use;
+    ``timeout`` bounds connects and commands)."""
     import redis.asyncio
 
     timeout = float(settings.get("timeout", 0.25))
-    client = redis.asyncio.Redis.from_url(settings["url"], socket_timeout=timeout, socket_connect_timeout=timeout)
-    return RedisReplayGuard(client, settings.get("key_prefix", "fastgw:"))
+    return redis.asyncio.Redis.from_url(settings["url"], socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
 # Every plugin instance of a process without a region shares this one, so a token used on
 # one route is used on all of them (as with the shared region).
 LOCAL_GUARD = LocalReplayGuard()
-
-
-class ReplayRegion:
-    """The shared-memory file. Supervisor: ``ReplayRegion.create()``, ``region.name`` to the
-    workers, ``region.close()`` at exit (removes the file). Worker: ``attach(name).guard()``."""
-
-    def __init__(self, path: str, fd: int, mm: mmap.mmap, capacity: int, key: bytes, owner: bool) -> None:
-        self.path = path
-        self._fd = fd
-        self._mm = mm
-        self.capacity = capacity
-        self._key = key
-        self.owner = owner
-        self._table: _core.ReplaySet | None = None
-
-    @property
-    def name(self) -> str:
-        return self.path
-
-    @classmethod
-    def create(cls, capacity: int = DEFAULT_CAPACITY, directory: str = "/dev/shm") -> ReplayRegion:
-        if capacity < _core.REPLAY_WINDOW or capacity & (capacity - 1):
-            raise ValueError(f"replay region: capacity must be a power of two >= {_core.REPLAY_WINDOW}")
-        if not os.path.isdir(directory):
-            directory = "/tmp"
-        remove_stale_regions(directory, kind="replay")
-        path = os.path.join(directory, f"{_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")
-        key = os.urandom(32)
-        size = HEADER_SIZE + capacity * 8
-        # SECURITY: 0600 and created exclusively (as the stats region): no other local user
-        # can read the key, forge used tokens or pre-create the file.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.ftruncate(fd, size)           # sparse: pages take memory as tokens land in them
-            mm = mmap.mmap(fd, size)
-            _HEADER.pack_into(mm, 0, MAGIC, VERSION, 0, capacity, key)
-        except BaseException:
-            os.close(fd)
-            os.unlink(path)
-            raise
-        return cls(path, fd, mm, capacity, key, owner=True)
-
-    @classmethod
-    def attach(cls, name: str) -> ReplayRegion:
-        fd = os.open(name, os.O_RDWR)
-        try:
-            size = os.fstat(fd).st_size
-            if size < HEADER_SIZE:
-                raise ValueError(f"{name}: not a fastgw replay region")
-            mm = mmap.mmap(fd, size)
-            magic, version, _, capacity, key = _HEADER.unpack_from(mm, 0)
-            if magic != MAGIC or version != VERSION or HEADER_SIZE + capacity * 8 > size:
-                mm.close()
-                raise ValueError(f"{name}: not a fastgw replay region (or another version)")
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(name, fd, mm, capacity, key, owner=False)
-
-    def guard(self) -> ReplayGuard:
-        if self._table is None:
-            self._table = _core.ReplaySet(self._mm, HEADER_SIZE, self.capacity)
-        return ReplayGuard(self._table, self._key)
-
-    def close(self) -> None:
-        """Unmap (when no guard still points into it) and, for the creator, remove the file."""
-        if self._fd < 0:
-            return
-        if self._table is None:
-            self._mm.close()
-        os.close(self._fd)
-        self._fd = -1
-        if self.owner:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-

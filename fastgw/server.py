@@ -42,7 +42,7 @@ class Worker:
     """A worker's serving state: engine, runtime, servers; built from a validated config."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, index: int = 0,
-                 stats_name: str | None = None, generation: int = 0, replay_name: str | None = None) -> None:
+                 stats_name: str | None = None, generation: int = 0, shared_name: str | None = None) -> None:
         limits = config.limits
         self._generation = generation
         self.config = config
@@ -60,18 +60,24 @@ class Worker:
         slot_for = None
         if stats_name:
             slot_for = self._attach_stats(stats_name, index)
-        self.replay_region: Any = None
+        self.shared_region: Any = None
         self.services: dict[str, Any] = {}      # PluginScope.services: shared per worker
+        if shared_name:
+            from fastgw.shared import SharedRegion
+
+            self.shared_region = SharedRegion.attach(shared_name)
+            self.services["replay"] = self.shared_region.replay_guard()
+            self.services["counters"] = self.shared_region.counters()
         if config.redis:
-            # Many nodes: the replay guard is one set in the Redis they share.
-            from fastgw.replay import redis_guard
+            # Many nodes: the replay set is one set in the Redis they share, and rate limits
+            # with policy "redis" count there.
+            from fastgw.counters import RedisCounters
+            from fastgw.replay import RedisReplayGuard, redis_client
 
-            self.services["replay"] = redis_guard(config.redis)
-        elif replay_name:
-            from fastgw.replay import ReplayRegion
-
-            self.replay_region = ReplayRegion.attach(replay_name)
-            self.services["replay"] = self.replay_region.guard()
+            client = redis_client(config.redis)
+            self.services["redis"] = client
+            self.services["replay"] = RedisReplayGuard(client, config.redis.get("key_prefix", "fastgw:"))
+            self.services["redis_counters"] = RedisCounters(client, config.redis.get("key_prefix", "fastgw:"))
         self.access_log = self._open_access_log(config)
         self.engine.access_log = self.access_log
         self.runtime: Runtime = compile_config(config, self.engine, slot_for, self._scope_factory())
@@ -149,15 +155,15 @@ class Worker:
         self.runtime.close()
         if self.access_log is not None:
             self.access_log.close()
-        close = getattr(self.services.get("replay"), "close", None)
-        if close is not None:          # the Redis client's connections
+        client = self.services.get("redis")
+        if client is not None:         # the Redis client's connections
             with contextlib.suppress(Exception):
-                await close()
+                await client.aclose()
 
 
 def run_worker(config_path: str, sockets: list[socket.socket], index: int = 0, generation: int = 0,
                stats_name: str | None = None, ready_fd: int | None = None,
-               replay_name: str | None = None) -> None:
+               shared_name: str | None = None) -> None:
     """Entry point of a worker process (``fastgw worker``): serve until SIGTERM, then drain."""
     import uvloop
 
@@ -167,7 +173,7 @@ def run_worker(config_path: str, sockets: list[socket.socket], index: int = 0, g
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     config = load(config_path)
-    worker = Worker(config, loop, index, stats_name, generation, replay_name)
+    worker = Worker(config, loop, index, stats_name, generation, shared_name)
     stop = loop.create_future()
 
     def on_term() -> None:
@@ -200,3 +206,7 @@ def run_worker(config_path: str, sockets: list[socket.socket], index: int = 0, g
         loop.run_until_complete(main())
     finally:
         loop.close()
+        # Drained and leaving: a second SIGTERM (the supervisor forwards one, and a whole
+        # process group may get one from a terminal or `timeout`) must not turn a clean
+        # exit into "killed by SIGTERM" now that the loop's handler is gone.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -159,7 +159,7 @@ class Supervisor:
         self.stopping = False
         self.stats_region: Any = None
         self.stats_name: str | None = None
-        self.replay_region: Any = None   # fastgw.replay.ReplayRegion: used tokens, node-wide
+        self.shared_region: Any = None   # fastgw.shared.SharedRegion: replay set, rate-limit counters
         self.admin: Any = None
         self._stop_event: asyncio.Event | None = None
         self._reload_lock: asyncio.Lock | None = None
@@ -238,8 +238,8 @@ class Supervisor:
         cmd += ["--index", str(slot), "--generation", str(generation), "--ready-fd", str(ready_w)]
         if self.stats_name:
             cmd += ["--stats", self.stats_name]
-        if self.replay_region is not None:
-            cmd += ["--replay", self.replay_region.name]
+        if self.shared_region is not None:
+            cmd += ["--shared", self.shared_region.name]
         try:
             proc = await asyncio.create_subprocess_exec(
                 *cmd, pass_fds=[*fds, ready_w], stdin=asyncio.subprocess.DEVNULL
@@ -406,17 +406,18 @@ class Supervisor:
     # ----------------------------------------------------------------- stats + admin
 
     def _start_stats_and_admin(self, cfg: Any) -> None:
-        """Create the shared-memory regions (stats, replay guard) and start the admin
-        listener, when those modules exist.
+        """Create the shared-memory regions (stats; the node's replay set and rate-limit
+        counters) and start the admin listener, when those modules exist.
 
         ``fastgw.stats`` and ``fastgw.admin`` are optional here so that the process
         model runs on its own; every other part of the supervisor is independent of them.
         """
-        from fastgw.replay import ReplayRegion
+        from fastgw.shared import SharedRegion
 
         # One per node for the supervisor's life: every worker and every later generation
-        # attaches the same table, so a signature is used once whatever worker sees it.
-        self.replay_region = ReplayRegion.create()
+        # attaches the same tables, so a signature is used once and a limit holds for the
+        # node, whatever worker sees the request.
+        self.shared_region = SharedRegion.create()
         try:
             from fastgw import stats as fstats
         except ImportError:
@@ -441,7 +442,7 @@ class Supervisor:
                 hook(cfg)
 
     async def _close_stats_and_admin(self) -> None:
-        for part in (self.admin, self.stats_region, self.replay_region):
+        for part in (self.admin, self.stats_region, self.shared_region):
             close = getattr(part, "close", None)
             if close is not None:
                 result = close()

@@ -516,6 +516,14 @@ class Backend:
 # ============================================================================ gateway
 
 
+def clear_of_window_edge(period: int = 60, margin: float = 3.0) -> None:
+    """Wait, if need be, until the current clock-aligned ``period`` window has at least
+    ``margin`` seconds left, so a test that counts within one window can't straddle two."""
+    left = period - time.time() % period
+    if left < margin:
+        time.sleep(left + 0.05)
+
+
 class RedisServer:
     """A private ``redis-server`` on a free loopback port, no persistence (real Redis for
     the tests that need state shared by many gateway nodes). ``stop()`` takes it away

@@ -118,6 +118,16 @@ def test_redis_section() -> None:
     assert sorted(errors_of(data)) == ["redis.host: unknown key (allowed: url, timeout, key_prefix)", "redis.url: required"]
 
 
+def test_rate_limiting_in_redis_needs_the_redis_section() -> None:
+    data = base()
+    data["services"][0]["resources"]["/orders"]["GET"]["plugins"] = [
+        {"name": "rate-limiting", "config": {"minute": 10, "policy": "redis"}}]
+    assert errors_of(data) == ["services[0].resources./orders.GET.plugins[0].config.policy: "
+                               "'redis' needs the top-level redis section (or policy 'node')"]
+    data["redis"] = {"url": "redis://127.0.0.1:6379/0"}
+    assert validate(data) == []
+
+
 def test_workers_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     data = base()
     data["workers"] = "auto"

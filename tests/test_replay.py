@@ -1,4 +1,4 @@
-"""The replay guard (fastgw/replay.py, fastgw/_replay.pxi): the node's shared table (expiry,
+"""The replay guard (fastgw/replay.py, fastgw/_replay.pxi, fastgw/shared.py): the node's shared table (expiry,
 the 2**20-second wrap, full windows, several processes claiming the same tokens at once)
 and the Redis set many nodes share (a real redis-server, stopped to see it fail closed)."""
 
@@ -16,14 +16,16 @@ from typing import Any
 import pytest
 
 from fastgw import _core
-from fastgw.replay import LocalReplayGuard, ReplayRegion, redis_guard, remove_stale_regions
+from fastgw.replay import LocalReplayGuard, RedisReplayGuard, redis_client
+from fastgw.shared import SharedRegion
+from fastgw.stats import remove_stale_regions
 
 FIRST, USED, FULL = _core.REPLAY_FIRST_USE, _core.REPLAY_USED, _core.REPLAY_FULL
 
 
 @pytest.fixture
 def region(tmp_path: Path) -> Any:
-    r = ReplayRegion.create(capacity=1 << 12, directory=str(tmp_path))
+    r = SharedRegion.create(replay_slots=1 << 12, counter_slots=64, directory=str(tmp_path))
     yield r
     r.close()
 
@@ -34,7 +36,7 @@ def table(capacity: int = 1 << 12) -> Any:
 
 @pytest.mark.parametrize("kind", ["shared", "local"])
 def test_a_token_is_used_once(kind: str, region: Any) -> None:
-    guard = region.guard() if kind == "shared" else LocalReplayGuard()
+    guard = region.replay_guard() if kind == "shared" else LocalReplayGuard()
     assert guard.first_use(b"sig-a", 30) is True
     assert guard.first_use(b"sig-a", 30) is False
     assert guard.first_use(b"sig-b", 30) is True
@@ -83,7 +85,7 @@ def test_bad_arguments() -> None:
 
 
 def _claim_all(name: str, tokens: int, start: Any, out: Any) -> None:
-    guard = ReplayRegion.attach(name).guard()
+    guard = SharedRegion.attach(name).replay_guard()
     start.wait()
     out.send([i for i in range(tokens) if guard.first_use(b"token-%d" % i, 60)])
     out.close()
@@ -92,7 +94,7 @@ def _claim_all(name: str, tokens: int, start: Any, out: Any) -> None:
 def test_processes_claiming_the_same_tokens_at_once_get_each_exactly_once(tmp_path: Path) -> None:
     # Room enough that no window fills up (at 3/4 load a window of 64 sometimes does, and
     # the guard then answers None, which is a refusal, not a claim).
-    region = ReplayRegion.create(capacity=1 << 14, directory=str(tmp_path))
+    region = SharedRegion.create(replay_slots=1 << 14, counter_slots=64, directory=str(tmp_path))
     ctx = multiprocessing.get_context("fork")
     tokens, procs = 3000, 4
     start = ctx.Barrier(procs)
@@ -110,23 +112,23 @@ def test_processes_claiming_the_same_tokens_at_once_get_each_exactly_once(tmp_pa
         assert p.exitcode == 0
     claimed = [i for part in won for i in part]
     assert sorted(claimed) == list(range(tokens))          # each token once, by one process
-    assert region.guard().live_count() == tokens
+    assert region.replay_guard().live_count() == tokens
     region.close()
 
 
 def test_region_file_and_attach(tmp_path: Path) -> None:
-    r = ReplayRegion.create(capacity=1 << 10, directory=str(tmp_path))
+    r = SharedRegion.create(replay_slots=1 << 10, counter_slots=64, directory=str(tmp_path))
     try:
         assert stat.S_IMODE(os.stat(r.name).st_mode) == 0o600
-        assert r.guard().first_use(b"x", 10) is True
-        other = ReplayRegion.attach(r.name)
-        assert other.guard().first_use(b"x", 10) is False   # same table, same key
+        assert r.replay_guard().first_use(b"x", 10) is True
+        other = SharedRegion.attach(r.name)
+        assert other.replay_guard().first_use(b"x", 10) is False   # same table, same key
         other.close()
         assert os.path.exists(r.name)                       # only the creator removes it
         bogus = tmp_path / "not-a-region"
         bogus.write_bytes(b"\0" * 8192)
-        with pytest.raises(ValueError, match="not a fastgw replay region"):
-            ReplayRegion.attach(str(bogus))
+        with pytest.raises(ValueError, match="not a fastgw shared region"):
+            SharedRegion.attach(str(bogus))
     finally:
         r.close()
     assert not os.path.exists(r.name)
@@ -134,11 +136,11 @@ def test_region_file_and_attach(tmp_path: Path) -> None:
 
 def test_two_regions_hash_differently(tmp_path: Path) -> None:
     # Each region has its own random key: a token's slots can't be predicted offline.
-    a = ReplayRegion.create(capacity=1 << 10, directory=str(tmp_path))
-    b = ReplayRegion.create(capacity=1 << 10, directory=str(tmp_path))
+    a = SharedRegion.create(replay_slots=1 << 10, counter_slots=64, directory=str(tmp_path))
+    b = SharedRegion.create(replay_slots=1 << 10, counter_slots=64, directory=str(tmp_path))
     try:
-        assert a.guard().first_use(b"x", 10) is True and b.guard().first_use(b"x", 10) is True
-        assert a._key != b._key
+        assert a.replay_guard().first_use(b"x", 10) is True and b.replay_guard().first_use(b"x", 10) is True
+        assert a.key != b.key
     finally:
         a.close()
         b.close()
@@ -148,18 +150,18 @@ def test_stale_regions_of_dead_supervisors_are_removed(tmp_path: Path) -> None:
     child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(0,))
     child.start()
     child.join()
-    dead = tmp_path / f"fastgw-replay-{child.pid}-abcd1234"
-    alive = tmp_path / f"fastgw-replay-{os.getpid()}-abcd1234"
+    dead = tmp_path / f"fastgw-shared-{child.pid}-abcd1234"
+    alive = tmp_path / f"fastgw-shared-{os.getpid()}-abcd1234"
     dead.write_bytes(b"")
     alive.write_bytes(b"")
-    assert remove_stale_regions(str(tmp_path), kind="replay") == 1
+    assert remove_stale_regions(str(tmp_path), kind="shared") == 1
     assert not dead.exists() and alive.exists()
 
 
 def test_redis_guard_is_one_set_for_every_node(redis: Any) -> None:
     async def scenario() -> None:
-        node_a = redis_guard({"url": redis.url, "timeout": 1.0, "key_prefix": "t1:"})
-        node_b = redis_guard({"url": redis.url, "timeout": 1.0, "key_prefix": "t1:"})
+        node_a = RedisReplayGuard(redis_client({"url": redis.url, "timeout": 1.0}), "t1:")
+        node_b = RedisReplayGuard(redis_client({"url": redis.url, "timeout": 1.0}), "t1:")
         try:
             assert await node_a.first_use(b"sig-1", 30) is True
             assert await node_b.first_use(b"sig-1", 30) is False     # the other node sees it
@@ -169,8 +171,8 @@ def test_redis_guard_is_one_set_for_every_node(redis: Any) -> None:
             ttls = sorted([await node_a._client.ttl(k) for k in keys])
             assert 7 <= ttls[0] <= 8 and 29 <= ttls[1] <= 30           # remembered for its ttl only
         finally:
-            await node_a.close()
-            await node_b.close()
+            await node_a._client.aclose()
+            await node_b._client.aclose()
 
     asyncio.run(scenario())
 
@@ -179,12 +181,12 @@ def test_redis_guard_fails_closed(redis: Any, caplog: pytest.LogCaptureFixture) 
     redis.stop()
 
     async def scenario() -> None:
-        guard = redis_guard({"url": redis.url, "timeout": 0.2})
+        guard = RedisReplayGuard(redis_client({"url": redis.url, "timeout": 0.2}))
         try:
             assert await guard.first_use(b"sig", 30) is None
             assert await guard.first_use(b"sig", 30) is None
         finally:
-            await guard.close()
+            await guard._client.aclose()
 
     with caplog.at_level(logging.ERROR, logger="fastgw.replay"):
         asyncio.run(scenario())

@@ -245,9 +245,35 @@ def _check_target(url: Any, place: str, errors: list[str]) -> None:
         errors.append(f"{place}: must be http://host:port or https://host:port (got {url!r})")
 
 
+def _plugin_entries(node: Any, place: str) -> Any:
+    """(place, entry) of every plugin entry under ``node`` (services, stages, paths, methods)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{place}.{key}" if place else str(key)
+            if key == "plugins" and isinstance(value, list):
+                for j, entry in enumerate(value):
+                    if isinstance(entry, dict):
+                        yield f"{here}[{j}]", entry
+            else:
+                yield from _plugin_entries(value, here)
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _plugin_entries(item, f"{place}[{i}]")
+
+
+def _needs_redis(raw: dict[str, Any]) -> list[str]:
+    """Plugin settings that count in Redis need the top-level ``redis`` section."""
+    if raw.get("redis") is not None:
+        return []
+    return [f"{place}.config.policy: 'redis' needs the top-level redis section (or policy 'node')"
+            for place, entry in _plugin_entries(raw.get("services"), "services")
+            if entry.get("name") == "rate-limiting" and entry.get("enabled", True) is not False
+            and isinstance(entry.get("config"), dict) and entry["config"].get("policy") == "redis"]
+
+
 def semantic_errors(raw: dict[str, Any]) -> list[str]:
     """The checks beyond the schema (variables, templates, targets, collisions, plugins)."""
-    errors: list[str] = []
+    errors: list[str] = _needs_redis(raw)
     consumers = raw.get("consumers")
     if isinstance(consumers, list) and all(isinstance(c, dict) for c in consumers):
         from fastgw.consumers import check_consumers

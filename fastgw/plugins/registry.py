@@ -17,6 +17,7 @@ BUILTIN: dict[str, str] = {
     "request-size-limit": "fastgw.plugins.request_size_limit",
     "request-id": "fastgw.plugins.request_id",
     "response-headers": "fastgw.plugins.response_headers",
+    "rate-limiting": "fastgw.plugins.rate_limiting",
 }
 
 REQUIRED = ("NAME", "PRIORITY", "SCHEMA", "Plugin")

@@ -11,7 +11,8 @@ from email.utils import formatdate
 import pytest
 
 from fastgw.pipeline import PipelineError
-from fastgw.replay import LocalReplayGuard, ReplayRegion
+from fastgw.replay import LocalReplayGuard
+from fastgw.shared import SharedRegion
 
 from .util import error_of, hdrs, make_ctx, make_pipeline, run
 
@@ -134,9 +135,9 @@ def test_a_signature_is_remembered_until_its_date_leaves_the_window():
 
 
 def test_a_full_replay_guard_refuses_the_request(tmp_path):
-    region = ReplayRegion.create(capacity=64, directory=str(tmp_path))
+    region = SharedRegion.create(replay_slots=64, counter_slots=64, directory=str(tmp_path))
     try:
-        guard = region.guard()
+        guard = region.replay_guard()
         for i in range(64):                      # every slot of every window taken
             assert guard.first_use(b"token-%d" % i, 60) is True
         pipe = make_pipeline([{"name": "hmac-auth"}], CONSUMERS, services={"replay": guard})

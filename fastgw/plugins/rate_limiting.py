@@ -1,0 +1,155 @@
+"""rate-limiting: at most N requests per second / minute / hour / day, per caller.
+
+A caller is the authenticated consumer (``limit_by: consumer``, the default; a request
+without one is counted by its client address), the client address (``ip``), or the value
+of a request header (``header``, ``header_name``; without it: the client address). Counts
+are fixed windows on the wall clock, shared by every route of the service's stage
+(``scope: stage``, the default) or kept per route (``scope: route``); a request over any
+limit gets 429 with ``Retry-After`` (seconds until the window that refused it ends) and is
+not counted. Every answer says where the caller stands, as the IETF RateLimit headers
+(``RateLimit-Limit``, ``RateLimit-Remaining``, ``RateLimit-Reset``, for the limit closest
+to running out) and Kong's ``X-RateLimit-Limit-Minute`` / ``X-RateLimit-Remaining-Minute``
+per period, unless ``hide_client_headers``.
+
+Where it counts (``policy``): ``node`` (default) in the node's shared memory
+(``fastgw.counters``), so the limit holds across all workers of the gateway; ``redis`` in
+the Redis of the top-level ``redis`` section, so it holds across every node sharing it.
+When the counts can't be had (Redis down or slow, the node's table full), the request
+goes through with ``fault_tolerant`` (the default, as Kong: a limiter outage is not an
+API outage) and is refused with 503 without it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from fastgw.counters import LocalCounters, window_end
+from fastgw.plugins.base import CONTINUE, PluginScope
+from fastgw.plugins.base import Plugin as BasePlugin
+
+NAME = "rate-limiting"
+PRIORITY = 910          # after authentication (the consumer is known) and acl, as in Kong
+
+PERIODS = (("second", 1), ("minute", 60), ("hour", 3600), ("day", 86400))
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        **{name: {"type": "integer", "minimum": 1, "description": f"Requests allowed per {name}."}
+           for name, _ in PERIODS},
+        "limit_by": {"enum": ["consumer", "ip", "header"], "default": "consumer",
+                     "description": "Who a count belongs to: the consumer (else the client address), "
+                                    "the client address, or a request header's value (else the client address)."},
+        "header_name": {"type": "string", "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$",
+                        "description": "The header of limit_by: header."},
+        "scope": {"enum": ["stage", "route"], "default": "stage",
+                  "description": "One count for every route of the service's stage, or one per route."},
+        "policy": {"enum": ["node", "redis"], "default": "node",
+                   "description": "Count per gateway node (shared memory) or across nodes (the top-level redis)."},
+        "fault_tolerant": {"type": "boolean", "default": True,
+                           "description": "Let requests through when the counts can't be had (else 503)."},
+        "hide_client_headers": {"type": "boolean", "default": False,
+                                "description": "Leave out the RateLimit-* and X-RateLimit-* headers."},
+    },
+}
+
+# Counters of a process without the node's region (plugins built by tests and tools).
+_LOCAL = LocalCounters()
+
+
+class Plugin(BasePlugin):
+    def __init__(self, config: dict[str, Any], scope: PluginScope) -> None:
+        super().__init__(config, scope)
+        self.limits = tuple((name, period, config[name]) for name, period in PERIODS if name in config)
+        if not self.limits:
+            raise ValueError("set at least one limit: second, minute, hour or day")
+        self.limit_by = config["limit_by"]
+        self.header = config.get("header_name", "").lower()
+        if self.limit_by == "header" and not self.header:
+            raise ValueError("limit_by 'header' needs header_name")
+        spec = scope.spec
+        where = spec.key if config["scope"] == "route" else f"{spec.service}/{spec.stage}"
+        self.prefix = (where + "|").encode()
+        services = scope.services
+        if config["policy"] == "redis":
+            self.store = services.get("redis_counters")
+            if self.store is None and services:
+                raise ValueError("policy 'redis' needs the top-level redis section")
+        else:
+            self.store = services.get("counters")
+        if self.store is None:
+            self.store = _LOCAL
+        self.fault_tolerant = config["fault_tolerant"]
+        self.hide = config["hide_client_headers"]
+
+    def _caller(self, ctx: Any) -> str:
+        if self.limit_by == "consumer":
+            consumer = ctx.consumer
+            if consumer is not None:
+                return "c:" + str(getattr(consumer, "name", consumer))
+        elif self.limit_by == "header":
+            value = ctx.get_header(self.header)
+            if value:
+                return "h:" + value
+        return "ip:" + str(ctx.client_ip)
+
+    def on_request(self, ctx: Any) -> int | Awaitable[int]:
+        name = self.prefix + self._caller(ctx).encode("utf-8", "surrogateescape")
+        items = [(name, period) for _, period, _ in self.limits]
+        now = time.time()
+        counts = self.store.hit(items, now, 1)
+        if counts is None or isinstance(counts, list):
+            return self._decide(ctx, items, now, counts)[0]
+        return self._await_counts(ctx, items, now, counts)
+
+    async def _await_counts(self, ctx: Any, items: list[tuple[bytes, int]], now: float,
+                            pending: Awaitable[list[int] | None]) -> int:
+        verdict, take_back = self._decide(ctx, items, now, await pending)
+        if take_back is not None:
+            await take_back
+        return verdict
+
+    def _decide(self, ctx: Any, items: list[tuple[bytes, int]], now: float,
+                counts: list[int] | None) -> tuple[int, Any]:
+        """(CONTINUE or ANSWERED, the store's pending take-back of a refused request's adds)."""
+        if counts is None:
+            if self.fault_tolerant:
+                return CONTINUE, None
+            return ctx.error(503, "rate limit counters unavailable"), None
+        over = [period for (_, period, limit), count in zip(self.limits, counts, strict=True) if count > limit]
+        if not over:
+            if not self.hide:
+                for name, value in self._headers(counts, now, 0):
+                    ctx.add_response_header(name, value)
+            return CONTINUE, None
+        # A refused request is not counted: a client that keeps knocking gets in again as
+        # soon as the window that refused it ends.
+        back = self.store.hit(items, now, -1)
+        retry = max(window_end(now, period) for period in over) - int(now)
+        headers = [] if self.hide else self._headers(counts, now, 1)
+        headers.append((b"Retry-After", str(max(1, retry)).encode()))
+        return ctx.error(429, "API rate limit exceeded", headers), (None if back is None or isinstance(back, list)
+                                                                     else back)
+
+    def _headers(self, counts: list[int], now: float, uncounted: int) -> list[tuple[bytes, bytes]]:
+        """Kong's per-period headers and the IETF RateLimit-* of the limit closest to
+        running out (``uncounted``: adds that were taken back)."""
+        out = []
+        tightest: tuple[tuple[int, int], int, int, int] | None = None
+        for (name, period, limit), count in zip(self.limits, counts, strict=True):
+            remaining = max(0, limit - (count - uncounted))
+            title = name.capitalize().encode()
+            out.append((b"X-RateLimit-Limit-" + title, str(limit).encode()))
+            out.append((b"X-RateLimit-Remaining-" + title, str(remaining).encode()))
+            reset = window_end(now, period) - int(now)
+            rank = (remaining, -reset)
+            if tightest is None or rank < tightest[0]:
+                tightest = (rank, limit, remaining, reset)
+        assert tightest is not None
+        _, limit, remaining, reset = tightest
+        out += [(b"RateLimit-Limit", str(limit).encode()), (b"RateLimit-Remaining", str(remaining).encode()),
+                (b"RateLimit-Reset", str(reset).encode())]
+        return out

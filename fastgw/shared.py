@@ -1,0 +1,137 @@
+"""Node-wide state in shared memory: hmac-auth's replay set and the rate-limit counters.
+
+The supervisor creates one region (a file in ``/dev/shm``, like the stats region) for its
+whole life and passes its name to every worker (``--shared``); each worker attaches and
+hands its plugins the node's guards through ``PluginScope.services`` (``"replay"``,
+``"counters"``). Every worker, and every generation after a reload, writes the same
+tables with atomic compare-and-swap, so what they hold is true for the node. Layout::
+
+    header (4096 B)   magic, version, replay slots, counter slots, 32-byte random key
+    replay table      replay_slots x u64            (fastgw/_replay.pxi)
+    counter table     counter_slots x 2 u64         (fastgw/_counters.pxi)
+
+Sizes: 2**21 replay slots (16 MB of address space: about a million live signatures) and
+2**18 counter slots (4 MB: about 130 000 live counters, a counter being one caller in one
+period of one limit). A page takes memory only once something lands in it. The random key
+makes each node's slots unpredictable (no one can aim many keys at one window offline).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+
+from fastgw import _core
+from fastgw.stats import remove_stale_regions
+
+MAGIC = b"FGWSHRD1"
+VERSION = 1
+HEADER_SIZE = 4096
+REPLAY_SLOTS = 1 << 21
+COUNTER_SLOTS = 1 << 18
+_HEADER = struct.Struct("<8sIIQQ32s")   # magic, version, reserved, replay slots, counter slots, key
+_KIND = "shared"
+
+
+def _power_of_two(n: int, least: int, what: str) -> None:
+    if n < least or n & (n - 1):
+        raise ValueError(f"shared region: {what} must be a power of two >= {least} (got {n})")
+
+
+class SharedRegion:
+    """The file. Supervisor: ``SharedRegion.create()``, ``region.name`` to the workers,
+    ``region.close()`` at exit (removes the file). Worker: ``SharedRegion.attach(name)``,
+    then ``replay_guard()`` and ``counters()``."""
+
+    def __init__(self, path: str, fd: int, mm: mmap.mmap, replay_slots: int, counter_slots: int,
+                 key: bytes, owner: bool) -> None:
+        self.path = path
+        self._fd = fd
+        self._mm = mm
+        self.replay_slots = replay_slots
+        self.counter_slots = counter_slots
+        self.key = key
+        self.owner = owner
+        self._exported = False
+
+    @property
+    def name(self) -> str:
+        return self.path
+
+    @staticmethod
+    def _size(replay_slots: int, counter_slots: int) -> int:
+        return HEADER_SIZE + replay_slots * 8 + counter_slots * 16
+
+    @classmethod
+    def create(cls, replay_slots: int = REPLAY_SLOTS, counter_slots: int = COUNTER_SLOTS,
+               directory: str = "/dev/shm") -> SharedRegion:
+        _power_of_two(replay_slots, _core.REPLAY_WINDOW, "replay_slots")
+        _power_of_two(counter_slots, _core.COUNTERS_WINDOW, "counter_slots")
+        if not os.path.isdir(directory):
+            directory = "/tmp"
+        remove_stale_regions(directory, kind=_KIND)
+        path = os.path.join(directory, f"fastgw-{_KIND}-{os.getpid()}-{os.urandom(4).hex()}")
+        key = os.urandom(32)
+        size = cls._size(replay_slots, counter_slots)
+        # SECURITY: 0600 and created exclusively (as the stats region): no other local user
+        # can read the key, forge used tokens or counts, or pre-create the file.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)           # sparse: pages take memory as entries land in them
+            mm = mmap.mmap(fd, size)
+            _HEADER.pack_into(mm, 0, MAGIC, VERSION, 0, replay_slots, counter_slots, key)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        return cls(path, fd, mm, replay_slots, counter_slots, key, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> SharedRegion:
+        fd = os.open(name, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            if size < HEADER_SIZE:
+                raise ValueError(f"{name}: not a fastgw shared region")
+            mm = mmap.mmap(fd, size)
+            magic, version, _, replay_slots, counter_slots, key = _HEADER.unpack_from(mm, 0)
+            if magic != MAGIC or version != VERSION or cls._size(replay_slots, counter_slots) > size:
+                mm.close()
+                raise ValueError(f"{name}: not a fastgw shared region (or another version)")
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(name, fd, mm, replay_slots, counter_slots, key, owner=False)
+
+    def replay_table(self) -> _core.ReplaySet:
+        self._exported = True
+        return _core.ReplaySet(self._mm, HEADER_SIZE, self.replay_slots)
+
+    def counter_table(self) -> _core.CounterTable:
+        self._exported = True
+        return _core.CounterTable(self._mm, HEADER_SIZE + self.replay_slots * 8, self.counter_slots)
+
+    def replay_guard(self) -> object:
+        from fastgw.replay import ReplayGuard
+
+        return ReplayGuard(self.replay_table(), self.key)
+
+    def counters(self) -> object:
+        from fastgw.counters import NodeCounters
+
+        return NodeCounters(self.counter_table(), self.key)
+
+    def close(self) -> None:
+        """Unmap (when no table still points into it) and, for the creator, remove the file."""
+        if self._fd < 0:
+            return
+        if not self._exported:
+            self._mm.close()
+        os.close(self._fd)
+        self._fd = -1
+        if self.owner:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass

@@ -1,0 +1,44 @@
+"""End-to-end: rate limits hold for the whole node (shared memory, any worker) and, with
+policy ``redis``, for every node sharing the Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.helpers import Backend, RedisServer, clear_of_window_edge, free_port, gateway_config, request
+
+
+def _config(port: int, backend: Backend, **limits: Any) -> dict[str, Any]:
+    plugin = {"name": "rate-limiting", "config": {"minute": 5, "limit_by": "ip", **limits}}
+    cfg = gateway_config(port, backend.url, {"/api/{p*}": {"GET": {}}, "/free": {"GET": {}}})
+    cfg["services"][0]["resources"]["/api/{p*}"]["plugins"] = [plugin]
+    return cfg
+
+
+def test_a_limit_holds_across_the_workers_of_a_node(backend: Backend, port: int, gateway: Any) -> None:
+    g = gateway(_config(port, backend), workers=4)
+    clear_of_window_edge(60)
+    # one new connection per request: the kernel spreads them over the four workers
+    answers = [request(g.port, "GET", f"/api/{i}", headers={"Connection": "close"}) for i in range(12)]
+    assert [r.status for r in answers] == [200] * 5 + [429] * 7
+    assert [r.headers["x-ratelimit-remaining-minute"] for r in answers[:5]] == ["4", "3", "2", "1", "0"]
+    refused = answers[-1]
+    assert refused.json()["error"] == "API rate limit exceeded"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert len([r for r in backend.requests if r["path"].startswith("/api/")]) == 5
+    assert request(g.port, "GET", "/free").status == 200          # no limit on that route
+
+
+def test_nodes_sharing_redis_share_a_limit(backend: Backend, gateway: Any, redis: RedisServer) -> None:
+    nodes = []
+    for _ in range(2):
+        cfg = _config(free_port(), backend, minute=4, policy="redis")
+        cfg["redis"] = {"url": redis.url, "timeout": 0.5}
+        nodes.append(gateway(cfg, workers=2))
+    clear_of_window_edge(60)
+    statuses = [request(nodes[i % 2].port, "GET", f"/api/{i}").status for i in range(8)]
+    assert statuses == [200] * 4 + [429] * 4
+    # Redis gone: fault-tolerant (the default) lets requests through
+    redis.stop()
+    assert request(nodes[0].port, "GET", "/api/after").status == 200
+    nodes[0].wait_log("rate-limit counters: Redis unavailable")

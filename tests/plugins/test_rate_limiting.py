@@ -1,0 +1,139 @@
+"""rate-limiting: limits per period, who is counted, scope, refused requests not counted,
+headers, and what happens when the counts can't be had."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastgw.consumers import Consumer
+from fastgw.counters import LocalCounters
+from fastgw.pipeline import PipelineError
+from fastgw.shared import SharedRegion
+from tests.helpers import clear_of_window_edge
+
+from .util import error_of, hdrs, make_ctx, make_pipeline, run
+
+
+def limiter(config: dict[str, Any], counters: Any = None, **kw: Any) -> Any:
+    clear_of_window_edge(60, 1.0)      # the tests count within one minute (and second) window
+    services = {"counters": counters if counters is not None else LocalCounters()}
+    return make_pipeline([{"name": "rate-limiting", "config": config}], services=services, **kw)
+
+
+def test_a_limit_per_minute_and_its_headers() -> None:
+    pipe = limiter({"minute": 3})
+    for left in (2, 1, 0):
+        ctx = make_ctx(peer="10.0.0.1")
+        assert run(pipe, ctx) is False
+        added = hdrs(ctx.response_headers_add)
+        assert added["x-ratelimit-limit-minute"] == "3" and added["x-ratelimit-remaining-minute"] == str(left)
+        assert added["ratelimit-limit"] == "3" and added["ratelimit-remaining"] == str(left)
+        assert 1 <= int(added["ratelimit-reset"]) <= 60
+    ctx = make_ctx(peer="10.0.0.1")
+    assert run(pipe, ctx) is True and ctx.answer_status == 429 and error_of(ctx) == "API rate limit exceeded"
+    answer = hdrs(ctx.answer_headers)
+    assert 1 <= int(answer["retry-after"]) <= 60 and answer["x-ratelimit-remaining-minute"] == "0"
+    assert run(pipe, make_ctx(peer="10.0.0.2")) is False        # another caller has its own count
+
+
+def test_refused_requests_are_not_counted() -> None:
+    counters = LocalCounters()
+    pipe = limiter({"minute": 2, "hour": 5}, counters)
+    results = [run(pipe, make_ctx(peer="10.0.0.1")) for _ in range(6)]
+    assert results == [False, False, True, True, True, True]
+    # the hour counted only the two that went through
+    ctx = make_ctx(peer="10.0.0.1")
+    run(pipe, ctx)
+    assert hdrs(ctx.answer_headers)["x-ratelimit-remaining-hour"] == "3"
+
+
+def test_the_tightest_limit_is_the_one_in_ratelimit_headers() -> None:
+    pipe = limiter({"second": 100, "minute": 2})
+    ctx = make_ctx()
+    run(pipe, ctx)
+    added = hdrs(ctx.response_headers_add)
+    assert added["ratelimit-limit"] == "2" and added["ratelimit-remaining"] == "1"
+    assert added["x-ratelimit-remaining-second"] == "99"
+
+
+def test_limit_by_consumer_header_or_ip() -> None:
+    pipe = limiter({"minute": 1})
+    alice = make_ctx(peer="10.0.0.1")
+    alice.consumer = Consumer("alice", ())
+    assert run(pipe, alice) is False
+    again = make_ctx(peer="10.0.0.9")                       # alice from another address
+    again.consumer = Consumer("alice", ())
+    assert run(pipe, again) is True
+    assert run(pipe, make_ctx(peer="10.0.0.1")) is False     # no consumer: by address
+
+    pipe = limiter({"minute": 1, "limit_by": "header", "header_name": "X-Tenant"})
+    assert run(pipe, make_ctx(headers=[(b"X-Tenant", b"t1")])) is False
+    assert run(pipe, make_ctx(headers=[(b"X-Tenant", b"t1")], peer="10.9.9.9")) is True
+    assert run(pipe, make_ctx(headers=[(b"X-Tenant", b"t2")])) is False
+
+    pipe = limiter({"minute": 1, "limit_by": "ip"})
+    ctx = make_ctx(peer="10.0.0.1")
+    ctx.consumer = Consumer("bob", ())
+    assert run(pipe, ctx) is False
+    assert run(pipe, make_ctx(peer="10.0.0.1")) is True
+
+
+def test_scope_stage_shares_a_count_between_routes_and_route_does_not() -> None:
+    counters = LocalCounters()
+    orders = limiter({"minute": 1}, counters)
+    users = limiter({"minute": 1}, counters, resource="/users/{id}")
+    assert run(orders, make_ctx()) is False
+    assert run(users, make_ctx(path="/users/1")) is True        # the same stage: one count
+    counters = LocalCounters()
+    orders = limiter({"minute": 1, "scope": "route"}, counters)
+    users = limiter({"minute": 1, "scope": "route"}, counters, resource="/users/{id}")
+    assert run(orders, make_ctx()) is False
+    assert run(users, make_ctx(path="/users/1")) is False
+
+
+def test_hidden_headers() -> None:
+    pipe = limiter({"minute": 1, "hide_client_headers": True})
+    ctx = make_ctx()
+    run(pipe, ctx)
+    assert ctx.response_headers_add == []
+    ctx = make_ctx()
+    run(pipe, ctx)
+    assert [k for k, _ in ctx.answer_headers if k.lower().startswith(b"x-ratelimit")] == []
+    assert hdrs(ctx.answer_headers)["retry-after"]
+
+
+def test_without_counts_fault_tolerant_lets_through_and_strict_refuses(tmp_path: Path) -> None:
+    # A node table with no room left: every window of its 32 slots holds a live day counter.
+    region = SharedRegion.create(replay_slots=64, counter_slots=32, directory=str(tmp_path))
+    try:
+        counters = region.counters()
+        for i in range(10_000):
+            if counters.hit([(b"filler-%d" % i, 86400)], time.time(), 1) is None:
+                break
+        assert counters.hit([(b"probe", 86400)], time.time(), 1) is None
+        assert run(limiter({"minute": 1}, counters), make_ctx()) is False
+        ctx = make_ctx()
+        assert run(limiter({"minute": 1, "fault_tolerant": False}, counters), ctx) is True
+        assert ctx.answer_status == 503 and error_of(ctx) == "rate limit counters unavailable"
+    finally:
+        region.close()
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(PipelineError) as err:
+        limiter({})
+    assert "at least one limit" in str(err.value.errors)
+    with pytest.raises(PipelineError) as err:
+        limiter({"minute": 1, "limit_by": "header"})
+    assert "header_name" in str(err.value.errors)
+    with pytest.raises(PipelineError) as err:
+        limiter({"minute": 0})
+    assert "minute" in str(err.value.errors)
+    with pytest.raises(PipelineError) as err:
+        make_pipeline([{"name": "rate-limiting", "config": {"minute": 5, "policy": "redis"}}],
+                      services={"counters": LocalCounters()})
+    assert "top-level redis" in str(err.value.errors)
