@@ -18,6 +18,7 @@ BUILTIN: dict[str, str] = {
     "request-id": "fastgw.plugins.request_id",
     "response-headers": "fastgw.plugins.response_headers",
     "rate-limiting": "fastgw.plugins.rate_limiting",
+    "mock": "fastgw.plugins.mock",
 }
 
 REQUIRED = ("NAME", "PRIORITY", "SCHEMA", "Plugin")
