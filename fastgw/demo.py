@@ -192,8 +192,9 @@ Try:
   curl -s {base}/orders/1
   curl -s -X POST {base}/orders -H 'Content-Type: application/json' -d '{{"item": "mug", "qty": 3}}'
   curl -s {base}/alpha/orders/2               # alpha stage (path prefix) -> /v2/orders/2
+  curl -s {base}/orders/1/tracking            # mock: answered by the gateway, no backend yet
   curl -s -i {base}/users/2                   # 401: the accounts service needs an API key
-  curl -s -H 'apikey: demo-key-ada' {base}/users/2
+  curl -s -i -H 'apikey: demo-key-ada' {base}/users/2   # 60 a minute per consumer: RateLimit-* headers
   curl -s -X DELETE -H 'apikey: demo-key-bob' {base}/users/2   # 403: acl allows group staff only
   curl -s {base}/static/css/site.css          # {{path*}} -> /assets/css/site.css
   curl -s -X PUT '{base}/echo?x=1' -d hello   # echoed back by the files backend
