@@ -30,6 +30,7 @@ from fastgw import _core
 log = logging.getLogger("fastgw.counters")
 
 Items = Sequence[tuple[bytes, int]]
+_PAIR = struct.Struct("<QQ")
 
 
 def window_end(now: float, period: int) -> int:
@@ -42,13 +43,22 @@ class NodeCounters:
         self._table = table
         self._key = key
         self._last_full = -10.0
+        self._slots: dict[tuple[bytes, int], tuple[int, int]] = {}   # PERF: hashes of recent counters
+
+    def _hash(self, name: bytes, period: int) -> tuple[int, int]:
+        hashed = self._slots.get((name, period))
+        if hashed is None:
+            if len(self._slots) >= 65536:
+                self._slots.clear()
+            digest = hashlib.blake2b(b"%d:%s" % (period, name), digest_size=16, key=self._key).digest()
+            hashed = self._slots[(name, period)] = _PAIR.unpack(digest)
+        return hashed
 
     def hit(self, items: Items, now: float, delta: int = 1) -> list[int] | None:
         out = []
         wall = int(now)
         for name, period in items:
-            digest = hashlib.blake2b(b"%d:%s" % (period, name), digest_size=16, key=self._key).digest()
-            home, fingerprint = struct.unpack("<QQ", digest)
+            home, fingerprint = self._hash(name, period)
             count = self._table.hit(home, fingerprint, wall & 0xFFFFFFFF, window_end(now, period) & 0xFFFFFFFF, delta)
             if count < 0:
                 t = time.monotonic()

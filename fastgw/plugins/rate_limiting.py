@@ -84,6 +84,10 @@ class Plugin(BasePlugin):
             self.store = _LOCAL
         self.fault_tolerant = config["fault_tolerant"]
         self.hide = config["hide_client_headers"]
+        # PERF: the header names and limits as bytes, once.
+        self.header_parts = tuple(
+            (b"X-RateLimit-Limit-" + name.capitalize().encode(), b"X-RateLimit-Remaining-" + name.capitalize().encode(),
+             b"%d" % limit, limit, period) for name, period, limit in self.limits)
 
     def _caller(self, ctx: Any) -> str:
         if self.limit_by == "consumer":
@@ -122,8 +126,7 @@ class Plugin(BasePlugin):
         over = [period for (_, period, limit), count in zip(self.limits, counts, strict=True) if count > limit]
         if not over:
             if not self.hide:
-                for name, value in self._headers(counts, now, 0):
-                    ctx.add_response_header(name, value)
+                ctx.response_headers_add.extend(self._headers(counts, now, 0))
             return CONTINUE, None
         # A refused request is not counted: a client that keeps knocking gets in again as
         # soon as the window that refused it ends.
@@ -136,20 +139,19 @@ class Plugin(BasePlugin):
 
     def _headers(self, counts: list[int], now: float, uncounted: int) -> list[tuple[bytes, bytes]]:
         """Kong's per-period headers and the IETF RateLimit-* of the limit closest to
-        running out (``uncounted``: adds that were taken back)."""
+        running out (``uncounted``: adds that were taken back); on a tie, the longer period."""
         out = []
-        tightest: tuple[tuple[int, int], int, int, int] | None = None
-        for (name, period, limit), count in zip(self.limits, counts, strict=True):
-            remaining = max(0, limit - (count - uncounted))
-            title = name.capitalize().encode()
-            out.append((b"X-RateLimit-Limit-" + title, str(limit).encode()))
-            out.append((b"X-RateLimit-Remaining-" + title, str(remaining).encode()))
-            reset = window_end(now, period) - int(now)
-            rank = (remaining, -reset)
-            if tightest is None or rank < tightest[0]:
-                tightest = (rank, limit, remaining, reset)
-        assert tightest is not None
-        _, limit, remaining, reset = tightest
-        out += [(b"RateLimit-Limit", str(limit).encode()), (b"RateLimit-Remaining", str(remaining).encode()),
-                (b"RateLimit-Reset", str(reset).encode())]
+        best_remaining, best = -1, None
+        for part, count in zip(self.header_parts, counts, strict=True):
+            remaining = part[3] - count + uncounted
+            if remaining < 0:
+                remaining = 0
+            out.append((part[0], part[2]))
+            out.append((part[1], b"%d" % remaining))
+            if best is None or remaining <= best_remaining:
+                best_remaining, best = remaining, part
+        assert best is not None
+        out.append((b"RateLimit-Limit", best[2]))
+        out.append((b"RateLimit-Remaining", b"%d" % best_remaining))
+        out.append((b"RateLimit-Reset", b"%d" % (window_end(now, best[4]) - int(now))))
         return out
