@@ -76,7 +76,13 @@ class SharedRegion:
         size = cls._size(replay_slots, counter_slots)
         # SECURITY: 0600 and created exclusively (as the stats region): no other local user
         # can read the key, forge used tokens or counts, or pre-create the file.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except PermissionError:
+            if directory == "/tmp":
+                raise
+            # A read-only /dev/shm (some containers): the region works from /tmp as well.
+            return cls.create(replay_slots, counter_slots, "/tmp")
         try:
             os.ftruncate(fd, size)           # sparse: pages take memory as entries land in them
             mm = mmap.mmap(fd, size)

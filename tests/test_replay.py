@@ -192,3 +192,21 @@ def test_redis_guard_fails_closed(redis: Any, caplog: pytest.LogCaptureFixture) 
         asyncio.run(scenario())
     lines = [r.getMessage() for r in caplog.records if "Redis unavailable" in r.getMessage()]
     assert len(lines) == 1       # logged once, not per request
+
+
+def test_a_read_only_shm_directory_falls_back_to_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Root ignores directory permissions here, so the refusal is simulated (the one mock).
+    real_open = os.open
+    refused = str(tmp_path)
+
+    def fake_open(path: str, flags: int, mode: int = 0o777) -> int:
+        if str(path).startswith(refused):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    r = SharedRegion.create(replay_slots=64, counter_slots=64, directory=refused)
+    try:
+        assert r.name.startswith("/tmp/fastgw-shared-") and r.replay_guard().first_use(b"x", 5) is True
+    finally:
+        r.close()
