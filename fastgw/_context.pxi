@@ -283,6 +283,11 @@ cdef class RequestContext:
     def remove_header(self, str name):
         remove_headers(self.headers, (name.lower().encode("latin-1"),))
 
+    def set_query(self, query):
+        """Forward ``query`` (raw bytes, without '?') to the backend instead of the client's."""
+        self.query = _ctx_b(query)
+        self._query_args = None
+
     def remove_query_arg(self, str name):
         """Drop ``name`` from the query string forwarded to the backend (other bytes kept)."""
         from urllib.parse import unquote_plus

@@ -19,6 +19,7 @@ BUILTIN: dict[str, str] = {
     "response-headers": "fastgw.plugins.response_headers",
     "rate-limiting": "fastgw.plugins.rate_limiting",
     "mock": "fastgw.plugins.mock",
+    "request-transformer": "fastgw.plugins.request_transformer",
 }
 
 REQUIRED = ("NAME", "PRIORITY", "SCHEMA", "Plugin")

@@ -1,0 +1,149 @@
+"""request-transformer: reshape the request's headers and query before the backend sees it.
+
+In Kong's order: ``remove`` (names), ``rename`` (old -> new, values kept), ``replace`` (only
+what is there), ``add`` (only what is not there), ``append`` (always), each for
+``headers`` and ``query``. Values are settings templates (``{id}``, ``${stage.x}``,
+``${header.x}``, ``${query.x}``, ``${consumer.name}``, ``${request_id}``) read from the
+request as the client sent it, before any change. Query values are percent-encoded; the
+arguments not named keep their bytes. The path is the route's ``backend_path``. Framing
+and connection headers (``Host``, ``Content-Length``, ``Transfer-Encoding``,
+``Connection`` …) are the gateway's and can't be named.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, unquote_plus
+
+from fastgw.plugins.base import CONTINUE, PluginScope
+from fastgw.plugins.base import Plugin as BasePlugin
+from fastgw.plugins.template import compile_template, param_names
+
+NAME = "request-transformer"
+PRIORITY = 801          # after authentication, acl and rate limiting (as Kong)
+
+_NAME_RE = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+_VALUE_RE = "^[^\\r\\n\\x00]*$"
+_NAMES = {"type": "array", "default": [], "items": {"type": "string", "minLength": 1}}
+_PAIRS = {"type": "object", "default": {}, "additionalProperties": {"type": "string", "pattern": _VALUE_RE}}
+_RENAMES = {"type": "object", "default": {}, "additionalProperties": {"type": "string", "minLength": 1}}
+
+
+def _section(kind: dict[str, Any], what: str) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "default": {}, "description": what,
+            "properties": {"headers": kind, "query": kind}}
+
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "remove": _section(_NAMES, "Names to drop."),
+        "rename": _section(_RENAMES, "old name -> new name; the values move."),
+        "replace": _section(_PAIRS, "Values set only where the name is present."),
+        "add": _section(_PAIRS, "Values set only where the name is absent."),
+        "append": _section(_PAIRS, "Values added, whatever is there."),
+    },
+}
+
+# SECURITY: the gateway frames the request and owns its connection headers; a transformer
+# that could set them could smuggle a second request to the backend.
+_RESERVED = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te",
+                       "trailer", "upgrade", "proxy-connection", "expect"})
+
+
+def _split_query(query: bytes) -> list[tuple[str, bytes]]:
+    """[(decoded name, raw 'name=value' bytes)] of a raw query string."""
+    out = []
+    for part in query.split(b"&"):
+        if part:
+            out.append((unquote_plus(part.split(b"=", 1)[0].decode("latin-1")), part))
+    return out
+
+
+def _pair(name: str, value: str) -> bytes:
+    return (quote(name, safe="") + "=" + quote(value, safe="")).encode("ascii")
+
+
+class Plugin(BasePlugin):
+    def __init__(self, config: dict[str, Any], scope: PluginScope) -> None:
+        super().__init__(config, scope)
+        params = param_names(scope.spec.resource)
+        variables = scope.variables
+        for op in ("remove", "rename", "replace", "add", "append"):
+            section = config[op].get("headers", [] if op == "remove" else {})
+            names = list(section) + (list(section.values()) if op == "rename" else [])
+            for name in names:
+                if not _valid_name(name):
+                    raise ValueError(f"{op}.headers: {name!r} is not a header name")
+                if name.lower() in _RESERVED:
+                    raise ValueError(f"{op}.headers: {name} is the gateway's to set")
+
+        def templates(pairs: dict[str, str]) -> tuple[tuple[str, Any], ...]:
+            return tuple((name, compile_template(value, params, variables)) for name, value in pairs.items())
+
+        self.remove_h = tuple(config["remove"].get("headers", ()))
+        self.remove_q = frozenset(config["remove"].get("query", ()))
+        self.rename_h = tuple(config["rename"].get("headers", {}).items())
+        self.rename_q = dict(config["rename"].get("query", {}))
+        self.replace_h = templates(config["replace"].get("headers", {}))
+        self.replace_q = templates(config["replace"].get("query", {}))
+        self.add_h = templates(config["add"].get("headers", {}))
+        self.add_q = templates(config["add"].get("query", {}))
+        self.append_h = templates(config["append"].get("headers", {}))
+        self.append_q = templates(config["append"].get("query", {}))
+        self.touches_query = any((self.remove_q, self.rename_q, self.replace_q, self.add_q, self.append_q))
+
+    def on_request(self, ctx: Any) -> int:
+        # Templates read the request as it came: render every value before changing anything.
+        replace_h = [(n, t.render(ctx)) for n, t in self.replace_h]
+        add_h = [(n, t.render(ctx)) for n, t in self.add_h]
+        append_h = [(n, t.render(ctx)) for n, t in self.append_h]
+        if self.touches_query:
+            self._query(ctx)
+        for name in self.remove_h:
+            ctx.remove_header(name)
+        for old, new in self.rename_h:
+            values = ctx.get_headers(old)
+            if values:
+                ctx.remove_header(old)
+                for value in values:
+                    ctx.add_header(new, value)
+        for name, value in replace_h:
+            if ctx.get_header(name) is not None:
+                ctx.set_header(name, value)
+        for name, value in add_h:
+            if ctx.get_header(name) is None:
+                ctx.add_header(name, value)
+        for name, value in append_h:
+            ctx.add_header(name, value)
+        return CONTINUE
+
+    def _query(self, ctx: Any) -> None:
+        replace = [(n, t.render(ctx)) for n, t in self.replace_q]
+        add = [(n, t.render(ctx)) for n, t in self.add_q]
+        append = [(n, t.render(ctx)) for n, t in self.append_q]
+        args = [(n, raw) for n, raw in _split_query(ctx.query or b"") if n not in self.remove_q]
+        if self.rename_q:
+            renamed = []
+            for name, raw in args:
+                new = self.rename_q.get(name)
+                if new is not None:
+                    value = raw.split(b"=", 1)[1] if b"=" in raw else None
+                    raw = quote(new, safe="").encode("ascii") + (b"=" + value if value is not None else b"")
+                    name = new
+                renamed.append((name, raw))
+            args = renamed
+        for name, value in replace:
+            if any(n == name for n, _ in args):
+                first = next(i for i, (n, _) in enumerate(args) if n == name)
+                args = [a for i, a in enumerate(args) if a[0] != name or i == first]
+                args[first] = (name, _pair(name, value))
+        present = {n for n, _ in args}
+        args += [(n, _pair(n, v)) for n, v in add if n not in present]
+        args += [(n, _pair(n, v)) for n, v in append]
+        ctx.set_query(b"&".join(raw for _, raw in args))
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and all(c.isascii() and (c.isalnum() or c in "!#$%&'*+.^_`|~-") for c in name)
