@@ -357,8 +357,9 @@ cdef bytes _NO_ROUTE_LOG_PART = access_route_part(None, None, None)
 cdef class Backend:
     """A stage's backend: its targets' pools, picked round-robin. A target that could not
     be connected to ``max_fails`` times within ``fail_timeout`` seconds is passed over for
-    ``fail_timeout`` seconds (nginx's max_fails / fail_timeout), unless every target is:
-    then they are all tried in turn, as before. A backend with one target never skips it."""
+    ``fail_timeout`` seconds (nginx's max_fails / fail_timeout), and so is one that fails its
+    active health checks (``checked_down``), unless every target is: then they are all tried
+    in turn, as before. A backend with one target never skips it."""
     cdef public list pools
     cdef int rr
     cdef readonly int n
@@ -382,19 +383,23 @@ cdef class Backend:
         that just failed); when all are passed over, the next in turn anyway."""
         cdef UpstreamPool p, first = None
         cdef double now = _mono()
-        cdef int k
+        cdef int k, i, start = self.rr, first_i = 0
         for k in range(self.n):
-            p = <UpstreamPool>self.pools[self.rr]
-            self.rr += 1
-            if self.rr >= self.n:
-                self.rr = 0
+            i = start + k
+            if i >= self.n:
+                i -= self.n
+            p = <UpstreamPool>self.pools[i]
             if p is avoid:
                 continue
-            if p.down_until <= now:
+            if p.down_until <= now and not p.checked_down:
+                self.rr = i + 1 if i + 1 < self.n else 0
                 return p
             if first is None:
-                first = p
-        return first if first is not None else avoid
+                first, first_i = p, i
+        if first is None:
+            return avoid
+        self.rr = first_i + 1 if first_i + 1 < self.n else 0      # all passed over: in turn
+        return first
 
     def close(self):
         for p in self.pools:
@@ -423,6 +428,7 @@ cdef class UpstreamPool:
     cdef double resolved_until
     cdef object resolving                 # the lookup in progress (a Task) or None
     cdef readonly double down_until       # passed over until then (Backend.pick_live)
+    cdef public bint checked_down         # failed its active health checks (fastgw/health.py)
     cdef readonly int fails               # failed connects in the window ending at fail_window_end
     cdef double fail_window_end
 

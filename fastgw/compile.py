@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from fastgw._core import Backend, Engine, Route, Router, UpstreamPool, compile_template
 from fastgw.config import Config, ConfigError
 from fastgw.config.model import RouteSpec
+from fastgw.health import CheckSettings, HealthChecker
 from fastgw.pipeline import build_pipeline
 
 SlotFor = Callable[[str], int]
@@ -30,8 +31,11 @@ class Runtime:
     routes: list[Route]
     backends: list[Backend] = field(default_factory=list)
     plugins: list[Any] = field(default_factory=list)
+    health: HealthChecker | None = None     # active checks of the stages that ask for them
 
     def close(self) -> None:
+        if self.health is not None:
+            self.health.stop()
         for backend in self.backends:
             backend.close()
         for plugin in self.plugins:
@@ -66,6 +70,7 @@ def compile_config(config: Config, engine: Engine, slot_for: SlotFor | None = No
     backends: dict[tuple[tuple[str, ...], int, float], Backend] = {}
     routes: list[Route] = []
     plugins: list[Any] = []
+    health = HealthChecker()
     for spec in config.routes:
         route = Route()
         route.key = spec.key
@@ -83,6 +88,10 @@ def compile_config(config: Config, engine: Engine, slot_for: SlotFor | None = No
             backend = Backend([_target_pool(engine, t, pools) for t in spec.targets], max_fails, fail_timeout)
             backends[(spec.targets, max_fails, fail_timeout)] = backend
         route.backend = backend
+        check = spec.backend.get("health_check")
+        if check is not None:
+            for pool in backend.pools:
+                health.add(pool, CheckSettings.from_config(check))
         route.host_from_target = spec.backend.get("host_header", "client") == "target"
         route.connect_timeout = float(spec.timeouts.get("connect", 5))
         route.read_timeout = float(spec.timeouts.get("read", 60))
@@ -109,4 +118,4 @@ def compile_config(config: Config, engine: Engine, slot_for: SlotFor | None = No
             plugins.append(pipeline)
         routes.append(route)
     return Runtime(config=config, router=router, routes=routes, backends=list(backends.values()),
-                   plugins=plugins)
+                   plugins=plugins, health=health if health.targets else None)

@@ -137,6 +137,8 @@ class Worker:
                 self.servers.append(await self.loop.create_server(factory, sock=sock, ssl=ctx, backlog=4096))
         if self.access_log is not None and hasattr(self.access_log, "start"):
             self.access_log.start(self.loop)
+        if self.runtime.health is not None:
+            self.runtime.health.start(self.loop)
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, finish in-flight requests, close idle connections, then stop."""

@@ -1,0 +1,55 @@
+"""End-to-end: active health checks pass over a target before any request fails on it, use
+it again once it answers, and never make an outage when every target fails them."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tests.e2e.test_failover import blackhole
+from tests.helpers import Backend, free_port, gateway_config, request, wait_until
+
+CHECK = {"path": "/", "interval": 0.1, "timeout": 0.2, "healthy": 1, "unhealthy": 1}
+
+
+def _config(port: int, targets: list[str], check: dict[str, Any] | None = None, **backend: Any) -> dict[str, Any]:
+    cfg = gateway_config(port, targets[0])
+    # max_fails 0: only the active checks pass a target over
+    cfg["services"][0]["stages"]["prod"]["backend"] = {"targets": targets, "max_fails": 0,
+                                                       "health_check": check or CHECK, **backend}
+    cfg["services"][0]["stages"]["prod"]["timeouts"] = {"connect": 1.5}
+    return cfg
+
+
+def test_a_black_holed_target_is_passed_over_before_a_request_waits_on_it(backend: Backend, port: int,
+                                                                          gateway: Any) -> None:
+    with blackhole() as hole:
+        g = gateway(_config(port, [hole, backend.url]))
+        g.wait_log("passed over after 1 failed health checks (no answer within 0.2 s)")
+        t0 = time.monotonic()
+        answers = [request(g.port, "GET", f"/x{i}") for i in range(6)]
+        assert [r.status for r in answers] == [200] * 6
+        assert time.monotonic() - t0 < 1.5          # no request waited for the 1.5 s connect
+
+
+def test_a_target_that_comes_back_is_used_again(backend: Backend, port: int, gateway: Any) -> None:
+    dead = free_port()
+    g = gateway(_config(port, [f"http://127.0.0.1:{dead}", backend.url]))
+    g.wait_log("passed over after 1 failed health checks")
+    assert {request(g.port, "GET", "/a").json()["backend"] for _ in range(4)} == {"backend"}
+    with Backend("revived", port=dead):
+        g.wait_log("healthy again (1 passed checks); in use")
+        seen = wait_until(lambda: {request(g.port, "GET", "/b").json()["backend"] for _ in range(4)} == {
+            "backend", "revived"}, timeout=5, what="both targets in use")
+        assert seen
+
+
+def test_error_statuses_fail_the_check_and_all_failing_still_serves(port: int, gateway: Any) -> None:
+    with Backend("one") as one, Backend("two") as two:
+        g = gateway(_config(port, [one.url, two.url], {**CHECK, "path": "/status/503"}))
+        g.wait_log(f"upstream 127.0.0.1:{one.port}: passed over after 1 failed health checks (status 503)")
+        g.wait_log(f"upstream 127.0.0.1:{two.port}: passed over after 1 failed health checks (status 503)")
+        seen = {request(g.port, "GET", "/c").json()["backend"] for _ in range(4)}
+        assert seen == {"one", "two"}              # every target failing: all tried in turn
+        probes = [r for r in one.requests if r["path"] == "/status/503"]
+        assert probes and probes[0]["headers"]["user-agent"] == "fastgw-health-check"
