@@ -12,6 +12,7 @@
 - ``_log.pxi``:    the access-log JSON-lines formatter.
 - ``_replay.pxi``: the node-wide set of used tokens in shared memory (hmac-auth's replay guard).
 - ``_counters.pxi``: the node-wide rate-limit counters in shared memory.
+- ``_ratelimit.pxi``: rate-limiting's request phase over those counters.
 """
 
 include "_structs.pxi"
@@ -25,3 +26,4 @@ include "_proxy.pxi"
 include "_poller.pxi"
 include "_replay.pxi"
 include "_counters.pxi"
+include "_ratelimit.pxi"

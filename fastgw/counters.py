@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import struct
 import time
 from collections.abc import Awaitable, Sequence
 from typing import Any
@@ -30,7 +29,6 @@ from fastgw import _core
 log = logging.getLogger("fastgw.counters")
 
 Items = Sequence[tuple[bytes, int]]
-_PAIR = struct.Struct("<QQ")
 
 
 def window_end(now: float, period: int) -> int:
@@ -40,8 +38,8 @@ def window_end(now: float, period: int) -> int:
 
 class NodeCounters:
     def __init__(self, table: _core.CounterTable, key: bytes) -> None:
-        self._table = table
-        self._key = key
+        self.table = table
+        self.key = key
         self._last_full = -10.0
         self._slots: dict[tuple[bytes, int], tuple[int, int]] = {}   # PERF: hashes of recent counters
 
@@ -50,21 +48,23 @@ class NodeCounters:
         if hashed is None:
             if len(self._slots) >= 65536:
                 self._slots.clear()
-            digest = hashlib.blake2b(b"%d:%s" % (period, name), digest_size=16, key=self._key).digest()
-            hashed = self._slots[(name, period)] = _PAIR.unpack(digest)
+            hashed = self._slots[(name, period)] = _core.counter_slot(self.key, name, period)
         return hashed
+
+    def no_room(self) -> None:
+        t = time.monotonic()
+        if t - self._last_full >= 10.0:        # one line per 10 s, not one per request
+            self._last_full = t
+            log.error("rate-limit counters: no room for a counter (%d slots)", self.table.capacity)
 
     def hit(self, items: Items, now: float, delta: int = 1) -> list[int] | None:
         out = []
         wall = int(now)
         for name, period in items:
             home, fingerprint = self._hash(name, period)
-            count = self._table.hit(home, fingerprint, wall & 0xFFFFFFFF, window_end(now, period) & 0xFFFFFFFF, delta)
+            count = self.table.hit(home, fingerprint, wall & 0xFFFFFFFF, window_end(now, period) & 0xFFFFFFFF, delta)
             if count < 0:
-                t = time.monotonic()
-                if t - self._last_full >= 10.0:        # one line per 10 s, not one per request
-                    self._last_full = t
-                    log.error("rate-limit counters: no room for a counter (%d slots)", self._table.capacity)
+                self.no_room()
                 return None
             out.append(count)
         return out

@@ -3,8 +3,9 @@
 A caller is the authenticated consumer (``limit_by: consumer``, the default; a request
 without one is counted by its client address), the client address (``ip``), or the value
 of a request header (``header``, ``header_name``; without it: the client address). Counts
-are fixed windows on the wall clock, shared by every route of the service's stage
-(``scope: stage``, the default) or kept per route (``scope: route``); a request over any
+are fixed windows on the wall clock, shared by every route of the service's stage that has
+the same limits (``scope: stage``, the default: a plugin set on the service or stage) or
+kept per route (``scope: route``); a request over any
 limit gets 429 with ``Retry-After`` (seconds until the window that refused it ends) and is
 not counted. Every answer says where the caller stands, as the IETF RateLimit headers
 (``RateLimit-Limit``, ``RateLimit-Remaining``, ``RateLimit-Reset``, for the limit closest
@@ -21,11 +22,13 @@ API outage) and is refused with 503 without it.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable
 from typing import Any
 
-from fastgw.counters import LocalCounters, window_end
+from fastgw._core import RateLimitStep
+from fastgw.counters import LocalCounters, NodeCounters, window_end
 from fastgw.plugins.base import CONTINUE, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
 
@@ -72,7 +75,10 @@ class Plugin(BasePlugin):
             raise ValueError("limit_by 'header' needs header_name")
         spec = scope.spec
         where = spec.key if config["scope"] == "route" else f"{spec.service}/{spec.stage}"
-        self.prefix = (where + "|").encode()
+        # Counts belong to one set of limits (as Kong's belong to one plugin): the routes of a
+        # stage that inherit the same settings share them, a route with other limits has its own.
+        settings = repr((self.limits, self.limit_by, self.header)).encode()
+        self.prefix = f"{where}|{hashlib.sha256(settings).hexdigest()[:12]}|".encode()
         services = scope.services
         if config["policy"] == "redis":
             self.store = services.get("redis_counters")
@@ -84,6 +90,13 @@ class Plugin(BasePlugin):
             self.store = _LOCAL
         self.fault_tolerant = config["fault_tolerant"]
         self.hide = config["hide_client_headers"]
+        # PERF: counting in the node's table, the request phase runs in C (RateLimitStep,
+        # fastgw/_ratelimit.pxi: the same rules as below, which serve the other stores).
+        self.native: RateLimitStep | None = None
+        if isinstance(self.store, NodeCounters):
+            self.native = RateLimitStep(self.store.table, self.store.key, self.prefix, self.limit_by, self.header,
+                                        list(self.limits), self.hide, self.fault_tolerant)
+            self.native.on_no_room = self.store.no_room
         # PERF: the header names and limits as bytes, once.
         self.header_parts = tuple(
             (b"X-RateLimit-Limit-" + name.capitalize().encode(), b"X-RateLimit-Remaining-" + name.capitalize().encode(),
@@ -101,6 +114,8 @@ class Plugin(BasePlugin):
         return "ip:" + str(ctx.client_ip)
 
     def on_request(self, ctx: Any) -> int | Awaitable[int]:
+        if self.native is not None:
+            return self.native.on_request(ctx)
         name = self.prefix + self._caller(ctx).encode("utf-8", "surrogateescape")
         items = [(name, period) for _, period, _ in self.limits]
         now = time.time()

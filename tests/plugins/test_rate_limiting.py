@@ -17,11 +17,39 @@ from tests.helpers import clear_of_window_edge
 
 from .util import error_of, hdrs, make_ctx, make_pipeline, run
 
+_new_store: Any = LocalCounters
+
+
+@pytest.fixture(autouse=True, params=["python", "native"])
+def counting(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """Every test twice: counts in a dict (the plugin's Python rules) and in the node's
+    shared table (the C step, RateLimitStep), which must behave the same."""
+    global _new_store
+    region = None
+    if request.param == "native":
+        region = SharedRegion.create(replay_slots=64, counter_slots=1 << 12, directory=str(tmp_path))
+        _new_store = region.counters
+    else:
+        _new_store = LocalCounters
+    yield request.param
+    _new_store = LocalCounters
+    if region is not None:
+        region.close()
+
+
+def new_store() -> Any:
+    return _new_store()
+
 
 def limiter(config: dict[str, Any], counters: Any = None, **kw: Any) -> Any:
     clear_of_window_edge(60, 1.0)      # the tests count within one minute (and second) window
-    services = {"counters": counters if counters is not None else LocalCounters()}
+    services = {"counters": counters if counters is not None else new_store()}
     return make_pipeline([{"name": "rate-limiting", "config": config}], services=services, **kw)
+
+
+def test_the_step_runs_in_c_on_the_node_table(counting: str) -> None:
+    plugin = limiter({"minute": 1}).plugins[0]
+    assert (getattr(plugin, "native", None) is not None) == (counting == "native")
 
 
 def test_a_limit_per_minute_and_its_headers() -> None:
@@ -41,7 +69,7 @@ def test_a_limit_per_minute_and_its_headers() -> None:
 
 
 def test_refused_requests_are_not_counted() -> None:
-    counters = LocalCounters()
+    counters = new_store()
     pipe = limiter({"minute": 2, "hour": 5}, counters)
     results = [run(pipe, make_ctx(peer="10.0.0.1")) for _ in range(6)]
     assert results == [False, False, True, True, True, True]
@@ -83,16 +111,27 @@ def test_limit_by_consumer_header_or_ip() -> None:
 
 
 def test_scope_stage_shares_a_count_between_routes_and_route_does_not() -> None:
-    counters = LocalCounters()
+    counters = new_store()
     orders = limiter({"minute": 1}, counters)
     users = limiter({"minute": 1}, counters, resource="/users/{id}")
     assert run(orders, make_ctx()) is False
     assert run(users, make_ctx(path="/users/1")) is True        # the same stage: one count
-    counters = LocalCounters()
+    counters = new_store()
     orders = limiter({"minute": 1, "scope": "route"}, counters)
     users = limiter({"minute": 1, "scope": "route"}, counters, resource="/users/{id}")
     assert run(orders, make_ctx()) is False
     assert run(users, make_ctx(path="/users/1")) is False
+
+
+def test_routes_with_other_limits_count_apart() -> None:
+    counters = new_store()
+    tight = limiter({"minute": 1}, counters)
+    loose = limiter({"minute": 5}, counters, resource="/users/{id}")
+    assert run(tight, make_ctx()) is False
+    assert run(tight, make_ctx()) is True
+    ctx = make_ctx(path="/users/1")
+    assert run(loose, ctx) is False
+    assert hdrs(ctx.response_headers_add)["x-ratelimit-remaining-minute"] == "4"
 
 
 def test_hidden_headers() -> None:
@@ -135,5 +174,5 @@ def test_settings_are_checked() -> None:
     assert "minute" in str(err.value.errors)
     with pytest.raises(PipelineError) as err:
         make_pipeline([{"name": "rate-limiting", "config": {"minute": 5, "policy": "redis"}}],
-                      services={"counters": LocalCounters()})
+                      services={"counters": new_store()})
     assert "top-level redis" in str(err.value.errors)

@@ -1,0 +1,149 @@
+# part of fastgw/_core.pyx (see its docstring)
+#
+# rate-limiting's per-request work when it counts in the node's table (policy node): the
+# caller's name, the counts (CounterTable.hit), the verdict and the headers, in C. The
+# plugin module (fastgw/plugins/rate_limiting.py) keeps the schema, the Redis policy and the
+# in-process fallback, and states the same rules in Python (a test runs both side by side).
+# A counter's slot comes from counter_slot(): two SipHash-2-4 of the caller's name under
+# the region's key, with the period folded into the key, so one hash pair per period and no
+# bytes built per request beyond the name.
+
+DEF _RL_MAX = 4
+DEF _RL_BY_CONSUMER = 0
+DEF _RL_BY_IP = 1
+DEF _RL_BY_HEADER = 2
+
+
+cdef inline uint64_t _rl_word(const uint8_t* k) noexcept nogil:
+    cdef uint64_t w = 0
+    cdef int j
+    for j in range(8):
+        w |= (<uint64_t>k[j]) << (8 * j)
+    return w
+
+
+cdef inline void _rl_slot(const uint8_t* key, const uint8_t* name, Py_ssize_t n, uint32_t period,
+                          uint64_t* home, uint64_t* fp) noexcept nogil:
+    home[0] = siphash24(_rl_word(key), _rl_word(key + 8) ^ period, name, n)
+    fp[0] = siphash24(_rl_word(key + 16), _rl_word(key + 24) ^ period, name, n)
+
+
+def counter_slot(bytes key, bytes name, uint32_t period):
+    """(home, fingerprint) of counter ``name`` in ``period`` under a region's 32-byte key."""
+    cdef uint64_t home, fp
+    if len(key) != 32:
+        raise ValueError("counter_slot: the key must be 32 bytes")
+    _rl_slot(<const uint8_t*>PyBytes_AS_STRING(key), <const uint8_t*>PyBytes_AS_STRING(name),
+             PyBytes_GET_SIZE(name), period, &home, &fp)
+    return home, fp
+
+
+@cython.final
+cdef class RateLimitStep(NativeStep):
+    """The plugin's request phase over the node's CounterTable (built by the plugin module)."""
+
+    cdef CounterTable table
+    cdef bytes key
+    cdef bytes prefix
+    cdef int by
+    cdef str header
+    cdef int n
+    cdef long long limits[_RL_MAX]
+    cdef uint32_t periods[_RL_MAX]
+    cdef tuple lim_names, rem_names, lim_values
+    cdef bint hide
+    cdef bint fault_tolerant
+    cdef public object on_no_room          # called (no arguments) when the table has no room
+
+    def __init__(self, CounterTable table, bytes key, bytes prefix, str limit_by, str header,
+                 list limits, bint hide, bint fault_tolerant):
+        """``limits``: (name, period, limit) per period, shortest first."""
+        cdef int i
+        if len(key) != 32 or not 1 <= len(limits) <= _RL_MAX:
+            raise ValueError("RateLimitStep: a 32-byte key and 1 to 4 limits")
+        self.table = table
+        self.key = key
+        self.prefix = prefix
+        self.by = {"consumer": _RL_BY_CONSUMER, "ip": _RL_BY_IP, "header": _RL_BY_HEADER}[limit_by]
+        self.header = header
+        self.n = len(limits)
+        for i in range(self.n):
+            self.periods[i] = limits[i][1]
+            self.limits[i] = limits[i][2]
+        self.lim_names = tuple(b"X-RateLimit-Limit-" + name.capitalize().encode() for name, _, _ in limits)
+        self.rem_names = tuple(b"X-RateLimit-Remaining-" + name.capitalize().encode() for name, _, _ in limits)
+        self.lim_values = tuple(b"%d" % limit for _, _, limit in limits)
+        self.hide = hide
+        self.fault_tolerant = fault_tolerant
+        self.on_no_room = None
+
+    cdef bytes _caller(self, RequestContext ctx):
+        cdef object consumer, cname
+        if self.by == _RL_BY_CONSUMER:
+            consumer = ctx.consumer
+            if consumer is not None:
+                cname = consumer_name(consumer)
+                return b"c:" + str(cname if cname is not None else consumer).encode("utf-8", "surrogateescape")
+        elif self.by == _RL_BY_HEADER:
+            value = ctx.get_header(self.header)
+            if value:
+                return b"h:" + (<str>value).encode("utf-8", "surrogateescape")
+        return b"ip:" + str(ctx.client_ip).encode("utf-8", "surrogateescape")
+
+    cdef int request(self, RequestContext ctx) except -1:
+        cdef bytes name = self.prefix + self._caller(ctx)
+        cdef const uint8_t* key = <const uint8_t*>PyBytes_AS_STRING(self.key)
+        cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(name)
+        cdef Py_ssize_t plen = PyBytes_GET_SIZE(name)
+        cdef double now = _wall()
+        cdef uint32_t wall = <uint32_t>(<long long>now)
+        cdef long long counts[_RL_MAX]
+        cdef uint64_t homes[_RL_MAX]
+        cdef uint64_t fps[_RL_MAX]
+        cdef uint32_t ends[_RL_MAX]
+        cdef uint32_t retry = 0
+        cdef int i, j, done = 0
+        cdef bint over = False
+        for i in range(self.n):
+            _rl_slot(key, p, plen, self.periods[i], &homes[i], &fps[i])
+            ends[i] = (wall // self.periods[i] + 1) * self.periods[i]
+            counts[i] = self.table.hit(homes[i], fps[i], wall, ends[i], 1)
+            if counts[i] < 0:
+                for j in range(i):                 # take back what this request added
+                    self.table.hit(homes[j], fps[j], wall, ends[j], -1)
+                if self.on_no_room is not None:
+                    self.on_no_room()
+                if self.fault_tolerant:
+                    return 0
+                return ctx.error(503, "rate limit counters unavailable")
+            if counts[i] > self.limits[i]:
+                over = True
+                if ends[i] - wall > retry:
+                    retry = ends[i] - wall
+        if not over:
+            if not self.hide:
+                ctx.response_headers_add.extend(self._headers(counts, ends, wall, 0))
+            return 0
+        # A refused request is not counted (the client is let in again when the window ends).
+        for i in range(self.n):
+            self.table.hit(homes[i], fps[i], wall, ends[i], -1)
+        headers = [] if self.hide else self._headers(counts, ends, wall, 1)
+        headers.append((b"Retry-After", b"%d" % (retry if retry > 0 else 1)))
+        return ctx.error(429, "API rate limit exceeded", headers)
+
+    cdef list _headers(self, long long* counts, uint32_t* ends, uint32_t wall, int uncounted):
+        cdef list out = []
+        cdef long long remaining, best_remaining = -1
+        cdef int i, best = -1
+        for i in range(self.n):
+            remaining = self.limits[i] - counts[i] + uncounted
+            if remaining < 0:
+                remaining = 0
+            out.append((self.lim_names[i], self.lim_values[i]))
+            out.append((self.rem_names[i], b"%d" % remaining))
+            if best < 0 or remaining <= best_remaining:
+                best, best_remaining = i, remaining
+        out.append((b"RateLimit-Limit", self.lim_values[best]))
+        out.append((b"RateLimit-Remaining", b"%d" % best_remaining))
+        out.append((b"RateLimit-Reset", b"%d" % (ends[best] - wall)))
+        return out
