@@ -110,23 +110,23 @@ def test_limit_by_consumer_header_or_ip() -> None:
     assert run(pipe, make_ctx(peer="10.0.0.1")) is True
 
 
-def test_scope_stage_shares_a_count_between_routes_and_route_does_not() -> None:
+def two_routes(orders_config: dict[str, Any], users_config: dict[str, Any]) -> tuple[Any, Any]:
+    """Two routes of one stage (/orders/{id}, /users/{id}) counting in one store."""
     counters = new_store()
-    orders = limiter({"minute": 1}, counters)
-    users = limiter({"minute": 1}, counters, resource="/users/{id}")
+    return limiter(orders_config, counters), limiter(users_config, counters, resource="/users/{id}")
+
+
+def test_scope_stage_shares_a_count_between_routes_and_route_does_not() -> None:
+    orders, users = two_routes({"minute": 1}, {"minute": 1})
     assert run(orders, make_ctx()) is False
     assert run(users, make_ctx(path="/users/1")) is True        # the same stage: one count
-    counters = new_store()
-    orders = limiter({"minute": 1, "scope": "route"}, counters)
-    users = limiter({"minute": 1, "scope": "route"}, counters, resource="/users/{id}")
+    orders, users = two_routes({"minute": 1, "scope": "route"}, {"minute": 1, "scope": "route"})
     assert run(orders, make_ctx()) is False
     assert run(users, make_ctx(path="/users/1")) is False
 
 
 def test_routes_with_other_limits_count_apart() -> None:
-    counters = new_store()
-    tight = limiter({"minute": 1}, counters)
-    loose = limiter({"minute": 5}, counters, resource="/users/{id}")
+    tight, loose = two_routes({"minute": 1}, {"minute": 5})
     assert run(tight, make_ctx()) is False
     assert run(tight, make_ctx()) is True
     ctx = make_ctx(path="/users/1")
