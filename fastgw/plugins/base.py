@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 CONTINUE = 0
 ANSWERED = 1
 
+# Schema patterns for settings that become header lines: a field name is an RFC 9110 token;
+# a value may not break the line (CR, LF) or hold NUL.
+HEADER_NAME = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+HEADER_VALUE = "^[^\\r\\n\\x00]*$"
+
 
 @dataclass
 class PluginScope:

@@ -19,14 +19,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fastgw.plugins.base import ANSWERED, CONTINUE, PluginScope
+from fastgw.plugins.base import ANSWERED, CONTINUE, HEADER_NAME, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
 
 NAME = "cors"
 PRIORITY = 2000
 
 _METHODS = ["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
-_TOKEN = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -38,9 +37,9 @@ SCHEMA: dict[str, Any] = {
         "methods": {"type": "array", "default": ["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE"],
                     "items": {"type": "string", "enum": _METHODS},
                     "description": "Methods allowed in Access-Control-Allow-Methods."},
-        "headers": {"type": "array", "default": [], "items": {"type": "string", "pattern": _TOKEN},
+        "headers": {"type": "array", "default": [], "items": {"type": "string", "pattern": HEADER_NAME},
                     "description": "Allowed request headers (empty: echo Access-Control-Request-Headers)."},
-        "exposed_headers": {"type": "array", "default": [], "items": {"type": "string", "pattern": _TOKEN},
+        "exposed_headers": {"type": "array", "default": [], "items": {"type": "string", "pattern": HEADER_NAME},
                             "description": "Response headers the browser may read (Access-Control-Expose-Headers)."},
         "credentials": {"type": "boolean", "default": False,
                         "description": "Send Access-Control-Allow-Credentials: true."},

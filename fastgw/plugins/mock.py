@@ -15,15 +15,12 @@ from typing import Any
 
 import orjson
 
+from fastgw.plugins.base import HEADER_NAME, HEADER_VALUE, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
-from fastgw.plugins.base import PluginScope
 from fastgw.plugins.template import Template, compile_template, param_names
 
 NAME = "mock"
 PRIORITY = 1          # last in the request phase: every other plugin has had its say
-
-_NAME_RE = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
-_VALUE_RE = "^[^\\r\\n\\x00]*$"
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -33,10 +30,10 @@ SCHEMA: dict[str, Any] = {
                    "description": "Status of the answer."},
         "body": {"type": "string", "description": "Text body (templates allowed)."},
         "json": {"description": "A JSON body: any value; its strings may use templates."},
-        "content_type": {"type": "string", "pattern": _VALUE_RE,
+        "content_type": {"type": "string", "pattern": HEADER_VALUE,
                          "description": "Default: application/json with json, else text/plain; charset=utf-8."},
-        "headers": {"type": "object", "default": {}, "propertyNames": {"pattern": _NAME_RE},
-                    "additionalProperties": {"type": "string", "pattern": _VALUE_RE},
+        "headers": {"type": "object", "default": {}, "propertyNames": {"pattern": HEADER_NAME},
+                    "additionalProperties": {"type": "string", "pattern": HEADER_VALUE},
                     "description": "Response headers (values may use templates)."},
     },
 }

@@ -29,7 +29,7 @@ from typing import Any
 
 from fastgw._core import RateLimitStep
 from fastgw.counters import LocalCounters, NodeCounters, window_end
-from fastgw.plugins.base import CONTINUE, PluginScope
+from fastgw.plugins.base import CONTINUE, HEADER_NAME, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
 
 NAME = "rate-limiting"
@@ -46,7 +46,7 @@ SCHEMA: dict[str, Any] = {
         "limit_by": {"enum": ["consumer", "ip", "header"], "default": "consumer",
                      "description": "Who a count belongs to: the consumer (else the client address), "
                                     "the client address, or a request header's value (else the client address)."},
-        "header_name": {"type": "string", "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$",
+        "header_name": {"type": "string", "pattern": HEADER_NAME,
                         "description": "The header of limit_by: header."},
         "scope": {"enum": ["stage", "route"], "default": "stage",
                   "description": "One count for every route of the service's stage, or one per route."},

@@ -13,25 +13,24 @@ from __future__ import annotations
 from typing import Any
 
 from fastgw._core import ResponseHeadersStep
+from fastgw.plugins.base import HEADER_NAME, HEADER_VALUE, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
-from fastgw.plugins.base import PluginScope
 from fastgw.plugins.template import compile_template, param_names
 
 NAME = "response-headers"
 PRIORITY = 800
 
-_NAME_RE = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 _VALUES = {
     "type": "object", "default": {},
-    "propertyNames": {"pattern": _NAME_RE},
-    "additionalProperties": {"type": "string", "pattern": "^[^\\r\\n\\x00]*$"},
+    "propertyNames": {"pattern": HEADER_NAME},
+    "additionalProperties": {"type": "string", "pattern": HEADER_VALUE},
 }
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "remove": {"type": "array", "default": [], "items": {"type": "string", "pattern": _NAME_RE},
+        "remove": {"type": "array", "default": [], "items": {"type": "string", "pattern": HEADER_NAME},
                    "description": "Header names to remove from the response."},
         "set": dict(_VALUES, description="Headers set to this value (every existing copy replaced)."),
         "add": dict(_VALUES, description="Headers added only if the response does not have them."),
