@@ -1,9 +1,10 @@
 # part of fastgw/_core.pyx (see its docstring)
 #
-# rate-limiting's per-request work when it counts in the node's table (policy node): the
-# caller's name, the counts (CounterTable.hit), the verdict and the headers, in C. The
-# plugin module (fastgw/plugins/rate_limiting.py) keeps the schema, the Redis policy and the
-# in-process fallback, and states the same rules in Python (a test runs both side by side).
+# rate-limiting's rules, in C, for every store: the caller's name, the verdict on the counts
+# and the headers. Counting in the node's table (policy node) the whole request phase runs
+# here (CounterTable.hit); for the other stores (Redis, the in-process dict) the plugin
+# module (fastgw/plugins/rate_limiting.py) gets the counts and asks caller_name / decide /
+# unavailable, so each rule is written once.
 # A counter's slot comes from counter_slot(): two SipHash-2-4 of the caller's name under
 # the region's key, with the period folded into the key, so one hash pair per period and no
 # bytes built per request beyond the name.
@@ -40,9 +41,9 @@ def counter_slot(bytes key, bytes name, uint32_t period):
 
 @cython.final
 cdef class RateLimitStep(NativeStep):
-    """The plugin's request phase over the node's CounterTable (built by the plugin module)."""
+    """The plugin's rules; its request phase when it counts in the node's CounterTable."""
 
-    cdef CounterTable table
+    cdef CounterTable table                # None: the plugin counts elsewhere, decide() judges
     cdef bytes key
     cdef bytes prefix
     cdef int by
@@ -57,10 +58,11 @@ cdef class RateLimitStep(NativeStep):
 
     def __init__(self, CounterTable table, bytes key, bytes prefix, str limit_by, str header,
                  list limits, bint hide, bint fault_tolerant):
-        """``limits``: (name, period, limit) per period, shortest first."""
+        """``limits``: (name, period, limit) per period, shortest first; ``table`` and its
+        region's 32-byte ``key``, or None for both when the counts come from elsewhere."""
         cdef int i
-        if len(key) != 32 or not 1 <= len(limits) <= _RL_MAX:
-            raise ValueError("RateLimitStep: a 32-byte key and 1 to 4 limits")
+        if (table is not None and (key is None or len(key) != 32)) or not 1 <= len(limits) <= _RL_MAX:
+            raise ValueError("RateLimitStep: a table with its 32-byte key, and 1 to 4 limits")
         self.table = table
         self.key = key
         self.prefix = prefix
@@ -77,33 +79,70 @@ cdef class RateLimitStep(NativeStep):
         self.fault_tolerant = fault_tolerant
         self.on_no_room = None
 
-    cdef bytes _caller(self, RequestContext ctx):
+    cpdef bytes caller_name(self, RequestContext ctx):
+        """The counters' name for this request: the limits' prefix and who is calling."""
         cdef object consumer, cname
         if self.by == _RL_BY_CONSUMER:
             consumer = ctx.consumer
             if consumer is not None:
                 cname = consumer_name(consumer)
-                return b"c:" + str(cname if cname is not None else consumer).encode("utf-8", "surrogateescape")
+                return self.prefix + b"c:" + str(cname if cname is not None else consumer).encode(
+                    "utf-8", "surrogateescape")
         elif self.by == _RL_BY_HEADER:
             value = ctx.get_header(self.header)
             if value:
-                return b"h:" + (<str>value).encode("utf-8", "surrogateescape")
-        return b"ip:" + str(ctx.client_ip).encode("utf-8", "surrogateescape")
+                return self.prefix + b"h:" + (<str>value).encode("utf-8", "surrogateescape")
+        return self.prefix + b"ip:" + str(ctx.client_ip).encode("utf-8", "surrogateescape")
+
+    cpdef int unavailable(self, RequestContext ctx) except -1:
+        """The counts can't be had: let the request through (fault_tolerant) or answer 503."""
+        if self.fault_tolerant:
+            return 0
+        return ctx.error(503, "rate limit counters unavailable")
+
+    def decide(self, RequestContext ctx, list counts, double now):
+        """Judge the request on ``counts`` (one per limit, this request included): 0, it
+        passes (the headers added); 1, it was refused with 429 (the caller takes back its
+        adds: a refused request is not counted)."""
+        cdef long long c[_RL_MAX]
+        cdef uint32_t ends[_RL_MAX]
+        cdef uint32_t wall = <uint32_t>(<long long>now)
+        cdef int i
+        if len(counts) != self.n:
+            raise ValueError("RateLimitStep.decide: one count per limit")
+        for i in range(self.n):
+            c[i] = counts[i]
+            ends[i] = (wall // self.periods[i] + 1) * self.periods[i]
+        return self._verdict(ctx, c, ends, wall)
+
+    cdef int _verdict(self, RequestContext ctx, long long* counts, uint32_t* ends, uint32_t wall) except -1:
+        cdef uint32_t retry = 0
+        cdef bint over = False
+        cdef int i
+        for i in range(self.n):
+            if counts[i] > self.limits[i]:
+                over = True
+                if ends[i] - wall > retry:
+                    retry = ends[i] - wall
+        if not over:
+            if not self.hide:
+                ctx.response_headers_add.extend(self._headers(counts, ends, wall, 0))
+            return 0
+        headers = [] if self.hide else self._headers(counts, ends, wall, 1)
+        headers.append((b"Retry-After", b"%d" % (retry if retry > 0 else 1)))
+        return ctx.error(429, "API rate limit exceeded", headers)
 
     cdef int request(self, RequestContext ctx) except -1:
-        cdef bytes name = self.prefix + self._caller(ctx)
+        cdef bytes name = self.caller_name(ctx)
         cdef const uint8_t* key = <const uint8_t*>PyBytes_AS_STRING(self.key)
         cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(name)
         cdef Py_ssize_t plen = PyBytes_GET_SIZE(name)
-        cdef double now = _wall()
-        cdef uint32_t wall = <uint32_t>(<long long>now)
+        cdef uint32_t wall = <uint32_t>(<long long>_wall())
         cdef long long counts[_RL_MAX]
         cdef uint64_t homes[_RL_MAX]
         cdef uint64_t fps[_RL_MAX]
         cdef uint32_t ends[_RL_MAX]
-        cdef uint32_t retry = 0
-        cdef int i, j, done = 0
-        cdef bint over = False
+        cdef int i, j, verdict
         for i in range(self.n):
             _rl_slot(key, p, plen, self.periods[i], &homes[i], &fps[i])
             ends[i] = (wall // self.periods[i] + 1) * self.periods[i]
@@ -113,25 +152,17 @@ cdef class RateLimitStep(NativeStep):
                     self.table.hit(homes[j], fps[j], wall, ends[j], -1)
                 if self.on_no_room is not None:
                     self.on_no_room()
-                if self.fault_tolerant:
-                    return 0
-                return ctx.error(503, "rate limit counters unavailable")
-            if counts[i] > self.limits[i]:
-                over = True
-                if ends[i] - wall > retry:
-                    retry = ends[i] - wall
-        if not over:
-            if not self.hide:
-                ctx.response_headers_add.extend(self._headers(counts, ends, wall, 0))
-            return 0
-        # A refused request is not counted (the client is let in again when the window ends).
-        for i in range(self.n):
-            self.table.hit(homes[i], fps[i], wall, ends[i], -1)
-        headers = [] if self.hide else self._headers(counts, ends, wall, 1)
-        headers.append((b"Retry-After", b"%d" % (retry if retry > 0 else 1)))
-        return ctx.error(429, "API rate limit exceeded", headers)
+                return self.unavailable(ctx)
+        verdict = self._verdict(ctx, counts, ends, wall)
+        if verdict:
+            # A refused request is not counted (the client is let in again when the window ends).
+            for i in range(self.n):
+                self.table.hit(homes[i], fps[i], wall, ends[i], -1)
+        return verdict
 
     cdef list _headers(self, long long* counts, uint32_t* ends, uint32_t wall, int uncounted):
+        """Kong's per-period headers and the IETF RateLimit-* of the limit closest to
+        running out (``uncounted``: adds that were taken back); on a tie, the longer period."""
         cdef list out = []
         cdef long long remaining, best_remaining = -1
         cdef int i, best = -1

@@ -18,6 +18,10 @@ the Redis of the top-level ``redis`` section, so it holds across every node shar
 When the counts can't be had (Redis down or slow, the node's table full), the request
 goes through with ``fault_tolerant`` (the default, as Kong: a limiter outage is not an
 API outage) and is refused with 503 without it.
+
+The rules (who the caller is, the verdict, the headers) run in C (``RateLimitStep``,
+fastgw/_ratelimit.pxi); with ``policy: node`` so does the counting, and this module only
+fetches the counts of the other stores.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from fastgw._core import RateLimitStep
-from fastgw.counters import LocalCounters, NodeCounters, window_end
+from fastgw.counters import LocalCounters, NodeCounters
 from fastgw.plugins.base import CONTINUE, HEADER_NAME, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
 
@@ -88,36 +92,23 @@ class Plugin(BasePlugin):
             self.store = services.get("counters")
         if self.store is None:
             self.store = _LOCAL
-        self.fault_tolerant = config["fault_tolerant"]
-        self.hide = config["hide_client_headers"]
-        # PERF: counting in the node's table, the request phase runs in C (RateLimitStep,
-        # fastgw/_ratelimit.pxi: the same rules as below, which serve the other stores).
+        # The rules (caller, verdict, headers) are RateLimitStep's, in C (fastgw/_ratelimit.pxi).
+        # PERF: counting in the node's table, the whole request phase runs there too.
+        node = isinstance(self.store, NodeCounters)
+        self.rules = RateLimitStep(self.store.table if node else None, self.store.key if node else None,
+                                   self.prefix, self.limit_by, self.header, list(self.limits),
+                                   config["hide_client_headers"], config["fault_tolerant"])
         self.native: RateLimitStep | None = None
-        if isinstance(self.store, NodeCounters):
-            self.native = RateLimitStep(self.store.table, self.store.key, self.prefix, self.limit_by, self.header,
-                                        list(self.limits), self.hide, self.fault_tolerant)
-            self.native.on_no_room = self.store.no_room
-        # PERF: the header names and limits as bytes, once.
-        self.header_parts = tuple(
-            (b"X-RateLimit-Limit-" + name.capitalize().encode(), b"X-RateLimit-Remaining-" + name.capitalize().encode(),
-             b"%d" % limit, limit, period) for name, period, limit in self.limits)
-
-    def _caller(self, ctx: Any) -> str:
-        if self.limit_by == "consumer":
-            consumer = ctx.consumer
-            if consumer is not None:
-                return "c:" + str(getattr(consumer, "name", consumer))
-        elif self.limit_by == "header":
-            value = ctx.get_header(self.header)
-            if value:
-                return "h:" + value
-        return "ip:" + str(ctx.client_ip)
+        if node:
+            self.rules.on_no_room = self.store.no_room
+            self.native = self.rules
+        self.periods = tuple(period for _, period, _ in self.limits)
 
     def on_request(self, ctx: Any) -> int | Awaitable[int]:
         if self.native is not None:
             return self.native.on_request(ctx)
-        name = self.prefix + self._caller(ctx).encode("utf-8", "surrogateescape")
-        items = [(name, period) for _, period, _ in self.limits]
+        name = self.rules.caller_name(ctx)
+        items = [(name, period) for period in self.periods]
         now = time.time()
         counts = self.store.hit(items, now, 1)
         if counts is None or isinstance(counts, list):
@@ -135,38 +126,11 @@ class Plugin(BasePlugin):
                 counts: list[int] | None) -> tuple[int, Any]:
         """(CONTINUE or ANSWERED, the store's pending take-back of a refused request's adds)."""
         if counts is None:
-            if self.fault_tolerant:
-                return CONTINUE, None
-            return ctx.error(503, "rate limit counters unavailable"), None
-        over = [period for (_, period, limit), count in zip(self.limits, counts, strict=True) if count > limit]
-        if not over:
-            if not self.hide:
-                ctx.response_headers_add.extend(self._headers(counts, now, 0))
+            return self.rules.unavailable(ctx), None
+        verdict = self.rules.decide(ctx, counts, now)
+        if not verdict:
             return CONTINUE, None
         # A refused request is not counted: a client that keeps knocking gets in again as
         # soon as the window that refused it ends.
         back = self.store.hit(items, now, -1)
-        retry = max(window_end(now, period) for period in over) - int(now)
-        headers = [] if self.hide else self._headers(counts, now, 1)
-        headers.append((b"Retry-After", str(max(1, retry)).encode()))
-        return ctx.error(429, "API rate limit exceeded", headers), (None if back is None or isinstance(back, list)
-                                                                     else back)
-
-    def _headers(self, counts: list[int], now: float, uncounted: int) -> list[tuple[bytes, bytes]]:
-        """Kong's per-period headers and the IETF RateLimit-* of the limit closest to
-        running out (``uncounted``: adds that were taken back); on a tie, the longer period."""
-        out = []
-        best_remaining, best = -1, None
-        for part, count in zip(self.header_parts, counts, strict=True):
-            remaining = part[3] - count + uncounted
-            if remaining < 0:
-                remaining = 0
-            out.append((part[0], part[2]))
-            out.append((part[1], b"%d" % remaining))
-            if best is None or remaining <= best_remaining:
-                best_remaining, best = remaining, part
-        assert best is not None
-        out.append((b"RateLimit-Limit", best[2]))
-        out.append((b"RateLimit-Remaining", b"%d" % best_remaining))
-        out.append((b"RateLimit-Reset", b"%d" % (window_end(now, best[4]) - int(now))))
-        return out
+        return verdict, (None if back is None or isinstance(back, list) else back)

@@ -22,8 +22,9 @@ _new_store: Any = LocalCounters
 
 @pytest.fixture(autouse=True, params=["python", "native"])
 def counting(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    """Every test twice: counts in a dict (the plugin's Python rules) and in the node's
-    shared table (the C step, RateLimitStep), which must behave the same."""
+    """Every test twice: counted in a dict by the plugin module (which asks RateLimitStep
+    for the verdict), and in the node's shared table by RateLimitStep's own request phase:
+    the two must behave the same."""
     global _new_store
     region = None
     if request.param == "native":
