@@ -5,9 +5,9 @@
 # here (CounterTable.hit); for the other stores (Redis, the in-process dict) the plugin
 # module (fastgw/plugins/rate_limiting.py) gets the counts and asks caller_name / decide /
 # unavailable, so each rule is written once.
-# A counter's slot comes from counter_slot(): two SipHash-2-4 of the caller's name under
-# the region's key, with the period folded into the key, so one hash pair per period and no
-# bytes built per request beyond the name.
+# A counter's slot comes from table_slot(): two SipHash-2-4 of the caller's name under the
+# region's key, with the period folded into the key, so one hash pair per period and no
+# bytes built per request beyond the name (the replay set hashes its tokens the same way).
 
 DEF _RL_MAX = 4
 DEF _RL_BY_CONSUMER = 0
@@ -29,13 +29,14 @@ cdef inline void _rl_slot(const uint8_t* key, const uint8_t* name, Py_ssize_t n,
     fp[0] = siphash24(_rl_word(key + 16), _rl_word(key + 24) ^ period, name, n)
 
 
-def counter_slot(bytes key, bytes name, uint32_t period):
-    """(home, fingerprint) of counter ``name`` in ``period`` under a region's 32-byte key."""
+def table_slot(bytes key, bytes name, uint32_t salt):
+    """(home, fingerprint) of ``name`` in one of the shared region's tables, under the
+    region's 32-byte key (``salt``: a counter's period; 0 for the replay set)."""
     cdef uint64_t home, fp
     if len(key) != 32:
-        raise ValueError("counter_slot: the key must be 32 bytes")
+        raise ValueError("table_slot: the key must be 32 bytes")
     _rl_slot(<const uint8_t*>PyBytes_AS_STRING(key), <const uint8_t*>PyBytes_AS_STRING(name),
-             PyBytes_GET_SIZE(name), period, &home, &fp)
+             PyBytes_GET_SIZE(name), salt, &home, &fp)
     return home, fp
 
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from fastgw import _core
+from fastgw.sparselog import SparseLog
 
 log = logging.getLogger("fastgw.counters")
 
@@ -40,7 +40,7 @@ class NodeCounters:
     def __init__(self, table: _core.CounterTable, key: bytes) -> None:
         self.table = table
         self.key = key
-        self._last_full = -10.0
+        self._full = SparseLog(log)
         self._slots: dict[tuple[bytes, int], tuple[int, int]] = {}   # PERF: hashes of recent counters
 
     def _hash(self, name: bytes, period: int) -> tuple[int, int]:
@@ -48,14 +48,11 @@ class NodeCounters:
         if hashed is None:
             if len(self._slots) >= 65536:
                 self._slots.clear()
-            hashed = self._slots[(name, period)] = _core.counter_slot(self.key, name, period)
+            hashed = self._slots[(name, period)] = _core.table_slot(self.key, name, period)
         return hashed
 
     def no_room(self) -> None:
-        t = time.monotonic()
-        if t - self._last_full >= 10.0:        # one line per 10 s, not one per request
-            self._last_full = t
-            log.error("rate-limit counters: no room for a counter (%d slots)", self.table.capacity)
+        self._full.error("rate-limit counters: no room for a counter (%d slots)", self.table.capacity)
 
     def hit(self, items: Items, now: float, delta: int = 1) -> list[int] | None:
         out = []
@@ -92,7 +89,7 @@ class RedisCounters:
     def __init__(self, client: Any, key_prefix: str = "fastgw:") -> None:
         self._client = client
         self._prefix = key_prefix + "rl:"
-        self._last_error = -10.0
+        self._down = SparseLog(log)
 
     def hit(self, items: Items, now: float, delta: int = 1) -> Awaitable[list[int] | None]:
         return self._hit(items, now, delta)
@@ -107,9 +104,6 @@ class RedisCounters:
         try:
             replies = await pipe.execute()
         except Exception as exc:  # noqa: BLE001 - any failure of the store: the plugin decides
-            t = time.monotonic()
-            if t - self._last_error >= 10.0:
-                self._last_error = t
-                log.error("rate-limit counters: Redis unavailable (%s: %s)", type(exc).__name__, exc)
+            self._down.error("rate-limit counters: Redis unavailable (%s: %s)", type(exc).__name__, exc)
             return None
         return [max(0, int(n)) for n in replies[0::2]]

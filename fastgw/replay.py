@@ -5,8 +5,9 @@ The node's guard is :class:`ReplayGuard`, over the replay table of the node's sh
 region (``fastgw.shared.SharedRegion``, created by the supervisor and attached by every
 worker, so a signature seen by one worker is refused by all of them, and by the next
 generation after a reload). The table is written with atomic compare-and-swap
-(``fastgw._core.ReplaySet``). Tokens are hashed with BLAKE2b under the region's random
-key: 64 bits pick the home slot, 44 more identify the token. A process without a region
+(``fastgw._core.ReplaySet``). Tokens are hashed under the region's random key
+(``fastgw._core.table_slot``, as the rate-limit counters are): 64 bits pick the home slot,
+44 more identify the token. A process without a region
 (a plugin built in a test, or ``fastgw validate``) gets :class:`LocalReplayGuard`, the
 same contract in a dict.
 
@@ -25,12 +26,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import struct
 import time
 from collections.abc import Awaitable
 from typing import Any
 
 from fastgw import _core
+from fastgw.sparselog import SparseLog
 
 MAX_TTL = _core.REPLAY_MAX_TTL
 
@@ -43,21 +44,17 @@ class ReplayGuard:
     def __init__(self, table: _core.ReplaySet, key: bytes) -> None:
         self._table = table
         self._key = key
-        self._last_full = -10.0
+        self._full = SparseLog(log)
 
     def first_use(self, token: bytes, ttl: float) -> bool | None:
         """True the first time ``token`` is seen within ``ttl`` seconds, False after that,
         None when there is no room to record it (the caller must refuse the request)."""
-        digest = hashlib.blake2b(token, digest_size=16, key=self._key).digest()
-        home, fingerprint = struct.unpack("<QQ", digest)
+        home, fingerprint = _core.table_slot(self._key, token, 0)
         seconds = min(MAX_TTL, max(1, math.ceil(ttl)))
         verdict = self._table.claim(home, fingerprint, int(time.monotonic()) & 0xFFFFFFFF, seconds)
         if verdict == _core.REPLAY_FULL:
-            now = time.monotonic()
-            if now - self._last_full >= 10.0:         # one line per 10 s, not one per request
-                self._last_full = now
-                log.error("replay guard: no room for a signature (%d slots); signed requests are "
-                          "refused until older ones expire", self._table.capacity)
+            self._full.error("replay guard: no room for a signature (%d slots); signed requests are "
+                             "refused until older ones expire", self._table.capacity)
             return None
         return verdict == _core.REPLAY_FIRST_USE
 
@@ -95,7 +92,7 @@ class RedisReplayGuard:
     def __init__(self, client: Any, key_prefix: str = "fastgw:") -> None:
         self._client = client
         self._prefix = key_prefix + "replay:"
-        self._last_error = -10.0
+        self._down = SparseLog(log)
 
     def first_use(self, token: bytes, ttl: float) -> Awaitable[bool | None]:
         return self._first_use(token, ttl)
@@ -105,14 +102,10 @@ class RedisReplayGuard:
         try:
             done = await self._client.set(key, b"1", nx=True, ex=min(MAX_TTL, max(1, math.ceil(ttl))))
         except Exception as exc:  # noqa: BLE001 - any failure of the store: refuse (fail closed)
-            now = time.monotonic()
-            if now - self._last_error >= 10.0:        # one line per 10 s, not one per request
-                self._last_error = now
-                log.error("replay guard: Redis unavailable (%s: %s); signed requests are refused",
-                          type(exc).__name__, exc)
+            self._down.error("replay guard: Redis unavailable (%s: %s); signed requests are refused",
+                             type(exc).__name__, exc)
             return None
         return bool(done)
-
 
 
 def redis_client(settings: dict[str, Any]) -> Any:
