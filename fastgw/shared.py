@@ -23,7 +23,7 @@ import os
 import struct
 
 from fastgw import _core
-from fastgw.stats import remove_stale_regions
+from fastgw.stats import create_region_file
 
 MAGIC = b"FGWSHRD1"
 VERSION = 1
@@ -68,29 +68,17 @@ class SharedRegion:
                directory: str = "/dev/shm") -> SharedRegion:
         _power_of_two(replay_slots, _core.REPLAY_WINDOW, "replay_slots")
         _power_of_two(counter_slots, _core.COUNTERS_WINDOW, "counter_slots")
-        if not os.path.isdir(directory):
-            directory = "/tmp"
-        remove_stale_regions(directory, kind=_KIND)
-        path = os.path.join(directory, f"fastgw-{_KIND}-{os.getpid()}-{os.urandom(4).hex()}")
-        key = os.urandom(32)
-        size = cls._size(replay_slots, counter_slots)
-        # SECURITY: 0600 and created exclusively (as the stats region): no other local user
+        # SECURITY: created as the stats region is (0600, exclusively): no other local user
         # can read the key, forge used tokens or counts, or pre-create the file.
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            path, fd, mm = create_region_file(directory, _KIND, cls._size(replay_slots, counter_slots))
         except PermissionError:
             if directory == "/tmp":
                 raise
             # A read-only /dev/shm (some containers): the region works from /tmp as well.
             return cls.create(replay_slots, counter_slots, "/tmp")
-        try:
-            os.ftruncate(fd, size)           # sparse: pages take memory as entries land in them
-            mm = mmap.mmap(fd, size)
-            _HEADER.pack_into(mm, 0, MAGIC, VERSION, 0, replay_slots, counter_slots, key)
-        except BaseException:
-            os.close(fd)
-            os.unlink(path)
-            raise
+        key = os.urandom(32)
+        _HEADER.pack_into(mm, 0, MAGIC, VERSION, 0, replay_slots, counter_slots, key)
         return cls(path, fd, mm, replay_slots, counter_slots, key, owner=True)
 
     @classmethod

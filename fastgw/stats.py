@@ -451,6 +451,30 @@ def _writer_class(pure: bool) -> Any:
     return PyStatsWriter
 
 
+def create_region_file(directory: str, kind: str, size: int, name: str | None = None) -> tuple[str, int, mmap.mmap]:
+    """Create and map a shared-memory file of ``size`` bytes: ``name``, or
+    ``fastgw-<kind>-<pid>-<random>`` in ``directory`` (``/tmp`` when that is not a directory),
+    after removing the stale ones of ``kind``. Returns (path, fd, mapping).
+
+    SECURITY: 0600 and created exclusively: other local users can neither read a region nor
+    pre-create the file to feed the supervisor a forged one. The file is sparse: untouched
+    pages take no memory."""
+    if not os.path.isdir(directory):
+        directory = "/tmp"
+    if name is None:
+        remove_stale_regions(directory, kind)
+    path = os.path.join(directory, name or f"fastgw-{kind}-{os.getpid()}-{os.urandom(4).hex()}")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        mm = mmap.mmap(fd, size)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    return path, fd, mm
+
+
 def remove_stale_regions(directory: str = "/dev/shm", kind: str = "stats") -> int:
     """Delete regions left by supervisors that were killed (their pid is in the name,
     ``fastgw-<kind>-<pid>-<random>``, and no longer runs); returns how many. The ring is a
@@ -520,24 +544,10 @@ class StatsRegion:
             raise ValueError("stats: ring_seconds must be >= 60 and a multiple of hist_seconds")
         layout = Layout(n_writers=max(1, workers) * WRITERS_PER_WORKER, n_keys=n_keys, ring_len=ring,
                         hist_period=hist, hist_ring_len=ring // hist, created=int(time.time()))
-        if not os.path.isdir(directory):
-            directory = "/tmp"
-        if name is None:
-            remove_stale_regions(directory)
-        path = os.path.join(directory, name or f"fastgw-stats-{os.getpid()}-{os.urandom(4).hex()}")
-        # SECURITY: 0600, created exclusively: other local users can neither read the
-        # stats nor pre-create the file to feed the supervisor a forged region.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.ftruncate(fd, layout.size)  # sparse: untouched blocks take no memory
-            mm = mmap.mmap(fd, layout.size)
-            _HEADER.pack_into(mm, 0, MAGIC, VERSION, layout.n_writers, layout.n_keys, layout.ring_len,
-                              layout.hist_period, layout.hist_ring_len, HIST_N, layout.stride,
-                              layout.keys_off, layout.writers_off, layout.data_off, layout.created)
-        except BaseException:
-            os.close(fd)
-            os.unlink(path)
-            raise
+        path, fd, mm = create_region_file(directory, "stats", layout.size, name)
+        _HEADER.pack_into(mm, 0, MAGIC, VERSION, layout.n_writers, layout.n_keys, layout.ring_len,
+                          layout.hist_period, layout.hist_ring_len, HIST_N, layout.stride,
+                          layout.keys_off, layout.writers_off, layout.data_off, layout.created)
         region = cls(path, fd, mm, layout, owner=True)
         region.slots.slot_for(OVERFLOW_KEY)
         region.slots.assign(keys)
