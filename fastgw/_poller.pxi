@@ -269,7 +269,7 @@ cdef class Listener:
             conn = self.factory.make()
             tr = FdTransport.__new__(FdTransport)
             ip = _peer_ip(&addr)
-            tr._init(self.poller, cfd, conn, None)
+            tr._init(self.poller, cfd, conn, None, False)
             tr.addr = addr
             conn._made(tr, ip)
             # PERF: the request is usually here already (the listening sockets defer
@@ -277,6 +277,18 @@ cdef class Listener:
             # after another epoll round (EAGAIN costs one recv and nothing else).
             if tr.reading and not tr.closed:
                 tr._read()
+            if tr.closed:
+                continue
+            # PERF: the socket joins the epoll set only now, and not at all when what was
+            # read is a whole last request (Connection: close, nothing after it): nothing
+            # more is read from such a client, so a connection answered at once with one
+            # send never costs an epoll_ctl (nor its removal at close). A write that does
+            # not finish registers for EPOLLOUT as usual; resume_reading() registers for
+            # reads. Not seen meanwhile: a client's half-close (answered anyway, as now)
+            # and its reset (seen by the answer's send).
+            if tr.reading and conn._last_request_in():
+                tr.reading = False
+            tr._update()
 
 
 cdef bytes _peer_ip(sockaddr_storage* addr):
@@ -348,7 +360,7 @@ cdef class FdTransport:
     cdef object lost_exc             # for connection_lost, once closed
     cdef bint held                   # holds a reference to itself (registered, not yet lost)
 
-    cdef void _init(self, Poller poller, int fd, Timed proto, object peer) noexcept:
+    cdef void _init(self, Poller poller, int fd, Timed proto, object peer, bint register) noexcept:
         self.poller = poller
         self.fd = fd
         self.proto = proto
@@ -357,7 +369,8 @@ cdef class FdTransport:
         self.made = True
         self.wsize = 0
         self._hold()
-        self._update()
+        if register:
+            self._update()
 
     @staticmethod
     def connect(Poller poller, int family, tuple addr, Timed proto):

@@ -759,6 +759,12 @@ cdef class ClientConnection(Connection):
         self.engine.add_connection(self)
         self._arm(T_IDLE, self.engine.idle_timeout)
 
+    cdef bint _last_request_in(self) noexcept:
+        """A whole request is in, the connection closes after its answer and no byte
+        came after it: this client has nothing more to be read (see Listener._accept)."""
+        return self.state == S_WAIT and not self.keep_alive and not self.inbuf \
+            and self.req is not None and not self.req.upgrade
+
     def connection_lost(self, exc):
         self._transport_lost(exc)
 
@@ -1652,6 +1658,8 @@ cdef class ClientConnection(Connection):
         self.chunk = None
         e.remove_connection(self)       # draining does not wait for it
         self._resume(self.paused)       # whatever held reading back: read (and drop) now
+        if self.ftr is not None:
+            self.ftr.resume_reading()   # also a last request's socket, left out of the epoll set
         self.linger_end = e.wheel.now + e.lingering_time
         self._linger_rearm()
         e._check_drained()

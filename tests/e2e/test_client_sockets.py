@@ -8,7 +8,10 @@ a client that stops reading.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import resource
 import socket
 import time
@@ -89,6 +92,81 @@ def test_a_slow_reader_gets_everything(gw: Any) -> None:
             assert chunk.count(b"x") == len(chunk)
             got += len(chunk)
         assert got == n and b"Content-Length: %d" % n in head
+
+
+def test_a_last_request_read_slowly_gets_its_whole_answer(gw: Any) -> None:
+    """``Connection: close`` with nothing after it: the poller leaves such a socket out of
+    its epoll set (nothing more is read from it); an answer that does not fit the socket's
+    buffer must still register for writes and arrive whole, then the connection closes."""
+    n = 8 * 1024 * 1024
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.sendall(f"GET /bytes/{n} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        time.sleep(0.5)                          # the gateway's send stops part way
+        data = read_to_eof(sock)
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert b"Content-Length: %d" % n in head and len(body) == n and body.count(b"x") == n
+
+
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+def test_a_last_request_is_answered_after_the_client_half_closes(gw: Any, version: str) -> None:
+    """The client sends its last request (``Connection: close``, or HTTP/1.0 without
+    keep-alive) and shuts its write side while the backend takes its time: the answer
+    comes whole all the same (RFC 9112 9.6), then the gateway closes."""
+    close = "Connection: close\r\n" if version == "HTTP/1.1" else ""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(f"GET /slow?ms=300 {version}\r\nHost: x\r\n{close}\r\n".encode())
+        sock.shutdown(socket.SHUT_WR)
+        data = read_to_eof(sock)
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(body)["path"] == "/slow"
+
+
+def _watched_fds(pid: int) -> set[int]:
+    """The fds in every epoll set of process ``pid`` (``tfd:`` lines of its fdinfo)."""
+    fds: set[int] = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[eventpoll]":
+                text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+                fds.update(int(m) for m in re.findall(r"^tfd:\s*(\d+)", text, re.M))
+    return fds
+
+
+def _server_side_fd(pid: int, client: socket.socket) -> int:
+    """The fd in process ``pid`` of the server end of ``client``'s TCP connection."""
+    cport = client.getsockname()[1]
+    sport = client.getpeername()[1]
+    inode = None
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if int(f[1].split(":")[1], 16) == sport and int(f[2].split(":")[1], 16) == cport:
+            inode = f[9]
+    assert inode is not None, "no such connection"
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                return int(fd)
+    raise AssertionError("the worker holds no fd for the connection")
+
+
+@pytest.mark.parametrize("last", [True, False], ids=["connection-close", "keep-alive"])
+def test_a_last_request_socket_stays_out_of_the_epoll_set(backend: Backend, port: int, gateway: Any,
+                                                          monkeypatch: pytest.MonkeyPatch, last: bool) -> None:
+    """PERF: a connection whose whole last request came with the accept is answered without
+    ever joining the epoll set (no epoll_ctl, no removal at close); a keep-alive one joins it
+    (the control: the probe of the worker's epoll sets sees client sockets)."""
+    monkeypatch.setenv("FASTGW_UVLOOP_TRANSPORTS", "0")
+    g = gateway(gateway_config(port, backend.url))
+    pid = g.worker_pids()[0]
+    close = "Connection: close\r\n" if last else ""
+    with RawClient(g.port) as raw:
+        raw.send(f"GET /slow?ms=1500 HTTP/1.1\r\nHost: x\r\n{close}\r\n".encode())
+        wait_until(lambda: any(r["path"] == "/slow" for r in backend.requests), timeout=5)
+        fd = _server_side_fd(pid, raw.sock)
+        assert (fd in _watched_fds(pid)) is not last
+        assert raw.read_response().json()["path"] == "/slow"
 
 
 @pytest.mark.parametrize("mode", ["poller", "uvloop"])
