@@ -162,10 +162,20 @@ cdef class Connection(Timed):
             self._write_fn(data)
         return 0
 
-    cdef inline int _write_buf(self, _Buf b) except -1:
-        """``_write(b.take())``; our transport sends from the buffer without the bytes copy."""
+    cdef inline int _write_last(self, bytes data) except -1:
+        """``_write(data)`` of the connection's last bytes (close or half-close follows at
+        once): our transport sends them with the FIN (FdTransport.write_last)."""
         if self.ftr is not None:
-            self.ftr.write_from(b.p, b.n)
+            self.ftr.write_last(data)
+        else:
+            self._write_fn(data)
+        return 0
+
+    cdef inline int _write_buf(self, _Buf b, bint last) except -1:
+        """``_write(b.take())``; our transport sends from the buffer without the bytes copy.
+        ``last``: the connection's last bytes, as _write_last."""
+        if self.ftr is not None:
+            self.ftr.write_from(b.p, b.n, last)
         else:
             self._write_fn(b.take())
         return 0
@@ -1414,8 +1424,10 @@ cdef class ClientConnection(Connection):
             up.close()
 
     # -- response from upstream ----------------------------------------------------------
-    cdef int _response_head(self, ResponseHead resp, const char* body, Py_ssize_t body_n) except -1:
-        """Answer with the backend's head and its first body bytes ``body[:body_n]``."""
+    cdef int _response_head(self, ResponseHead resp, const char* body, Py_ssize_t body_n,
+                            bint whole) except -1:
+        """Answer with the backend's head and its first body bytes ``body[:body_n]``;
+        ``whole``: they are all of the answer."""
         cdef int conn_mode
         cdef list headers = None, add = None
         cdef bint chunked_out
@@ -1454,7 +1466,7 @@ cdef class ClientConnection(Connection):
         fill_response_head(resp, headers, add, self.status, chunked_out, conn_mode, body, body_n)
         self.resp_started = True
         self.bytes_out = _buf.n
-        self._write_buf(_buf)
+        self._write_buf(_buf, whole and not self.keep_alive)   # _finish closes next: see _write_last
 
     cdef int _start_tunnel(self, ResponseHead resp, bytes rest) except -1:
         """The backend accepted the upgrade (101): relay its answer, then pass bytes through
@@ -1476,9 +1488,13 @@ cdef class ClientConnection(Connection):
             self.inbuf = b""
         self._resume(P_PIPELINE)
 
-    cdef int _response_body(self, bytes body) except -1:
+    cdef int _response_body(self, bytes body, bint whole) except -1:
+        """Forward body bytes of the backend's answer; ``whole``: the answer ends with them."""
         self.bytes_out += PyBytes_GET_SIZE(body)
-        self._write(body)
+        if whole and not self.keep_alive:
+            self._write_last(body)      # _finish closes (or half-closes) next
+        else:
+            self._write(body)
         if self.timer_kind == T_READ:
             self._arm(T_READ, self.route.read_timeout)
 
@@ -1524,7 +1540,10 @@ cdef class ClientConnection(Connection):
         data = build_answer(status, headers, body, conn_mode, self.head_req)
         self.bytes_out = PyBytes_GET_SIZE(data)
         self.resp_started = True
-        self._write(data)
+        if self.keep_alive:
+            self._write(data)
+        else:
+            self._write_last(data)      # _finish closes (or half-closes) next
         self._finish()
 
     # -- end of an exchange -----------------------------------------------------------------
@@ -1907,7 +1926,7 @@ cdef class UpstreamConnection(Connection):
             # PERF: the whole body came with the head (a small answer): it goes into the
             # client's buffer from `data` itself, never a bytes object of its own.
             self.body_left = 0
-            client._response_head(resp, PyBytes_AS_STRING(data) + end, n)
+            client._response_head(resp, PyBytes_AS_STRING(data) + end, n, True)
             self._message_done(client, None)
             return 0
         rest = _bslice(data, end, PyBytes_GET_SIZE(data))
@@ -1956,9 +1975,9 @@ cdef class UpstreamConnection(Connection):
             else:
                 self.body_left -= n
         if first:
-            client._response_head(resp, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
+            client._response_head(resp, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body), done)
         elif body:
-            client._response_body(body)
+            client._response_body(body, done)
         if done:
             self._message_done(client, extra)
 
