@@ -1548,17 +1548,25 @@ cdef class ClientConnection(Connection):
 
     # -- end of an exchange -----------------------------------------------------------------
     cdef int _finish(self) except -1:
+        if not self.keep_alive or self.state == S_CLOSED:
+            # The connection ends here: close (or half-close) before the log phase, whose
+            # plugins may take their time, since the answer's last bytes wait in the kernel
+            # for this FIN (_write_last).
+            if self.state != S_CLOSED and (not self.req_done or self.inbuf or self.head_rejected):
+                self._linger()      # the client may still be sending: don't answer it with a reset
+            else:
+                self._close()
+            self._log_exchange()
+            self.ctx = None
+            self.req = None
+            self.head_req = False
+            self.served += 1
+            return 0
         self._log_exchange()
         self.ctx = None
         self.req = None
         self.head_req = False
         self.served += 1
-        if not self.keep_alive or self.state == S_CLOSED:
-            if self.state != S_CLOSED and (not self.req_done or self.inbuf or self.head_rejected):
-                self._linger()      # the client may still be sending: don't answer it with a reset
-            else:
-                self._close()
-            return 0
         # Ready for the next request on this connection.
         self.state = S_HEAD
         self.route = None

@@ -149,6 +149,32 @@ def test_a_last_answer_leaves_with_the_fin(backend: Backend, port: int, gateway:
     assert segments <= 3, segments
 
 
+@pytest.mark.parametrize("path", ["/held", "/held-mock"], ids=["from-backend", "from-gateway"])
+def test_a_last_answer_is_not_held_back_by_the_log_phase(backend: Backend, port: int, gateway: Any,
+                                                         tmp_path: Path, path: str) -> None:
+    """The last answer waits in the kernel for the FIN (MSG_MORE): the connection is closed
+    before the log phase runs, so a log plugin that takes its time (here: it blocks the
+    worker until the test has read the whole answer) can't hold the answer back. A
+    backend's answer and the gateway's own (a mock)."""
+    release = tmp_path / "release"
+    held = {"name": "tests.fixtures_plugins.held_log_plugin", "config": {"release_file": str(release)}}
+    mock = {"name": "mock", "config": {"status": 200, "json": {"mocked": True}}}
+    g = gateway(gateway_config(port, backend.url, {
+        "/held": {"GET": {"plugins": [held]}},
+        "/held-mock": {"GET": {"plugins": [held, mock]}},
+    }))
+    try:
+        with socket.create_connection(("127.0.0.1", g.port), timeout=5) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            data = read_to_eof(sock)             # times out if the answer waits for on_log
+    finally:
+        release.touch()
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert json.loads(body) == {"mocked": True} if path == "/held-mock" else json.loads(body)["path"] == "/held"
+    assert request(g.port, "GET", "/held").status == 200      # the worker serves on
+
+
 def _watched_fds(pid: int) -> set[int]:
     """The fds in every epoll set of process ``pid`` (``tfd:`` lines of its fdinfo)."""
     fds: set[int] = set()
