@@ -365,28 +365,42 @@ cdef bytes _NO_ROUTE_LOG_PART = access_route_part(None, None, None)
 
 @cython.final  # PERF: its methods are called directly (no vtable)
 cdef class Backend:
-    """A stage's backend: its targets' pools, picked round-robin. A target that could not
-    be connected to ``max_fails`` times within ``fail_timeout`` seconds is passed over for
-    ``fail_timeout`` seconds (nginx's max_fails / fail_timeout), and so is one that fails its
-    active health checks (``checked_down``), unless every target is: then they are all tried
-    in turn, as before. A backend with one target never skips it."""
+    """A stage's backend: its targets' pools, picked round-robin, each taking its weight's
+    share when the weights differ (smooth weighted round-robin, nginx's: the picks of
+    weights 3 and 1 run a a b a). A target that could not be connected to ``max_fails``
+    times within ``fail_timeout`` seconds is passed over for ``fail_timeout`` seconds
+    (nginx's max_fails / fail_timeout), and so is one that fails its active health checks
+    (``checked_down``), unless every target is: then they are all tried in turn, as before.
+    A backend with one target never skips it."""
     cdef public list pools
     cdef int rr
     cdef readonly int n
     cdef readonly int max_fails
     cdef readonly double fail_timeout
+    cdef readonly bint weighted         # the weights differ (else plain round-robin)
+    cdef readonly list weights          # int per target
+    cdef list current                   # smooth WRR: each target's running score
 
-    def __init__(self, list pools, int max_fails=1, double fail_timeout=10.0):
+    def __init__(self, list pools, int max_fails=1, double fail_timeout=10.0, list weights=None):
         self.pools = pools
         self.n = len(pools)
         self.rr = 0
         self.max_fails = max_fails
         self.fail_timeout = fail_timeout
+        self.weights = [1] * self.n if weights is None else [int(w) for w in weights]
+        if len(self.weights) != self.n or min(self.weights, default=1) < 1:
+            raise ValueError("one weight >= 1 per target")
+        self.weighted = len(set(self.weights)) > 1
+        self.current = [0] * self.n
 
     cdef inline UpstreamPool pick(self):
         if self.n == 1:
             return <UpstreamPool>self.pools[0]
         return self.pick_live(None)
+
+    def _pick_for_tests(self, UpstreamPool avoid=None):
+        """Tests only: pick_live from Python."""
+        return self.pick_live(avoid)
 
     cdef UpstreamPool pick_live(self, UpstreamPool avoid):
         """The next target in turn that is not passed over, other than ``avoid`` (the one
@@ -394,6 +408,10 @@ cdef class Backend:
         cdef UpstreamPool p, first = None
         cdef double now = _mono()
         cdef int k, i, start = self.rr, first_i = 0
+        if self.weighted:
+            p = self._pick_weighted(avoid, now)
+            if p is not None:
+                return p
         for k in range(self.n):
             i = start + k
             if i >= self.n:
@@ -410,6 +428,27 @@ cdef class Backend:
             return avoid
         self.rr = first_i + 1 if first_i + 1 < self.n else 0      # all passed over: in turn
         return first
+
+    cdef UpstreamPool _pick_weighted(self, UpstreamPool avoid, double now):
+        """Smooth weighted round-robin over the targets not passed over (nor ``avoid``):
+        each adds its weight to its score, the highest score wins and gives back the sum
+        of the weights taken part. None when every target is passed over."""
+        cdef UpstreamPool p
+        cdef int i, best = -1
+        cdef long total = 0, score, top = 0
+        for i in range(self.n):
+            p = <UpstreamPool>self.pools[i]
+            if p is avoid or p.down_until > now or p.checked_down:
+                continue
+            score = <long>self.current[i] + <long>self.weights[i]
+            self.current[i] = score
+            total += <long>self.weights[i]
+            if best < 0 or score > top:
+                best, top = i, score
+        if best < 0:
+            return None
+        self.current[best] = top - total
+        return <UpstreamPool>self.pools[best]
 
     def close(self):
         for p in self.pools:

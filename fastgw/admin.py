@@ -168,7 +168,7 @@ class SupervisorHooks:
             out.append({
                 "key": spec.key, "service": spec.service, "stage": spec.stage, "hosts": list(spec.hosts),
                 "path_prefix": spec.path_prefix, "resource": spec.resource, "method": spec.method,
-                "backend_path": spec.backend_path, "targets": list(spec.targets),
+                "backend_path": spec.backend_path, "targets": list(spec.targets), "weights": list(spec.weights),
                 "plugins": [p.get("name") for p in spec.plugins],
             })
         return out

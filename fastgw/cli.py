@@ -95,7 +95,9 @@ def format_routes(routes: Iterable[Any]) -> str:
             first = stage["spec"]
             hosts = ", ".join(first.hosts) if first.hosts else "*"
             prefix = first.path_prefix or "-"
-            targets = ", ".join(first.targets) or "-"
+            weighted = len(set(first.weights)) > 1
+            targets = ", ".join(f"{t} (weight {w})" if weighted else t
+                                for t, w in zip(first.targets, first.weights, strict=True)) or "-"
             lines.append(f"  stage {stage_name}  hosts: {hosts}  prefix: {prefix}  targets: {targets}")
             root = stage["paths"]
             if root.get(""):

@@ -67,7 +67,7 @@ def compile_config(config: Config, engine: Engine, slot_for: SlotFor | None = No
     """Build the router and every Route of ``config`` for ``engine``'s worker."""
     router = Router()
     pools: dict[str, UpstreamPool] = {}
-    backends: dict[tuple[tuple[str, ...], int, float], Backend] = {}
+    backends: dict[tuple[tuple[str, ...], tuple[int, ...], int, float], Backend] = {}
     routes: list[Route] = []
     plugins: list[Any] = []
     health = HealthChecker()
@@ -83,10 +83,12 @@ def compile_config(config: Config, engine: Engine, slot_for: SlotFor | None = No
         route.prefix_len = len(spec.path_prefix.rstrip("/")) if spec.path_prefix else 0
         max_fails = int(spec.backend.get("max_fails", 1))
         fail_timeout = float(spec.backend.get("fail_timeout", 10))
-        backend = backends.get((spec.targets, max_fails, fail_timeout))
+        backend_key = (spec.targets, spec.weights, max_fails, fail_timeout)
+        backend = backends.get(backend_key)
         if backend is None:
-            backend = Backend([_target_pool(engine, t, pools) for t in spec.targets], max_fails, fail_timeout)
-            backends[(spec.targets, max_fails, fail_timeout)] = backend
+            backend = Backend([_target_pool(engine, t, pools) for t in spec.targets], max_fails, fail_timeout,
+                              list(spec.weights))
+            backends[backend_key] = backend
         route.backend = backend
         check = spec.backend.get("health_check")
         if check is not None:

@@ -234,6 +234,24 @@ def test_targets_hosts_prefix_and_duplicate_services() -> None:
     assert len(errs) == 7, errs
 
 
+def test_weighted_targets_are_checked_and_flattened() -> None:
+    data = base()
+    prod = data["services"][0]["stages"]["prod"]
+    prod["backend"]["targets"] = ["http://a:1", {"url": "http://b:2", "weight": 3}]
+    spec = load_data(data).routes[0]
+    assert spec.targets == ("http://a:1", "http://b:2") and spec.weights == (1, 3)
+    prod["backend"]["targets"] = [{"url": "http://a:1"}, {"url": "http://b:2", "weight": 0}, {"weight": 2},
+                                  {"url": "ftp://c:1"}, {"url": "http://d:4", "wieght": 2}, 7]
+    errs = errors_of(data)
+    t = "services[0].stages.prod.backend.targets"
+    assert f"{t}[1].weight: 0 is less than the minimum of 1" in errs
+    assert f"{t}[2].url: required" in errs
+    assert f"{t}[3].url: must be http://host:port or https://host:port (got 'ftp://c:1')" in errs
+    assert f"{t}[4].wieght: unknown key (allowed: url, weight)" in errs
+    assert f"{t}[5]: 7 is not of type 'string', 'object'" in errs
+    assert len(errs) == 5, errs
+
+
 def test_shadowed_routes_and_host_collisions() -> None:
     data = base()
     res = data["services"][0]["resources"]

@@ -69,7 +69,9 @@ def flatten(raw: dict[str, Any]) -> list[RouteSpec]:
                 "stage": stname,
                 "hosts": tuple(h.lower() for h in (stage.get("hosts") or ["*"])),
                 "path_prefix": stage.get("path_prefix", ""),
-                "targets": tuple(backend["targets"]),
+                "targets": tuple(t["url"] if isinstance(t, dict) else t for t in backend["targets"]),
+                "weights": tuple(int(t.get("weight", 1)) if isinstance(t, dict) else 1
+                                 for t in backend["targets"]),
                 "backend": {k: v for k, v in backend.items() if k != "targets"},
                 "variables": {k: str(v) for k, v in stage.get("variables", {}).items()},
             }

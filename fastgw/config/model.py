@@ -33,7 +33,8 @@ class RouteSpec:
     backend_path: str | None
     plugins: tuple[dict[str, Any], ...]
     timeouts: dict[str, float]
-    targets: tuple[str, ...]
+    targets: tuple[str, ...]            # URLs
+    weights: tuple[int, ...]            # each target's weight (1 unless given)
     backend: dict[str, Any]
     variables: dict[str, str]
     place: str

@@ -311,8 +311,11 @@ def semantic_errors(raw: dict[str, Any]) -> list[str]:
             check_plugins(stage.get("plugins"), f"{stp}.plugins", errors)
             backend = stage.get("backend")
             if isinstance(backend, dict) and isinstance(backend.get("targets"), list):
-                for ti, url in enumerate(backend["targets"]):
-                    _check_target(url, f"{stp}.backend.targets[{ti}]", errors)
+                for ti, target in enumerate(backend["targets"]):
+                    if isinstance(target, dict):
+                        _check_target(target.get("url"), f"{stp}.backend.targets[{ti}].url", errors)
+                    else:
+                        _check_target(target, f"{stp}.backend.targets[{ti}]", errors)
             prefix = stage.get("path_prefix", "")
             prefix_shape: tuple[Any, ...] = ()
             if isinstance(prefix, str) and prefix:

@@ -142,3 +142,23 @@ def test_when_no_target_connects_in_time_the_answer_is_504(targets: int, port: i
         r = request(g.port, "GET", "/x")
         assert r.status == 504 and r.json()["error"] == "upstream connect timed out"
         assert 0.15 * targets <= time.monotonic() - t0 < 0.2 * targets + 2
+
+
+def test_weighted_targets_take_their_share_in_a_smooth_turn(backend: Backend, port: int, gateway: Any) -> None:
+    """Weights 3 and 1: of every 4 requests the heavy target takes 3, interleaved (a a b a,
+    nginx's smooth weighted round-robin), per worker."""
+    with Backend("light") as light:
+        g = gateway(_config(port, [{"url": backend.url, "weight": 3}, {"url": light.url, "weight": 1}]))
+        seen = [request(g.port, "GET", f"/w{i}").json()["backend"] for i in range(12)]
+    assert seen == ["backend", "backend", "light", "backend"] * 3
+
+
+def test_a_weighted_target_that_is_down_gives_its_share_to_the_others(port: int, gateway: Any) -> None:
+    with Backend("b1") as b1, Backend("b2") as b2:
+        g = gateway(_config(port, [{"url": _dead_url(), "weight": 5}, {"url": b1.url, "weight": 2},
+                                   {"url": b2.url, "weight": 1}]))
+        answers = [request(g.port, "GET", f"/d{i}") for i in range(9)]
+    assert [r.status for r in answers] == [200] * 9
+    # The first request fails over from the dead target (then passed over for fail_timeout);
+    # from there on b1 and b2 share the requests 2:1.
+    assert [r.json()["backend"] for r in answers] == ["b1", "b1", "b2"] * 3

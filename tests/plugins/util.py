@@ -22,7 +22,8 @@ def make_spec(plugins: list[dict[str, Any]], resource: str = RESOURCE, method: s
     return RouteSpec(
         service="shop", stage="prod", hosts=("*",), path_prefix="", resource=resource, method=method,
         backend_path=None, plugins=tuple(plugins), timeouts={"connect": 5, "read": 60, "send": 60},
-        targets=("http://127.0.0.1:9",), backend={"host_header": "target"}, variables=variables or {},
+        targets=("http://127.0.0.1:9",), weights=(1,), backend={"host_header": "target"},
+        variables=variables or {},
         place=f"services[0].resources.{resource}.{method}",
     )
 

@@ -1,0 +1,60 @@
+"""Backend.pick_live: round-robin, and smooth weighted round-robin when the weights differ
+(fastgw/_proxy.pxi). The e2e side (real targets, one down) is in tests/e2e/test_failover.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+core = pytest.importorskip("fastgw._core")
+
+
+@pytest.fixture
+def pools() -> Iterator[list[Any]]:
+    loop = asyncio.new_event_loop()
+    engine = core.Engine(loop, None)
+    yield [core.UpstreamPool(engine, "127.0.0.1", port) for port in (1, 2, 3)]
+    loop.close()
+
+
+def picks(backend: Any, pools: list[Any], n: int, avoid: Any = None) -> str:
+    return "".join("abc"[pools.index(backend._pick_for_tests(avoid))] for _ in range(n))
+
+
+def test_equal_weights_are_plain_round_robin(pools: list[Any]) -> None:
+    b = core.Backend(pools, 1, 10.0, [2, 2, 2])
+    assert not b.weighted
+    assert picks(b, pools, 7) == "abcabca"
+
+
+def test_smooth_weighted_round_robin_interleaves(pools: list[Any]) -> None:
+    b = core.Backend(pools, 1, 10.0, [5, 1, 1])
+    assert b.weighted
+    assert picks(b, pools, 14) == "aabacaa" * 2           # nginx's sequence for 5, 1, 1
+    b = core.Backend(pools[:2], 1, 10.0, [3, 1])
+    assert picks(b, pools, 8) == "aaba" * 2
+
+
+@pytest.mark.parametrize("weights", [[1, 2, 3], [7, 3, 1], [100, 1, 10]])
+def test_each_target_gets_exactly_its_share(pools: list[Any], weights: list[int]) -> None:
+    b = core.Backend(pools, 1, 10.0, weights)
+    rounds = 50
+    got = Counter(picks(b, pools, rounds * sum(weights)))
+    assert [got[k] for k in "abc"] == [w * rounds for w in weights]
+
+
+def test_the_target_to_avoid_gives_its_turn_to_the_others(pools: list[Any]) -> None:
+    b = core.Backend(pools, 1, 10.0, [5, 1, 1])
+    assert set(picks(b, pools, 20, avoid=pools[0])) == {"b", "c"}
+    lone = core.Backend(pools[:1], 1, 10.0, [4])
+    assert picks(lone, pools, 3, avoid=pools[0]) == "aaa"   # nothing else to take: the one there is
+
+
+@pytest.mark.parametrize("weights", [[1, 0, 1], [1, 2], [-1, 1, 1]])
+def test_bad_weights_are_refused(pools: list[Any], weights: list[int]) -> None:
+    with pytest.raises(ValueError):
+        core.Backend(pools, 1, 10.0, weights)
