@@ -531,18 +531,17 @@ cdef class FdTransport:
         return self._queued(PyBytes_GET_SIZE(rest))
 
     cpdef write(self, bytes data):
-        cdef Py_ssize_t n = self._send_first(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), 0)
-        if n >= 0:
-            self._queue(data[n:] if n else data)
+        self.write_end(data, False)
 
-    cdef int write_last(self, bytes data) except -1:
-        """``write`` of the connection's last bytes: the caller calls close() or write_eof()
-        right after, in the same turn. PERF: sent with MSG_MORE, the bytes wait in the
-        kernel for that FIN and leave with it in one segment (else the FIN is a segment
-        of its own, and the client acknowledges the data apart: with keep-alive off that
-        was a fifth of a connection's CPU). Whatever a partial send leaves is queued and
-        sent without the flag, which pushes the rest."""
-        cdef Py_ssize_t n = self._send_first(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), MSG_MORE)
+    cdef inline int write_end(self, bytes data, bint last) except -1:
+        """``write``; ``last``: the connection's last bytes, and the caller calls close() or
+        write_eof() right after, in the same turn. PERF: sent with MSG_MORE, the bytes wait
+        in the kernel for that FIN and leave with it in one segment (else the FIN is a
+        segment of its own, and the client acknowledges the data apart: with keep-alive off
+        that was a fifth of a connection's CPU). Whatever a partial send leaves is queued
+        and sent without the flag, which pushes the rest."""
+        cdef Py_ssize_t n = self._send_first(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
+                                             MSG_MORE if last else 0)
         if n >= 0:
             self._queue(data[n:] if n else data)
         return 0
@@ -551,7 +550,7 @@ cdef class FdTransport:
         """``write`` of bytes the caller owns only until this returns (a reused buffer): sent
         straight from there, copied only when they do not all go out at once (PERF: the
         response head of a request is never a bytes object of its own). ``last``: the
-        connection's last bytes, as write_last."""
+        connection's last bytes, as write_end."""
         cdef Py_ssize_t n = self._send_first(p, size, MSG_MORE if last else 0)
         if n >= 0:
             self._queue(PyBytes_FromStringAndSize(p + n, size - n))

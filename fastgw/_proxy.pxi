@@ -162,18 +162,18 @@ cdef class Connection(Timed):
             self._write_fn(data)
         return 0
 
-    cdef inline int _write_last(self, bytes data) except -1:
-        """``_write(data)`` of the connection's last bytes (close or half-close follows at
-        once): our transport sends them with the FIN (FdTransport.write_last)."""
+    cdef inline int _write_end(self, bytes data, bint last) except -1:
+        """``_write(data)``; ``last``: the connection's last bytes (close or half-close
+        follows at once), which our transport sends with the FIN (FdTransport.write_end)."""
         if self.ftr is not None:
-            self.ftr.write_last(data)
+            self.ftr.write_end(data, last)
         else:
             self._write_fn(data)
         return 0
 
     cdef inline int _write_buf(self, _Buf b, bint last) except -1:
         """``_write(b.take())``; our transport sends from the buffer without the bytes copy.
-        ``last``: the connection's last bytes, as _write_last."""
+        ``last``: the connection's last bytes, as _write_end."""
         if self.ftr is not None:
             self.ftr.write_from(b.p, b.n, last)
         else:
@@ -419,7 +419,7 @@ cdef class Backend:
             p = <UpstreamPool>self.pools[i]
             if p is avoid:
                 continue
-            if p.down_until <= now and not p.checked_down:
+            if not p.passed_over(now):
                 self.rr = i + 1 if i + 1 < self.n else 0
                 return p
             if first is None:
@@ -438,7 +438,7 @@ cdef class Backend:
         cdef long total = 0, score, top = 0
         for i in range(self.n):
             p = <UpstreamPool>self.pools[i]
-            if p is avoid or p.down_until > now or p.checked_down:
+            if p is avoid or p.passed_over(now):
                 continue
             score = <long>self.current[i] + <long>self.weights[i]
             self.current[i] = score
@@ -552,6 +552,10 @@ cdef class UpstreamPool:
             self.down_until = now + fail_timeout
             _log.warning("upstream %s:%d: passed over for %g s after %d failed connection(s)",
                          self.host, self.port, fail_timeout, self.fails)
+
+    cdef inline bint passed_over(self, double now) noexcept:
+        """Failed connects (max_fails) or active health checks keep it out of the picks."""
+        return self.down_until > now or self.checked_down
 
     cdef inline void connected(self) noexcept:
         """A new connection succeeded: the target is healthy again."""
@@ -1505,7 +1509,7 @@ cdef class ClientConnection(Connection):
         fill_response_head(resp, headers, add, self.status, chunked_out, conn_mode, body, body_n)
         self.resp_started = True
         self.bytes_out = _buf.n
-        self._write_buf(_buf, whole and not self.keep_alive)   # _finish closes next: see _write_last
+        self._write_buf(_buf, whole and not self.keep_alive)   # _finish closes next: see _write_end
 
     cdef int _start_tunnel(self, ResponseHead resp, bytes rest) except -1:
         """The backend accepted the upgrade (101): relay its answer, then pass bytes through
@@ -1530,10 +1534,7 @@ cdef class ClientConnection(Connection):
     cdef int _response_body(self, bytes body, bint whole) except -1:
         """Forward body bytes of the backend's answer; ``whole``: the answer ends with them."""
         self.bytes_out += PyBytes_GET_SIZE(body)
-        if whole and not self.keep_alive:
-            self._write_last(body)      # _finish closes (or half-closes) next
-        else:
-            self._write(body)
+        self._write_end(body, whole and not self.keep_alive)   # last: _finish closes next
         if self.timer_kind == T_READ:
             self._arm(T_READ, self.route.read_timeout)
 
@@ -1579,33 +1580,27 @@ cdef class ClientConnection(Connection):
         data = build_answer(status, headers, body, conn_mode, self.head_req)
         self.bytes_out = PyBytes_GET_SIZE(data)
         self.resp_started = True
-        if self.keep_alive:
-            self._write(data)
-        else:
-            self._write_last(data)      # _finish closes (or half-closes) next
+        self._write_end(data, not self.keep_alive)     # last: _finish closes next
         self._finish()
 
     # -- end of an exchange -----------------------------------------------------------------
     cdef int _finish(self) except -1:
-        if not self.keep_alive or self.state == S_CLOSED:
+        cdef bint ends = not self.keep_alive or self.state == S_CLOSED
+        if ends:
             # The connection ends here: close (or half-close) before the log phase, whose
             # plugins may take their time, since the answer's last bytes wait in the kernel
-            # for this FIN (_write_last).
+            # for this FIN (_write_end).
             if self.state != S_CLOSED and (not self.req_done or self.inbuf or self.head_rejected):
                 self._linger()      # the client may still be sending: don't answer it with a reset
             else:
                 self._close()
-            self._log_exchange()
-            self.ctx = None
-            self.req = None
-            self.head_req = False
-            self.served += 1
-            return 0
         self._log_exchange()
         self.ctx = None
         self.req = None
         self.head_req = False
         self.served += 1
+        if ends:
+            return 0
         # Ready for the next request on this connection.
         self.state = S_HEAD
         self.route = None
