@@ -18,12 +18,22 @@
 # (mix(parent's phash, VAR / REST) for a {var} / {rest*} child). An entry holds the phash
 # (compared first), the parent's uid, the node's own uid, the segment (packed inline when
 # <= 8 bytes, else an offset into one byte pool where each distinct segment is stored once),
-# flags (kind, has static / var / rest children, terminal, ...) and `fast`, the node's
+# flags (kind, has static / var / rest children, terminal, ...), a one-byte filter of the
+# static children's segment hashes, and `fast`, the node's
 # answer (the route, a ready (200, route, ()) tuple when the path has no variables, or an
 # _RTerm when methods lead to different routes). Roots (one per host) are entries too; the
 # Router's dicts own every Python object, the table only borrows them. Hash collisions
 # (phash or slot) cost probes, never correctness: a hit needs the same parent uid, kind,
 # length and bytes.
+#
+# Two entries share a cache line, and a child is put in its parent's partner slot (its
+# "buddy", slot ^ 1) when that is free at insertion (and again after a rehash): the first
+# child of a node usually gets it, so a walk from parent to child costs one line, not two.
+# Lookups try the buddy slot, then the child's home probe run. The filter (`sfilter`) has
+# one of 8 bits set per static child; a segment whose bit is clear is no static child of
+# the node, which spares the probe — in a large table a random line, a cache miss — that
+# an id under /users/{id} would otherwise cost to learn that /users/ has no static child
+# of that name.
 #
 # Matching creates no Python object per segment: segments are hashed straight from the
 # path's bytes and compared in place. Since a slot depends only on path hashes, the slots
@@ -397,7 +407,8 @@ ctypedef struct _RtEnt:
     uint32_t phash      # the node's path hash: home slot is phash & mask; compared first
     uint32_t parent     # the parent's uid (a root: its own uid)
     uint32_t uid        # 0: empty slot
-    uint16_t seglen     # RT_LONGSEG: the real length is the uint32 before the bytes in the pool
+    uint8_t seglen      # RT_LONGSEG: the real length is the uint32 before the bytes in the pool
+    uint8_t sfilter     # one bit per static child, bit _rt_sbit(its segment hash): see _rt_walk
     uint8_t flags       # kind (RT_KIND bits) | RT_HAS_* | RT_TERMINAL | RT_MULTI | RT_NOVARS
     uint8_t fastmask    # method indexes (_rt_method_index) that `fast` answers
     uint64_t seg        # static: _rt_pack(segment) when seglen <= RT_INLINE, else a pool offset
@@ -416,7 +427,7 @@ cdef enum:
     RT_TERMINAL = 32    # the node has at least one route
     RT_MULTI = 64       # `fast` is an _RTerm: the node answers different methods with different routes
     RT_NOVARS = 128     # no variable on the way here: `fast`/_RTerm hold ready (200, route, ()) tuples
-    RT_LONGSEG = 0xFFFF
+    RT_LONGSEG = 0xFF
     RT_INLINE = 8
     RT_MIN_CAP = 64
     # Grow (double) when used > cap * 7/10. PERF: the table's size is what decides how
@@ -501,6 +512,11 @@ cdef inline uint64_t _rt_hash(const unsigned char* p, Py_ssize_t n, uint64_t see
     return _rt_mum(_rt_mum(a ^ RT_P1, b ^ h) ^ RT_P2, <uint64_t>n ^ RT_P3)
 
 
+cdef inline uint8_t _rt_sbit(uint64_t hs) noexcept nogil:
+    """The bit a static child with segment hash hs sets in its parent's sfilter."""
+    return <uint8_t>(1 << (hs >> 61))
+
+
 cdef inline uint32_t _rt_child_ph(uint32_t ph, uint64_t hs) noexcept nogil:
     """Path hash of the static child (segment hash hs) of the node with path hash ph."""
     return <uint32_t>_rt_mum(ph ^ RT_P0, hs ^ RT_P2)
@@ -540,15 +556,28 @@ ctypedef struct _RtCtx:
     int k
 
 
+cdef inline const _RtEnt* _rt_buddy(const _RtEnt* tab, const _RtEnt* e) noexcept nogil:
+    """The entry sharing e's cache line (slot j ^ 1): where one child of e is put when free."""
+    return tab + ((e - tab) ^ 1)
+
+
+cdef inline bint _rt_is_buddy(const _RtEnt* tab, uint64_t j) noexcept nogil:
+    """True when the node in slot j sits in its parent's buddy slot."""
+    return (tab[j].flags & RT_KIND) != RT_ROOT and tab[j ^ 1].uid == tab[j].parent
+
+
 cdef inline const _RtEnt* _rt_find_static(const _RtCtx* c, const _RtEnt* e, int i) noexcept nogil:
     # SECURITY: the client picks the segment (and so its home slot), not the table's layout:
     # a probe ends at the first empty slot, so it is never longer than the longest run of
     # occupied slots, which the load factor (<= 0.7) and the per-process seed keep short.
     cdef uint32_t ph = _rt_child_ph(e.phash, c.hs[i]) & c.hmask
     cdef uint64_t j = ph & c.mask
-    cdef const _RtEnt* x
     cdef const unsigned char* s = c.p + c.ss[i]
     cdef Py_ssize_t n = c.se[i] - c.ss[i]
+    cdef const _RtEnt* x = _rt_buddy(c.tab, e)
+    if x.phash == ph and x.parent == e.uid and (x.flags & RT_KIND) == RT_STATIC \
+            and _rt_seg_eq(c.pool, x, s, n):
+        return x
     while True:
         x = c.tab + j
         if x.uid == 0:
@@ -562,7 +591,9 @@ cdef inline const _RtEnt* _rt_find_static(const _RtCtx* c, const _RtEnt* e, int 
 cdef inline const _RtEnt* _rt_find_kind(const _RtCtx* c, const _RtEnt* e, int kind) noexcept nogil:
     cdef uint32_t ph = _rt_kind_ph(e.phash, kind) & c.hmask
     cdef uint64_t j = ph & c.mask
-    cdef const _RtEnt* x
+    cdef const _RtEnt* x = _rt_buddy(c.tab, e)
+    if x.phash == ph and x.parent == e.uid and (x.flags & RT_KIND) == kind:
+        return x
     while True:
         x = c.tab + j
         if x.uid == 0:
@@ -585,7 +616,10 @@ cdef const _RtEnt* _rt_walk(_RtCtx* c, const _RtEnt* e, int i, int k) noexcept n
             c.k = k
             return e
         return NULL
-    if (e.flags & RT_HAS_STATIC) and c.se[i] > c.ss[i]:
+    # PERF: a static child is looked for only when the parent's filter has its bit: a segment
+    # that is no static child (an id under /users/{id} beside /users/me) would otherwise
+    # probe a slot of its own, a random line of a large table (a cache miss) to learn so.
+    if (e.sfilter & _rt_sbit(c.hs[i])) and c.se[i] > c.ss[i]:
         f = _rt_find_static(c, e, i)
         if f != NULL:
             r = _rt_walk(c, f, i + 1, k)
@@ -685,6 +719,7 @@ cdef class Router:
     # -- building ----------------------------------------------------------------------
 
     cdef Py_ssize_t _slot_of(self, uint32_t uid, uint32_t ph) noexcept:
+        """Slot of a node sitting in its home probe run (a root always does), or -1."""
         cdef uint64_t j = ph & self._mask
         while self._tab[j].uid != uid:
             if self._tab[j].uid == 0:
@@ -698,39 +733,71 @@ cdef class Router:
                                               PyBytes_GET_SIZE(key), self._seed)) & self._hmask
         return _rt_kind_ph(pph, kind) & self._hmask
 
-    cdef Py_ssize_t _find(self, uint32_t puid, uint32_t pph, int kind, bytes key):
-        """Slot of the child of (puid, pph) of this kind (and static segment key), or -1."""
-        cdef uint32_t ph = self._edge_ph(pph, kind, key)
-        cdef uint64_t j = ph & self._mask
-        cdef _RtEnt* x
+    cdef bint _is_child(self, const _RtEnt* x, const _RtEnt* parent, uint32_t ph, int kind,
+                        bytes key) noexcept:
+        return x.phash == ph and x.parent == parent.uid and (x.flags & RT_KIND) == kind and (
+            kind != RT_STATIC or _rt_seg_eq(self._pool, x, <const unsigned char*>PyBytes_AS_STRING(key),
+                                            PyBytes_GET_SIZE(key)))
+
+    cdef Py_ssize_t _find(self, Py_ssize_t pj, int kind, bytes key):
+        """Slot of the child of the node in slot pj of this kind (and static segment key), or -1.
+
+        As the walk does: the buddy slot pj ^ 1 first, then the child's home probe run."""
+        cdef const _RtEnt* parent = self._tab + pj
+        cdef uint32_t ph = self._edge_ph(parent.phash, kind, key)
+        cdef uint64_t j = (<uint64_t>pj) ^ 1
+        if self._is_child(self._tab + j, parent, ph, kind, key):
+            return <Py_ssize_t>j
+        j = ph & self._mask
         while True:
-            x = self._tab + j
-            if x.uid == 0:
+            if self._tab[j].uid == 0:
                 return -1
-            if x.phash == ph and x.parent == puid and (x.flags & RT_KIND) == kind and (
-                    kind != RT_STATIC or _rt_seg_eq(self._pool, x,
-                                                    <const unsigned char*>PyBytes_AS_STRING(key),
-                                                    PyBytes_GET_SIZE(key))):
+            if self._is_child(self._tab + j, parent, ph, kind, key):
                 return <Py_ssize_t>j
             j = (j + 1) & self._mask
 
+    cdef int _reserve(self, Py_ssize_t more) except -1:
+        """Grow now so that ``more`` nodes fit: slots held by the caller stay valid meanwhile."""
+        while (self._used + more) * RT_LOAD_DEN > <Py_ssize_t>(self._mask + 1) * RT_LOAD_NUM:
+            self._grow()
+        return 0
+
     cdef int _grow(self) except -1:
-        cdef uint64_t cap = (self._mask + 1) * 2
+        """Double the table. Nodes go to their home probe runs first; then each node that sat
+        in its parent's buddy slot goes to the parent's new buddy slot when it is free."""
+        cdef uint64_t old_cap = self._mask + 1
+        cdef uint64_t cap = old_cap * 2
         cdef uint64_t nm = cap - 1
-        cdef uint64_t j, h
+        cdef uint64_t j, h, b
+        cdef _RtEnt* old = self._tab
         cdef _RtEnt* new
+        cdef uint64_t* moved
+        cdef int npass
         if cap > (<uint64_t>1 << 32):
             raise MemoryError("router: too many nodes")
         new = <_RtEnt*>_rt_table_alloc(cap * sizeof(_RtEnt))
-        if new == NULL:
+        moved = <uint64_t*>PyMem_Malloc(old_cap * sizeof(uint64_t))
+        if new == NULL or moved == NULL:
+            free(new)
+            PyMem_Free(moved)
             raise MemoryError()
-        for j in range(self._mask + 1):
-            if self._tab[j].uid != 0:
-                h = self._tab[j].phash & nm
-                while new[h].uid != 0:
-                    h = (h + 1) & nm
-                new[h] = self._tab[j]
-        free(self._tab)
+        for npass in range(2):
+            for j in range(old_cap):
+                if old[j].uid == 0 or _rt_is_buddy(old, j) != (npass == 1):
+                    continue
+                h = nm + 1
+                if npass == 1:
+                    b = moved[j ^ 1] ^ 1   # the parent moved in the first pass
+                    if new[b].uid == 0:
+                        h = b
+                if h > nm:
+                    h = old[j].phash & nm
+                    while new[h].uid != 0:
+                        h = (h + 1) & nm
+                new[h] = old[j]
+                moved[j] = h
+        PyMem_Free(moved)
+        free(old)
         self._tab = new
         self._mask = nm
         return 0
@@ -760,30 +827,42 @@ cdef class Router:
         self._pool_index[key] = off
         return off
 
-    cdef Py_ssize_t _insert(self, uint32_t puid, uint32_t pph, int kind, bytes key,
+    cdef Py_ssize_t _insert(self, Py_ssize_t pj, uint32_t root_uid, int kind, bytes key,
                             bint novars) except -1:
-        """Add a child (or, with kind RT_ROOT, a root whose uid is puid); returns its slot."""
+        """Add a child of the node in slot pj (or, with kind RT_ROOT, the root root_uid);
+        returns its slot. The caller has reserved the room (_reserve): nothing moves here.
+
+        PERF: a child goes to its parent's buddy slot (pj ^ 1, the same cache line) when that
+        is free, so a walk reads parent and child with one miss; the first child of a node
+        usually gets it. Lookups try that slot before the child's home probe run."""
         cdef uint64_t seg = 0, j
-        cdef Py_ssize_t n = 0, pj
-        cdef uint32_t ph
+        cdef Py_ssize_t n = 0
+        cdef uint32_t ph, puid
         cdef _RtEnt* x
         if self._next_uid == 0xFFFFFFFF:
             raise MemoryError("router: too many nodes")
+        if (self._used + 1) * RT_LOAD_DEN > <Py_ssize_t>(self._mask + 1) * RT_LOAD_NUM:
+            raise AssertionError("router: _insert without _reserve")
         if kind == RT_STATIC:
             n = PyBytes_GET_SIZE(key)
             if n > RT_INLINE:
                 seg = <uint64_t>self._intern(key)
             else:
                 seg = _rt_pack(<const unsigned char*>PyBytes_AS_STRING(key), n)
-        if (self._used + 1) * RT_LOAD_DEN > <Py_ssize_t>(self._mask + 1) * RT_LOAD_NUM:
-            self._grow()
         if kind == RT_ROOT:
+            puid = root_uid
             ph = <uint32_t>_rt_mum(<uint64_t>puid ^ self._seed ^ RT_P2, RT_P0) & self._hmask
+            j = ph & self._mask
         else:
-            ph = self._edge_ph(pph, kind, key)
-            pj = self._slot_of(puid, pph)
+            puid = self._tab[pj].uid
+            ph = self._edge_ph(self._tab[pj].phash, kind, key)
             self._tab[pj].flags |= <uint8_t>(RT_HAS_STATIC << kind)
-        j = ph & self._mask
+            if kind == RT_STATIC:
+                self._tab[pj].sfilter |= _rt_sbit(_rt_hash(<const unsigned char*>PyBytes_AS_STRING(key),
+                                                           PyBytes_GET_SIZE(key), self._seed))
+            j = (<uint64_t>pj) ^ 1
+            if self._tab[j].uid != 0:
+                j = ph & self._mask
         while self._tab[j].uid != 0:
             j = (j + 1) & self._mask
         x = self._tab + j
@@ -791,7 +870,8 @@ cdef class Router:
         x.uid = puid if kind == RT_ROOT else self._next_uid
         x.parent = puid
         x.seg = seg
-        x.seglen = <uint16_t>(n if n < RT_LONGSEG else RT_LONGSEG)
+        x.seglen = <uint8_t>(n if n < RT_LONGSEG else RT_LONGSEG)
+        x.sfilter = 0
         x.flags = <uint8_t>(kind | (RT_NOVARS if novars else 0))
         x.fastmask = 0
         x.fast = NULL
@@ -824,12 +904,14 @@ cdef class Router:
         if self._next_uid == 0xFFFFFFFF:
             raise MemoryError("router: too many nodes")
         root.uid = self._next_uid
-        j = self._insert(root.uid, 0, RT_ROOT, None, True)
+        self._reserve(1)
+        j = self._insert(-1, root.uid, RT_ROOT, None, True)
         self._next_uid += 1
         root.phash = self._tab[j].phash
         return root
 
-    cdef int _set_route(self, uint32_t uid, uint32_t ph, str method, object route) except -1:
+    cdef int _set_route(self, Py_ssize_t j, str method, object route) except -1:
+        cdef uint32_t uid = self._tab[j].uid
         cdef dict by = self._byname.get(uid)
         cdef _RTerm term = None
         cdef _RtEnt* e
@@ -841,7 +923,7 @@ cdef class Router:
             self._byname[uid] = by
         by[method] = route
         self._pms[uid] = PathMethods(dict(by))
-        novars = (self._tab[self._slot_of(uid, ph)].flags & RT_NOVARS) != 0
+        novars = (self._tab[j].flags & RT_NOVARS) != 0
         # Resolved once here, per method index: exact > HEAD->GET > ANY.
         anyr = by.get("ANY")
         res = []
@@ -867,7 +949,7 @@ cdef class Router:
             fast = term
         else:
             fast = next(iter(answers.values()), None)
-        e = self._tab + self._slot_of(uid, ph)
+        e = self._tab + j
         e.fast = NULL if fast is None else <PyObject*>fast
         e.fastmask = mask
         e.flags = <uint8_t>((e.flags & ~RT_MULTI) | RT_TERMINAL | (RT_MULTI if term is not None else 0))
@@ -881,8 +963,7 @@ cdef class Router:
         added when it raises.
         """
         cdef _RtRoot root
-        cdef uint32_t uid, ph
-        cdef Py_ssize_t j
+        cdef Py_ssize_t j, child
         cdef int kind
         cdef bint novars
         cdef dict by
@@ -895,32 +976,29 @@ cdef class Router:
             root = self._root(host, False)
             if root is None:
                 continue
-            uid, ph = root.uid, root.phash
+            j = self._slot_of(root.uid, root.phash)
             for kind, key in segs:
-                j = self._find(uid, ph, kind, key)
+                j = self._find(j, kind, key)
                 if j < 0:
-                    uid = 0
                     break
-                uid, ph = self._tab[j].uid, self._tab[j].phash
-            if uid == 0:
+            if j < 0:
                 continue
-            by = self._byname.get(uid)
+            by = self._byname.get(self._tab[j].uid)
             if by is not None and method in by:
                 raise RouteConflict(
                     f"{method} {prefix}{template} on host {host!r} duplicates a route "
                     f"with the same shape and method")
         for host in hosts:
             root = self._root(host, True)
-            uid, ph = root.uid, root.phash
+            self._reserve(len(segs))
+            j = self._slot_of(root.uid, root.phash)
             novars = True
             for kind, key in segs:
                 if kind != RT_STATIC:
                     novars = False
-                j = self._find(uid, ph, kind, key)
-                if j < 0:
-                    j = self._insert(uid, ph, kind, key, novars)
-                uid, ph = self._tab[j].uid, self._tab[j].phash
-            self._set_route(uid, ph, method, route)
+                child = self._find(j, kind, key)
+                j = child if child >= 0 else self._insert(j, 0, kind, key, novars)
+            self._set_route(j, method, route)
         self.count += 1
         return names
 
@@ -1017,9 +1095,12 @@ cdef class Router:
                 # alone, so the slots of the all-static chain (and of each chain node's {var}
                 # child) are known before the walk reads any of them: fetch them all at
                 # once, and the walk waits for about one memory latency instead of one per level.
+                # Not the root's {var} child: few APIs have one, and a slot fetched for
+                # nothing is a random line of the table pulled into L1 on every request.
                 ph = root.phash
                 for d in range(min(nseg, RT_PREFETCH_DEPTH)):
-                    _rt_prefetch(c.tab + ((_rt_kind_ph(ph, RT_VAR) & c.hmask) & c.mask))
+                    if d > 0:
+                        _rt_prefetch(c.tab + ((_rt_kind_ph(ph, RT_VAR) & c.hmask) & c.mask))
                     ph = _rt_child_ph(ph, hs[d]) & c.hmask
                     _rt_prefetch(c.tab + (ph & c.mask))
             e = _rt_walk(&c, c.tab + self._slot_of(root.uid, root.phash), 0, 0)
@@ -1057,14 +1138,19 @@ cdef class Router:
             self._seed = seed
 
     def _debug_stats(self):
-        """Tests only: capacity, used slots, pool bytes, the longest probe distance, entry size."""
-        cdef uint64_t j, longest = 0, dist
+        """Tests only: capacity, used slots, pool bytes, the longest probe distance (of the
+        nodes in their home runs), entry size, nodes in their parent's buddy slot."""
+        cdef uint64_t j, longest = 0, dist, buddies = 0
         for j in range(self._mask + 1):
-            if self._tab[j].uid != 0:
-                dist = (j - (self._tab[j].phash & self._mask)) & self._mask
-                longest = max(longest, dist)
+            if self._tab[j].uid == 0:
+                continue
+            if _rt_is_buddy(self._tab, j):
+                buddies += 1
+                continue
+            dist = (j - (self._tab[j].phash & self._mask)) & self._mask
+            longest = max(longest, dist)
         return {"capacity": self._mask + 1, "used": self._used, "pool_bytes": self._pool_len,
-                "longest_probe": longest, "entry_bytes": sizeof(_RtEnt)}
+                "longest_probe": longest, "entry_bytes": sizeof(_RtEnt), "buddies": buddies}
 
 
 # ---------------------------------------------------------------------------------------
@@ -1229,3 +1315,4 @@ def compile_template(str template, tuple param_names, dict stage_vars):
     t.is_static = all(k == TP_LIT for k in mk)
     t._static = b"".join(ma) if t.is_static else None
     return t
+

@@ -357,11 +357,17 @@ def test_many_routes_every_route_answers() -> None:
     assert stats["used"] * 10 <= stats["capacity"] * 7
 
 
-def test_table_growth_keeps_every_route() -> None:
+@pytest.mark.parametrize("mask", [None, 0])
+def test_table_growth_keeps_every_route(mask: int | None) -> None:
+    # mask 0: every node in one probe run, and each rehash moves the nodes that sat in
+    # their parent's buddy slot after all the others.
     r = _core.Router()
+    count = 3_000 if mask is None else 600
+    if mask is not None:
+        r._debug_set_hash(mask)
     caps = [r._debug_stats()["capacity"]]
     added: list[tuple[bytes, Any]] = []
-    for i in range(3_000):
+    for i in range(count):
         r.add(["*"], "", f"/g{i}/{{v}}/t{i % 7}", "GET", i)
         added.append((f"/g{i}/x/t{i % 7}".encode(), i))
         cap = r._debug_stats()["capacity"]
@@ -371,8 +377,26 @@ def test_table_growth_keeps_every_route() -> None:
                 assert r.match(b"h", b"GET", path) == (200, route, (b"x",))
     assert len(caps) >= 5 and caps == sorted(caps)
     stats = r._debug_stats()
-    assert stats["used"] == 1 + 3 * 3_000 and stats["used"] * 10 <= stats["capacity"] * 7
+    assert stats["used"] == 1 + 3 * count and stats["used"] * 10 <= stats["capacity"] * 7
     assert stats["entry_bytes"] == 32  # two entries per cache line
+    assert stats["buddies"] >= count // 4  # a child shares its parent's line, after rehashes too
+
+
+def test_buddy_slots_and_static_filter_with_many_siblings() -> None:
+    # A node with one static child and a {var} (the common /users/me + /users/{id}), and a
+    # node with 300 static children (its 8-bit filter full) beside a {var}: every static
+    # child is found wherever it sits (buddy slot or home run), every other segment is the var.
+    r, ref = build_pair([("/users/me", "GET"), ("/users/{id}", "GET"), ("/users/{id}/orders", "GET")]
+                        + [(f"/wide/c{i}", "GET") for i in range(300)] + [("/wide/{v}", "GET")])
+    assert r._debug_stats()["buddies"] > 0
+    for router in (r, ref):
+        assert router.match(b"h", b"GET", b"/users/me") == (200, 0, ())
+        assert router.match(b"h", b"GET", b"/users/mf") == (200, 1, (b"mf",))
+        assert router.match(b"h", b"GET", b"/users/7/orders") == (200, 2, (b"7",))
+        assert router.match(b"h", b"GET", b"/users/me/orders") == (200, 2, (b"me",))
+        for i in range(300):
+            assert router.match(b"h", b"GET", f"/wide/c{i}".encode()) == (200, 3 + i, ())
+            assert router.match(b"h", b"GET", f"/wide/d{i}".encode()) == (200, 303, (f"d{i}".encode(),))
 
 
 @pytest.mark.parametrize("mask", [0, 1, 0xF])
@@ -405,9 +429,9 @@ def test_full_collisions_with_many_nodes_and_hosts() -> None:
         r._debug_set_hash(0xFFFFFFFF)  # only on an empty router
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33, 100, 70_000])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33, 100, 254, 255, 256, 70_000])
 def test_segment_lengths_inline_pool_and_long(n: int) -> None:
-    # <= 8 bytes are packed in the entry, longer ones are in the pool, >= 65535 have their
+    # <= 8 bytes are packed in the entry, longer ones are in the pool, >= 255 have their
     # length in the pool too: a segment differing in any single byte must not match.
     rng = random.Random(n)
     seg = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(n))
