@@ -371,7 +371,9 @@ cdef class Backend:
     times within ``fail_timeout`` seconds is passed over for ``fail_timeout`` seconds
     (nginx's max_fails / fail_timeout), and so is one that fails its active health checks
     (``checked_down``), unless every target is: then they are all tried in turn, as before.
-    A backend with one target never skips it."""
+    A backend with one target never skips it. With ``least_conn`` the pick is the target
+    with the fewest exchanges in flight for its weight (this worker's, counted on its
+    pool: ``UpstreamPool.busy``), ties going in turn (nginx's ``least_conn``)."""
     cdef public list pools
     cdef int rr
     cdef readonly int n
@@ -379,9 +381,11 @@ cdef class Backend:
     cdef readonly double fail_timeout
     cdef readonly bint weighted         # the weights differ (else plain round-robin)
     cdef readonly list weights          # int per target
+    cdef readonly bint least_conn       # balance "least_conn"
     cdef list current                   # smooth WRR: each target's running score
 
-    def __init__(self, list pools, int max_fails=1, double fail_timeout=10.0, list weights=None):
+    def __init__(self, list pools, int max_fails=1, double fail_timeout=10.0, list weights=None,
+                 str balance="round_robin"):
         self.pools = pools
         self.n = len(pools)
         self.rr = 0
@@ -392,6 +396,9 @@ cdef class Backend:
             raise ValueError("one weight >= 1 per target")
         self.weighted = len(set(self.weights)) > 1
         self.current = [0] * self.n
+        if balance not in ("round_robin", "least_conn"):
+            raise ValueError(f"unknown balance {balance!r}")
+        self.least_conn = balance == "least_conn"
 
     cdef inline UpstreamPool pick(self):
         if self.n == 1:
@@ -408,7 +415,11 @@ cdef class Backend:
         cdef UpstreamPool p, first = None
         cdef double now = _mono()
         cdef int k, i, start = self.rr, first_i = 0
-        if self.weighted:
+        if self.least_conn:
+            p = self._pick_least(avoid, now)
+            if p is not None:
+                return p
+        elif self.weighted:
             p = self._pick_weighted(avoid, now)
             if p is not None:
                 return p
@@ -428,6 +439,28 @@ cdef class Backend:
             return avoid
         self.rr = first_i + 1 if first_i + 1 < self.n else 0      # all passed over: in turn
         return first
+
+    cdef UpstreamPool _pick_least(self, UpstreamPool avoid, double now):
+        """The target not passed over (nor ``avoid``) with the fewest exchanges in flight per
+        unit of weight (busy_a / w_a < busy_b / w_b, compared as busy_a * w_b < busy_b * w_a);
+        among equals the first from the turn on, and the turn moves past it. None when
+        every target is passed over."""
+        cdef UpstreamPool p, best = None
+        cdef int k, i, best_i = 0
+        cdef long w, best_w = 1
+        for k in range(self.n):
+            i = self.rr + k
+            if i >= self.n:
+                i -= self.n
+            p = <UpstreamPool>self.pools[i]
+            if p is avoid or p.passed_over(now):
+                continue
+            w = <long>self.weights[i]
+            if best is None or <long>p.busy * best_w < <long>best.busy * w:
+                best, best_i, best_w = p, i, w
+        if best is not None:
+            self.rr = best_i + 1 if best_i + 1 < self.n else 0
+        return best
 
     cdef UpstreamPool _pick_weighted(self, UpstreamPool avoid, double now):
         """Smooth weighted round-robin over the targets not passed over (nor ``avoid``):
@@ -480,6 +513,7 @@ cdef class UpstreamPool:
     cdef public bint checked_down         # failed its active health checks (fastgw/health.py)
     cdef readonly int fails               # failed connects in the window ending at fail_window_end
     cdef double fail_window_end
+    cdef readonly int busy                # exchanges in flight: connections lent to a client
 
     def __init__(self, Engine engine, str host, int port, object ssl=None, int max_idle=256,
                  double idle_timeout=55.0):
@@ -540,6 +574,10 @@ cdef class UpstreamPool:
     def idle_count(self):
         return self.idle.n
 
+    def _set_busy_for_tests(self, int n):
+        """Tests only: pretend ``n`` exchanges are in flight on this target."""
+        self.busy = n
+
     cdef int connect_failed(self, int max_fails, double fail_timeout) except -1:
         """A new connection to this target failed or timed out: count it, and pass the
         target over for ``fail_timeout`` s once ``max_fails`` fall within that long."""
@@ -568,11 +606,11 @@ cdef class UpstreamPool:
             c = <UpstreamConnection>self.idle.pop()
             if not c.closed:
                 c.deadline = 0
-                c.client = client
+                c._attach(client)
                 c.reused = True
                 return c
         c = UpstreamConnection(self)
-        c.client = client
+        c._attach(client)
         c.reused = False
         c.start_connect()
         return c
@@ -583,7 +621,7 @@ cdef class UpstreamPool:
         if self.engine.draining or not self.idle.push(c):
             c.close()
             return 0
-        c.client = None
+        c._detach()
         self.engine.wheel.arm(c, self.engine.wheel.now + self.idle_timeout)
 
     cpdef void close_idle(self):
@@ -833,7 +871,7 @@ cdef class ClientConnection(Connection):
         if up is not None:
             # The client went away mid-exchange: the upstream answer can't be reused.
             self.up = None
-            up.client = None
+            up._detach()
             up.close()
         if self.async_task is not None:
             self._stop_phase_task()
@@ -1463,7 +1501,7 @@ cdef class ClientConnection(Connection):
         cdef UpstreamConnection up = self.up
         if up is not None:
             self.up = None
-            up.client = None
+            up._detach()
             up.close()
 
     # -- response from upstream ----------------------------------------------------------
@@ -1779,6 +1817,19 @@ cdef class UpstreamConnection(Connection):
         self.pool = pool
         self.buf = b""
 
+    cdef inline void _attach(self, ClientConnection client) noexcept:
+        """Lend this connection to ``client``'s exchange (counted in the pool's ``busy``)."""
+        if self.client is None:
+            self.pool.busy += 1
+        self.client = client
+
+    cdef inline void _detach(self) noexcept:
+        """The exchange is over with this connection, whichever way: the one place ``client``
+        is cleared, so ``busy`` counts each lent connection once."""
+        if self.client is not None:
+            self.pool.busy -= 1
+            self.client = None
+
     def start_connect(self):
         cdef UpstreamPool pool = self.pool
         cdef Poller poller = pool.engine.poller
@@ -1801,7 +1852,7 @@ cdef class UpstreamConnection(Connection):
         if exc is None:
             return
         client = self.client
-        self.client = None
+        self._detach()
         if client is not None:
             (<ClientConnection>client)._upstream_connect_failed(self.pool)
 
@@ -1814,7 +1865,7 @@ cdef class UpstreamConnection(Connection):
         if exc is not None:
             self.closed = True
             client = self.client
-            self.client = None
+            self._detach()
             if client is not None:
                 (<ClientConnection>client)._upstream_connect_failed(self.pool)
 
@@ -1867,7 +1918,7 @@ cdef class UpstreamConnection(Connection):
         cdef ClientConnection client = self.client
         self.closed = True
         self.deadline = 0
-        self.client = None
+        self._detach()
         self._unbind()
         if client is not None and client.up is self:
             if self.state == U_BODY and self.resp.until_close:
@@ -1907,7 +1958,7 @@ cdef class UpstreamConnection(Connection):
             else:
                 self.close()
         except Exception as exc:
-            self.client = None
+            self._detach()
             self.close()
             client._internal_error(exc)
 
@@ -2026,7 +2077,7 @@ cdef class UpstreamConnection(Connection):
     cdef int _message_done(self, ClientConnection client, bytes extra) except -1:
         cdef bint reusable = self.resp.keep_alive and not extra and client.req_done and not self.closed
         self.state = U_IDLE
-        self.client = None
+        self._detach()
         self.resp = None
         self.chunk = None
         if reusable:
@@ -2037,7 +2088,7 @@ cdef class UpstreamConnection(Connection):
         client._response_done()
 
     cdef int _fail(self, ClientConnection client, str message) except -1:
-        self.client = None
+        self._detach()
         self.close()
         client.up = None
         client._upstream_error(502, message)

@@ -169,6 +169,7 @@ class SupervisorHooks:
                 "key": spec.key, "service": spec.service, "stage": spec.stage, "hosts": list(spec.hosts),
                 "path_prefix": spec.path_prefix, "resource": spec.resource, "method": spec.method,
                 "backend_path": spec.backend_path, "targets": list(spec.targets), "weights": list(spec.weights),
+                "balance": spec.backend.get("balance", "round_robin"),
                 "plugins": [p.get("name") for p in spec.plugins],
             })
         return out

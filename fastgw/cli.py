@@ -98,6 +98,9 @@ def format_routes(routes: Iterable[Any]) -> str:
             weighted = len(set(first.weights)) > 1
             targets = ", ".join(f"{t} (weight {w})" if weighted else t
                                 for t, w in zip(first.targets, first.weights, strict=True)) or "-"
+            balance = first.backend.get("balance", "round_robin")
+            if balance != "round_robin" and len(first.targets) > 1:
+                targets += f" ({balance})"
             lines.append(f"  stage {stage_name}  hosts: {hosts}  prefix: {prefix}  targets: {targets}")
             root = stage["paths"]
             if root.get(""):

@@ -83,11 +83,12 @@ def compile_config(config: Config, engine: Engine, slot_for: SlotFor | None = No
         route.prefix_len = len(spec.path_prefix.rstrip("/")) if spec.path_prefix else 0
         max_fails = int(spec.backend.get("max_fails", 1))
         fail_timeout = float(spec.backend.get("fail_timeout", 10))
-        backend_key = (spec.targets, spec.weights, max_fails, fail_timeout)
+        balance = str(spec.backend.get("balance", "round_robin"))
+        backend_key = (spec.targets, spec.weights, max_fails, fail_timeout, balance)
         backend = backends.get(backend_key)
         if backend is None:
             backend = Backend([_target_pool(engine, t, pools) for t in spec.targets], max_fails, fail_timeout,
-                              list(spec.weights))
+                              list(spec.weights), balance)
             backends[backend_key] = backend
         route.backend = backend
         check = spec.backend.get("health_check")

@@ -58,3 +58,52 @@ def test_the_target_to_avoid_gives_its_turn_to_the_others(pools: list[Any]) -> N
 def test_bad_weights_are_refused(pools: list[Any], weights: list[int]) -> None:
     with pytest.raises(ValueError):
         core.Backend(pools, 1, 10.0, weights)
+
+
+def busy(pools: list[Any], *counts: int) -> None:
+    for pool, n in zip(pools, counts, strict=True):
+        pool._set_busy_for_tests(n)
+
+
+def test_least_conn_picks_the_target_with_fewest_in_flight(pools: list[Any]) -> None:
+    b = core.Backend(pools, 1, 10.0, [1, 1, 1], "least_conn")
+    assert b.least_conn and not core.Backend(pools, 1, 10.0, [1, 1, 1]).least_conn
+    busy(pools, 2, 0, 1)
+    assert picks(b, pools, 3) == "bbb"          # counts are the pools' own: picking adds none
+    busy(pools, 2, 3, 1)
+    assert picks(b, pools, 2) == "cc"
+
+
+def test_least_conn_ties_go_in_turn(pools: list[Any]) -> None:
+    b = core.Backend(pools, 1, 10.0, [1, 1, 1], "least_conn")
+    busy(pools, 0, 0, 0)
+    assert picks(b, pools, 7) == "abcabca"
+    busy(pools, 1, 0, 0)
+    assert picks(b, pools, 4) == "bcbc"
+
+
+def test_least_conn_weighs_the_counts(pools: list[Any]) -> None:
+    # busy / weight: a 4/4 = 1, b 1/1 = 1, c 3/2 = 1.5 -> a and b tie (in turn), then a
+    # (one more on b makes b 2 while a stays 1).
+    b = core.Backend(pools, 1, 10.0, [4, 1, 2], "least_conn")
+    busy(pools, 4, 1, 3)
+    assert picks(b, pools, 2) == "ab"
+    busy(pools, 4, 2, 3)
+    assert picks(b, pools, 2) == "aa"
+    busy(pools, 9, 2, 3)                          # a 2.25, b 2, c 1.5
+    assert picks(b, pools, 1) == "c"
+
+
+def test_least_conn_skips_the_target_to_avoid_and_the_passed_over(pools: list[Any]) -> None:
+    b = core.Backend(pools, 1, 10.0, [1, 1, 1], "least_conn")
+    busy(pools, 0, 5, 5)
+    assert set(picks(b, pools, 4, avoid=pools[0])) == {"b", "c"}
+    pools[0].checked_down = True
+    assert set(picks(b, pools, 4)) == {"b", "c"}
+    pools[1].checked_down = pools[2].checked_down = True
+    assert picks(b, pools, 3) == "abc"            # all passed over: in turn, as round-robin does
+
+
+def test_unknown_balance_is_refused(pools: list[Any]) -> None:
+    with pytest.raises(ValueError, match="unknown balance 'random'"):
+        core.Backend(pools, 1, 10.0, [1, 1, 1], "random")

@@ -91,6 +91,17 @@ def test_routes_shows_plugins(tmp_path: Path) -> None:
     assert "plugins: request-id" in result.stdout
 
 
+def test_routes_shows_weights_and_balance(tmp_path: Path) -> None:
+    config = gateway_config(8080, "http://127.0.0.1:9000")
+    config["services"][0]["stages"]["prod"]["backend"] = {
+        "targets": ["http://127.0.0.1:9000", {"url": "http://127.0.0.1:9001", "weight": 3}],
+        "balance": "least_conn"}
+    result = fastgw("routes", write(tmp_path, config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ("targets: http://127.0.0.1:9000 (weight 1), http://127.0.0.1:9001 (weight 3) (least_conn)"
+            in result.stdout)
+
+
 def test_routes_bad_config_exits_1(tmp_path: Path) -> None:
     result = fastgw("routes", write(tmp_path, {"services": "x"}))
     assert result.returncode == 1

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -162,3 +164,66 @@ def test_a_weighted_target_that_is_down_gives_its_share_to_the_others(port: int,
     # The first request fails over from the dead target (then passed over for fail_timeout);
     # from there on b1 and b2 share the requests 2:1.
     assert [r.json()["backend"] for r in answers] == ["b1", "b1", "b2"] * 3
+
+
+def _in_background(port: int, path: str) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(request(port, "GET", path)), daemon=True)
+    t.start()
+    return t, out
+
+
+def _wait_for(pred: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("balance", ["least_conn", "round_robin"])
+def test_least_conn_sends_requests_past_a_busy_target(port: int, gateway: Any, balance: str) -> None:
+    """While target a holds a slow request, least_conn sends the others to b; once it is
+    answered the two share again in turn. round_robin (the control) keeps alternating."""
+    with Backend("a") as a, Backend("b") as b:
+        g = gateway(_config(port, [a.url, b.url], balance=balance))
+        slow, out = _in_background(g.port, "/slow?ms=1500")
+        _wait_for(lambda: len(a.requests) == 1)
+        during = [request(g.port, "GET", f"/f{i}").json()["backend"] for i in range(6)]
+        slow.join(5)
+        assert out and out[0].status == 200
+        after = [request(g.port, "GET", f"/g{i}").json()["backend"] for i in range(4)]
+    if balance == "least_conn":
+        assert during == ["b"] * 6
+        assert sorted(after) == ["a", "a", "b", "b"] and after[0] != after[1]
+    else:
+        assert during == ["b", "a", "b", "a", "b", "a"]
+
+
+def _ends(port: int, how: str) -> None:
+    if how == "client gone":
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET /slow?ms=2000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)
+        # A reset, not a FIN: a half-closed client is still answered (RFC 9112 9.6).
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+        time.sleep(0.2)
+    elif how == "read timeout":
+        r = request(port, "GET", "/slow?ms=3000")
+        assert r.status == 504
+    else:
+        assert request(port, "GET", "/ok").status == 200
+
+
+@pytest.mark.parametrize("how", ["answered", "client gone", "read timeout"])
+def test_least_conn_counts_each_exchange_back_whichever_way_it_ends(port: int, gateway: Any, how: str) -> None:
+    """An exchange that ends (answered, the client gone mid-way, the backend too slow) no
+    longer counts on its target: were one left counted, every later pick would avoid it."""
+    with Backend("a") as a, Backend("b") as b:
+        cfg = _config(port, [a.url, b.url], balance="least_conn")
+        cfg["services"][0]["resources"] = {"/{path*}": {"ANY": {"timeouts": {"read": 0.5}}}}
+        g = gateway(cfg)
+        _ends(g.port, how)              # on a: the first pick of a fresh turn
+        seen = [request(g.port, "GET", f"/n{i}").json()["backend"] for i in range(4)]
+    assert len(a.requests) >= 1
+    assert sorted(seen) == ["a", "a", "b", "b"] and seen[0] != seen[1]
