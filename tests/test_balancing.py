@@ -1,4 +1,4 @@
-"""Backend.pick_live: round-robin, and smooth weighted round-robin when the weights differ
+"""Backend.pick_live: round-robin, smooth weighted round-robin when the weights differ, least_conn
 (fastgw/_proxy.pxi). The e2e side (real targets, one down) is in tests/e2e/test_failover.py."""
 
 from __future__ import annotations
@@ -65,33 +65,26 @@ def busy(pools: list[Any], *counts: int) -> None:
         pool._set_busy_for_tests(n)
 
 
-def test_least_conn_picks_the_target_with_fewest_in_flight(pools: list[Any]) -> None:
-    b = core.Backend(pools, 1, 10.0, [1, 1, 1], "least_conn")
-    assert b.least_conn and not core.Backend(pools, 1, 10.0, [1, 1, 1]).least_conn
-    busy(pools, 2, 0, 1)
-    assert picks(b, pools, 3) == "bbb"          # counts are the pools' own: picking adds none
-    busy(pools, 2, 3, 1)
-    assert picks(b, pools, 2) == "cc"
+def test_least_conn_is_a_choice(pools: list[Any]) -> None:
+    assert core.Backend(pools, 1, 10.0, [1, 1, 1], "least_conn").least_conn
+    assert not core.Backend(pools, 1, 10.0, [1, 1, 1]).least_conn
 
 
-def test_least_conn_ties_go_in_turn(pools: list[Any]) -> None:
-    b = core.Backend(pools, 1, 10.0, [1, 1, 1], "least_conn")
-    busy(pools, 0, 0, 0)
-    assert picks(b, pools, 7) == "abcabca"
-    busy(pools, 1, 0, 0)
-    assert picks(b, pools, 4) == "bcbc"
-
-
-def test_least_conn_weighs_the_counts(pools: list[Any]) -> None:
-    # busy / weight: a 4/4 = 1, b 1/1 = 1, c 3/2 = 1.5 -> a and b tie (in turn), then a
-    # (one more on b makes b 2 while a stays 1).
-    b = core.Backend(pools, 1, 10.0, [4, 1, 2], "least_conn")
-    busy(pools, 4, 1, 3)
-    assert picks(b, pools, 2) == "ab"
-    busy(pools, 4, 2, 3)
-    assert picks(b, pools, 2) == "aa"
-    busy(pools, 9, 2, 3)                          # a 2.25, b 2, c 1.5
-    assert picks(b, pools, 1) == "c"
+@pytest.mark.parametrize(("weights", "steps"), [
+    # the fewest in flight wins; the counts are the pools' own (a pick adds none)
+    ([1, 1, 1], [((2, 0, 1), "bbb"), ((2, 3, 1), "cc")]),
+    # ties go in turn from the round-robin position, which moves past each pick
+    ([1, 1, 1], [((0, 0, 0), "abcabca"), ((1, 0, 0), "bcbc")]),
+    # busy / weight: a 4/4 = 1, b 1/1 = 1, c 3/2 = 1.5 (a, b tie); then b 2/1 > a 1;
+    # then a 9/4 = 2.25, b 2, c 1.5
+    ([4, 1, 2], [((4, 1, 3), "ab"), ((4, 2, 3), "aa"), ((9, 2, 3), "c")]),
+])
+def test_least_conn_picks(pools: list[Any], weights: list[int],
+                          steps: list[tuple[tuple[int, ...], str]]) -> None:
+    b = core.Backend(pools, 1, 10.0, weights, "least_conn")
+    for counts, expected in steps:
+        busy(pools, *counts)
+        assert picks(b, pools, len(expected)) == expected, counts
 
 
 def test_least_conn_skips_the_target_to_avoid_and_the_passed_over(pools: list[Any]) -> None:
