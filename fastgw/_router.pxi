@@ -48,7 +48,7 @@ from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memset
 
 cimport cython
 
@@ -512,6 +512,14 @@ cdef inline uint64_t _rt_hash(const unsigned char* p, Py_ssize_t n, uint64_t see
     return _rt_mum(_rt_mum(a ^ RT_P1, b ^ h) ^ RT_P2, <uint64_t>n ^ RT_P3)
 
 
+cdef inline void _rt_bit_set(uint64_t* bits, uint64_t i) noexcept nogil:
+    bits[i >> 6] |= (<uint64_t>1) << (i & 63)
+
+
+cdef inline bint _rt_bit(const uint64_t* bits, uint64_t i) noexcept nogil:
+    return (bits[i >> 6] >> (i & 63)) & 1
+
+
 cdef inline uint8_t _rt_sbit(uint64_t hs) noexcept nogil:
     """The bit a static child with segment hash hs sets in its parent's sfilter."""
     return <uint8_t>(1 << (hs >> 61))
@@ -681,6 +689,9 @@ cdef class Router:
     cdef Py_ssize_t _pool_len
     cdef Py_ssize_t _pool_cap
     cdef dict _pool_index        # segment bytes -> offset in the pool
+    cdef uint64_t* _segbits      # one bit per static segment hash, over all nodes: see match
+    cdef int _segshift           # a hash's bit is hs >> _segshift (64 - log2 of the bits)
+    cdef set _seghashes          # the distinct static segments' hashes (to resize _segbits)
     cdef dict _byname            # uid -> {method str: route} (ANY included)
     cdef dict _pms               # uid -> PathMethods (405)
     cdef dict _objs              # uid -> what the node's `fast` points to
@@ -704,6 +715,9 @@ cdef class Router:
         self._pool_len = 0
         self._pool_cap = 0
         self._pool_index = {}
+        self._segbits = NULL
+        self._segshift = 64
+        self._seghashes = set()
         self._byname = {}
         self._pms = {}
         self._objs = {}
@@ -715,6 +729,7 @@ cdef class Router:
     def __dealloc__(self):
         free(self._tab)
         free(self._pool)
+        PyMem_Free(self._segbits)
 
     # -- building ----------------------------------------------------------------------
 
@@ -755,6 +770,33 @@ cdef class Router:
             if self._is_child(self._tab + j, parent, ph, kind, key):
                 return <Py_ssize_t>j
             j = (j + 1) & self._mask
+
+    cdef int _add_segment(self, uint64_t hs) except -1:
+        """Note a static segment in _segbits (8 bits or more per distinct segment, so about
+        one in nine segments that are none reads as one)."""
+        cdef Py_ssize_t nbits, i
+        cdef int shift
+        cdef uint64_t* bits
+        if hs in self._seghashes:
+            return 0
+        self._seghashes.add(hs)
+        if self._segbits == NULL or len(self._seghashes) * 8 > (<Py_ssize_t>1 << (64 - self._segshift)):
+            shift = 64 - 12
+            while len(self._seghashes) * 8 > (<Py_ssize_t>1 << (64 - shift)):
+                shift -= 1
+            nbits = <Py_ssize_t>1 << (64 - shift)
+            bits = <uint64_t*>PyMem_Malloc(nbits // 8)
+            if bits == NULL:
+                raise MemoryError()
+            memset(bits, 0, nbits // 8)
+            PyMem_Free(self._segbits)
+            self._segbits = bits
+            self._segshift = shift
+            for h in self._seghashes:
+                _rt_bit_set(bits, <uint64_t>h >> shift)
+            return 0
+        _rt_bit_set(self._segbits, hs >> self._segshift)
+        return 0
 
     cdef int _reserve(self, Py_ssize_t more) except -1:
         """Grow now so that ``more`` nodes fit: slots held by the caller stay valid meanwhile."""
@@ -835,7 +877,7 @@ cdef class Router:
         PERF: a child goes to its parent's buddy slot (pj ^ 1, the same cache line) when that
         is free, so a walk reads parent and child with one miss; the first child of a node
         usually gets it. Lookups try that slot before the child's home probe run."""
-        cdef uint64_t seg = 0, j
+        cdef uint64_t seg = 0, j, hs
         cdef Py_ssize_t n = 0
         cdef uint32_t ph, puid
         cdef _RtEnt* x
@@ -858,8 +900,9 @@ cdef class Router:
             ph = self._edge_ph(self._tab[pj].phash, kind, key)
             self._tab[pj].flags |= <uint8_t>(RT_HAS_STATIC << kind)
             if kind == RT_STATIC:
-                self._tab[pj].sfilter |= _rt_sbit(_rt_hash(<const unsigned char*>PyBytes_AS_STRING(key),
-                                                           PyBytes_GET_SIZE(key), self._seed))
+                hs = _rt_hash(<const unsigned char*>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), self._seed)
+                self._tab[pj].sfilter |= _rt_sbit(hs)
+                self._add_segment(hs)
             j = (<uint64_t>pj) ^ 1
             if self._tab[j].uid != 0:
                 j = ph & self._mask
@@ -1092,16 +1135,19 @@ cdef class Router:
             c.k = 0
             if self._mask >= RT_PREFETCH_MIN_CAP:
                 # PERF: a node's place follows from its parent's path hash and the segment
-                # alone, so the slots of the all-static chain (and of each chain node's {var}
-                # child) are known before the walk reads any of them: fetch them all at
-                # once, and the walk waits for about one memory latency instead of one per level.
-                # Not the root's {var} child: few APIs have one, and a slot fetched for
-                # nothing is a random line of the table pulled into L1 on every request.
+                # alone, so the slots of the nodes the walk will likely visit are known before
+                # it reads any of them: fetch them all at once, and the walk waits for about
+                # one memory latency instead of one per level. The likely path takes a
+                # segment as static when some node anywhere has it as its segment
+                # (_segbits), else as a {var}: /users/123/orders fetches users, {var} and
+                # orders, not 123 and what would hang below it. A slot fetched for nothing
+                # is a random line of the table pulled into L1 on every request.
                 ph = root.phash
                 for d in range(min(nseg, RT_PREFETCH_DEPTH)):
-                    if d > 0:
-                        _rt_prefetch(c.tab + ((_rt_kind_ph(ph, RT_VAR) & c.hmask) & c.mask))
-                    ph = _rt_child_ph(ph, hs[d]) & c.hmask
+                    if self._segbits != NULL and _rt_bit(self._segbits, hs[d] >> self._segshift):
+                        ph = _rt_child_ph(ph, hs[d]) & c.hmask
+                    else:
+                        ph = _rt_kind_ph(ph, RT_VAR) & c.hmask
                     _rt_prefetch(c.tab + (ph & c.mask))
             e = _rt_walk(&c, c.tab + self._slot_of(root.uid, root.phash), 0, 0)
             if e == NULL:

@@ -514,3 +514,15 @@ def test_router_in_a_reference_cycle_is_collected() -> None:
     del r, route
     gc.collect()
     assert ref() is None
+
+
+def test_a_large_table_without_a_static_segment() -> None:
+    # Large enough for the walk's prefetches, and no static segment anywhere: the likely
+    # path is all {var}s (and the set of static segments is empty).
+    r = _core.Router()
+    for i in range(6_000):
+        r.add([f"h{i}.example"], "", "/{a}/{b}", "GET", i)
+    assert r._debug_stats()["capacity"] >= 16_384
+    for i in range(0, 6_000, 7):
+        assert r.match(f"h{i}.example".encode(), b"GET", b"/x/y") == (200, i, (b"x", b"y"))
+        assert r.match(f"h{i}.example".encode(), b"GET", b"/x")[0] == 404
