@@ -373,7 +373,10 @@ cdef class Backend:
     (``checked_down``), unless every target is: then they are all tried in turn, as before.
     A backend with one target never skips it. With ``least_conn`` the pick is the target
     with the fewest exchanges in flight for its weight (this worker's, counted on its
-    pool: ``UpstreamPool.busy``), ties going in turn (nginx's ``least_conn``)."""
+    pool: ``UpstreamPool.busy``), ties going in turn (nginx's ``least_conn``). A request
+    whose connection failed goes to the next target, each target once, at most ``tries``
+    targets in all (0: no bound) and not once it is ``tries_timeout`` seconds old (0: no
+    bound), as nginx's proxy_next_upstream_tries / _timeout."""
     cdef public list pools
     cdef int rr
     cdef readonly int n
@@ -382,10 +385,12 @@ cdef class Backend:
     cdef readonly bint weighted         # the weights differ (else plain round-robin)
     cdef readonly list weights          # int per target
     cdef readonly bint least_conn       # balance "least_conn"
+    cdef readonly int tries             # targets tried for one request at most (0: each once)
+    cdef readonly double tries_timeout  # no next target once the request is this old (0: none)
     cdef list current                   # smooth WRR: each target's running score
 
     def __init__(self, list pools, int max_fails=1, double fail_timeout=10.0, list weights=None,
-                 str balance="round_robin"):
+                 str balance="round_robin", int tries=0, double tries_timeout=0.0):
         self.pools = pools
         self.n = len(pools)
         self.rr = 0
@@ -399,6 +404,10 @@ cdef class Backend:
         if balance not in ("round_robin", "least_conn"):
             raise ValueError(f"unknown balance {balance!r}")
         self.least_conn = balance == "least_conn"
+        if tries < 0 or tries_timeout < 0:
+            raise ValueError("tries and tries_timeout are >= 0")
+        self.tries = tries if 0 < tries < self.n else self.n
+        self.tries_timeout = tries_timeout
 
     cdef inline UpstreamPool pick(self):
         if self.n == 1:
@@ -1466,11 +1475,14 @@ cdef class ClientConnection(Connection):
     cdef bint _next_upstream(self, UpstreamPool failed) except -1:
         """No connection to ``failed``'s target could be made (nothing of the request reached
         it): count the failure, and send the request to another target while one is left
-        untried (nginx's proxy_next_upstream error timeout). False: answer the error."""
+        untried (nginx's proxy_next_upstream error timeout), within the backend's ``tries``
+        and ``tries_timeout``. False: answer the error."""
         cdef Backend backend = self.route.backend
         if failed is not None and backend.n > 1:
             failed.connect_failed(backend.max_fails, backend.fail_timeout)
-        if self.state == S_CLOSED or self.resp_started or self.up_tries >= backend.n:
+        if self.state == S_CLOSED or self.resp_started or self.up_tries >= backend.tries:
+            return False
+        if backend.tries_timeout > 0 and _mono() - self.t_start >= backend.tries_timeout:
             return False
         self.up_tries += 1
         self._forward(backend.pick_live(failed), False)

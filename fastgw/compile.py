@@ -84,11 +84,13 @@ def compile_config(config: Config, engine: Engine, slot_for: SlotFor | None = No
         max_fails = int(spec.backend.get("max_fails", 1))
         fail_timeout = float(spec.backend.get("fail_timeout", 10))
         balance = str(spec.backend.get("balance", "round_robin"))
-        backend_key = (spec.targets, spec.weights, max_fails, fail_timeout, balance)
+        tries = int(spec.backend.get("tries", 0))
+        tries_timeout = float(spec.backend.get("tries_timeout", 0))
+        backend_key = (spec.targets, spec.weights, max_fails, fail_timeout, balance, tries, tries_timeout)
         backend = backends.get(backend_key)
         if backend is None:
             backend = Backend([_target_pool(engine, t, pools) for t in spec.targets], max_fails, fail_timeout,
-                              list(spec.weights), balance)
+                              list(spec.weights), balance, tries, tries_timeout)
             backends[backend_key] = backend
         route.backend = backend
         check = spec.backend.get("health_check")

@@ -100,3 +100,15 @@ def test_least_conn_skips_the_target_to_avoid_and_the_passed_over(pools: list[An
 def test_unknown_balance_is_refused(pools: list[Any]) -> None:
     with pytest.raises(ValueError, match="unknown balance 'random'"):
         core.Backend(pools, 1, 10.0, [1, 1, 1], "random")
+
+
+@pytest.mark.parametrize(("tries", "effective"), [(0, 3), (1, 1), (2, 2), (3, 3), (9, 3)])
+def test_tries_is_the_targets_a_request_may_go_through(pools: list[Any], tries: int, effective: int) -> None:
+    assert core.Backend(pools, 1, 10.0, [1, 1, 1], "round_robin", tries).tries == effective
+
+
+def test_negative_tries_are_refused(pools: list[Any]) -> None:
+    with pytest.raises(ValueError):
+        core.Backend(pools, 1, 10.0, [1, 1, 1], "round_robin", -1)
+    with pytest.raises(ValueError):
+        core.Backend(pools, 1, 10.0, [1, 1, 1], "round_robin", 0, -0.5)

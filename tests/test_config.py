@@ -76,7 +76,7 @@ def test_valid_config_flattens_routes() -> None:
     assert get.hosts == ("api.shop.example",) and get.path_prefix == ""
     assert get.backend_path == "/${stage.version}/orders"
     assert get.targets == ("http://10.0.0.5:8000",)
-    assert get.backend == {"host_header": "client", "max_fails": 1, "fail_timeout": 10, "balance": "round_robin"}
+    assert get.backend == {"host_header": "client", "max_fails": 1, "fail_timeout": 10, "balance": "round_robin", "tries": 0, "tries_timeout": 0}
     assert get.variables == {"version": "v2"}
     assert get.timeouts == {"connect": 5, "read": 60, "send": 60}
     assert get.plugins == ({"name": DEMO, "config": {"limit": 1, "mode": "a", "nested": {"flag": True}}},)
@@ -92,7 +92,7 @@ def test_valid_config_flattens_routes() -> None:
         "limit": 5, "mode": "b", "nested": {"flag": True}}
     alpha = by["shop/alpha/GET /orders"]
     assert alpha.path_prefix == "/alpha" and alpha.timeouts == {"connect": 5, "read": 30, "send": 60}
-    assert alpha.backend == {"host_header": "target", "max_fails": 1, "fail_timeout": 10, "balance": "round_robin"}
+    assert alpha.backend == {"host_header": "target", "max_fails": 1, "fail_timeout": 10, "balance": "round_robin", "tries": 0, "tries_timeout": 0}
 
 
 def test_input_not_modified_and_raw_has_defaults() -> None:
@@ -252,15 +252,19 @@ def test_weighted_targets_are_checked_and_flattened() -> None:
     assert len(errs) == 5, errs
 
 
-def test_balance_is_checked() -> None:
+def test_balance_and_tries_are_checked() -> None:
     data = base()
     prod = data["services"][0]["stages"]["prod"]
-    prod["backend"]["balance"] = "least_conn"
-    assert load_data(data).routes[0].backend["balance"] == "least_conn"
-    prod["backend"]["balance"] = "fewest"
+    prod["backend"].update(balance="least_conn", tries=2, tries_timeout=1.5)
+    backend = load_data(data).routes[0].backend
+    assert (backend["balance"], backend["tries"], backend["tries_timeout"]) == ("least_conn", 2, 1.5)
+    prod["backend"].update(balance="fewest", tries=-1, tries_timeout="1s")
     errs = errors_of(data)
-    assert len(errs) == 1 and errs[0].startswith("services[0].stages.prod.backend.balance: 'fewest'"), errs
-    assert "round_robin" in errs[0] and "least_conn" in errs[0]
+    b = "services[0].stages.prod.backend"
+    assert f"{b}.balance: 'fewest' is not one of ['round_robin', 'least_conn']" in errs
+    assert f"{b}.tries: -1 is less than the minimum of 0" in errs
+    assert f"{b}.tries_timeout: '1s' is not of type 'number'" in errs
+    assert len(errs) == 3, errs
 
 
 def test_shadowed_routes_and_host_collisions() -> None:

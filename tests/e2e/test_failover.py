@@ -227,3 +227,30 @@ def test_least_conn_counts_each_exchange_back_whichever_way_it_ends(port: int, g
         seen = [request(g.port, "GET", f"/n{i}").json()["backend"] for i in range(4)]
     assert len(a.requests) >= 1
     assert sorted(seen) == ["a", "a", "b", "b"] and seen[0] != seen[1]
+
+
+@pytest.mark.parametrize("tries", [0, 2])
+def test_tries_bounds_the_targets_one_request_goes_through(backend: Backend, port: int, gateway: Any,
+                                                          tries: int) -> None:
+    # max_fails 0: nothing is passed over, so the turn alone decides the order.
+    g = gateway(_config(port, [_dead_url(), _dead_url(), _dead_url(), backend.url], max_fails=0, tries=tries))
+    r = request(g.port, "GET", "/t")
+    if tries == 2:
+        assert r.status == 502 and r.json()["error"] == "upstream connection failed"
+        assert backend.requests == []
+        assert request(g.port, "GET", "/t2").status == 200      # the turn goes on: dead3, then the backend
+    else:
+        assert r.status == 200 and len(backend.requests) == 1    # every target, once
+
+
+def test_tries_timeout_stops_the_failover_of_an_old_request(port: int, gateway: Any) -> None:
+    with contextlib.ExitStack() as stack:
+        holes = [stack.enter_context(blackhole()) for _ in range(4)]
+        cfg = _config(port, holes, tries_timeout=0.3)
+        cfg["services"][0]["stages"]["prod"]["timeouts"] = {"connect": 0.2}
+        g = gateway(cfg)
+        t0 = time.monotonic()
+        r = request(g.port, "GET", "/x")
+        took = time.monotonic() - t0
+    assert r.status == 504 and r.json()["error"] == "upstream connect timed out"
+    assert 0.35 <= took < 0.75, took        # two tries (0.2 s each), not four
