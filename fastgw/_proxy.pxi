@@ -375,8 +375,8 @@ cdef class Backend:
     with the fewest exchanges in flight for its weight (this worker's, counted on its
     pool: ``UpstreamPool.busy``), ties going in turn (nginx's ``least_conn``). A request
     whose connection failed goes to the next target, each target once, at most ``tries``
-    targets in all (0: no bound) and not once it is ``tries_timeout`` seconds old (0: no
-    bound), as nginx's proxy_next_upstream_tries / _timeout."""
+    targets in all (0: every target) and not once it is ``tries_timeout`` seconds old (0:
+    no bound), as nginx's proxy_next_upstream_tries / _timeout."""
     cdef public list pools
     cdef int rr
     cdef readonly int n

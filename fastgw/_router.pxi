@@ -774,7 +774,7 @@ cdef class Router:
     cdef int _add_segment(self, uint64_t hs) except -1:
         """Note a static segment in _segbits (8 bits or more per distinct segment, so about
         one in nine segments that are none reads as one)."""
-        cdef Py_ssize_t nbits, i
+        cdef Py_ssize_t nbits
         cdef int shift
         cdef uint64_t* bits
         if hs in self._seghashes:
