@@ -313,6 +313,10 @@ class _BackendProtocol(asyncio.Protocol):
         self.backend.connections += 1
         self.backend._live.add(self)
         self.task = asyncio.ensure_future(self._answer_loop())
+        # Tracked until done, not until the connection goes: a handler may still be
+        # sleeping (/slow) after its client hung up, and stop() cancels it too.
+        self.backend._tasks.add(self.task)
+        self.task.add_done_callback(self.backend._tasks.discard)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.backend._live.discard(self)
@@ -461,6 +465,7 @@ class Backend:
         self._server: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
         self._live: set[_BackendProtocol] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -479,7 +484,7 @@ class Backend:
             started.set()
             loop.run_forever()
             self._server.close()
-            tasks = [proto.task for proto in self._live if proto.task is not None]
+            tasks = list(self._tasks)
             for proto in list(self._live):
                 if proto.transport is not None:
                     proto.transport.abort()
