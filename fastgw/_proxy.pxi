@@ -363,6 +363,43 @@ cdef class Route:
 cdef bytes _NO_ROUTE_LOG_PART = access_route_part(None, None, None)
 
 
+DEF HASH_IP = 1
+DEF HASH_PATH = 2
+DEF HASH_HEADER = 3
+DEF HASH_COOKIE = 4
+DEF _RING_POINTS = 160       # ring points per unit of weight (nginx's ketama uses 160)
+cdef uint64_t _RING_SEED = 0x5f3759df0b5eed5    # fixed: every worker and node builds one ring
+
+
+cdef inline uint32_t _ring_hash(bytes b) noexcept:
+    return <uint32_t>(_rt_hash(<const unsigned char*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b),
+                               _RING_SEED) >> 32)
+
+
+def _parse_hash_key(str spec):
+    """(HASH_*, name) for a hash_key of "ip", "path", "header:Name" or "cookie:name"."""
+    kind, _, name = spec.partition(":")
+    if kind == "ip" and not name:
+        return HASH_IP, None
+    if kind == "path" and not name:
+        return HASH_PATH, None
+    if kind == "header" and name:
+        return HASH_HEADER, name.lower().encode("latin-1")
+    if kind == "cookie" and name:
+        return HASH_COOKIE, name.encode("latin-1")
+    raise ValueError(f"bad hash_key {spec!r} (ip, path, header:Name or cookie:name)")
+
+
+cdef bytes _cookie_value(bytes header, bytes name):
+    """The value of cookie ``name`` in a Cookie header (RFC 6265 5.4: "a=1; b=2"), or None."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(name)
+    for part in header.split(b";"):
+        part = part.strip()
+        if PyBytes_GET_SIZE(part) > n and part[n] == 61 and part.startswith(name):
+            return part[n + 1:]
+    return None
+
+
 @cython.final  # PERF: its methods are called directly (no vtable)
 cdef class Backend:
     """A stage's backend: its targets' pools, picked round-robin, each taking its weight's
@@ -373,7 +410,13 @@ cdef class Backend:
     (``checked_down``), unless every target is: then they are all tried in turn, as before.
     A backend with one target never skips it. With ``least_conn`` the pick is the target
     with the fewest exchanges in flight for its weight (this worker's, counted on its
-    pool: ``UpstreamPool.busy``), ties going in turn (nginx's ``least_conn``). A request
+    pool: ``UpstreamPool.busy``), ties going in turn (nginx's ``least_conn``). With
+    ``hash`` a request goes where its key (``hash_key``: the client's address, the path, a
+    header or a cookie) falls on a ring of the targets' points (160 per unit of weight,
+    nginx's ``hash ... consistent``): the same key goes to the same target on every worker
+    and node, and adding or removing a target moves only the keys of its share; a target
+    passed over gives its keys to the next one on the ring, and a request without the key
+    goes in turn. A request
     whose connection failed goes to the next target, each target once, at most ``tries``
     targets in all (0: every target) and not once it is ``tries_timeout`` seconds old (0:
     no bound), as nginx's proxy_next_upstream_tries / _timeout."""
@@ -385,12 +428,26 @@ cdef class Backend:
     cdef readonly bint weighted         # the weights differ (else plain round-robin)
     cdef readonly list weights          # int per target
     cdef readonly bint least_conn       # balance "least_conn"
+    cdef readonly int hash_on           # balance "hash": HASH_IP / _PATH / _HEADER / _COOKIE (0: not)
+    cdef readonly bytes hash_name       # the header (lower-case) or cookie name
+    cdef uint32_t* ring                 # the ring's points, sorted ...
+    cdef int* ring_target               # ... and the target each belongs to
+    cdef Py_ssize_t ring_n
     cdef readonly int tries             # targets tried for one request at most (0: each once)
     cdef readonly double tries_timeout  # no next target once the request is this old (0: none)
     cdef list current                   # smooth WRR: each target's running score
 
+    def __cinit__(self):
+        self.ring = NULL
+        self.ring_target = NULL
+        self.ring_n = 0
+
+    def __dealloc__(self):
+        PyMem_Free(self.ring)
+        PyMem_Free(self.ring_target)
+
     def __init__(self, list pools, int max_fails=1, double fail_timeout=10.0, list weights=None,
-                 str balance="round_robin", int tries=0, double tries_timeout=0.0):
+                 str balance="round_robin", int tries=0, double tries_timeout=0.0, str hash_key="ip"):
         self.pools = pools
         self.n = len(pools)
         self.rr = 0
@@ -401,9 +458,13 @@ cdef class Backend:
             raise ValueError("one weight >= 1 per target")
         self.weighted = len(set(self.weights)) > 1
         self.current = [0] * self.n
-        if balance not in ("round_robin", "least_conn"):
+        if balance not in ("round_robin", "least_conn", "hash"):
             raise ValueError(f"unknown balance {balance!r}")
         self.least_conn = balance == "least_conn"
+        self.hash_on = 0
+        if balance == "hash":
+            self.hash_on, self.hash_name = _parse_hash_key(hash_key)
+            self._build_ring()
         if tries < 0 or tries_timeout < 0:
             raise ValueError("tries and tries_timeout are >= 0")
         self.tries = tries if 0 < tries < self.n else self.n
@@ -413,6 +474,55 @@ cdef class Backend:
         if self.n == 1:
             return <UpstreamPool>self.pools[0]
         return self.pick_live(None)
+
+    cdef int _build_ring(self) except -1:
+        cdef list points = []
+        cdef Py_ssize_t i, r
+        cdef UpstreamPool p
+        for i in range(self.n):
+            p = <UpstreamPool>self.pools[i]
+            label = f"{p.host}:{p.port}".encode()
+            for r in range(_RING_POINTS * <Py_ssize_t>self.weights[i]):
+                points.append((_ring_hash(label + b"-" + str(r).encode()), i))
+        points.sort()
+        self.ring = <uint32_t*>PyMem_Malloc(len(points) * sizeof(uint32_t))
+        self.ring_target = <int*>PyMem_Malloc(len(points) * sizeof(int))
+        if self.ring == NULL or self.ring_target == NULL:
+            raise MemoryError()
+        for r in range(len(points)):
+            self.ring[r] = points[r][0]
+            self.ring_target[r] = points[r][1]
+        self.ring_n = len(points)
+        return 0
+
+    def _pick_key_for_tests(self, bytes key, UpstreamPool avoid=None):
+        """Tests only: pick_keyed from Python."""
+        return self.pick_keyed(key, avoid)
+
+    cdef UpstreamPool pick_keyed(self, bytes key, UpstreamPool avoid):
+        """``hash``: the target at ``key``'s place on the ring, or the next one there that is
+        not passed over (nor ``avoid``); all passed over, or no key: in turn (pick_live)."""
+        cdef uint32_t h
+        cdef Py_ssize_t lo = 0, hi = self.ring_n, mid, k
+        cdef UpstreamPool p
+        cdef double now
+        if not key or self.ring_n == 0:
+            return self.pick_live(avoid)
+        if self.n == 1:
+            return <UpstreamPool>self.pools[0]
+        h = _ring_hash(key)
+        while lo < hi:              # the first point at or after h (wrapping to the first)
+            mid = (lo + hi) >> 1
+            if self.ring[mid] < h:
+                lo = mid + 1
+            else:
+                hi = mid
+        now = _mono()
+        for k in range(self.ring_n):
+            p = <UpstreamPool>self.pools[self.ring_target[(lo + k) % self.ring_n]]
+            if p is not avoid and not p.passed_over(now):
+                return p
+        return self.pick_live(avoid)
 
     def _pick_for_tests(self, UpstreamPool avoid=None):
         """Tests only: pick_live from Python."""
@@ -1399,8 +1509,25 @@ cdef class ClientConnection(Connection):
 
     # -- upstream --------------------------------------------------------------------------
     cdef int _dispatch(self) except -1:
+        cdef Backend backend = self.route.backend
         self.up_tries = 1
-        return self._forward(self.route.backend.pick(), True)
+        if backend.hash_on:
+            return self._forward(backend.pick_keyed(self._hash_key(backend), None), True)
+        return self._forward(backend.pick(), True)
+
+    cdef bytes _hash_key(self, Backend backend):
+        """This request's key for a ``hash`` backend (None: it has none)."""
+        cdef bytes v
+        if backend.hash_on == HASH_IP:
+            return self.peer_ip
+        if backend.hash_on == HASH_PATH:
+            return self.norm_path
+        v = self.ctx.find_req_header(b"cookie" if backend.hash_on == HASH_COOKIE else backend.hash_name) \
+            if self.ctx is not None else \
+            self.req.view_find(b"cookie" if backend.hash_on == HASH_COOKIE else backend.hash_name)
+        if v is not None and backend.hash_on == HASH_COOKIE:
+            return _cookie_value(v, backend.hash_name)
+        return v
 
     cdef int _forward(self, UpstreamPool pool, bint first) except -1:
         """Send the request to ``pool``'s target (``first``: not a retry on another one)."""
@@ -1485,7 +1612,10 @@ cdef class ClientConnection(Connection):
         if backend.tries_timeout > 0 and _mono() - self.t_start >= backend.tries_timeout:
             return False
         self.up_tries += 1
-        self._forward(backend.pick_live(failed), False)
+        if backend.hash_on:
+            self._forward(backend.pick_keyed(self._hash_key(backend), failed), False)
+        else:
+            self._forward(backend.pick_live(failed), False)
         return True
 
     cdef int _upstream_lost(self, bint got_bytes) except -1:

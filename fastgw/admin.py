@@ -170,6 +170,7 @@ class SupervisorHooks:
                 "path_prefix": spec.path_prefix, "resource": spec.resource, "method": spec.method,
                 "backend_path": spec.backend_path, "targets": list(spec.targets), "weights": list(spec.weights),
                 "balance": spec.backend.get("balance", "round_robin"),
+                "hash_key": spec.backend.get("hash_key", "ip"),
                 "plugins": [p.get("name") for p in spec.plugins],
             })
         return out

@@ -99,6 +99,8 @@ def format_routes(routes: Iterable[Any]) -> str:
             targets = ", ".join(f"{t} (weight {w})" if weighted else t
                                 for t, w in zip(first.targets, first.weights, strict=True)) or "-"
             balance = first.backend.get("balance", "round_robin")
+            if balance == "hash":
+                balance += f" on {first.backend.get('hash_key', 'ip')}"
             if balance != "round_robin" and len(first.targets) > 1:
                 targets += f" ({balance})"
             lines.append(f"  stage {stage_name}  hosts: {hosts}  prefix: {prefix}  targets: {targets}")

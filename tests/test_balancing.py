@@ -112,3 +112,54 @@ def test_negative_tries_are_refused(pools: list[Any]) -> None:
         core.Backend(pools, 1, 10.0, [1, 1, 1], "round_robin", -1)
     with pytest.raises(ValueError):
         core.Backend(pools, 1, 10.0, [1, 1, 1], "round_robin", 0, -0.5)
+
+
+def key_picks(backend: Any, pools: list[Any], keys: list[bytes], avoid: Any = None) -> str:
+    return "".join("abc"[pools.index(backend._pick_key_for_tests(k, avoid))] for k in keys)
+
+
+KEYS = [f"user-{i}".encode() for i in range(3_000)]
+
+
+def test_hash_sends_a_key_to_one_target_always_and_spreads_the_keys(pools: list[Any]) -> None:
+    b = core.Backend(pools, 1, 10.0, [1, 1, 1], "hash", 0, 0.0, "header:X-User")
+    assert (b.hash_on, b.hash_name) == (3, b"x-user")
+    first = key_picks(b, pools, KEYS)
+    assert key_picks(b, pools, KEYS) == first                                  # stable
+    again = core.Backend(list(pools), 1, 10.0, [1, 1, 1], "hash", 0, 0.0, "header:X-User")
+    assert key_picks(again, pools, KEYS) == first        # another worker, node or restart: the same ring
+    shares = Counter(first)
+    assert all(800 <= shares[t] <= 1_200 for t in "abc"), shares               # about a third each
+
+
+def test_hash_weights_and_a_removed_target_move_only_its_share(pools: list[Any]) -> None:
+    three = core.Backend(pools, 1, 10.0, [1, 1, 2], "hash", 0, 0.0, "ip")
+    got = key_picks(three, pools, KEYS)
+    shares = Counter(got)
+    assert 1_300 <= shares["c"] <= 1_700, shares                                # weight 2 of 4: about half
+    two = core.Backend(pools[:2], 1, 10.0, [1, 1], "hash", 0, 0.0, "ip")
+    without_c = key_picks(two, pools, KEYS)
+    # Consistent: the keys on a and b stay there; only c's keys move.
+    assert all(w == g for g, w in zip(got, without_c, strict=True) if g != "c")
+
+
+def test_hash_passes_over_to_the_next_target_on_the_ring(pools: list[Any]) -> None:
+    b = core.Backend(pools, 1, 10.0, [1, 1, 1], "hash", 0, 0.0, "path")
+    got = key_picks(b, pools, KEYS[:300])
+    pools[0].checked_down = True
+    moved = key_picks(b, pools, KEYS[:300])
+    assert "a" not in moved and all(m == g for g, m in zip(got, moved, strict=True) if g != "a")
+    assert "b" not in key_picks(b, pools, KEYS[:300], avoid=pools[1])
+    pools[1].checked_down = pools[2].checked_down = True
+    assert key_picks(b, pools, KEYS[:3]) == "abc"               # all passed over: in turn
+
+
+def test_a_request_without_the_key_goes_in_turn(pools: list[Any]) -> None:
+    b = core.Backend(pools, 1, 10.0, [1, 1, 1], "hash", 0, 0.0, "cookie:sid")
+    assert "".join("abc"[pools.index(b._pick_key_for_tests(None))] for _ in range(4)) == "abca"
+
+
+@pytest.mark.parametrize("key", ["", "ip:x", "header:", "cookie", "query:x"])
+def test_bad_hash_keys_are_refused(pools: list[Any], key: str) -> None:
+    with pytest.raises(ValueError, match="bad hash_key"):
+        core.Backend(pools, 1, 10.0, [1, 1, 1], "hash", 0, 0.0, key)

@@ -76,7 +76,7 @@ def test_valid_config_flattens_routes() -> None:
     assert get.hosts == ("api.shop.example",) and get.path_prefix == ""
     assert get.backend_path == "/${stage.version}/orders"
     assert get.targets == ("http://10.0.0.5:8000",)
-    assert get.backend == {"host_header": "client", "max_fails": 1, "fail_timeout": 10, "balance": "round_robin", "tries": 0, "tries_timeout": 0}
+    assert get.backend == {"host_header": "client", "max_fails": 1, "fail_timeout": 10, "balance": "round_robin", "tries": 0, "tries_timeout": 0, "hash_key": "ip"}
     assert get.variables == {"version": "v2"}
     assert get.timeouts == {"connect": 5, "read": 60, "send": 60}
     assert get.plugins == ({"name": DEMO, "config": {"limit": 1, "mode": "a", "nested": {"flag": True}}},)
@@ -92,7 +92,7 @@ def test_valid_config_flattens_routes() -> None:
         "limit": 5, "mode": "b", "nested": {"flag": True}}
     alpha = by["shop/alpha/GET /orders"]
     assert alpha.path_prefix == "/alpha" and alpha.timeouts == {"connect": 5, "read": 30, "send": 60}
-    assert alpha.backend == {"host_header": "target", "max_fails": 1, "fail_timeout": 10, "balance": "round_robin", "tries": 0, "tries_timeout": 0}
+    assert alpha.backend == {"host_header": "target", "max_fails": 1, "fail_timeout": 10, "balance": "round_robin", "tries": 0, "tries_timeout": 0, "hash_key": "ip"}
 
 
 def test_input_not_modified_and_raw_has_defaults() -> None:
@@ -258,13 +258,16 @@ def test_balance_and_tries_are_checked() -> None:
     prod["backend"].update(balance="least_conn", tries=2, tries_timeout=1.5)
     backend = load_data(data).routes[0].backend
     assert (backend["balance"], backend["tries"], backend["tries_timeout"]) == ("least_conn", 2, 1.5)
-    prod["backend"].update(balance="fewest", tries=-1, tries_timeout="1s")
+    prod["backend"].update(balance="hash", hash_key="cookie:session")
+    assert load_data(data).routes[0].backend["hash_key"] == "cookie:session"
+    prod["backend"].update(balance="fewest", tries=-1, tries_timeout="1s", hash_key="header:")
     errs = errors_of(data)
     b = "services[0].stages.prod.backend"
-    assert f"{b}.balance: 'fewest' is not one of ['round_robin', 'least_conn']" in errs
+    assert f"{b}.balance: 'fewest' is not one of ['round_robin', 'least_conn', 'hash']" in errs
     assert f"{b}.tries: -1 is less than the minimum of 0" in errs
     assert f"{b}.tries_timeout: '1s' is not of type 'number'" in errs
-    assert len(errs) == 3, errs
+    assert any(e.startswith(f"{b}.hash_key: 'header:' does not match") for e in errs), errs
+    assert len(errs) == 4, errs
 
 
 def test_shadowed_routes_and_host_collisions() -> None:

@@ -254,3 +254,24 @@ def test_tries_timeout_stops_the_failover_of_an_old_request(port: int, gateway: 
         took = time.monotonic() - t0
     assert r.status == 504 and r.json()["error"] == "upstream connect timed out"
     assert 0.35 <= took < 0.75, took        # two tries (0.2 s each), not four
+
+
+@pytest.mark.parametrize("hash_key", ["header:X-User", "cookie:sid"])
+def test_hash_sends_each_key_to_one_target(port: int, gateway: Any, hash_key: str) -> None:
+    """Every request of a user lands on the same backend (whichever connection brings it);
+    the users spread over both; a request without the key goes in turn."""
+    def user(i: int) -> dict[str, str]:
+        if hash_key.startswith("header"):
+            return {"X-User": f"user-{i}"}
+        return {"Cookie": f"theme=dark; sid=user-{i}; lang=en"}
+
+    with Backend("a") as a, Backend("b") as b:
+        g = gateway(_config(port, [a.url, b.url], balance="hash", hash_key=hash_key))
+        seen: dict[int, set[str]] = {i: set() for i in range(20)}
+        for _ in range(3):
+            for i in range(20):
+                seen[i].add(request(g.port, "GET", f"/u{i}", headers=user(i)).json()["backend"])
+        keyless = [request(g.port, "GET", "/anon").json()["backend"] for _ in range(4)]
+    assert all(len(s) == 1 for s in seen.values()), seen
+    assert {next(iter(s)) for s in seen.values()} == {"a", "b"}
+    assert sorted(keyless) == ["a", "a", "b", "b"]
