@@ -368,6 +368,7 @@ DEF HASH_PATH = 2
 DEF HASH_HEADER = 3
 DEF HASH_COOKIE = 4
 DEF _RING_POINTS = 160       # ring points per unit of weight (nginx's ketama uses 160)
+DEF _RING_MAX_UNITS = 100    # weight units given 160 points each; beyond, points are shared
 cdef uint64_t _RING_SEED = 0x5f3759df0b5eed5    # fixed: every worker and node builds one ring
 
 
@@ -477,12 +478,17 @@ cdef class Backend:
 
     cdef int _build_ring(self) except -1:
         cdef list points = []
-        cdef Py_ssize_t i, r
+        cdef Py_ssize_t i, r, count, total = sum(self.weights)
         cdef UpstreamPool p
         for i in range(self.n):
             p = <UpstreamPool>self.pools[i]
             label = f"{p.host}:{p.port}".encode()
-            for r in range(_RING_POINTS * <Py_ssize_t>self.weights[i]):
+            # 160 points per unit of weight; past 100 units in all, the same 16 000 points
+            # shared by weight (weights go up to 1 000 a target: the ring stays small).
+            count = _RING_POINTS * <Py_ssize_t>self.weights[i]
+            if total > _RING_MAX_UNITS:
+                count = max(1, (_RING_POINTS * _RING_MAX_UNITS * <Py_ssize_t>self.weights[i]) // total)
+            for r in range(count):
                 points.append((_ring_hash(label + b"-" + str(r).encode()), i))
         points.sort()
         self.ring = <uint32_t*>PyMem_Malloc(len(points) * sizeof(uint32_t))

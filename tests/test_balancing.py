@@ -163,3 +163,9 @@ def test_a_request_without_the_key_goes_in_turn(pools: list[Any]) -> None:
 def test_bad_hash_keys_are_refused(pools: list[Any], key: str) -> None:
     with pytest.raises(ValueError, match="bad hash_key"):
         core.Backend(pools, 1, 10.0, [1, 1, 1], "hash", 0, 0.0, key)
+
+
+def test_heavy_weights_keep_the_ring_small_and_the_shares(pools: list[Any]) -> None:
+    b = core.Backend(pools, 1, 10.0, [1_000, 1_000, 2_000], "hash", 0, 0.0, "ip")
+    shares = Counter(key_picks(b, pools, KEYS))
+    assert 1_300 <= shares["c"] <= 1_700 and 600 <= shares["a"] <= 900, shares

@@ -100,6 +100,9 @@ def test_routes_shows_weights_and_balance(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert ("targets: http://127.0.0.1:9000 (weight 1), http://127.0.0.1:9001 (weight 3) (least_conn)"
             in result.stdout)
+    config["services"][0]["stages"]["prod"]["backend"].update(balance="hash", hash_key="cookie:sid")
+    result = fastgw("routes", write(tmp_path, config))
+    assert "(weight 3) (hash on cookie:sid)" in result.stdout, result.stdout
 
 
 def test_routes_bad_config_exits_1(tmp_path: Path) -> None:
