@@ -516,6 +516,13 @@ cdef class Backend:
             return self.pick_live(avoid)
         if self.n == 1:
             return <UpstreamPool>self.pools[0]
+        now = _mono()
+        for k in range(self.n):     # none to take (all passed over): don't walk the whole ring
+            p = <UpstreamPool>self.pools[k]
+            if p is not avoid and not p.passed_over(now):
+                break
+        else:
+            return self.pick_live(avoid)
         h = _ring_hash(key)
         while lo < hi:              # the first point at or after h (wrapping to the first)
             mid = (lo + hi) >> 1
@@ -523,7 +530,6 @@ cdef class Backend:
                 lo = mid + 1
             else:
                 hi = mid
-        now = _mono()
         for k in range(self.ring_n):
             p = <UpstreamPool>self.pools[self.ring_target[(lo + k) % self.ring_n]]
             if p is not avoid and not p.passed_over(now):
