@@ -1639,7 +1639,11 @@ cdef class ClientConnection(Connection):
             self.retried = True
             self.up_retryable = False
             # The head is built again: with host_header "target" its Host is the target's.
-            self._forward(self.route.backend.pick(), False)
+            # A hash backend's request stays with its key's target (a fresh connection).
+            if self.route.backend.hash_on:
+                self._forward(self.route.backend.pick_keyed(self._hash_key(self.route.backend), None), False)
+            else:
+                self._forward(self.route.backend.pick(), False)
             return 0
         self._upstream_error(502, "upstream closed the connection")
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import gateway_config, protocol_server, request
+from fastgw import _core
+from tests.helpers import Backend, gateway_config, protocol_server, request
 
 # path -> raw bytes the backend writes back (then it closes), or None: reset at once
 ANSWERS: dict[str, bytes | None] = {
@@ -180,3 +181,28 @@ def test_retried_idempotent_request_carries_its_body(one_shot_backend: int, port
     assert r.status == 200
     assert OneShotBackend.seen == ["GET", "PUT"]
     assert OneShotBackend.bodies == [b"", b'{"v":7}']
+
+
+def test_a_hash_request_retried_after_a_stale_connection_stays_with_its_target(
+        one_shot_backend: int, port: int, gateway: Any) -> None:
+    """A stale pooled connection is retried on a fresh one to the same target when the
+    backend places requests by key: the retry must not go to the next target in turn."""
+    with Backend("b") as b:
+        targets = [f"http://127.0.0.1:{one_shot_backend}", b.url]
+        cfg = gateway_config(port, targets[0])
+        cfg["services"][0]["stages"]["prod"]["backend"] = {"targets": targets, "balance": "hash",
+                                                           "hash_key": "header:X-User"}
+        # The same ring the worker builds (fixed seed): a user the one-shot target owns.
+        loop = asyncio.new_event_loop()
+        try:
+            engine = _core.Engine(loop, None)
+            pools = [_core.UpstreamPool(engine, "127.0.0.1", one_shot_backend), _core.UpstreamPool(engine, "127.0.0.1", b.port)]
+            ring = _core.Backend(pools, 1, 10.0, [1, 1], "hash", 0, 0.0, "header:X-User")
+            user = next(f"u{i}" for i in range(1_000) if ring._pick_key_for_tests(f"u{i}".encode()) is pools[0])
+        finally:
+            loop.close()
+        g = gateway(cfg)
+        assert request(g.port, "GET", "/anon").status == 200     # in turn: the one-shot target; turn -> b
+        r = request(g.port, "GET", "/mine", headers={"X-User": user})  # the pooled one, dropped: retried
+        assert r.status == 200 and r.body == b"ok"
+        assert OneShotBackend.seen == ["GET", "GET"] and b.requests == []
