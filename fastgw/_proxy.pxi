@@ -1521,22 +1521,28 @@ cdef class ClientConnection(Connection):
 
     # -- upstream --------------------------------------------------------------------------
     cdef int _dispatch(self) except -1:
-        cdef Backend backend = self.route.backend
         self.up_tries = 1
+        return self._forward(self._pick_target(None), True)
+
+    cdef inline UpstreamPool _pick_target(self, UpstreamPool avoid):
+        """The target for this request (``avoid``: the one that just failed): by its key on
+        a ``hash`` backend, else the backend's turn (round-robin, weighted or least_conn)."""
+        cdef Backend backend = self.route.backend
         if backend.hash_on:
-            return self._forward(backend.pick_keyed(self._hash_key(backend), None), True)
-        return self._forward(backend.pick(), True)
+            return backend.pick_keyed(self._hash_key(backend), avoid)
+        if avoid is None:
+            return backend.pick()
+        return backend.pick_live(avoid)
 
     cdef bytes _hash_key(self, Backend backend):
         """This request's key for a ``hash`` backend (None: it has none)."""
-        cdef bytes v
+        cdef bytes v, lname
         if backend.hash_on == HASH_IP:
             return self.peer_ip
         if backend.hash_on == HASH_PATH:
             return self.norm_path
-        v = self.ctx.find_req_header(b"cookie" if backend.hash_on == HASH_COOKIE else backend.hash_name) \
-            if self.ctx is not None else \
-            self.req.view_find(b"cookie" if backend.hash_on == HASH_COOKIE else backend.hash_name)
+        lname = b"cookie" if backend.hash_on == HASH_COOKIE else backend.hash_name
+        v = self.ctx.find_req_header(lname) if self.ctx is not None else self.req.view_find(lname)
         if v is not None and backend.hash_on == HASH_COOKIE:
             return _cookie_value(v, backend.hash_name)
         return v
@@ -1624,10 +1630,7 @@ cdef class ClientConnection(Connection):
         if backend.tries_timeout > 0 and _mono() - self.t_start >= backend.tries_timeout:
             return False
         self.up_tries += 1
-        if backend.hash_on:
-            self._forward(backend.pick_keyed(self._hash_key(backend), failed), False)
-        else:
-            self._forward(backend.pick_live(failed), False)
+        self._forward(self._pick_target(failed), False)
         return True
 
     cdef int _upstream_lost(self, bint got_bytes) except -1:
@@ -1640,10 +1643,7 @@ cdef class ClientConnection(Connection):
             self.up_retryable = False
             # The head is built again: with host_header "target" its Host is the target's.
             # A hash backend's request stays with its key's target (a fresh connection).
-            if self.route.backend.hash_on:
-                self._forward(self.route.backend.pick_keyed(self._hash_key(self.route.backend), None), False)
-            else:
-                self._forward(self.route.backend.pick(), False)
+            self._forward(self._pick_target(None), False)
             return 0
         self._upstream_error(502, "upstream closed the connection")
 

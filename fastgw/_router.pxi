@@ -422,6 +422,7 @@ cdef enum:
     RT_ROOT = 3
     RT_KIND = 3
     RT_HAS_STATIC = 4   # == 4 << RT_STATIC; RT_HAS_VAR == 4 << RT_VAR, RT_HAS_REST == 4 << RT_REST
+                        # (the walk reads sfilter, non-zero exactly when this bit is set)
     RT_HAS_VAR = 8
     RT_HAS_REST = 16
     RT_TERMINAL = 32    # the node has at least one route
@@ -574,41 +575,38 @@ cdef inline bint _rt_is_buddy(const _RtEnt* tab, uint64_t j) noexcept nogil:
     return (tab[j].flags & RT_KIND) != RT_ROOT and tab[j ^ 1].uid == tab[j].parent
 
 
-cdef inline const _RtEnt* _rt_find_static(const _RtCtx* c, const _RtEnt* e, int i) noexcept nogil:
+cdef inline bint _rt_is_child(const unsigned char* pool, const _RtEnt* x, const _RtEnt* parent,
+                              uint32_t ph, int kind, const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """x is parent's child of this kind with path hash ph (and, static, segment s[:n])."""
+    return x.phash == ph and x.parent == parent.uid and (x.flags & RT_KIND) == kind and (
+        kind != RT_STATIC or _rt_seg_eq(pool, x, s, n))
+
+
+cdef inline const _RtEnt* _rt_find(const _RtCtx* c, const _RtEnt* e, uint32_t ph, int kind,
+                                   const unsigned char* s, Py_ssize_t n) noexcept nogil:
     # SECURITY: the client picks the segment (and so its home slot), not the table's layout:
     # a probe ends at the first empty slot, so it is never longer than the longest run of
     # occupied slots, which the load factor (<= 0.7) and the per-process seed keep short.
-    cdef uint32_t ph = _rt_child_ph(e.phash, c.hs[i]) & c.hmask
     cdef uint64_t j = ph & c.mask
-    cdef const unsigned char* s = c.p + c.ss[i]
-    cdef Py_ssize_t n = c.se[i] - c.ss[i]
     cdef const _RtEnt* x = _rt_buddy(c.tab, e)
-    if x.phash == ph and x.parent == e.uid and (x.flags & RT_KIND) == RT_STATIC \
-            and _rt_seg_eq(c.pool, x, s, n):
+    if _rt_is_child(c.pool, x, e, ph, kind, s, n):
         return x
     while True:
         x = c.tab + j
         if x.uid == 0:
             return NULL
-        if x.phash == ph and x.parent == e.uid and (x.flags & RT_KIND) == RT_STATIC \
-                and _rt_seg_eq(c.pool, x, s, n):
+        if _rt_is_child(c.pool, x, e, ph, kind, s, n):
             return x
         j = (j + 1) & c.mask
+
+
+cdef inline const _RtEnt* _rt_find_static(const _RtCtx* c, const _RtEnt* e, int i) noexcept nogil:
+    return _rt_find(c, e, _rt_child_ph(e.phash, c.hs[i]) & c.hmask, RT_STATIC, c.p + c.ss[i],
+                    c.se[i] - c.ss[i])
 
 
 cdef inline const _RtEnt* _rt_find_kind(const _RtCtx* c, const _RtEnt* e, int kind) noexcept nogil:
-    cdef uint32_t ph = _rt_kind_ph(e.phash, kind) & c.hmask
-    cdef uint64_t j = ph & c.mask
-    cdef const _RtEnt* x = _rt_buddy(c.tab, e)
-    if x.phash == ph and x.parent == e.uid and (x.flags & RT_KIND) == kind:
-        return x
-    while True:
-        x = c.tab + j
-        if x.uid == 0:
-            return NULL
-        if x.phash == ph and x.parent == e.uid and (x.flags & RT_KIND) == kind:
-            return x
-        j = (j + 1) & c.mask
+    return _rt_find(c, e, _rt_kind_ph(e.phash, kind) & c.hmask, kind, NULL, 0)
 
 
 cdef const _RtEnt* _rt_walk(_RtCtx* c, const _RtEnt* e, int i, int k) noexcept nogil:
@@ -748,26 +746,24 @@ cdef class Router:
                                               PyBytes_GET_SIZE(key), self._seed)) & self._hmask
         return _rt_kind_ph(pph, kind) & self._hmask
 
-    cdef bint _is_child(self, const _RtEnt* x, const _RtEnt* parent, uint32_t ph, int kind,
-                        bytes key) noexcept:
-        return x.phash == ph and x.parent == parent.uid and (x.flags & RT_KIND) == kind and (
-            kind != RT_STATIC or _rt_seg_eq(self._pool, x, <const unsigned char*>PyBytes_AS_STRING(key),
-                                            PyBytes_GET_SIZE(key)))
-
     cdef Py_ssize_t _find(self, Py_ssize_t pj, int kind, bytes key):
         """Slot of the child of the node in slot pj of this kind (and static segment key), or -1.
 
         As the walk does: the buddy slot pj ^ 1 first, then the child's home probe run."""
         cdef const _RtEnt* parent = self._tab + pj
         cdef uint32_t ph = self._edge_ph(parent.phash, kind, key)
+        cdef const unsigned char* s = NULL
+        cdef Py_ssize_t n = 0
         cdef uint64_t j = (<uint64_t>pj) ^ 1
-        if self._is_child(self._tab + j, parent, ph, kind, key):
+        if kind == RT_STATIC:
+            s, n = <const unsigned char*>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)
+        if _rt_is_child(self._pool, self._tab + j, parent, ph, kind, s, n):
             return <Py_ssize_t>j
         j = ph & self._mask
         while True:
             if self._tab[j].uid == 0:
                 return -1
-            if self._is_child(self._tab + j, parent, ph, kind, key):
+            if _rt_is_child(self._pool, self._tab + j, parent, ph, kind, s, n):
                 return <Py_ssize_t>j
             j = (j + 1) & self._mask
 
@@ -810,7 +806,7 @@ cdef class Router:
         cdef uint64_t old_cap = self._mask + 1
         cdef uint64_t cap = old_cap * 2
         cdef uint64_t nm = cap - 1
-        cdef uint64_t j, h, b
+        cdef uint64_t j, h
         cdef _RtEnt* old = self._tab
         cdef _RtEnt* new
         cdef uint64_t* moved
@@ -827,12 +823,9 @@ cdef class Router:
             for j in range(old_cap):
                 if old[j].uid == 0 or _rt_is_buddy(old, j) != (npass == 1):
                     continue
-                h = nm + 1
-                if npass == 1:
-                    b = moved[j ^ 1] ^ 1   # the parent moved in the first pass
-                    if new[b].uid == 0:
-                        h = b
-                if h > nm:
+                if npass == 1 and new[moved[j ^ 1] ^ 1].uid == 0:
+                    h = moved[j ^ 1] ^ 1        # beside its parent, moved in the first pass
+                else:
                     h = old[j].phash & nm
                     while new[h].uid != 0:
                         h = (h + 1) & nm
@@ -897,12 +890,14 @@ cdef class Router:
             j = ph & self._mask
         else:
             puid = self._tab[pj].uid
-            ph = self._edge_ph(self._tab[pj].phash, kind, key)
             self._tab[pj].flags |= <uint8_t>(RT_HAS_STATIC << kind)
             if kind == RT_STATIC:
                 hs = _rt_hash(<const unsigned char*>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), self._seed)
+                ph = _rt_child_ph(self._tab[pj].phash, hs) & self._hmask     # as _edge_ph, hashed once
                 self._tab[pj].sfilter |= _rt_sbit(hs)
                 self._add_segment(hs)
+            else:
+                ph = _rt_kind_ph(self._tab[pj].phash, kind) & self._hmask
             j = (<uint64_t>pj) ^ 1
             if self._tab[j].uid != 0:
                 j = ph & self._mask
