@@ -98,6 +98,13 @@ cdef class RequestContext:
     cdef public double upstream_time
     cdef public long long body_size      # Content-Length of the request, -1 if unknown/chunked
     cdef public object body              # buffered request body, only when pipeline.needs_body
+    # Set in the request phase by a plugin that wants the backend's answer whole (proxy-cache):
+    # an object with ``start(status, headers, content_length) -> bool`` (headers: the backend's
+    # end-to-end fields as (name, value) bytes pairs, before any response plugin edits them)
+    # and ``finish(body)``, called once the whole body has reached the client. Only answers
+    # framed by Content-Length to a request other than HEAD are offered; ``start`` returning
+    # False (or a body over what it said it takes) stops the collection.
+    cdef public object response_tap
     cdef object _vars
     cdef object _params
     cdef object _query_args

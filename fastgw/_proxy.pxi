@@ -953,6 +953,8 @@ cdef class ClientConnection(Connection):
     cdef RequestHead head_obj            # reused for every request on this connection
     cdef bint buffering                  # collecting the body for a needs_body pipeline
     cdef list body_plain                 # decoded payload pieces while buffering a chunked body
+    cdef list tap_parts                  # the answer's body so far, for ctx.response_tap (else None)
+    cdef long long tap_size              # the answer's Content-Length, while tap_parts is set
     cdef Py_ssize_t conn_slot            # in engine.conns (-1: not there)
     cdef bint head_rejected              # a head was refused: the client's bytes after it were not read
     cdef double linger_end               # S_LINGER: close by then whatever the client does
@@ -1685,7 +1687,10 @@ cdef class ClientConnection(Connection):
         chunked_out = resp.chunked and not self.dechunk
         cdef RequestContext ctx = self.ctx
         cdef StepChain chain
+        self.tap_parts = None
         if ctx is not None:
+            if ctx.response_tap is not None:
+                self._tap_start(resp, ctx.response_tap, body, body_n)
             ctx.status = resp.status
             add = ctx.response_headers_add
             if self.route.has_response_phase:
@@ -1727,8 +1732,35 @@ cdef class ClientConnection(Connection):
             self.inbuf = b""
         self._resume(P_PIPELINE)
 
+    cdef int _tap_start(self, ResponseHead resp, object tap, const char* body, Py_ssize_t body_n) except -1:
+        """Offer the backend's answer to ``ctx.response_tap``; collect its body if taken."""
+        if self.head_req or resp.chunked or resp.until_close or resp.content_length < 0:
+            return 0
+        try:
+            taken = tap.start(resp.status, resp.forward_headers(), resp.content_length)
+        except Exception as exc:
+            _log.error("response tap failed on %s: %r", self.route.key, exc, exc_info=exc)
+            return 0
+        if taken:
+            self.tap_size = resp.content_length
+            self.tap_parts = [PyBytes_FromStringAndSize(body, body_n)] if body_n else []
+
+    cdef int _tap_finish(self) except -1:
+        """The answer is all out: hand its body to the tap when every byte was collected."""
+        cdef list parts = self.tap_parts
+        self.tap_parts = None
+        body = b"".join(parts)
+        if PyBytes_GET_SIZE(body) != self.tap_size or self.ctx is None or self.ctx.response_tap is None:
+            return 0
+        try:
+            self.ctx.response_tap.finish(body)
+        except Exception as exc:
+            _log.error("response tap failed on %s: %r", self.route.key, exc, exc_info=exc)
+
     cdef int _response_body(self, bytes body, bint whole) except -1:
         """Forward body bytes of the backend's answer; ``whole``: the answer ends with them."""
+        if self.tap_parts is not None:
+            self.tap_parts.append(body)
         self.bytes_out += PyBytes_GET_SIZE(body)
         self._write_end(body, whole and not self.keep_alive)   # last: _finish closes next
         if self.timer_kind == T_READ:
@@ -1737,6 +1769,8 @@ cdef class ClientConnection(Connection):
     cdef int _response_done(self) except -1:
         self.up = None
         self.t_up_end = _mono()
+        if self.tap_parts is not None:
+            self._tap_finish()
         if not self.req_done:
             # The backend answered before the body was all sent: the connection can't be reused.
             self.keep_alive = False

@@ -439,6 +439,10 @@ class _BackendProtocol(asyncio.Protocol):
                 self.transport.write(f"{size:x}\r\n".encode() + chunk + b"\r\n")
                 await asyncio.sleep(0)
             self.transport.write(b"0\r\n\r\n")
+        elif path == "/respond":
+            # Answer headers chosen by the test: each ``h=Name: value`` query argument is one.
+            extra = "".join(f"{h}\r\n" for h in parse_qs(urlsplit(req["target"]).query).get("h", []))
+            self._write_json(int(req["query"].get("status", "200")), req, close, extra)
         elif path == "/close":
             self._write_json(200, req, close=True)
             return False

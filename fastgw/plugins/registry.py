@@ -20,6 +20,7 @@ BUILTIN: dict[str, str] = {
     "rate-limiting": "fastgw.plugins.rate_limiting",
     "mock": "fastgw.plugins.mock",
     "request-transformer": "fastgw.plugins.request_transformer",
+    "proxy-cache": "fastgw.plugins.proxy_cache",
 }
 
 REQUIRED = ("NAME", "PRIORITY", "SCHEMA", "Plugin")

@@ -1,0 +1,252 @@
+"""proxy-cache: answer repeated GET/HEAD requests from the worker's memory.
+
+A fresh stored answer is sent by the gateway itself (with ``Age`` and
+``X-Cache-Status: Hit``), without calling the backend; otherwise the request goes to the
+backend (``X-Cache-Status: Miss``) and its answer is stored on the way out when it may
+be. The key is the route (one store per route and stage), the normalized path, the raw
+query, the consumer (an authenticated caller never gets another's answer) and the values
+of ``vary_headers``.
+
+What is stored (RFC 9111, as a shared cache), with ``cache_control`` on (the default):
+a status in ``statuses``; a body framed by Content-Length of at most ``max_body`` bytes;
+no ``Set-Cookie``; no ``Vary`` other than names in ``vary_headers`` (``Vary: *`` never);
+not ``no-store``, ``no-cache`` or ``private``; kept for ``s-maxage``, else ``max-age``,
+else ``ttl`` seconds. A request with ``Cache-Control: no-store`` neither reads nor
+writes the cache, one with ``no-cache`` (or ``max-age=0``) skips the stored answer and
+refreshes it; one with ``Range`` goes to the backend untouched. With ``cache_control``
+off, both sides' Cache-Control are ignored and every answer is kept ``ttl`` seconds. A request carrying ``Authorization`` with no consumer
+authenticated at the gateway is never served from nor stored in the cache (the backend
+checks that caller itself). A hit answers ``If-None-Match`` with 304 when the stored
+``ETag`` matches.
+
+The store is per worker, bounded by ``max_memory`` bytes (least recently used out
+first), and starts empty on a reload. It runs after authentication, acl and rate limiting
+(priority 100, as Kong's proxy-cache), so only callers who pass them see a stored answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any
+
+from fastgw.plugins.base import CONTINUE, HEADER_NAME, PluginScope
+from fastgw.plugins.base import Plugin as BasePlugin
+
+NAME = "proxy-cache"
+PRIORITY = 100
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "ttl": {"type": "number", "exclusiveMinimum": 0, "default": 60,
+                "description": "Seconds an answer stays fresh when its Cache-Control sets no lifetime "
+                               "(always, with cache_control off)."},
+        "cache_control": {"type": "boolean", "default": True,
+                          "description": "Honour Cache-Control of requests and answers (RFC 9111)."},
+        "statuses": {"type": "array", "default": [200, 301, 404], "minItems": 1, "uniqueItems": True,
+                     "items": {"type": "integer", "minimum": 200, "maximum": 599, "not": {"enum": [206, 304]}},
+                     "description": "Answer statuses that may be stored (not 206 or 304: they answer "
+                                    "one request's Range or validators, not the resource)."},
+        "vary_headers": {"type": "array", "default": [], "uniqueItems": True,
+                         "items": {"type": "string", "pattern": HEADER_NAME},
+                         "description": "Request headers whose values are part of the key."},
+        "max_body": {"type": "integer", "minimum": 0, "default": 1 << 20,
+                     "description": "Largest body stored, in bytes."},
+        "max_memory": {"type": "integer", "minimum": 1024, "default": 16 << 20,
+                       "description": "Bytes of stored answers per worker for this route."},
+    },
+}
+
+_HIT = (b"X-Cache-Status", b"Hit")
+_ENTRY_OVERHEAD = 256          # bytes counted per entry beyond its body and headers
+
+
+def cache_directives(value: str | None) -> dict[str, str | None]:
+    """The directives of a Cache-Control value: lower-case names to their argument (or None)."""
+    out: dict[str, str | None] = {}
+    if not value:
+        return out
+    for part in value.split(","):
+        name, eq, arg = part.strip().partition("=")
+        name = name.strip().lower()
+        if name:
+            out[name] = arg.strip().strip('"') if eq else None
+    return out
+
+
+def _seconds(arg: str | None) -> int | None:
+    """A delta-seconds argument, or None when it is not one (RFC 9111 1.2.2)."""
+    if arg is None or not arg.isdigit():
+        return None
+    return int(arg)
+
+
+class Entry:
+    """One stored answer."""
+
+    __slots__ = ("status", "headers", "body", "etag", "stored", "expires", "age0", "size")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, etag: bytes | None,
+                 stored: float, expires: float, age0: int) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.etag = etag
+        self.stored = stored
+        self.expires = expires
+        self.age0 = age0
+        self.size = len(body) + sum(len(n) + len(v) for n, v in headers) + _ENTRY_OVERHEAD
+
+
+class Store:
+    """Stored answers by key, least recently used dropped first past ``max_memory`` bytes."""
+
+    def __init__(self, max_memory: int) -> None:
+        self.max_memory = max_memory
+        self.used = 0
+        self._items: OrderedDict[tuple, Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: tuple, now: float) -> Entry | None:
+        entry = self._items.get(key)
+        if entry is None:
+            return None
+        if entry.expires <= now:
+            self._drop(key)
+            return None
+        self._items.move_to_end(key)
+        return entry
+
+    def put(self, key: tuple, entry: Entry) -> None:
+        if key in self._items:
+            self._drop(key)
+        if entry.size > self.max_memory:
+            return
+        self._items[key] = entry
+        self.used += entry.size
+        while self.used > self.max_memory:
+            self._drop(next(iter(self._items)))
+
+    def _drop(self, key: tuple) -> None:
+        self.used -= self._items.pop(key).size
+
+
+class _Fill:
+    """The response tap of a miss: decides whether the backend's answer may be stored, and
+    stores it once its whole body has gone out (see RequestContext.response_tap)."""
+
+    __slots__ = ("plugin", "key", "status", "headers", "etag", "lifetime", "age0")
+
+    def __init__(self, plugin: Plugin, key: tuple) -> None:
+        self.plugin = plugin
+        self.key = key
+
+    def start(self, status: int, headers: list[tuple[bytes, bytes]], content_length: int) -> bool:
+        p = self.plugin
+        if status not in p.statuses or content_length > p.max_body:
+            return False
+        lifetime: float = p.ttl
+        etag = None
+        age0 = 0
+        kept: list[tuple[bytes, bytes]] = []
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"set-cookie":
+                return False                     # a caller's session must never be replayed
+            if lname == b"vary":
+                for v in value.split(b","):
+                    v = v.strip().lower()
+                    if v and v not in p.vary_set:
+                        return False             # includes Vary: * (never in vary_set)
+            elif lname == b"cache-control" and p.cache_control:
+                d = cache_directives(value.decode("latin-1"))
+                if "no-store" in d or "no-cache" in d or "private" in d:
+                    return False
+                s = _seconds(d.get("s-maxage")) if "s-maxage" in d else _seconds(d.get("max-age"))
+                if s is not None:
+                    if s == 0:
+                        return False
+                    lifetime = s
+            elif lname == b"age":
+                age0 = _seconds(value.decode("latin-1").strip()) or 0
+                continue                         # recomputed on every hit
+            elif lname == b"etag":
+                etag = value
+            kept.append((name, value))
+        self.status = status
+        self.headers = kept
+        self.etag = etag
+        self.lifetime = lifetime - age0 if p.cache_control else lifetime
+        self.age0 = age0
+        return self.lifetime > 0
+
+    def finish(self, body: bytes) -> None:
+        now = time.monotonic()
+        self.plugin.store.put(self.key, Entry(self.status, self.headers, body, self.etag, now,
+                                              now + self.lifetime, self.age0))
+
+
+def _etag_matches(if_none_match: str, etag: bytes) -> bool:
+    """RFC 9110 13.1.2: weak comparison against a list of entity tags, or ``*``."""
+    tag = etag.decode("latin-1").strip()
+    if tag.startswith("W/"):
+        tag = tag[2:]
+    for candidate in if_none_match.split(","):
+        c = candidate.strip()
+        if c == "*":
+            return True
+        if c.startswith("W/"):
+            c = c[2:]
+        if c == tag:
+            return True
+    return False
+
+
+class Plugin(BasePlugin):
+    def __init__(self, config: dict[str, Any], scope: PluginScope) -> None:
+        super().__init__(config, scope)
+        self.ttl = float(config["ttl"])
+        self.cache_control = bool(config["cache_control"])
+        self.statuses = frozenset(config["statuses"])
+        self.vary = tuple(name.lower() for name in config["vary_headers"])
+        self.vary_set = frozenset(name.encode("latin-1") for name in self.vary)
+        self.max_body = int(config["max_body"])
+        self.store = Store(int(config["max_memory"]))
+
+    def on_request(self, ctx: Any) -> int:
+        if ctx.method != "GET" and ctx.method != "HEAD":
+            return CONTINUE
+        lookup = True
+        if self.cache_control:
+            d = cache_directives(ctx.get_header("cache-control"))
+            if "no-store" in d:
+                ctx.add_response_header("X-Cache-Status", "Bypass")
+                return CONTINUE
+            lookup = "no-cache" not in d and d.get("max-age", "") != "0"
+        consumer = ctx.consumer
+        if ctx.get_header("range") is not None or (
+                consumer is None and ctx.get_header("authorization") is not None):
+            ctx.add_response_header("X-Cache-Status", "Bypass")
+            return CONTINUE
+        key = (ctx.path, ctx.query, getattr(consumer, "name", consumer),
+               tuple(ctx.get_header(name) for name in self.vary))
+        now = time.monotonic()
+        entry = self.store.get(key, now) if lookup else None
+        if entry is not None:
+            age = (str(entry.age0 + int(now - entry.stored))).encode("ascii")
+            inm = ctx.get_header("if-none-match")
+            if inm is not None and entry.etag is not None and entry.status == 200 \
+                    and _etag_matches(inm, entry.etag):
+                # RFC 9110 15.4.5: the fields a 200 would carry that describe the validator.
+                keep = [(n, v) for n, v in entry.headers
+                        if n.lower() in (b"etag", b"cache-control", b"expires", b"date", b"vary",
+                                         b"content-location")]
+                return ctx.answer(304, b"", keep + [(b"Age", age), _HIT])
+            return ctx.answer(entry.status, entry.body, entry.headers + [(b"Age", age), _HIT])
+        ctx.add_response_header("X-Cache-Status", "Miss" if lookup else "Refresh")
+        ctx.response_tap = _Fill(self, key)
+        return CONTINUE

@@ -1,0 +1,182 @@
+"""End-to-end: proxy-cache answers repeated GET/HEAD requests without the backend, stores
+only what RFC 9111 lets a shared cache store, and never mixes callers or variants."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import quote
+
+from tests.helpers import Backend, RawClient, gateway_config, request
+
+KEYS = {"ada": "ada-key-0123456789abcdef", "bob": "bob-key-0123456789abcdef"}
+
+
+def cached_gateway(gateway: Any, backend: Backend, port: int, **settings: Any) -> Any:
+    cfg = gateway_config(port, backend.url, {
+        "/{path*}": {"ANY": {"plugins": [{"name": "proxy-cache", "config": settings}]}},
+        "/private/{path*}": {"ANY": {"plugins": [
+            {"name": "key-auth"}, {"name": "proxy-cache", "config": settings}]}},
+    })
+    cfg["consumers"] = [{"name": n, "credentials": {"key-auth": [k]}} for n, k in KEYS.items()]
+    return gateway(cfg)
+
+
+def respond(*headers: str, status: int = 200, extra: str = "") -> str:
+    """A path on the test backend that answers with these header lines."""
+    q = "&".join(f"h={quote(h)}" for h in headers)
+    return f"/respond?status={status}{'&' if q else ''}{q}{extra}"
+
+
+def backend_calls(backend: Backend, path: str) -> int:
+    return sum(1 for r in backend.requests if r["path"] == path)
+
+
+def test_a_repeated_get_is_answered_from_the_cache(backend: Backend, port: int, gateway: Any) -> None:
+    g = cached_gateway(gateway, backend, port)
+    first = request(g.port, "GET", "/orders/7?x=1")
+    assert first.status == 200 and first.headers["x-cache-status"] == "Miss"
+    with RawClient(g.port) as c:
+        for _ in range(3):
+            hit = c.request("GET", "/orders/7?x=1")
+            assert hit.status == 200 and hit.body == first.body
+            assert hit.headers["x-cache-status"] == "Hit" and int(hit.headers["age"]) >= 0
+            assert hit.headers["content-type"] == "application/json"
+            assert int(hit.headers["content-length"]) == len(first.body)
+        head = c.request("HEAD", "/orders/7?x=1")        # HEAD is served from the GET's entry
+        assert head.status == 200 and head.body == b"" and head.headers["x-cache-status"] == "Hit"
+        assert int(head.headers["content-length"]) == len(first.body)
+        other = c.request("GET", "/orders/7?x=2")         # the query is part of the key
+        assert other.headers["x-cache-status"] == "Miss"
+    assert backend_calls(backend, "/orders/7") == 2
+
+
+def test_a_large_body_read_in_many_pieces_is_stored_whole(backend: Backend, port: int, gateway: Any) -> None:
+    g = cached_gateway(gateway, backend, port, max_body=1 << 21)
+    first = request(g.port, "GET", "/bytes/600000")
+    assert first.status == 200 and len(first.body) == 600000
+    hit = request(g.port, "GET", "/bytes/600000")
+    assert hit.headers["x-cache-status"] == "Hit" and hit.body == first.body
+    assert backend_calls(backend, "/bytes/600000") == 1
+    # Over max_body: passed through, never stored.
+    for _ in range(2):
+        assert len(request(g.port, "GET", "/bytes/3000000").body) == 3000000
+    assert backend_calls(backend, "/bytes/3000000") == 2
+
+
+def test_what_a_shared_cache_may_not_store_is_not_stored(backend: Backend, port: int, gateway: Any) -> None:
+    g = cached_gateway(gateway, backend, port)
+    for path in (respond("Cache-Control: no-store"), respond("Cache-Control: private, max-age=60"),
+                 respond("Cache-Control: no-cache"), respond("Cache-Control: max-age=0"),
+                 respond("Set-Cookie: session=abc"), respond("Vary: Accept-Language"),
+                 respond("Vary: *"), respond(status=500), respond(status=201), "/chunked?n=3"):
+        for _ in range(2):
+            r = request(g.port, "GET", path)
+            assert r.headers["x-cache-status"] == "Miss", path
+    assert len(backend.requests) == 20
+    for _ in range(2):                                    # not a GET or HEAD: not even looked at
+        assert "x-cache-status" not in request(g.port, "POST", "/orders", body=b"{}").headers
+    assert len(backend.requests) == 22
+
+
+def test_lifetime_from_cache_control_and_ttl(backend: Backend, port: int, gateway: Any) -> None:
+    g = cached_gateway(gateway, backend, port, ttl=60)
+    short = respond("Cache-Control: public, max-age=1")
+    shared = respond("Cache-Control: max-age=0, s-maxage=1")      # s-maxage wins for a shared cache
+    aged = respond("Age: 100", "Cache-Control: max-age=101")      # 1 s left when it arrives
+    for path in (short, shared, aged):
+        assert request(g.port, "GET", path).headers["x-cache-status"] == "Miss"
+        hit = request(g.port, "GET", path)
+        assert hit.headers["x-cache-status"] == "Hit"
+    assert int(request(g.port, "GET", aged).headers["age"]) >= 100
+    time.sleep(1.2)
+    for path in (short, shared, aged):
+        assert request(g.port, "GET", path).headers["x-cache-status"] == "Miss", path
+    assert request(g.port, "GET", "/plain").headers["x-cache-status"] == "Miss"
+    assert request(g.port, "GET", "/plain").headers["x-cache-status"] == "Hit"   # ttl: 60 s
+
+
+def test_cache_control_off_keeps_everything_for_ttl(backend: Backend, port: int, gateway: Any) -> None:
+    g = cached_gateway(gateway, backend, port, cache_control=False, ttl=1)
+    path = respond("Cache-Control: no-cache, max-age=0")
+    assert request(g.port, "GET", path).headers["x-cache-status"] == "Miss"
+    assert request(g.port, "GET", path, headers={"Cache-Control": "no-store"}).headers["x-cache-status"] == "Hit"
+    time.sleep(1.2)
+    assert request(g.port, "GET", path).headers["x-cache-status"] == "Miss"
+    # Set-Cookie is never stored, whatever the setting.
+    cookie = respond("Set-Cookie: s=1")
+    request(g.port, "GET", cookie)
+    assert request(g.port, "GET", cookie).headers["x-cache-status"] == "Miss"
+
+
+def test_request_cache_control(backend: Backend, port: int, gateway: Any) -> None:
+    g = cached_gateway(gateway, backend, port)
+    assert request(g.port, "GET", "/a").headers["x-cache-status"] == "Miss"
+    assert request(g.port, "GET", "/a").headers["x-cache-status"] == "Hit"
+    fresh = request(g.port, "GET", "/a", headers={"Cache-Control": "no-cache"})
+    assert fresh.headers["x-cache-status"] == "Refresh"
+    assert request(g.port, "GET", "/a", headers={"Cache-Control": "max-age=0"}).headers["x-cache-status"] == "Refresh"
+    assert request(g.port, "GET", "/a", headers={"Cache-Control": "no-store"}).headers["x-cache-status"] == "Bypass"
+    assert backend_calls(backend, "/a") == 4
+    # no-store neither reads nor writes: a new path asked with it stays uncached.
+    request(g.port, "GET", "/b", headers={"Cache-Control": "no-store"})
+    assert request(g.port, "GET", "/b").headers["x-cache-status"] == "Miss"
+
+
+def test_callers_never_get_each_others_answers(backend: Backend, port: int, gateway: Any) -> None:
+    g = cached_gateway(gateway, backend, port)
+    ada = {"apikey": KEYS["ada"]}
+    bob = {"apikey": KEYS["bob"]}
+    assert request(g.port, "GET", "/private/me").status == 401          # key-auth runs first
+    a1 = request(g.port, "GET", "/private/me", headers=ada)
+    assert a1.headers["x-cache-status"] == "Miss" and a1.json()["headers"]["x-consumer-name"] == "ada"
+    b1 = request(g.port, "GET", "/private/me", headers=bob)
+    assert b1.headers["x-cache-status"] == "Miss" and b1.json()["headers"]["x-consumer-name"] == "bob"
+    a2 = request(g.port, "GET", "/private/me", headers=ada)
+    assert a2.headers["x-cache-status"] == "Hit" and a2.json()["headers"]["x-consumer-name"] == "ada"
+    assert request(g.port, "GET", "/private/me").status == 401          # no key, no cached answer
+    # Authorization that the gateway did not check: the backend decides, every time.
+    for _ in range(2):
+        r = request(g.port, "GET", "/me", headers={"Authorization": "Bearer x"})
+        assert r.headers["x-cache-status"] == "Bypass"
+    assert backend_calls(backend, "/me") == 2
+    # A Range request answers part of the resource: never from nor into the cache.
+    request(g.port, "GET", "/part")
+    r = request(g.port, "GET", "/part", headers={"Range": "bytes=0-3"})
+    assert r.headers["x-cache-status"] == "Bypass" and r.json()["headers"]["range"] == "bytes=0-3"
+
+
+def test_vary_headers_are_part_of_the_key(backend: Backend, port: int, gateway: Any) -> None:
+    g = cached_gateway(gateway, backend, port, vary_headers=["Accept-Language"])
+    path = respond("Vary: Accept-Language")
+    en = request(g.port, "GET", path, headers={"Accept-Language": "en"})
+    fr = request(g.port, "GET", path, headers={"Accept-Language": "fr"})
+    assert en.headers["x-cache-status"] == fr.headers["x-cache-status"] == "Miss"
+    en2 = request(g.port, "GET", path, headers={"Accept-Language": "en"})
+    fr2 = request(g.port, "GET", path, headers={"Accept-Language": "fr"})
+    assert en2.headers["x-cache-status"] == fr2.headers["x-cache-status"] == "Hit"
+    assert en2.json()["headers"]["accept-language"] == "en" and fr2.json()["headers"]["accept-language"] == "fr"
+
+
+def test_if_none_match_on_a_hit_answers_304(backend: Backend, port: int, gateway: Any) -> None:
+    g = cached_gateway(gateway, backend, port)
+    path = respond('ETag: "v1"', "Cache-Control: max-age=60")
+    request(g.port, "GET", path)
+    with RawClient(g.port) as c:
+        r = c.request("GET", path, {"If-None-Match": 'W/"v0", "v1"'})
+        assert r.status == 304 and r.body == b"" and r.headers["etag"] == '"v1"'
+        assert r.headers["x-cache-status"] == "Hit" and "content-type" not in r.headers
+        r = c.request("GET", path, {"If-None-Match": '"v2"'})
+        assert r.status == 200 and r.json()["path"] == "/respond"        # the connection goes on
+    assert backend_calls(backend, "/respond") == 1
+
+
+def test_memory_bound_drops_the_least_recently_used(backend: Backend, port: int, gateway: Any) -> None:
+    g = cached_gateway(gateway, backend, port, max_memory=250_000, max_body=200_000)
+    request(g.port, "GET", "/bytes/100000")
+    request(g.port, "GET", "/bytes/100001")
+    assert request(g.port, "GET", "/bytes/100000").headers["x-cache-status"] == "Hit"   # now most recent
+    request(g.port, "GET", "/bytes/100002")              # over the bound: /bytes/100001 goes
+    assert request(g.port, "GET", "/bytes/100000").headers["x-cache-status"] == "Hit"
+    assert request(g.port, "GET", "/bytes/100002").headers["x-cache-status"] == "Hit"
+    assert request(g.port, "GET", "/bytes/100001").headers["x-cache-status"] == "Miss"

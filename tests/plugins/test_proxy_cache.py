@@ -1,0 +1,101 @@
+"""proxy-cache: Cache-Control parsing, what may be stored and for how long, the memory
+bound, validators, and checked settings (the wire behaviour: tests/e2e/test_proxy_cache.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fastgw.pipeline import PipelineError
+from fastgw.plugins.proxy_cache import Entry, Store, _etag_matches, _Fill, cache_directives
+
+from .util import hdrs, make_ctx, make_pipeline, run
+
+
+def cache(config: dict[str, Any] | None = None) -> Any:
+    return make_pipeline([{"name": "proxy-cache", "config": config or {}}])
+
+
+def test_cache_directives() -> None:
+    assert cache_directives(None) == {}
+    assert cache_directives('Public, MAX-AGE=60, no-cache="Set-Cookie",,  s-maxage = 5') == {
+        "public": None, "max-age": "60", "no-cache": "Set-Cookie", "s-maxage": "5"}
+
+
+@pytest.mark.parametrize(("headers", "status", "length", "lifetime"), [
+    ([], 200, 10, 60.0),
+    ([(b"Cache-Control", b"max-age=5")], 200, 10, 5.0),
+    ([(b"Cache-Control", b"max-age=5, s-maxage=9")], 200, 10, 9.0),
+    ([(b"Cache-Control", b"max-age=abc")], 200, 10, 60.0),          # not delta-seconds: ignored
+    ([(b"Age", b"3"), (b"Cache-Control", b"max-age=5")], 200, 10, 2.0),
+    ([(b"Age", b"5"), (b"Cache-Control", b"max-age=5")], 200, 10, None),   # already stale
+    ([(b"Cache-Control", b"public, no-store")], 200, 10, None),
+    ([(b"cache-control", b"Private")], 200, 10, None),
+    ([(b"Cache-Control", b"s-maxage=0")], 200, 10, None),
+    ([(b"Set-Cookie", b"a=1")], 200, 10, None),
+    ([(b"Vary", b"Accept-Encoding")], 200, 10, None),
+    ([(b"Vary", b"accept-language")], 200, 10, 60.0),               # in vary_headers
+    ([(b"Vary", b"*")], 200, 10, None),
+    ([], 500, 10, None),
+    ([], 301, 10, 60.0),
+    ([], 200, 2000, None),                                            # over max_body
+])
+def test_what_is_stored_and_for_how_long(headers: list[tuple[bytes, bytes]], status: int, length: int,
+                                         lifetime: float | None) -> None:
+    pipe = cache({"max_body": 1000, "vary_headers": ["Accept-Language"]})
+    plugin = pipe.plugins[0]
+    fill = _Fill(plugin, ("k",))
+    taken = fill.start(status, headers, length)
+    assert taken == (lifetime is not None)
+    if taken:
+        assert fill.lifetime == lifetime
+        assert all(n.lower() != b"age" for n, _ in fill.headers)      # recomputed per hit
+
+
+def test_a_miss_taps_the_answer_and_the_next_request_hits() -> None:
+    pipe = cache()
+    ctx = make_ctx(path="/orders/1", query=b"a=1")
+    assert run(pipe, ctx) is False and ctx.response_tap is not None
+    assert hdrs(ctx.response_headers_add)["x-cache-status"] == "Miss"
+    tap = ctx.response_tap
+    assert tap.start(200, [(b"Content-Type", b"text/plain"), (b"ETag", b'"e"')], 5)
+    tap.finish(b"hello")
+    hit = make_ctx(path="/orders/1", query=b"a=1")
+    assert run(pipe, hit) is True
+    assert hit.answer_status == 200 and hit.answer_body == b"hello"
+    h = hdrs(hit.answer_headers)
+    assert h["x-cache-status"] == "Hit" and h["content-type"] == "text/plain" and h["age"] == "0"
+    assert run(pipe, make_ctx(method="POST", path="/orders/1", query=b"a=1")) is False
+
+
+def test_store_bound_and_expiry() -> None:
+    store = Store(max_memory=3 * (100 + 256))
+    def entry(expires: float) -> Entry:
+        return Entry(200, [], b"x" * 100, None, 0.0, expires, 0)
+    for k in "abc":
+        store.put((k,), entry(10.0))
+    assert len(store) == 3 and store.used == 3 * 356
+    assert store.get(("a",), 1.0) is not None       # a is now the most recent
+    store.put(("d",), entry(10.0))                   # b goes
+    assert store.get(("b",), 1.0) is None and len(store) == 3
+    assert store.get(("a",), 10.0) is None           # expired: dropped on read
+    assert len(store) == 2 and store.used == 2 * 356
+    store.put(("big",), Entry(200, [], b"x" * 5000, None, 0.0, 10.0, 0))   # larger than the bound
+    assert store.get(("big",), 1.0) is None and len(store) == 2
+
+
+def test_etag_matching_is_weak() -> None:
+    assert _etag_matches('"a", W/"b"', b'"b"')
+    assert _etag_matches('W/"b"', b'W/"b"')
+    assert _etag_matches("*", b'"x"')
+    assert not _etag_matches('"a"', b'"b"')
+
+
+def test_settings_are_checked() -> None:
+    for config, message in (({"ttl": 0}, "ttl"), ({"statuses": [100]}, "statuses"), ({"statuses": [200, 206]}, "statuses"),
+                            ({"vary_headers": ["bad name"]}, "vary_headers"),
+                            ({"max_memory": 10}, "max_memory"), ({"nope": 1}, "nope")):
+        with pytest.raises(PipelineError) as err:
+            cache(config)
+        assert message in str(err.value.errors), config
