@@ -76,6 +76,7 @@ class Worker:
 
             client = redis_client(config.redis)
             self.services["redis"] = client
+            self.services["redis_prefix"] = config.redis.get("key_prefix", "fastgw:")
             self.services["replay"] = RedisReplayGuard(client, config.redis.get("key_prefix", "fastgw:"))
             self.services["redis_counters"] = RedisCounters(client, config.redis.get("key_prefix", "fastgw:"))
         self.access_log = self._open_access_log(config)

@@ -124,6 +124,11 @@ def test_rate_limiting_in_redis_needs_the_redis_section() -> None:
         {"name": "rate-limiting", "config": {"minute": 10, "policy": "redis"}}]
     assert errors_of(data) == ["services[0].resources./orders.GET.plugins[0].config.policy: "
                                "'redis' needs the top-level redis section (or policy 'node')"]
+    data["services"][0]["plugins"] = [{"name": "proxy-cache", "config": {"policy": "redis"}}]
+    assert errors_of(data) == [
+        "services[0].plugins[0].config.policy: 'redis' needs the top-level redis section (or policy 'memory')",
+        "services[0].resources./orders.GET.plugins[0].config.policy: "
+        "'redis' needs the top-level redis section (or policy 'node')"]
     data["redis"] = {"url": "redis://127.0.0.1:6379/0"}
     assert validate(data) == []
 

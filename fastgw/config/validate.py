@@ -261,13 +261,18 @@ def _plugin_entries(node: Any, place: str) -> Any:
             yield from _plugin_entries(item, f"{place}[{i}]")
 
 
+# Plugins with a ``policy: redis`` setting, and the name of their other policy.
+_REDIS_POLICY_PLUGINS = {"rate-limiting": "node", "proxy-cache": "memory"}
+
+
 def _needs_redis(raw: dict[str, Any]) -> list[str]:
-    """Plugin settings that count in Redis need the top-level ``redis`` section."""
+    """Plugin settings that keep their state in Redis need the top-level ``redis`` section."""
     if raw.get("redis") is not None:
         return []
-    return [f"{place}.config.policy: 'redis' needs the top-level redis section (or policy 'node')"
+    return [f"{place}.config.policy: 'redis' needs the top-level redis section "
+            f"(or policy '{_REDIS_POLICY_PLUGINS[entry['name']]}')"
             for place, entry in _plugin_entries(raw.get("services"), "services")
-            if entry.get("name") == "rate-limiting" and entry.get("enabled", True) is not False
+            if entry.get("name") in _REDIS_POLICY_PLUGINS and entry.get("enabled", True) is not False
             and isinstance(entry.get("config"), dict) and entry["config"].get("policy") == "redis"]
 
 

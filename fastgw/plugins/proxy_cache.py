@@ -19,19 +19,33 @@ authenticated at the gateway is never served from nor stored in the cache (the b
 checks that caller itself). A hit answers ``If-None-Match`` with 304 when the stored
 ``ETag`` matches.
 
-The store is per worker, bounded by ``max_memory`` bytes (least recently used out
-first), and starts empty on a reload. It runs after authentication, acl and rate limiting
-(priority 100, as Kong's proxy-cache), so only callers who pass them see a stored answer.
+With ``policy: memory`` (the default) the store is per worker, bounded by ``max_memory``
+bytes (least recently used out first), and starts empty on a reload. With ``policy:
+redis`` the answers live in the top-level ``redis`` section's Redis, shared by every worker
+and node (each entry expires with its freshness; Redis's own ``maxmemory`` bounds the
+whole); a lookup there takes the request off the synchronous chain, and when Redis can't
+answer in its ``timeout`` the request simply goes to the backend (a miss, logged).
+
+It runs after authentication, acl and rate limiting (priority 100, as Kong's
+proxy-cache), so only callers who pass them see a stored answer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import logging
 import time
 from collections import OrderedDict
 from typing import Any
 
+import msgpack
+
 from fastgw.plugins.base import CONTINUE, HEADER_NAME, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
+from fastgw.sparselog import SparseLog
+
+log = logging.getLogger("fastgw.proxy_cache")
 
 NAME = "proxy-cache"
 PRIORITY = 100
@@ -55,7 +69,9 @@ SCHEMA: dict[str, Any] = {
         "max_body": {"type": "integer", "minimum": 0, "default": 1 << 20,
                      "description": "Largest body stored, in bytes."},
         "max_memory": {"type": "integer", "minimum": 1024, "default": 16 << 20,
-                       "description": "Bytes of stored answers per worker for this route."},
+                       "description": "Bytes of stored answers per worker for this route (policy memory)."},
+        "policy": {"enum": ["memory", "redis"], "default": "memory",
+                   "description": "Keep answers in each worker's memory or in the top-level redis (every node)."},
     },
 }
 
@@ -135,6 +151,49 @@ class Store:
         self.used -= self._items.pop(key).size
 
 
+class RedisStore:
+    """Stored answers in Redis: one key per answer (a digest of the route's prefix and the
+    cache key), msgpack-encoded, expiring with the answer's freshness. Ages use the wall
+    clock, since every node reads them."""
+
+    def __init__(self, client: Any, prefix: bytes) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._down = SparseLog(log)
+        self._writes: set[asyncio.Task[None]] = set()
+
+    def _key(self, key: tuple) -> bytes:
+        return self._prefix + hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest().encode()
+
+    async def get(self, key: tuple) -> Entry | None:
+        try:
+            raw = await self._client.get(self._key(key))
+        except Exception as exc:  # noqa: BLE001 - any failure of the store is a miss
+            self._down.error("proxy-cache: Redis unavailable (%s: %s); answers come from the backend",
+                             type(exc).__name__, exc)
+            return None
+        if raw is None:
+            return None
+        try:
+            status, headers, body, etag, stored, age0 = msgpack.unpackb(raw)
+        except Exception:  # noqa: BLE001 - not an entry of this version: a miss
+            return None
+        return Entry(status, [tuple(h) for h in headers], body, etag, stored, 0.0, age0)
+
+    def put(self, key: tuple, entry: Entry, lifetime: float) -> None:
+        raw = msgpack.packb([entry.status, entry.headers, entry.body, entry.etag, entry.stored, entry.age0])
+        task = asyncio.get_running_loop().create_task(self._put(self._key(key), raw, lifetime))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _put(self, rkey: bytes, raw: bytes, lifetime: float) -> None:
+        try:
+            await self._client.set(rkey, raw, px=max(1, int(lifetime * 1000)))
+        except Exception as exc:  # noqa: BLE001 - not stored: the next request is a miss
+            self._down.error("proxy-cache: Redis unavailable (%s: %s); answers come from the backend",
+                             type(exc).__name__, exc)
+
+
 class _Fill:
     """The response tap of a miss: decides whether the backend's answer may be stored, and
     stores it once its whole body has gone out (see RequestContext.response_tap)."""
@@ -185,9 +244,15 @@ class _Fill:
         return self.lifetime > 0
 
     def finish(self, body: bytes) -> None:
+        p = self.plugin
+        if p.remote is not None:
+            now = time.time()
+            p.remote.put(self.key, Entry(self.status, self.headers, body, self.etag, now, 0.0, self.age0),
+                         self.lifetime)
+            return
         now = time.monotonic()
-        self.plugin.store.put(self.key, Entry(self.status, self.headers, body, self.etag, now,
-                                              now + self.lifetime, self.age0))
+        p.store.put(self.key, Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime,
+                                    self.age0))
 
 
 def _etag_matches(if_none_match: str, etag: bytes) -> bool:
@@ -216,8 +281,19 @@ class Plugin(BasePlugin):
         self.vary_set = frozenset(name.encode("latin-1") for name in self.vary)
         self.max_body = int(config["max_body"])
         self.store = Store(int(config["max_memory"]))
+        self.remote: RedisStore | None = None
+        if config["policy"] == "redis":
+            client = scope.services.get("redis")
+            if client is None and scope.services:
+                raise ValueError("policy 'redis' needs the top-level redis section")
+            if client is not None:
+                spec = scope.spec
+                settings = repr((sorted(self.statuses), self.vary, self.cache_control)).encode()
+                prefix = (f"{scope.services.get('redis_prefix', 'fastgw:')}pc:{spec.key}|"
+                          f"{hashlib.sha256(settings).hexdigest()[:12]}|")
+                self.remote = RedisStore(client, prefix.encode())
 
-    def on_request(self, ctx: Any) -> int:
+    def on_request(self, ctx: Any) -> Any:
         if ctx.method != "GET" and ctx.method != "HEAD":
             return CONTINUE
         lookup = True
@@ -234,19 +310,34 @@ class Plugin(BasePlugin):
             return CONTINUE
         key = (ctx.path, ctx.query, getattr(consumer, "name", consumer),
                tuple(ctx.get_header(name) for name in self.vary))
+        if self.remote is not None and lookup:
+            return self._remote_lookup(ctx, key)
         now = time.monotonic()
-        entry = self.store.get(key, now) if lookup else None
+        entry = self.store.get(key, now) if lookup and self.remote is None else None
         if entry is not None:
-            age = (str(entry.age0 + int(now - entry.stored))).encode("ascii")
-            inm = ctx.get_header("if-none-match")
-            if inm is not None and entry.etag is not None and entry.status == 200 \
-                    and _etag_matches(inm, entry.etag):
-                # RFC 9110 15.4.5: the fields a 200 would carry that describe the validator.
-                keep = [(n, v) for n, v in entry.headers
-                        if n.lower() in (b"etag", b"cache-control", b"expires", b"date", b"vary",
-                                         b"content-location")]
-                return ctx.answer(304, b"", keep + [(b"Age", age), _HIT])
-            return ctx.answer(entry.status, entry.body, entry.headers + [(b"Age", age), _HIT])
+            return _answer_hit(ctx, entry, now)
+        return self._miss(ctx, key, lookup)
+
+    async def _remote_lookup(self, ctx: Any, key: tuple) -> int:
+        assert self.remote is not None
+        entry = await self.remote.get(key)
+        if entry is not None:
+            return _answer_hit(ctx, entry, time.time())
+        return self._miss(ctx, key, True)
+
+    def _miss(self, ctx: Any, key: tuple, lookup: bool) -> int:
         ctx.add_response_header("X-Cache-Status", "Miss" if lookup else "Refresh")
         ctx.response_tap = _Fill(self, key)
         return CONTINUE
+
+
+def _answer_hit(ctx: Any, entry: Entry, now: float) -> int:
+    """Answer with a stored entry (``now`` on the clock its ``stored`` was read from)."""
+    age = str(entry.age0 + max(0, int(now - entry.stored))).encode("ascii")
+    inm = ctx.get_header("if-none-match")
+    if inm is not None and entry.etag is not None and entry.status == 200 and _etag_matches(inm, entry.etag):
+        # RFC 9110 15.4.5: the fields a 200 would carry that describe the validator.
+        keep = [(n, v) for n, v in entry.headers
+                if n.lower() in (b"etag", b"cache-control", b"expires", b"date", b"vary", b"content-location")]
+        return ctx.answer(304, b"", keep + [(b"Age", age), _HIT])
+    return ctx.answer(entry.status, entry.body, entry.headers + [(b"Age", age), _HIT])

@@ -7,7 +7,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from tests.helpers import Backend, RawClient, gateway_config, request
+from tests.helpers import Backend, RawClient, RedisServer, free_port, gateway_config, request
 
 KEYS = {"ada": "ada-key-0123456789abcdef", "bob": "bob-key-0123456789abcdef"}
 
@@ -180,3 +180,39 @@ def test_memory_bound_drops_the_least_recently_used(backend: Backend, port: int,
     assert request(g.port, "GET", "/bytes/100000").headers["x-cache-status"] == "Hit"
     assert request(g.port, "GET", "/bytes/100002").headers["x-cache-status"] == "Hit"
     assert request(g.port, "GET", "/bytes/100001").headers["x-cache-status"] == "Miss"
+
+
+def test_nodes_sharing_redis_share_the_cache(backend: Backend, gateway: Any, redis: RedisServer) -> None:
+    nodes = []
+    for _ in range(2):
+        cfg = gateway_config(free_port(), backend.url, {
+            "/{path*}": {"GET": {"plugins": [{"name": "proxy-cache", "config": {"policy": "redis"}}]}}})
+        cfg["redis"] = {"url": redis.url, "timeout": 0.5}
+        nodes.append(gateway(cfg, workers=2))
+    def first_hit(port: int, path: str) -> Any:
+        deadline = time.monotonic() + 5                   # the store is written after the answer
+        while True:
+            r = request(port, "GET", path)
+            if r.headers["x-cache-status"] == "Hit" or time.monotonic() > deadline:
+                return r
+            time.sleep(0.05)
+
+    first = request(nodes[0].port, "GET", "/shared?q=1")
+    assert first.headers["x-cache-status"] == "Miss"
+    hit = first_hit(nodes[1].port, "/shared?q=1")
+    assert hit.headers["x-cache-status"] == "Hit" and hit.body == first.body and int(hit.headers["age"]) >= 0
+    for i in range(4):                                   # any worker of either node
+        assert request(nodes[i % 2].port, "GET", "/shared?q=1").headers["x-cache-status"] == "Hit"
+    short = respond("Cache-Control: max-age=2")
+    request(nodes[0].port, "GET", short)
+    assert first_hit(nodes[1].port, short).headers["x-cache-status"] == "Hit"
+    time.sleep(2.2)                                       # expired in Redis with its freshness
+    assert request(nodes[1].port, "GET", short).headers["x-cache-status"] == "Miss"
+    calls = len(backend.requests)
+    # Redis gone: every request goes to the backend, none fails.
+    redis.stop()
+    for i in range(2):
+        r = request(nodes[i].port, "GET", "/shared?q=1")
+        assert r.status == 200 and r.headers["x-cache-status"] == "Miss"
+    assert len(backend.requests) == calls + 2
+    nodes[0].wait_log("proxy-cache: Redis unavailable")

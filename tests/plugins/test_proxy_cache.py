@@ -99,3 +99,6 @@ def test_settings_are_checked() -> None:
         with pytest.raises(PipelineError) as err:
             cache(config)
         assert message in str(err.value.errors), config
+    with pytest.raises(PipelineError) as err:      # a worker without the redis section
+        make_pipeline([{"name": "proxy-cache", "config": {"policy": "redis"}}], services={"counters": object()})
+    assert "top-level redis" in str(err.value.errors)
