@@ -21,6 +21,7 @@ BUILTIN: dict[str, str] = {
     "mock": "fastgw.plugins.mock",
     "request-transformer": "fastgw.plugins.request_transformer",
     "proxy-cache": "fastgw.plugins.proxy_cache",
+    "aggregate": "fastgw.plugins.aggregate",
 }
 
 REQUIRED = ("NAME", "PRIORITY", "SCHEMA", "Plugin")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import quote
 
 _TOKEN = re.compile(r"\$\{([a-z_]+)(?:\.([^}]+))?\}|\{([A-Za-z_][A-Za-z0-9_]*)\*?\}")
 _VARS = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\*?\}")
@@ -58,29 +59,36 @@ class Template:
     def render(self, ctx: Any) -> str:
         if self.is_static:
             return self.static
-        out = []
-        for kind, arg in self.parts:
-            if kind == _LIT:
-                out.append(arg)
-                continue
-            if kind == _PARAM:
-                values = ctx.values
-                value = values[arg].decode("latin-1") if arg < len(values) else ""
-            elif kind == _HEADER:
-                value = ctx.get_header(arg) or ""
-            elif kind == _QUERY:
-                value = ctx.query_args.get(arg, "")
-            elif kind == _CONSUMER:
-                value = ctx.consumer.name if ctx.consumer is not None else ""
-            elif kind == _GROUPS:
-                value = ",".join(ctx.consumer.groups) if ctx.consumer is not None else ""
-            else:
-                value = ctx.request_id or ""
-            out.append(value.translate(_CONTROL))
-        return "".join(out)
+        return "".join(arg if kind == _LIT else _value(kind, arg, ctx).translate(_CONTROL)
+                       for kind, arg in self.parts)
+
+    def render_url(self, ctx: Any) -> str:
+        """As ``render``, for a URL's path and query: path variables go in as routed (their
+        percent-encoded form, with no '/' in a ``{var}``), every other request value
+        percent-encoded whole, so none can add a segment, a '..', a query or a fragment."""
+        if self.is_static:
+            return self.static
+        return "".join(arg if kind == _LIT else _value(kind, arg, ctx) if kind == _PARAM
+                       else quote(_value(kind, arg, ctx), safe="") for kind, arg in self.parts)
 
     def __repr__(self) -> str:
         return f"Template({self.text!r})"
+
+
+def _value(kind: int, arg: Any, ctx: Any) -> str:
+    """The request value a template part stands for ('' when absent)."""
+    if kind == _PARAM:
+        values = ctx.values
+        return values[arg].decode("latin-1") if arg < len(values) else ""
+    if kind == _HEADER:
+        return ctx.get_header(arg) or ""
+    if kind == _QUERY:
+        return ctx.query_args.get(arg, "")
+    if kind == _CONSUMER:
+        return ctx.consumer.name if ctx.consumer is not None else ""
+    if kind == _GROUPS:
+        return ",".join(ctx.consumer.groups) if ctx.consumer is not None else ""
+    return ctx.request_id or ""
 
 
 def compile_template(text: str, params: tuple[str, ...], stage_vars: dict[str, str]) -> Template:

@@ -29,3 +29,12 @@ def test_static_and_errors():
     with pytest.raises(TemplateError):
         compile_template("${cookie.a}", (), {})
     assert param_names("/a/{x}/b/{rest*}") == ("x", "rest")
+
+
+def test_render_url_encodes_every_request_value_but_path_variables():
+    t = compile_template("/u/{id}/${stage.v}?h=${header.x-t}&q=${query.q}&c=${consumer.name}", ("id",), {"v": "a/b"})
+    ctx = make_ctx(headers=[(b"X-T", b"../x?y#z&w=1")], query=b"q=a%20b%2F", values=(b"7%2F8",))
+    ctx.consumer = Consumer("al ice", ("g",))
+    # the path variable as routed (already encoded), a stage value as configured
+    assert t.render_url(ctx) == "/u/7%2F8/a/b?h=..%2Fx%3Fy%23z%26w%3D1&q=a%20b%2F&c=al%20ice"
+    assert compile_template("/static?x=1", (), {}).render_url(ctx) == "/static?x=1"

@@ -1,0 +1,133 @@
+"""aggregate: answer with one JSON object built from several backend calls made at once.
+
+``calls`` names each call and its path (with an optional query) on the stage's backend:
+``{"user": "/users/{id}", "orders": "/orders?customer={id}"}`` answers
+``{"user": <the JSON of /users/17>, "orders": <the JSON of /orders?customer=17>}``. Paths
+are templates (``{id}``, ``${stage.x}``, ``${header.x}``, ``${query.x}``,
+``${consumer.name}``, ``${request_id}``); path variables go in as routed, every other
+request value percent-encoded, so no request can add a segment or a query to a call.
+
+The calls are GETs made in parallel to the stage's targets (in turn), over kept-alive
+connections (fastgw.backend_client), each carrying the request id (``X-Request-Id``),
+``X-Forwarded-For``, the authenticated consumer's identity headers and the request
+headers named in ``forward_headers``. A call succeeds with a 2xx JSON answer. When one
+fails (an error status, a body that is not JSON, no answer within ``timeout`` seconds for
+the whole fan-out), ``on_error: "fail"`` (the default) answers 502 naming the call, and
+``on_error: "null"`` puts ``null`` in its place and lists the failed calls in
+``X-Aggregate-Failed``. The route's other plugins (authentication, limits …) run first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import orjson
+
+from fastgw.backend_client import BackendClient, BackendError
+from fastgw.plugins.base import HEADER_NAME, PluginScope
+from fastgw.plugins.base import Plugin as BasePlugin
+from fastgw.plugins.template import compile_template, param_names
+
+NAME = "aggregate"
+PRIORITY = 2          # in the request phase after every other plugin but mock
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["calls"],
+    "properties": {
+        "calls": {"type": "object", "minProperties": 1, "maxProperties": 32,
+                  "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"},
+                  "additionalProperties": {"type": "string", "pattern": "^/[^\\s#]*$"},
+                  "description": "Name -> backend path (and query) of each call; templates allowed."},
+        "forward_headers": {"type": "array", "default": [], "uniqueItems": True,
+                            "items": {"type": "string", "pattern": HEADER_NAME},
+                            "description": "Request headers passed on to every call."},
+        "timeout": {"type": "number", "exclusiveMinimum": 0, "default": 10,
+                    "description": "Seconds for all the calls together."},
+        "on_error": {"enum": ["fail", "null"], "default": "fail",
+                     "description": "A failed call fails the request (502) or becomes null."},
+    },
+}
+
+# One client per worker: its kept-alive connections serve every aggregate route.
+_CLIENT = BackendClient()
+
+
+class CallFailed(Exception):
+    """One call gave no usable answer (message says why)."""
+
+
+class Plugin(BasePlugin):
+    def __init__(self, config: dict[str, Any], scope: PluginScope) -> None:
+        super().__init__(config, scope)
+        spec = scope.spec
+        if not spec.targets:
+            raise ValueError("aggregate needs the stage's backend targets")
+        params = param_names(spec.resource)
+        self.calls = tuple((name, compile_template(path, params, scope.variables))
+                           for name, path in config["calls"].items())
+        self.forward = tuple(name.lower() for name in config["forward_headers"])
+        for name in self.forward:
+            if name in ("host", "content-length", "transfer-encoding", "connection"):
+                raise ValueError(f"forward_headers: {name} is set by the gateway")
+        self.timeout = float(config["timeout"])
+        self.fail = config["on_error"] == "fail"
+        # Targets in turn, each as often as its weight.
+        weights = spec.weights or (1,) * len(spec.targets)
+        self._targets = itertools.cycle([t for t, w in zip(spec.targets, weights, strict=True) for _ in range(w)])
+
+    def on_request(self, ctx: Any) -> Any:
+        return self._aggregate(ctx)
+
+    def _headers(self, ctx: Any) -> list[tuple[bytes, bytes]]:
+        headers = [(b"Accept", b"application/json"),
+                   (b"X-Request-Id", str(ctx.request_id or "").encode("latin-1")),
+                   (b"X-Forwarded-For", str(ctx.client_ip).encode("latin-1"))]
+        consumer = ctx.consumer
+        if consumer is not None and getattr(consumer, "headers", None):
+            headers.extend(consumer.headers)
+        for name in self.forward:
+            for value in ctx.get_headers(name):
+                headers.append((name.encode("latin-1"), value.encode("latin-1")))
+        return headers
+
+    async def _call(self, name: str, path: str, headers: list[tuple[bytes, bytes]]) -> Any:
+        try:
+            answer = await _CLIENT.request(next(self._targets), "GET", path, headers, self.timeout)
+        except BackendError as exc:
+            raise CallFailed(f"call {name!r} failed: {exc}") from None
+        if not 200 <= answer.status < 300:
+            raise CallFailed(f"call {name!r} answered {answer.status}")
+        try:
+            return orjson.loads(answer.body)
+        except orjson.JSONDecodeError:
+            raise CallFailed(f"call {name!r} did not answer JSON") from None
+
+    async def _aggregate(self, ctx: Any) -> int:
+        headers = self._headers(ctx)
+        tasks = [asyncio.ensure_future(self._call(name, t.render_url(ctx), headers)) for name, t in self.calls]
+        # PERF: with on_error "fail" the first failed call ends the wait (the rest are cancelled).
+        done, pending = await asyncio.wait(
+            tasks, timeout=self.timeout,
+            return_when=asyncio.FIRST_EXCEPTION if self.fail else asyncio.ALL_COMPLETED)
+        for task in pending:
+            task.cancel()
+        result: dict[str, Any] = {}
+        failed: list[str] = []
+        errors: list[tuple[bool, str]] = []     # (the call ended, why it failed)
+        for (name, _), task in zip(self.calls, tasks, strict=True):
+            exc = task.exception() if task in done else CallFailed(
+                f"call {name!r} failed: no answer within {self.timeout:g} s")
+            if exc is None:
+                result[name] = task.result()
+                continue
+            result[name] = None
+            failed.append(name)
+            errors.append((task in done, str(exc) if isinstance(exc, CallFailed) else f"call {name!r} failed: {exc!r}"))
+        if errors and self.fail:
+            return ctx.error(502, max(errors, key=lambda e: e[0])[1])   # a call that failed, else a late one
+        extra = [(b"X-Aggregate-Failed", ",".join(failed).encode("ascii"))] if failed else []
+        return ctx.answer(200, orjson.dumps(result), extra, "application/json")
