@@ -101,9 +101,9 @@ cdef class RequestContext:
     # Set in the request phase by a plugin that wants the backend's answer whole (proxy-cache):
     # an object with ``start(status, headers, content_length) -> bool`` (headers: the backend's
     # end-to-end fields as (name, value) bytes pairs, before any response plugin edits them)
-    # and ``finish(body)``, called once the whole body has reached the client. Only answers
-    # framed by Content-Length to a request other than HEAD are offered; ``start`` returning
-    # False (or a body over what it said it takes) stops the collection.
+    # and ``finish(body)``, called once the whole body has been passed on to the client (not
+    # when the exchange breaks off). Only answers framed by Content-Length to a request other
+    # than HEAD are offered; ``start`` returning False declines the answer.
     cdef public object response_tap
     cdef object _vars
     cdef object _params

@@ -197,6 +197,8 @@ Try:
   curl -s -i -H 'apikey: demo-key-ada' {base}/users/2   # 60 a minute per consumer: RateLimit-* headers
   curl -s -X DELETE -H 'apikey: demo-key-bob' {base}/users/2   # 403: acl allows group staff only
   curl -s {base}/static/css/site.css          # {{path*}} -> /assets/css/site.css
+  curl -s -i {base}/static/css/site.css       # again: X-Cache-Status: Hit once a worker has it
+  curl -s -H 'apikey: demo-key-ada' {base}/users/1/overview   # aggregate: users + orders in one
   curl -s -X PUT '{base}/echo?x=1' -d hello   # echoed back by the files backend
   curl -s -i {base}/nope                      # 404 answered by the gateway itself
   curl -s -H 'Authorization: Bearer {ADMIN_TOKEN}' http://127.0.0.1:9901/health

@@ -78,7 +78,7 @@ def test_routes_prints_the_tree_per_service_and_stage() -> None:
     assert any(line.strip() == "GET     -> /v2/orders/{id}  plugins: request-id, cors" for line in lines)
     assert "      /{id}" in lines
     assert any(line.strip() == "/static/{path*}" for line in lines)
-    assert any(line.strip() == "GET     -> /assets/{path}" for line in lines)
+    assert any(line.strip() == "GET     -> /assets/{path}  plugins: proxy-cache" for line in lines)
     assert any(line.strip() == "ANY     -> (same path)" for line in lines)
 
 

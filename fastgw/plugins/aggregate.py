@@ -1,9 +1,10 @@
 """aggregate: answer with one JSON object built from several backend calls made at once.
 
-``calls`` names each call and its path (with an optional query) on the stage's backend:
-``{"user": "/users/{id}", "orders": "/orders?customer={id}"}`` answers
-``{"user": <the JSON of /users/17>, "orders": <the JSON of /orders?customer=17>}``. Paths
-are templates (``{id}``, ``${stage.x}``, ``${header.x}``, ``${query.x}``,
+``calls`` names each call and its path (with an optional query) on the stage's backend,
+or a whole ``http(s)://host:port/path`` URL for another service:
+``{"user": "/users/{id}", "orders": "http://orders:8000/orders?customer={id}"}`` answers
+``{"user": <the JSON of /users/17>, "orders": <the JSON of …/orders?customer=17>}``. Paths
+are templates (never the scheme, host or port) (``{id}``, ``${stage.x}``, ``${header.x}``, ``${query.x}``,
 ``${consumer.name}``, ``${request_id}``); path variables go in as routed, every other
 request value percent-encoded, so no request can add a segment or a query to a call.
 
@@ -40,8 +41,9 @@ SCHEMA: dict[str, Any] = {
     "properties": {
         "calls": {"type": "object", "minProperties": 1, "maxProperties": 32,
                   "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"},
-                  "additionalProperties": {"type": "string", "pattern": "^/[^\\s#]*$"},
-                  "description": "Name -> backend path (and query) of each call; templates allowed."},
+                  "additionalProperties": {"type": "string", "pattern": "^(https?://[^/\\s{}$]+)?/[^\\s#]*$"},
+                  "description": "Name -> path (and query) on the stage's backend, or a whole "
+                                 "http(s):// URL; templates allowed in the path."},
         "forward_headers": {"type": "array", "default": [], "uniqueItems": True,
                             "items": {"type": "string", "pattern": HEADER_NAME},
                             "description": "Request headers passed on to every call."},
@@ -60,6 +62,14 @@ class CallFailed(Exception):
     """One call gave no usable answer (message says why)."""
 
 
+def _split_url(where: str) -> tuple[str | None, str]:
+    """(``scheme://authority`` or None for the stage's backend, the path and query)."""
+    if where.startswith("/"):
+        return None, where
+    slash = where.index("/", where.index("://") + 3)
+    return where[:slash], where[slash:]
+
+
 class Plugin(BasePlugin):
     def __init__(self, config: dict[str, Any], scope: PluginScope) -> None:
         super().__init__(config, scope)
@@ -67,8 +77,11 @@ class Plugin(BasePlugin):
         if not spec.targets:
             raise ValueError("aggregate needs the stage's backend targets")
         params = param_names(spec.resource)
-        self.calls = tuple((name, compile_template(path, params, scope.variables))
-                           for name, path in config["calls"].items())
+        calls = []
+        for name, where in config["calls"].items():
+            base, path = _split_url(where)
+            calls.append((name, base, compile_template(path, params, scope.variables)))
+        self.calls = tuple(calls)
         self.forward = tuple(name.lower() for name in config["forward_headers"])
         for name in self.forward:
             if name in ("host", "content-length", "transfer-encoding", "connection"):
@@ -94,9 +107,9 @@ class Plugin(BasePlugin):
                 headers.append((name.encode("latin-1"), value.encode("latin-1")))
         return headers
 
-    async def _call(self, name: str, path: str, headers: list[tuple[bytes, bytes]]) -> Any:
+    async def _call(self, name: str, base: str | None, path: str, headers: list[tuple[bytes, bytes]]) -> Any:
         try:
-            answer = await _CLIENT.request(next(self._targets), "GET", path, headers, self.timeout)
+            answer = await _CLIENT.request(base or next(self._targets), "GET", path, headers, self.timeout)
         except BackendError as exc:
             raise CallFailed(f"call {name!r} failed: {exc}") from None
         if not 200 <= answer.status < 300:
@@ -108,7 +121,8 @@ class Plugin(BasePlugin):
 
     async def _aggregate(self, ctx: Any) -> int:
         headers = self._headers(ctx)
-        tasks = [asyncio.ensure_future(self._call(name, t.render_url(ctx), headers)) for name, t in self.calls]
+        tasks = [asyncio.ensure_future(self._call(name, base, t.render_url(ctx), headers))
+                 for name, base, t in self.calls]
         # PERF: with on_error "fail" the first failed call ends the wait (the rest are cancelled).
         done, pending = await asyncio.wait(
             tasks, timeout=self.timeout,
@@ -118,7 +132,7 @@ class Plugin(BasePlugin):
         result: dict[str, Any] = {}
         failed: list[str] = []
         errors: list[tuple[bool, str]] = []     # (the call ended, why it failed)
-        for (name, _), task in zip(self.calls, tasks, strict=True):
+        for (name, _, _), task in zip(self.calls, tasks, strict=True):
             exc = task.exception() if task in done else CallFailed(
                 f"call {name!r} failed: no answer within {self.timeout:g} s")
             if exc is None:

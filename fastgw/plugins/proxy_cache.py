@@ -196,7 +196,7 @@ class RedisStore:
 
 class _Fill:
     """The response tap of a miss: decides whether the backend's answer may be stored, and
-    stores it once its whole body has gone out (see RequestContext.response_tap)."""
+    stores it once its whole body has been passed on to the client (RequestContext.response_tap)."""
 
     __slots__ = ("plugin", "key", "status", "headers", "etag", "lifetime", "age0")
 

@@ -48,6 +48,16 @@ def test_calls_are_made_at_once_and_merged(backend: Backend, port: int, gateway:
     assert sorted(paths) == ["/orders", "/slow", "/users/17"] and "/view/17" not in paths
 
 
+def test_a_call_may_go_to_another_service(backend: Backend, port: int, gateway: Any) -> None:
+    with Backend("other") as other:
+        g = aggregating_gateway(gateway, backend, port, {"here": "/users/{id}",
+                                                         "there": f"{other.url}/orders?customer={{id}}"})
+        body = request(g.port, "GET", "/view/5", headers={"apikey": KEY}).json()
+        assert body["here"]["backend"] == "backend" and body["here"]["path"] == "/users/5"
+        assert body["there"]["backend"] == "other" and body["there"]["target"] == "/orders?customer=5"
+        assert body["there"]["headers"]["host"] == f"127.0.0.1:{other.port}"
+
+
 def test_connections_are_kept_alive(backend: Backend, port: int, gateway: Any) -> None:
     g = aggregating_gateway(gateway, backend, port, {"a": "/a/{id}", "b": "/b/{id}"})
     for i in range(6):

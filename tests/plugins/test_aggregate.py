@@ -15,6 +15,9 @@ def test_settings_are_checked() -> None:
     for config, message in (({}, "calls"), ({"calls": {}}, "calls"),
                             ({"calls": {"a": "no-slash"}}, "calls"),
                             ({"calls": {"a": "/x#frag"}}, "calls"),
+                            ({"calls": {"a": "ftp://h:1/x"}}, "calls"),
+                            ({"calls": {"a": "http://${header.h}/x"}}, "calls"),     # never the host
+                            ({"calls": {"a": "http://h:1"}}, "calls"),
                             ({"calls": {"bad name": "/x"}}, "calls"),
                             ({"calls": {"a": "/x/{nope}"}}, "unknown path variable"),
                             ({"calls": {"a": "/x"}, "forward_headers": ["Host"]}, "set by the gateway"),
