@@ -105,6 +105,13 @@ cdef class RequestContext:
     # when the exchange breaks off). Only answers framed by Content-Length to a request other
     # than HEAD are offered; ``start`` returning False declines the answer.
     cdef public object response_tap
+    # Set in the request phase by a plugin that rewrites answer bodies (response-transformer):
+    # an object with ``start(status, headers, content_length) -> bool`` (headers: the answer's
+    # end-to-end fields after the response plugins) and ``rewrite(body) -> bytes``. An answer
+    # it takes is held (head and body) until the body is whole, then sent with what
+    # ``rewrite`` returned and its own Content-Length. Offered: backend answers framed by a
+    # non-zero Content-Length and the gateway's own answers with a body, never to HEAD.
+    cdef public object response_filter
     cdef object _vars
     cdef object _params
     cdef object _query_args

@@ -955,6 +955,8 @@ cdef class ClientConnection(Connection):
     cdef list body_plain                 # decoded payload pieces while buffering a chunked body
     cdef list tap_parts                  # the answer's body so far, for ctx.response_tap (else None)
     cdef long long tap_size              # the answer's Content-Length, while tap_parts is set
+    cdef list hold_parts                 # the answer's body while held for ctx.response_filter
+    cdef list hold_headers               # the held answer's headers (end-to-end, after plugins)
     cdef Py_ssize_t conn_slot            # in engine.conns (-1: not there)
     cdef bint head_rejected              # a head was refused: the client's bytes after it were not read
     cdef double linger_end               # S_LINGER: close by then whatever the client does
@@ -1444,7 +1446,14 @@ cdef class ClientConnection(Connection):
             headers.extend(ctx.response_headers_add)
         if not self.req_done:
             self.keep_alive = False
-        self._answer(ctx.answer_status, headers, ctx.answer_body)
+        body = ctx.answer_body
+        if ctx.response_filter is not None and body and not self.head_req:
+            try:
+                if ctx.response_filter.start(ctx.answer_status, headers, PyBytes_GET_SIZE(body)):
+                    body = <bytes?>ctx.response_filter.rewrite(body)
+            except Exception as exc:
+                _log.error("response filter failed on %s: %r", self.route.key, exc, exc_info=exc)
+        self._answer(ctx.answer_status, headers, body)
 
     cdef str _rid(self):
         """This request's id: the gateway's, or the one a plugin (request-id) put in ctx."""
@@ -1678,12 +1687,7 @@ cdef class ClientConnection(Connection):
             # not self.req_done: the backend answers before it had the whole body (e.g. a
             # 413): the connection ends after this answer, and the head says so.
             self.keep_alive = False
-        if not self.keep_alive:
-            conn_mode = CLOSE_YES
-        elif self.req.version == 10:
-            conn_mode = KEEP_10
-        else:
-            conn_mode = CLOSE_NO
+        conn_mode = self._conn_mode()
         chunked_out = resp.chunked and not self.dechunk
         cdef RequestContext ctx = self.ctx
         cdef StepChain chain
@@ -1706,6 +1710,8 @@ cdef class ClientConnection(Connection):
                     headers = ctx.response_headers
             if ctx.status != resp.status and 100 <= ctx.status <= 999:
                 self.status = ctx.status
+        if ctx is not None and ctx.response_filter is not None and self._hold_start(resp, ctx, headers, add, body, body_n):
+            return 0
         # PERF: one buffer and one write for the head and the first body bytes.
         fill_response_head(resp, headers, add, self.status, chunked_out, conn_mode, body, body_n)
         self.resp_started = True
@@ -1757,10 +1763,60 @@ cdef class ClientConnection(Connection):
         except Exception as exc:
             _log.error("response tap failed on %s: %r", self.route.key, exc, exc_info=exc)
 
+    cdef bint _hold_start(self, ResponseHead resp, RequestContext ctx, list headers, list add,
+                          const char* body, Py_ssize_t body_n) except -1:
+        """Offer the answer to ``ctx.response_filter``; True: it is held until its body is whole."""
+        cdef list final
+        if self.head_req or resp.chunked or resp.until_close or resp.content_length <= 0:
+            return False
+        final = resp.forward_headers() if headers is None else \
+            [(n, v) for n, v in headers if forwardable_response_header(n)]
+        if add:
+            final.extend(add)
+        try:
+            taken = ctx.response_filter.start(self.status, final, resp.content_length)
+        except Exception as exc:
+            _log.error("response filter failed on %s: %r", self.route.key, exc, exc_info=exc)
+            return False
+        if not taken:
+            return False
+        self.hold_headers = final
+        self.hold_parts = [PyBytes_FromStringAndSize(body, body_n)] if body_n else []
+        return True
+
+    cdef int _hold_finish(self) except -1:
+        """The held answer's body is whole: send it rewritten, with its own Content-Length."""
+        cdef bytes body = b"".join(self.hold_parts)
+        cdef bytes data
+        cdef list headers = self.hold_headers
+        self.hold_parts = None
+        self.hold_headers = None
+        try:
+            body = <bytes?>self.ctx.response_filter.rewrite(body)
+        except Exception as exc:
+            _log.error("response filter failed on %s: %r", self.route.key, exc, exc_info=exc)
+        data = build_answer(self.status, headers, body, self._conn_mode(), False)
+        self.resp_started = True
+        self.bytes_out = PyBytes_GET_SIZE(data)
+        self._write_end(data, not self.keep_alive)     # last: _finish closes next
+
+    cdef inline int _conn_mode(self) noexcept:
+        """How the answer's head speaks of the connection (close, HTTP/1.0 keep-alive, nothing)."""
+        if not self.keep_alive:
+            return CLOSE_YES
+        if self.req.version == 10:
+            return KEEP_10
+        return CLOSE_NO
+
     cdef int _response_body(self, bytes body, bint whole) except -1:
         """Forward body bytes of the backend's answer; ``whole``: the answer ends with them."""
         if self.tap_parts is not None:
             self.tap_parts.append(body)
+        if self.hold_parts is not None:
+            self.hold_parts.append(body)
+            if self.timer_kind == T_READ:
+                self._arm(T_READ, self.route.read_timeout)
+            return 0
         self.bytes_out += PyBytes_GET_SIZE(body)
         self._write_end(body, whole and not self.keep_alive)   # last: _finish closes next
         if self.timer_kind == T_READ:
@@ -1774,6 +1830,8 @@ cdef class ClientConnection(Connection):
         if not self.req_done:
             # The backend answered before the body was all sent: the connection can't be reused.
             self.keep_alive = False
+        if self.hold_parts is not None:
+            self._hold_finish()
         self._finish()
 
     # -- answers by the gateway ------------------------------------------------------------
@@ -1799,12 +1857,7 @@ cdef class ClientConnection(Connection):
             self.bytes_in = 0
         if self.engine.draining:
             self.keep_alive = False
-        if not self.keep_alive:
-            conn_mode = CLOSE_YES
-        elif self.req.version == 10:
-            conn_mode = KEEP_10
-        else:
-            conn_mode = CLOSE_NO
+        conn_mode = self._conn_mode()
         self.status = status
         self.by_gateway = True
         data = build_answer(status, headers, body, conn_mode, self.head_req)

@@ -206,7 +206,7 @@ class _Fill:
 
     def start(self, status: int, headers: list[tuple[bytes, bytes]], content_length: int) -> bool:
         p = self.plugin
-        if status not in p.statuses or content_length > p.max_body:
+        if status not in p.statuses or content_length > p.max_answer:
             return False
         lifetime: float = p.ttl
         etag = None
@@ -279,7 +279,7 @@ class Plugin(BasePlugin):
         self.statuses = frozenset(config["statuses"])
         self.vary = tuple(name.lower() for name in config["vary_headers"])
         self.vary_set = frozenset(name.encode("latin-1") for name in self.vary)
-        self.max_body = int(config["max_body"])
+        self.max_answer = int(config["max_body"])   # (not max_body: the pipeline reads that as a request limit)
         self.store = Store(int(config["max_memory"]))
         self.remote: RedisStore | None = None
         if config["policy"] == "redis":

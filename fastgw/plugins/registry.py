@@ -22,6 +22,7 @@ BUILTIN: dict[str, str] = {
     "request-transformer": "fastgw.plugins.request_transformer",
     "proxy-cache": "fastgw.plugins.proxy_cache",
     "aggregate": "fastgw.plugins.aggregate",
+    "response-transformer": "fastgw.plugins.response_transformer",
 }
 
 REQUIRED = ("NAME", "PRIORITY", "SCHEMA", "Plugin")

@@ -53,6 +53,14 @@ def test_what_is_stored_and_for_how_long(headers: list[tuple[bytes, bytes]], sta
         assert all(n.lower() != b"age" for n, _ in fill.headers)      # recomputed per hit
 
 
+def test_answer_size_settings_are_no_request_limits() -> None:
+    # The pipeline takes a plugin's ``max_body`` attribute as the route's request body limit
+    # (request-size-limit): proxy-cache's and response-transformer's are about answers.
+    for name in ("proxy-cache", "response-transformer"):
+        pipe = make_pipeline([{"name": name, "config": {"max_body": 10}}])
+        assert pipe.max_body == -1, name
+
+
 def test_a_miss_taps_the_answer_and_the_next_request_hits() -> None:
     pipe = cache()
     ctx = make_ctx(path="/orders/1", query=b"a=1")

@@ -1,0 +1,69 @@
+"""End-to-end: response-transformer edits JSON answer bodies, holding each until whole and
+sending it with its own Content-Length; other answers pass as they were, unheld."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.helpers import Backend, RawClient, gateway_config, request
+
+EDITS = {"remove": ["raw_headers", "body"], "rename": {"path": "route"}, "replace": {"method": "was-${header.x-m}"},
+         "add": {"gateway": {"by": "fastgw", "id": "{id}"}, "method": "never"}, "append": {"tags": "t-{id}"}}
+
+
+def transforming_gateway(gateway: Any, backend: Backend, port: int, **settings: Any) -> Any:
+    plugin = {"name": "response-transformer", "config": {"json": EDITS, **settings}}
+    return gateway(gateway_config(port, backend.url, {
+        "/items/{id}": {"ANY": {"plugins": [plugin]}},
+        "/mocked/{id}": {"GET": {"plugins": [plugin, {"name": "mock", "config": {"json": {"path": "/m", "tags": "x"}}}]}},
+        "/cached/{id}": {"GET": {"plugins": [plugin, {"name": "proxy-cache"}]}},
+        "/{path*}": {"ANY": {"plugins": [
+            {"name": "response-transformer", "config": {"json": {"add": {"gateway": {"by": "fastgw"}}}, **settings}}]}},
+    }))
+
+
+def check_edited(body: dict[str, Any], route: str, id_: str, method: str) -> None:
+    assert "raw_headers" not in body and "body" not in body and "path" not in body
+    assert body["route"] == route and body["method"] == method
+    assert body["gateway"] == {"by": "fastgw", "id": id_} and body["tags"] == [f"t-{id_}"]
+
+
+def test_json_answers_are_edited_and_framed_anew(backend: Backend, port: int, gateway: Any) -> None:
+    g = transforming_gateway(gateway, backend, port)
+    with RawClient(g.port) as c:
+        r = c.request("GET", "/items/7", {"X-M": "get"})
+        assert r.status == 200 and int(r.headers["content-length"]) == len(r.body)
+        check_edited(r.json(), "/items/7", "7", "was-get")
+        # a body read in many pieces (the backend echoes 300 KB), on the same connection
+        big = c.request("POST", "/items/8", {"X-M": "post"}, b"y" * 300_000)
+        assert int(big.headers["content-length"]) == len(big.body) < 300_000
+        check_edited(big.json(), "/items/8", "8", "was-post")
+        head = c.request("HEAD", "/items/9")                  # never held: the backend's framing
+        assert head.status == 200 and head.body == b""
+        after = c.request("GET", "/items/10", {"X-M": "again"})
+        check_edited(after.json(), "/items/10", "10", "was-again")
+
+
+def test_other_answers_pass_as_they_were(backend: Backend, port: int, gateway: Any) -> None:
+    g = transforming_gateway(gateway, backend, port, max_body=100_000)
+    raw = request(g.port, "GET", "/bytes/50")                  # not JSON
+    assert raw.body == b"x" * 50 and raw.headers["content-type"] == "application/octet-stream"
+    chunked = request(g.port, "GET", "/chunked?n=2&size=3")    # not Content-Length framed
+    assert chunked.body == b"aaabbb"
+    big = request(g.port, "POST", "/items/1", body=b"z" * 200_000)   # over max_body
+    assert "raw_headers" in big.json() and big.json()["path"] == "/items/1"
+    err = request(g.port, "GET", "/status/404")                # JSON: edited whatever the status
+    assert err.status == 404 and err.json()["status"] == 404 and err.json()["gateway"]["by"] == "fastgw"
+
+
+def test_gateway_answers_are_edited_too(backend: Backend, port: int, gateway: Any) -> None:
+    g = transforming_gateway(gateway, backend, port)
+    m = request(g.port, "GET", "/mocked/3")
+    assert m.json() == {"route": "/m", "tags": ["x", "t-3"], "gateway": {"by": "fastgw", "id": "3"},
+                        "method": "never"}
+    first = request(g.port, "GET", "/cached/4", headers={"X-M": "a"})
+    hit = request(g.port, "GET", "/cached/4", headers={"X-M": "b"})
+    assert first.headers["x-cache-status"] == "Miss" and hit.headers["x-cache-status"] == "Hit"
+    check_edited(first.json(), "/cached/4", "4", "was-a")
+    check_edited(hit.json(), "/cached/4", "4", "was-b")         # the stored answer, edited for this request
+    assert int(hit.headers["content-length"]) == len(hit.body)
