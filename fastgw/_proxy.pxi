@@ -1869,6 +1869,10 @@ cdef class ClientConnection(Connection):
     # -- end of an exchange -----------------------------------------------------------------
     cdef int _finish(self) except -1:
         cdef bint ends = not self.keep_alive or self.state == S_CLOSED
+        # An exchange that broke off (the backend failed in the body) leaves its collections.
+        self.tap_parts = None
+        self.hold_parts = None
+        self.hold_headers = None
         if ends:
             # The connection ends here: close (or half-close) before the log phase, whose
             # plugins may take their time, since the answer's last bytes wait in the kernel

@@ -3,6 +3,8 @@ sending it with its own Content-Length; other answers pass as they were, unheld.
 
 from __future__ import annotations
 
+import socket
+import threading
 from typing import Any
 
 from tests.helpers import Backend, RawClient, gateway_config, request
@@ -67,3 +69,52 @@ def test_gateway_answers_are_edited_too(backend: Backend, port: int, gateway: An
     check_edited(first.json(), "/cached/4", "4", "was-a")
     check_edited(hit.json(), "/cached/4", "4", "was-b")         # the stored answer, edited for this request
     assert int(hit.headers["content-length"]) == len(hit.body)
+
+
+def test_a_backend_failing_in_a_held_body_gets_a_502_and_the_connection_goes_on(port: int, gateway: Any) -> None:
+    # A backend that cuts /broken's JSON body short and closes; anything else it answers whole.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            while True:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    piece = conn.recv(65536)
+                    if not piece:
+                        return
+                    data += piece
+                if b" /broken " in data.split(b"\r\n", 1)[0]:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                                 b'{"a": "')
+                    return
+                text = b" /text " in data.split(b"\r\n", 1)[0]
+                body = b"plain words" if text else b'{"ok": true}'
+                kind = b"text/plain" if text else b"application/json"
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s"
+                             % (kind, len(body), body))
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        g = gateway(gateway_config(port, f"http://127.0.0.1:{srv.getsockname()[1]}", {"/{p*}": {"GET": {"plugins": [
+            {"name": "response-transformer", "config": {"json": {"add": {"edited": True}}}}]}}}))
+        with RawClient(g.port) as c:
+            r = c.request("GET", "/broken")
+            assert r.status == 502 and r.json()["status"] == 502     # nothing was sent before: a clean 502
+            for _ in range(2):                                       # the same connection, whole answers
+                text = c.request("GET", "/text")                     # not held: nothing left of /broken
+                assert text.status == 200 and text.body == b"plain words"
+                ok = c.request("GET", "/fine")
+                assert ok.status == 200 and ok.json() == {"ok": True, "edited": True}
+    finally:
+        srv.close()
