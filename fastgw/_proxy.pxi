@@ -1449,7 +1449,7 @@ cdef class ClientConnection(Connection):
         body = ctx.answer_body
         if ctx.response_filter is not None and body and not self.head_req:
             try:
-                if ctx.response_filter.start(ctx.answer_status, headers, PyBytes_GET_SIZE(body)):
+                if ctx.response_filter.start(ctx.answer_status, headers, len(body)):
                     body = <bytes?>ctx.response_filter.rewrite(body)
             except Exception as exc:
                 _log.error("response filter failed on %s: %r", self.route.key, exc, exc_info=exc)
