@@ -19,8 +19,9 @@ authenticated at the gateway is never served from nor stored in the cache (the b
 checks that caller itself). A hit answers ``If-None-Match`` with 304 when the stored
 ``ETag`` matches.
 
-With ``policy: memory`` (the default) the store is per worker, bounded by ``max_memory``
-bytes (least recently used out first), and starts empty on a reload. With ``policy:
+With ``policy: memory`` (the default) each worker keeps one store for all its cached
+routes, bounded by ``max_memory`` bytes (the largest setting of those routes; least
+recently used out first); a reload starts new workers, so it starts empty. With ``policy:
 redis`` the answers live in the top-level ``redis`` section's Redis, shared by every worker
 and node (each entry expires with its freshness; Redis's own ``maxmemory`` bounds the
 whole); a lookup there takes the request off the synchronous chain, and when Redis can't
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -69,13 +71,15 @@ SCHEMA: dict[str, Any] = {
         "max_body": {"type": "integer", "minimum": 0, "default": 1 << 20,
                      "description": "Largest body stored, in bytes."},
         "max_memory": {"type": "integer", "minimum": 1024, "default": 16 << 20,
-                       "description": "Bytes of stored answers per worker for this route (policy memory)."},
+                       "description": "Bytes of stored answers per worker, all cached routes together "
+                                      "(the largest setting applies; policy memory)."},
         "policy": {"enum": ["memory", "redis"], "default": "memory",
                    "description": "Keep answers in each worker's memory or in the top-level redis (every node)."},
     },
 }
 
 _HIT = (b"X-Cache-Status", b"Hit")
+_OWNERS = itertools.count(1)   # a key's first item: which route's plugin stored the answer
 _ENTRY_OVERHEAD = 256          # bytes counted per entry beyond its body and headers
 
 
@@ -149,6 +153,10 @@ class Store:
 
     def _drop(self, key: tuple) -> None:
         self.used -= self._items.pop(key).size
+
+
+# The worker's store (see Plugin.__init__): its bound is raised by each route's max_memory.
+_MEMORY = Store(0)
 
 
 class RedisStore:
@@ -251,7 +259,7 @@ class _Fill:
                          self.lifetime)
             return
         now = time.monotonic()
-        p.store.put(self.key, Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime,
+        p.store.put((p.owner, self.key), Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime,
                                     self.age0))
 
 
@@ -280,7 +288,10 @@ class Plugin(BasePlugin):
         self.vary = tuple(name.lower() for name in config["vary_headers"])
         self.vary_set = frozenset(name.encode("latin-1") for name in self.vary)
         self.max_answer = int(config["max_body"])   # (not max_body: the pipeline reads that as a request limit)
-        self.store = Store(int(config["max_memory"]))
+        # One store per worker for every route (not one each: N routes would mean N bounds).
+        self.store = _MEMORY
+        _MEMORY.max_memory = max(_MEMORY.max_memory, int(config["max_memory"]))
+        self.owner = next(_OWNERS)
         self.remote: RedisStore | None = None
         if config["policy"] == "redis":
             client = scope.services.get("redis")
@@ -313,7 +324,7 @@ class Plugin(BasePlugin):
         if self.remote is not None and lookup:
             return self._remote_lookup(ctx, key)
         now = time.monotonic()
-        entry = self.store.get(key, now) if lookup and self.remote is None else None
+        entry = self.store.get((self.owner, key), now) if lookup and self.remote is None else None
         if entry is not None:
             return _answer_hit(ctx, entry, now)
         return self._miss(ctx, key, lookup)

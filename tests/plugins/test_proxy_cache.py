@@ -110,3 +110,17 @@ def test_settings_are_checked() -> None:
     with pytest.raises(PipelineError) as err:      # a worker without the redis section
         make_pipeline([{"name": "proxy-cache", "config": {"policy": "redis"}}], services={"counters": object()})
     assert "top-level redis" in str(err.value.errors)
+
+
+def test_one_store_per_worker_for_every_route() -> None:
+    a, b = cache({"max_memory": 4096}), cache({"max_memory": 1 << 22})
+    pa, pb = a.plugins[0], b.plugins[0]
+    assert pa.store is pb.store and pa.store.max_memory >= 1 << 22   # one bound: the largest
+    for pipe, body in ((a, b"from a"), (b, b"from b")):              # the same path on two routes
+        ctx = make_ctx(path="/same")
+        run(pipe, ctx)
+        ctx.response_tap.start(200, [], len(body))
+        ctx.response_tap.finish(body)
+    for pipe, body in ((a, b"from a"), (b, b"from b")):
+        hit = make_ctx(path="/same")
+        assert run(pipe, hit) is True and hit.answer_body == body
