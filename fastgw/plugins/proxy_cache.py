@@ -11,8 +11,9 @@ What is stored (RFC 9111, as a shared cache), with ``cache_control`` on (the def
 a status in ``statuses``; a body framed by Content-Length of at most ``max_body`` bytes;
 no ``Set-Cookie``; no ``Vary`` other than names in ``vary_headers`` (``Vary: *`` never);
 not ``no-store``, ``no-cache`` or ``private``; kept for ``s-maxage``, else ``max-age``,
-else ``ttl`` seconds. A request with ``Cache-Control: no-store`` neither reads nor
-writes the cache, one with ``no-cache`` (or ``max-age=0``) skips the stored answer and
+else ``Expires`` less ``Date`` (an invalid Expires is in the past), else ``ttl`` seconds.
+A request with ``Cache-Control: no-store`` neither reads nor writes the cache, one with
+``no-cache`` or ``max-age=0`` (or ``Pragma: no-cache`` alone) skips the stored answer and
 refreshes it; one with ``Range`` goes to the backend untouched. With ``cache_control``
 off, both sides' Cache-Control are ignored and every answer is kept ``ttl`` seconds. A request carrying ``Authorization`` with no consumer
 authenticated at the gateway is never served from nor stored in the cache (the backend
@@ -34,6 +35,7 @@ proxy-cache), so only callers who pass them see a stored answer.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
 import itertools
 import logging
@@ -94,6 +96,14 @@ def cache_directives(value: str | None) -> dict[str, str | None]:
         if name:
             out[name] = arg.strip().strip('"') if eq else None
     return out
+
+
+def _http_date(value: bytes) -> float:
+    """An HTTP date as a POSIX time; 0 (long past) when it is not one."""
+    try:
+        return email.utils.parsedate_to_datetime(value.decode("latin-1")).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return 0.0
 
 
 def _seconds(arg: str | None) -> int | None:
@@ -217,6 +227,8 @@ class _Fill:
         if status not in p.statuses or content_length > p.max_answer:
             return False
         lifetime: float = p.ttl
+        max_age: float | None = None
+        expires = date = None
         etag = None
         age0 = 0
         kept: list[tuple[bytes, bytes]] = []
@@ -237,17 +249,28 @@ class _Fill:
                 if s is not None:
                     if s == 0:
                         return False
-                    lifetime = s
+                    max_age = s
+            elif lname == b"expires":
+                expires = value
+            elif lname == b"date":
+                date = value
             elif lname == b"age":
                 age0 = _seconds(value.decode("latin-1").strip()) or 0
                 continue                         # recomputed on every hit
             elif lname == b"etag":
                 etag = value
             kept.append((name, value))
+        if p.cache_control:
+            if max_age is not None:
+                lifetime = max_age
+            elif expires is not None:
+                # RFC 9111 5.3 / 4.2.1: Expires less Date; an invalid Expires ("0") is in the past.
+                lifetime = _http_date(expires) - (_http_date(date) if date is not None else time.time())
+            lifetime -= age0
         self.status = status
         self.headers = kept
         self.etag = etag
-        self.lifetime = lifetime - age0 if p.cache_control else lifetime
+        self.lifetime = lifetime
         self.age0 = age0
         return self.lifetime > 0
 
@@ -259,8 +282,8 @@ class _Fill:
                          self.lifetime)
             return
         now = time.monotonic()
-        p.store.put((p.owner, self.key), Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime,
-                                    self.age0))
+        entry = Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime, self.age0)
+        p.store.put((p.owner, self.key), entry)
 
 
 def _etag_matches(if_none_match: str, etag: bytes) -> bool:
@@ -314,6 +337,8 @@ class Plugin(BasePlugin):
                 ctx.add_response_header("X-Cache-Status", "Bypass")
                 return CONTINUE
             lookup = "no-cache" not in d and d.get("max-age", "") != "0"
+            if not d and ctx.get_header("pragma") == "no-cache":
+                lookup = False                   # HTTP/1.0's way (RFC 9111 5.4), without Cache-Control
         consumer = ctx.consumer
         if ctx.get_header("range") is not None or (
                 consumer is None and ctx.get_header("authorization") is not None):

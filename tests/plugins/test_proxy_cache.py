@@ -40,6 +40,10 @@ def test_cache_directives() -> None:
     ([], 500, 10, None),
     ([], 301, 10, 60.0),
     ([], 200, 2000, None),                                            # over max_body
+    ([(b"Date", b"Fri, 27 Nov 2026 10:00:00 GMT"), (b"Expires", b"Fri, 27 Nov 2026 10:00:30 GMT")], 200, 10, 30.0),
+    ([(b"Date", b"Fri, 27 Nov 2026 10:00:00 GMT"), (b"Expires", b"Fri, 27 Nov 2026 09:00:00 GMT")], 200, 10, None),
+    ([(b"Expires", b"0")], 200, 10, None),                           # invalid: already expired
+    ([(b"Expires", b"Fri, 27 Nov 2026 09:00:00 GMT"), (b"Cache-Control", b"max-age=7")], 200, 10, 7.0),
 ])
 def test_what_is_stored_and_for_how_long(headers: list[tuple[bytes, bytes]], status: int, length: int,
                                          lifetime: float | None) -> None:
@@ -59,6 +63,16 @@ def test_answer_size_settings_are_no_request_limits() -> None:
     for name in ("proxy-cache", "response-transformer"):
         pipe = make_pipeline([{"name": name, "config": {"max_body": 10}}])
         assert pipe.max_body == -1, name
+
+
+def test_pragma_no_cache_refreshes_only_without_cache_control() -> None:
+    pipe = cache()
+    ctx = make_ctx(path="/p", headers=[(b"Pragma", b"no-cache")])
+    run(pipe, ctx)
+    assert hdrs(ctx.response_headers_add)["x-cache-status"] == "Refresh"
+    ctx = make_ctx(path="/p", headers=[(b"Pragma", b"no-cache"), (b"Cache-Control", b"max-age=60")])
+    run(pipe, ctx)
+    assert hdrs(ctx.response_headers_add)["x-cache-status"] == "Miss"
 
 
 def test_a_miss_taps_the_answer_and_the_next_request_hits() -> None:
