@@ -1691,7 +1691,6 @@ cdef class ClientConnection(Connection):
         chunked_out = resp.chunked and not self.dechunk
         cdef RequestContext ctx = self.ctx
         cdef StepChain chain
-        self.tap_parts = None
         if ctx is not None:
             if ctx.response_tap is not None:
                 self._tap_start(resp, ctx.response_tap, body, body_n)
@@ -1738,9 +1737,13 @@ cdef class ClientConnection(Connection):
             self.inbuf = b""
         self._resume(P_PIPELINE)
 
+    cdef inline bint _body_by_length(self, ResponseHead resp) noexcept:
+        """The answer has a body framed by Content-Length (what the tap and the filter see)."""
+        return not (self.head_req or resp.chunked or resp.until_close) and resp.content_length >= 0
+
     cdef int _tap_start(self, ResponseHead resp, object tap, const char* body, Py_ssize_t body_n) except -1:
         """Offer the backend's answer to ``ctx.response_tap``; collect its body if taken."""
-        if self.head_req or resp.chunked or resp.until_close or resp.content_length < 0:
+        if not self._body_by_length(resp):
             return 0
         try:
             taken = tap.start(resp.status, resp.forward_headers(), resp.content_length)
@@ -1767,7 +1770,7 @@ cdef class ClientConnection(Connection):
                           const char* body, Py_ssize_t body_n) except -1:
         """Offer the answer to ``ctx.response_filter``; True: it is held until its body is whole."""
         cdef list final
-        if self.head_req or resp.chunked or resp.until_close or resp.content_length <= 0:
+        if not self._body_by_length(resp) or resp.content_length == 0:
             return False
         final = resp.forward_headers() if headers is None else \
             [(n, v) for n, v in headers if forwardable_response_header(n)]

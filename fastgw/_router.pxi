@@ -582,31 +582,34 @@ cdef inline bint _rt_is_child(const unsigned char* pool, const _RtEnt* x, const 
         kind != RT_STATIC or _rt_seg_eq(pool, x, s, n))
 
 
-cdef inline const _RtEnt* _rt_find(const _RtCtx* c, const _RtEnt* e, uint32_t ph, int kind,
+cdef inline const _RtEnt* _rt_find(const _RtEnt* tab, uint64_t mask, const unsigned char* pool,
+                                   const _RtEnt* e, uint32_t ph, int kind,
                                    const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """e's child of this kind with path hash ph (static: segment s[:n]), or NULL: the buddy
+    slot first, then the child's home probe run (the walk and Router._find alike)."""
     # SECURITY: the client picks the segment (and so its home slot), not the table's layout:
     # a probe ends at the first empty slot, so it is never longer than the longest run of
     # occupied slots, which the load factor (<= 0.7) and the per-process seed keep short.
-    cdef uint64_t j = ph & c.mask
-    cdef const _RtEnt* x = _rt_buddy(c.tab, e)
-    if _rt_is_child(c.pool, x, e, ph, kind, s, n):
+    cdef uint64_t j = ph & mask
+    cdef const _RtEnt* x = _rt_buddy(tab, e)
+    if _rt_is_child(pool, x, e, ph, kind, s, n):
         return x
     while True:
-        x = c.tab + j
+        x = tab + j
         if x.uid == 0:
             return NULL
-        if _rt_is_child(c.pool, x, e, ph, kind, s, n):
+        if _rt_is_child(pool, x, e, ph, kind, s, n):
             return x
-        j = (j + 1) & c.mask
+        j = (j + 1) & mask
 
 
 cdef inline const _RtEnt* _rt_find_static(const _RtCtx* c, const _RtEnt* e, int i) noexcept nogil:
-    return _rt_find(c, e, _rt_child_ph(e.phash, c.hs[i]) & c.hmask, RT_STATIC, c.p + c.ss[i],
-                    c.se[i] - c.ss[i])
+    return _rt_find(c.tab, c.mask, c.pool, e, _rt_child_ph(e.phash, c.hs[i]) & c.hmask, RT_STATIC,
+                    c.p + c.ss[i], c.se[i] - c.ss[i])
 
 
 cdef inline const _RtEnt* _rt_find_kind(const _RtCtx* c, const _RtEnt* e, int kind) noexcept nogil:
-    return _rt_find(c, e, _rt_kind_ph(e.phash, kind) & c.hmask, kind, NULL, 0)
+    return _rt_find(c.tab, c.mask, c.pool, e, _rt_kind_ph(e.phash, kind) & c.hmask, kind, NULL, 0)
 
 
 cdef const _RtEnt* _rt_walk(_RtCtx* c, const _RtEnt* e, int i, int k) noexcept nogil:
@@ -747,25 +750,17 @@ cdef class Router:
         return _rt_kind_ph(pph, kind) & self._hmask
 
     cdef Py_ssize_t _find(self, Py_ssize_t pj, int kind, bytes key):
-        """Slot of the child of the node in slot pj of this kind (and static segment key), or -1.
-
-        As the walk does: the buddy slot pj ^ 1 first, then the child's home probe run."""
+        """Slot of the child of the node in slot pj of this kind (and static segment key), or -1
+        (found as the walk finds it: _rt_find)."""
         cdef const _RtEnt* parent = self._tab + pj
-        cdef uint32_t ph = self._edge_ph(parent.phash, kind, key)
         cdef const unsigned char* s = NULL
         cdef Py_ssize_t n = 0
-        cdef uint64_t j = (<uint64_t>pj) ^ 1
+        cdef const _RtEnt* x
         if kind == RT_STATIC:
             s, n = <const unsigned char*>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)
-        if _rt_is_child(self._pool, self._tab + j, parent, ph, kind, s, n):
-            return <Py_ssize_t>j
-        j = ph & self._mask
-        while True:
-            if self._tab[j].uid == 0:
-                return -1
-            if _rt_is_child(self._pool, self._tab + j, parent, ph, kind, s, n):
-                return <Py_ssize_t>j
-            j = (j + 1) & self._mask
+        x = _rt_find(self._tab, self._mask, self._pool, parent,
+                     self._edge_ph(parent.phash, kind, key), kind, s, n)
+        return -1 if x == NULL else <Py_ssize_t>(x - self._tab)
 
     cdef int _add_segment(self, uint64_t hs) except -1:
         """Note a static segment in _segbits (8 bits or more per distinct segment, so about
