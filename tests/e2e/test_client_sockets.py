@@ -491,6 +491,66 @@ def test_a_read_that_fills_the_buffer_is_followed_by_the_rest() -> None:
     assert reads >= len(data) // 4096       # it was read in buffer-sized steps
 
 
+def test_reading_paused_between_reads_resumes_with_the_bytes_left() -> None:
+    """A protocol that pauses reading after each chunk, while more bytes wait in the socket
+    and nothing new comes: each resume_reading must lead to the next read (the sockets are
+    edge-triggered; re-arming for reads looks at the socket again)."""
+    import asyncio
+    import threading
+
+    import uvloop
+    from fastgw._core import FdTransport, Poller, Timed
+
+    data = bytes(range(256)) * 64           # 16 KB, read 1 KB at a time
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+
+    def peer() -> None:
+        conn, _ = lsock.accept()
+        with conn:
+            conn.sendall(data)
+            time.sleep(5)                   # then silent: no new data
+
+    class Proto(Timed):
+        def __init__(self) -> None:
+            self.transport: Any = None
+            self.got = bytearray()
+            self.reads = 0
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def data_received(self, chunk: bytes) -> None:
+            self.got.extend(chunk)
+            self.reads += 1
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_later(0.01, self.transport.resume_reading)
+
+        def connection_lost(self, exc: Any) -> None:
+            pass
+
+    async def main() -> tuple[bytes, int]:
+        loop = asyncio.get_running_loop()
+        poller = Poller(loop, read_size=1024)
+        proto = Proto()
+        FdTransport.connect(poller, socket.AF_INET, lsock.getsockname(), proto)
+        t0 = time.monotonic()
+        while len(proto.got) < len(data) and time.monotonic() - t0 < 5:
+            await asyncio.sleep(0.01)
+        proto.transport.abort()
+        await asyncio.sleep(0.05)
+        poller.close()
+        return bytes(proto.got), proto.reads
+
+    t = threading.Thread(target=peer, daemon=True)
+    t.start()
+    got, reads = uvloop.run(main())
+    lsock.close()
+    assert got == data
+    assert reads >= len(data) // 1024       # a read per resume at least: each pause held the rest back
+
+
 @pytest.mark.skipif(not hasattr(socket, "TCP_DEFER_ACCEPT"), reason="Linux only")
 def test_listening_sockets_defer_accept_until_data() -> None:
     from fastgw.workers import open_listener
