@@ -36,7 +36,7 @@ cdef extern from "<sys/epoll.h>" nogil:
     int epoll_ctl(int epfd, int op, int fd, epoll_event* event)
     int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout)
     int EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CTL_DEL
-    unsigned int EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLLET
+    unsigned int EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLLET, EPOLLRDHUP
 
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
@@ -279,7 +279,7 @@ cdef class Listener:
             # accepts until data comes: workers.open_listener): read it now rather than
             # after another epoll round (EAGAIN costs one recv and nothing else).
             if tr.reading and not tr.closed:
-                tr._read()
+                tr._read(False)     # a FIN that came with the request: reported on registering
             if tr.closed:
                 continue
             # PERF: the socket joins the epoll set only now, and not at all when what was
@@ -429,7 +429,7 @@ cdef class FdTransport:
         if self.closed or self.poller.epfd < 0:
             return
         if self.reading:
-            want |= EPOLLIN
+            want |= EPOLLIN | EPOLLRDHUP     # RDHUP: the peer's FIN may come with the last bytes (_read)
         if self.wbuf or self.connecting:
             want |= EPOLLOUT
         if want == self.mask:
@@ -460,22 +460,24 @@ cdef class FdTransport:
             self._flush()
         if self.closed:
             return
-        if ev & (EPOLLIN | EPOLLHUP | EPOLLERR) and self.reading:
-            self._read()
+        if ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR) and self.reading:
+            self._read(ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR) != 0)
 
-    cdef void _read(self) noexcept:
+    cdef void _read(self, bint to_end) noexcept:
         """Read what the socket holds. The socket is edge-triggered, so it is not reported
-        again for bytes already there: a recv that fills the buffer is followed by another
-        (a shorter one has emptied the socket; anything after it is a new edge), EINTR is
-        retried, and a protocol that pauses reading meanwhile is reported again when it
-        resumes (the re-arming epoll_ctl looks at the socket)."""
+        again for what is already there: a recv that fills the buffer is followed by another
+        (a shorter one has emptied the socket of bytes; anything after it is a new edge);
+        ``to_end`` (the peer's FIN, or an error, was reported: it may have come in the same
+        edge as the last bytes) reads on until recv says so; EINTR is retried; and a
+        protocol that pauses reading meanwhile is reported again when it resumes (the
+        re-arming epoll_ctl looks at the socket)."""
         cdef ssize_t n
         cdef int err
         while True:
             n = recv(self.fd, self.poller.rbuf, self.poller.read_size, 0)
             if n > 0:
                 self.proto._on_data(PyBytes_FromStringAndSize(self.poller.rbuf, n))
-                if n < self.poller.read_size or not self.reading or self.closed:
+                if (n < self.poller.read_size and not to_end) or not self.reading or self.closed:
                     return
             elif n == 0:
                 self.reading = False

@@ -551,6 +551,72 @@ def test_reading_paused_between_reads_resumes_with_the_bytes_left() -> None:
     assert reads >= len(data) // 1024       # a read per resume at least: each pause held the rest back
 
 
+def test_a_fin_that_came_with_the_last_bytes_is_seen() -> None:
+    """The peer's last bytes and its FIN wait in the socket together: one edge for both.
+    The read that empties the socket of bytes must not be the last: eof_received comes
+    too (an edge-triggered socket that stops at the first short read never hears of it)."""
+    import asyncio
+    import threading
+
+    import uvloop
+    from fastgw._core import FdTransport, Poller, Timed
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    sent = threading.Event()
+
+    def peer() -> None:
+        conn, _ = lsock.accept()
+        conn.sendall(b"last words")
+        conn.shutdown(socket.SHUT_WR)
+        sent.set()
+        time.sleep(3)
+        conn.close()
+
+    class Proto(Timed):
+        def __init__(self) -> None:
+            loop = asyncio.get_running_loop()
+            self.made: asyncio.Future = loop.create_future()
+            self.eof: asyncio.Future = loop.create_future()
+            self.got = bytearray()
+
+        def connection_made(self, transport: Any) -> None:
+            transport.pause_reading()       # the bytes and the FIN arrive before any read
+            self.made.set_result(transport)
+
+        def data_received(self, chunk: bytes) -> None:
+            self.got.extend(chunk)
+
+        def eof_received(self) -> bool:
+            self.eof.set_result(bytes(self.got))
+            return False
+
+        def connection_lost(self, exc: Any) -> None:
+            pass
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        poller = Poller(loop)
+        proto = Proto()
+        FdTransport.connect(poller, socket.AF_INET, lsock.getsockname(), proto)
+        tr = await proto.made
+        await loop.run_in_executor(None, sent.wait, 5)
+        await asyncio.sleep(0.1)
+        tr.resume_reading()
+        try:
+            return await asyncio.wait_for(proto.eof, 2)
+        finally:
+            tr.abort()
+            await asyncio.sleep(0.05)
+            poller.close()
+
+    t = threading.Thread(target=peer, daemon=True)
+    t.start()
+    assert uvloop.run(main()) == b"last words"
+    lsock.close()
+
+
 @pytest.mark.skipif(not hasattr(socket, "TCP_DEFER_ACCEPT"), reason="Linux only")
 def test_listening_sockets_defer_accept_until_data() -> None:
     from fastgw.workers import open_listener
