@@ -11,11 +11,14 @@ on its own data calls)::
     GET  /routes    the routes of the running config
     GET  /health    supervisor and worker state
     POST /reload    validate and load the config file again (400 + errors when refused)
+    POST /cache/purge  drop proxy-cache answers (?service= &stage= to narrow it): every
+                    worker's memory, and Redis with policy "redis"
     GET  /config    the running config, secrets redacted
     GET  /dashboard/ (and its assets)
 
 ``hooks`` is any object with ``reload() -> list[str]``, ``routes() -> list[dict]``,
-``config() -> dict`` and ``health() -> dict`` (each may also be a coroutine function).
+``config() -> dict``, ``health() -> dict`` and ``purge_cache(service, stage) -> dict``
+(each may also be a coroutine function).
 """
 
 from __future__ import annotations
@@ -153,6 +156,33 @@ def render_metrics(region: StatsRegion) -> str:
     return "\n".join(out) + "\n"
 
 
+_GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
+
+
+async def purge_redis(settings: dict[str, Any], service: str | None, stage: str | None) -> int:
+    """Delete proxy-cache entries from the config's Redis (the keys name their route:
+    ``<prefix>pc:<service>/<stage>/<METHOD> <path>|...``). Returns how many."""
+    from fastgw.replay import redis_client
+
+    prefix = settings.get("key_prefix", "fastgw:") + "pc:"
+    scope = "" if service is None else service + "/" + ("" if stage is None else stage + "/")
+    pattern = _GLOB_SPECIAL.sub(r"\\\1", prefix + scope) + "*"
+    client = redis_client(settings)
+    removed = 0
+    try:
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                removed += await client.unlink(*batch)
+                batch = []
+        if batch:
+            removed += await client.unlink(*batch)
+    finally:
+        await client.aclose()
+    return removed
+
+
 class SupervisorHooks:
     """Hooks over a :class:`fastgw.workers.Supervisor` (``config``, ``current``, ``reload``)."""
 
@@ -177,6 +207,31 @@ class SupervisorHooks:
 
     def config(self) -> dict[str, Any]:
         return dict(getattr(self.sup.config, "raw", {}) or {})
+
+    async def purge_cache(self, service: str | None, stage: str | None) -> dict[str, Any]:
+        """Publish the purge to this node's workers, then delete the matching entries from
+        Redis when the config has a redis section. ValueError for a service or stage the
+        running config lacks."""
+        cfg = self.sup.config
+        routes = getattr(cfg, "routes", ()) or ()
+        if service is not None and not any(r.service == service for r in routes):
+            raise ValueError(f"no service {service!r} in the running config")
+        if stage is not None and not any(r.service == service and r.stage == stage for r in routes):
+            raise ValueError(f"service {service!r} has no stage {stage!r} in the running config")
+        scope = {k: v for k, v in (("service", service), ("stage", stage)) if v is not None}
+        out: dict[str, Any] = {"service": service, "stage": stage, "workers": "purged"}
+        region = getattr(self.sup, "shared_region", None)
+        if region is not None:
+            region.publish_purge(scope)
+        else:
+            out["workers"] = "no shared region"
+        redis_settings = getattr(cfg, "redis", None)
+        if redis_settings:
+            try:
+                out["redis_keys"] = await purge_redis(redis_settings, service, stage)
+            except Exception as exc:  # noqa: BLE001 - reported: the purge is incomplete
+                out["error"] = f"Redis: {type(exc).__name__}: {exc}"
+        return out
 
     def health(self) -> dict[str, Any]:
         workers = [
@@ -329,7 +384,7 @@ class AdminServer:
                 return self._json(405, {"error": "method not allowed", "status": 405})
             return self._static(path[len("/dashboard/"):] or "index.html")
         endpoints = {("GET", "/stats"), ("GET", "/metrics"), ("GET", "/routes"), ("GET", "/health"),
-                     ("GET", "/config"), ("POST", "/reload")}
+                     ("GET", "/config"), ("POST", "/reload"), ("POST", "/cache/purge")}
         if (method, path) not in endpoints and ("GET", path) not in endpoints and ("POST", path) not in endpoints:
             return self._json(404, {"error": "not found", "status": 404})
         if not self._authorized(headers):
@@ -350,6 +405,8 @@ class AdminServer:
                 return self._json(200, {"status": "ok", "time": time.time(), **(await self._call("health") or {})})
             if path == "/config":
                 return self._json(200, redact(await self._call("config") or {}))
+            if path == "/cache/purge":
+                return await self._purge(parse_qs(url.query))
             errors = list(await self._call("reload") or [])
             if errors:
                 return self._json(400, {"ok": False, "errors": errors, "status": 400})
@@ -359,8 +416,20 @@ class AdminServer:
         except Exception as exc:  # an admin bug must not take down the supervisor
             return self._json(500, {"error": f"{type(exc).__name__}: {exc}", "status": 500})
 
-    async def _call(self, name: str) -> Any:
-        result = getattr(self.hooks, name)()
+    async def _purge(self, qs: dict[str, list[str]]) -> tuple[int, bytes, str, bytes]:
+        unknown = sorted(set(qs) - {"service", "stage"})
+        if unknown:
+            raise ValueError(f"unknown parameter {unknown[0]!r} (service and stage are)")
+        service = qs.get("service", [None])[-1] or None
+        stage = qs.get("stage", [None])[-1] or None
+        if stage is not None and service is None:
+            raise ValueError("stage needs service")
+        result = dict(await self._call("purge_cache", service, stage) or {})
+        status = 502 if result.get("error") else 200
+        return self._json(status, {"ok": status == 200, **result, **({"status": status} if status != 200 else {})})
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        result = getattr(self.hooks, name)(*args)
         if inspect.isawaitable(result):
             result = await result
         return result

@@ -68,6 +68,7 @@ class Worker:
             self.shared_region = SharedRegion.attach(shared_name)
             self.services["replay"] = self.shared_region.replay_guard()
             self.services["counters"] = self.shared_region.counters()
+            self.services["cache_purge"] = self.shared_region.purge_watch()
         if config.redis:
             # Many nodes: the replay set is one set in the Redis they share, and rate limits
             # with policy "redis" count there.

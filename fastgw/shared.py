@@ -6,7 +6,8 @@ hands its plugins the node's guards through ``PluginScope.services`` (``"replay"
 ``"counters"``). Every worker, and every generation after a reload, writes the same
 tables with atomic compare-and-swap, so what they hold is true for the node. Layout::
 
-    header (4096 B)   magic, version, replay slots, counter slots, 32-byte random key
+    header (4096 B)   magic, version, replay slots, counter slots, 32-byte random key;
+                      at PURGE_OFFSET the last cache purge (see below)
     replay table      replay_slots x u64            (fastgw/_replay.pxi)
     counter table     counter_slots x 2 u64         (fastgw/_counters.pxi)
 
@@ -14,6 +15,12 @@ Sizes: 2**21 replay slots (16 MB of address space: about a million live signatur
 2**18 counter slots (4 MB: about 130 000 live counters, a counter being one caller in one
 period of one limit). A page takes memory only once something lands in it. The random key
 makes each node's slots unpredictable (no one can aim many keys at one window offline).
+
+Cache purges (``POST /cache/purge`` on the admin API) reach every worker through the last
+purge record: a sequence number and the purge's scope as JSON. Only the supervisor writes
+it (a sequence lock: odd while it writes); a worker's :class:`PurgeWatch` compares the
+number with the one it saw last, on each cache lookup (one 8-byte read), and acts on the
+scope, or on everything when it missed a purge in between.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+
+import orjson
 
 from fastgw import _core
 from fastgw.stats import create_region_file
@@ -31,6 +40,10 @@ HEADER_SIZE = 4096
 REPLAY_SLOTS = 1 << 21
 COUNTER_SLOTS = 1 << 18
 _HEADER = struct.Struct("<8sIIQQ32s")   # magic, version, reserved, replay slots, counter slots, key
+PURGE_OFFSET = 1024                     # the last purge: u64 sequence, u32 length, scope JSON
+PURGE_MAX = 2048                        # bytes of scope JSON at most
+_PURGE_HEAD = struct.Struct("<QI")
+_SEQ = struct.Struct("<Q")
 _KIND = "shared"
 
 
@@ -116,6 +129,25 @@ class SharedRegion:
 
         return NodeCounters(self.counter_table(), self.key)
 
+    def publish_purge(self, scope: dict[str, str]) -> int:
+        """Supervisor: tell every worker to drop its cached answers of ``scope`` (``{}``:
+        all; ``{"service": s}``; ``{"service": s, "stage": t}``). Returns the purge's
+        sequence number."""
+        data = orjson.dumps(scope)
+        if len(data) > PURGE_MAX:
+            raise ValueError(f"cache purge scope too long ({len(data)} bytes of JSON, at most {PURGE_MAX})")
+        mm = self._mm
+        seq = _SEQ.unpack_from(mm, PURGE_OFFSET)[0] | 1     # odd: being written
+        _SEQ.pack_into(mm, PURGE_OFFSET, seq)
+        mm[PURGE_OFFSET + _PURGE_HEAD.size:PURGE_OFFSET + _PURGE_HEAD.size + len(data)] = data
+        _PURGE_HEAD.pack_into(mm, PURGE_OFFSET, seq + 1, len(data))
+        return seq + 1
+
+    def purge_watch(self) -> PurgeWatch:
+        """Worker: the reader of the purge record (purges from now on)."""
+        self._exported = True
+        return PurgeWatch(self._mm)
+
     def close(self) -> None:
         """Unmap (when no table still points into it) and, for the creator, remove the file."""
         if self._fd < 0:
@@ -129,3 +161,33 @@ class SharedRegion:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+
+
+class PurgeWatch:
+    """A worker's view of the last cache purge (see the module docstring)."""
+
+    def __init__(self, mm: mmap.mmap) -> None:
+        self._mm = mm
+        self.seen = _SEQ.unpack_from(mm, PURGE_OFFSET)[0] & ~1   # purges before this worker: not its own
+
+    def poll(self) -> dict[str, str] | None:
+        """None when nothing was purged since the last call, else the scope to drop: the
+        last purge's, or ``{}`` (everything) when more than one came meanwhile. A record the
+        supervisor is writing right now is read at the next call."""
+        mm = self._mm
+        seq = _SEQ.unpack_from(mm, PURGE_OFFSET)[0]
+        if seq == self.seen or seq & 1:
+            return None
+        _, n = _PURGE_HEAD.unpack_from(mm, PURGE_OFFSET)
+        data = bytes(mm[PURGE_OFFSET + _PURGE_HEAD.size:PURGE_OFFSET + _PURGE_HEAD.size + min(n, PURGE_MAX)])
+        if _SEQ.unpack_from(mm, PURGE_OFFSET)[0] != seq:
+            return None                     # rewritten while read: read it next time
+        missed = seq - self.seen != 2
+        self.seen = seq
+        if missed:
+            return {}
+        try:
+            scope = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return {}
+        return scope if isinstance(scope, dict) else {}

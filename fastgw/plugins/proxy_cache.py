@@ -28,6 +28,12 @@ and node (each entry expires with its freshness; Redis's own ``maxmemory`` bound
 whole); a lookup there takes the request off the synchronous chain, and when Redis can't
 answer in its ``timeout`` the request simply goes to the backend (a miss, logged).
 
+``POST /cache/purge`` on the admin API (``?service=`` and ``&stage=`` to narrow it) drops
+stored answers at once: every worker of the node forgets its own (it sees the purge on its
+next cache lookup, through the shared region), and with ``policy: redis`` the entries go
+from Redis (so from every node). An answer asked of the backend before the purge and
+arriving after it is not stored.
+
 It runs after authentication, acl and rate limiting (priority 100, as Kong's
 proxy-cache), so only callers who pass them see a stored answer.
 """
@@ -164,9 +170,43 @@ class Store:
     def _drop(self, key: tuple) -> None:
         self.used -= self._items.pop(key).size
 
+    def purge(self, owners: frozenset[int] | None) -> int:
+        """Drop the answers stored by these owners (None: all). Returns how many."""
+        if owners is None:
+            n = len(self._items)
+            self._items.clear()
+            self.used = 0
+            return n
+        gone = [k for k in self._items if k[0] in owners]
+        for k in gone:
+            self._drop(k)
+        return len(gone)
+
 
 # The worker's store (see Plugin.__init__): its bound is raised by each route's max_memory.
 _MEMORY = Store(0)
+# Which service and stage each owner (a route's plugin) caches for: what a purge matches.
+_SCOPES: dict[int, tuple[str, str]] = {}
+# The node's purge record (fastgw.shared.PurgeWatch); None without a supervisor.
+_WATCH: Any = None
+
+
+def _purge_seen() -> int:
+    """Apply a purge the admin API published since the last look, if any (one 8-byte read
+    of the shared region when there is none); the purge count seen so far."""
+    if _WATCH is None:
+        return 0
+    scope = _WATCH.poll()
+    if scope is not None:
+        service, stage = scope.get("service"), scope.get("stage")
+        if service is None:
+            n = _MEMORY.purge(None)
+        else:
+            n = _MEMORY.purge(frozenset(o for o, (sv, st) in _SCOPES.items()
+                                        if sv == service and (stage is None or st == stage)))
+        log.info("proxy-cache: purged %d stored answers (%s)", n,
+                 "all" if service is None else f"service {service}" + (f", stage {stage}" if stage else ""))
+    return _WATCH.seen
 
 
 class RedisStore:
@@ -216,11 +256,12 @@ class _Fill:
     """The response tap of a miss: decides whether the backend's answer may be stored, and
     stores it once its whole body has been passed on to the client (RequestContext.response_tap)."""
 
-    __slots__ = ("plugin", "key", "status", "headers", "etag", "lifetime", "age0")
+    __slots__ = ("plugin", "key", "purges", "status", "headers", "etag", "lifetime", "age0")
 
-    def __init__(self, plugin: Plugin, key: tuple) -> None:
+    def __init__(self, plugin: Plugin, key: tuple, purges: int) -> None:
         self.plugin = plugin
         self.key = key
+        self.purges = purges     # purges seen when the request came: one since, and it is not stored
 
     def start(self, status: int, headers: list[tuple[bytes, bytes]], content_length: int) -> bool:
         p = self.plugin
@@ -276,6 +317,8 @@ class _Fill:
 
     def finish(self, body: bytes) -> None:
         p = self.plugin
+        if _purge_seen() != self.purges:
+            return               # asked for before a purge: the purge must not be undone
         if p.remote is not None:
             now = time.time()
             p.remote.put(self.key, Entry(self.status, self.headers, body, self.etag, now, 0.0, self.age0),
@@ -315,6 +358,10 @@ class Plugin(BasePlugin):
         self.store = _MEMORY
         _MEMORY.max_memory = max(_MEMORY.max_memory, int(config["max_memory"]))
         self.owner = next(_OWNERS)
+        _SCOPES[self.owner] = (scope.spec.service, scope.spec.stage)
+        global _WATCH
+        if _WATCH is None:
+            _WATCH = scope.services.get("cache_purge")
         self.remote: RedisStore | None = None
         if config["policy"] == "redis":
             client = scope.services.get("redis")
@@ -346,24 +393,25 @@ class Plugin(BasePlugin):
             return CONTINUE
         key = (ctx.path, ctx.query, getattr(consumer, "name", consumer),
                tuple(ctx.get_header(name) for name in self.vary))
+        purges = _purge_seen()
         if self.remote is not None and lookup:
-            return self._remote_lookup(ctx, key)
+            return self._remote_lookup(ctx, key, purges)
         now = time.monotonic()
         entry = self.store.get((self.owner, key), now) if lookup and self.remote is None else None
         if entry is not None:
             return _answer_hit(ctx, entry, now)
-        return self._miss(ctx, key, lookup)
+        return self._miss(ctx, key, lookup, purges)
 
-    async def _remote_lookup(self, ctx: Any, key: tuple) -> int:
+    async def _remote_lookup(self, ctx: Any, key: tuple, purges: int) -> int:
         assert self.remote is not None
         entry = await self.remote.get(key)
         if entry is not None:
             return _answer_hit(ctx, entry, time.time())
-        return self._miss(ctx, key, True)
+        return self._miss(ctx, key, True, purges)
 
-    def _miss(self, ctx: Any, key: tuple, lookup: bool) -> int:
+    def _miss(self, ctx: Any, key: tuple, lookup: bool, purges: int) -> int:
         ctx.add_response_header("X-Cache-Status", "Miss" if lookup else "Refresh")
-        ctx.response_tap = _Fill(self, key)
+        ctx.response_tap = _Fill(self, key, purges)
         return CONTINUE
 
 

@@ -216,3 +216,87 @@ def test_nodes_sharing_redis_share_the_cache(backend: Backend, gateway: Any, red
         assert r.status == 200 and r.headers["x-cache-status"] == "Miss"
     assert len(backend.requests) == calls + 2
     nodes[0].wait_log("proxy-cache: Redis unavailable")
+
+
+def two_cached_services(backend: Backend, port: int, **settings: Any) -> dict[str, Any]:
+    """Service ``test`` on ``/``, service ``other`` on ``/other``: both cache every GET."""
+    cached = {"/{path*}": {"GET": {"plugins": [{"name": "proxy-cache", "config": settings}]}}}
+    cfg = gateway_config(port, backend.url, cached)
+    cfg["services"].append({"name": "other", "resources": cached, "stages": {
+        "prod": {"path_prefix": "/other", "backend": {"targets": [backend.url]}}}})
+    return cfg
+
+
+def purge(cfg: dict[str, Any], query: str = "", token: str = "test-token") -> Any:
+    return request(cfg["admin"]["port"], "POST", "/cache/purge" + query,
+                   headers={"Authorization": f"Bearer {token}"})
+
+
+def misses(port: int, path: str, n: int = 24) -> int:
+    """Of ``n`` requests, each on a new connection (so on either worker), how many missed."""
+    return sum(request(port, "GET", path).headers["x-cache-status"] == "Miss" for _ in range(n))
+
+
+def test_the_admin_api_purges_every_workers_answers(backend: Backend, port: int, gateway: Any) -> None:
+    cfg = two_cached_services(backend, port)
+    g = gateway(cfg, workers=2)
+    # Each worker keeps its own answers: 24 requests reach both (each misses once).
+    assert misses(g.port, "/a") == 2 and misses(g.port, "/other/b") == 2
+    assert misses(g.port, "/a") == 0 and misses(g.port, "/other/b") == 0
+    calls = len(backend.requests)
+
+    r = purge(cfg, "?service=other")
+    assert r.status == 200
+    assert r.json() == {"ok": True, "service": "other", "stage": None, "workers": "purged"}
+    assert misses(g.port, "/a") == 0                     # another service's answers stay
+    assert misses(g.port, "/other/b") == 2               # gone from both workers
+    r = purge(cfg, "?service=test&stage=prod")
+    assert r.status == 200 and r.json()["stage"] == "prod"
+    assert misses(g.port, "/a") == 2 and misses(g.port, "/other/b") == 0
+    assert purge(cfg).status == 200                      # everything
+    assert misses(g.port, "/a") == 2 and misses(g.port, "/other/b") == 2
+    assert len(backend.requests) == calls + 8
+    g.wait_log("proxy-cache: purged 1 stored answers (service other)")
+
+    # Refused, and nothing purged: a clear 4xx.
+    for query, status, words in (("?service=nope", 400, "no service 'nope'"),
+                                 ("?service=test&stage=beta", 400, "no stage 'beta'"),
+                                 ("?stage=prod", 400, "stage needs service"),
+                                 ("?servce=test", 400, "unknown parameter 'servce'")):
+        r = purge(cfg, query)
+        assert r.status == status and words in r.json()["error"], query
+    assert purge(cfg, token="wrong").status == 401
+    assert request(cfg["admin"]["port"], "GET", "/cache/purge",
+                   headers={"Authorization": "Bearer test-token"}).status == 405
+    assert misses(g.port, "/a") == 0 and misses(g.port, "/other/b") == 0
+
+
+def test_a_purge_deletes_the_answers_nodes_share_in_redis(backend: Backend, gateway: Any,
+                                                          redis: RedisServer) -> None:
+    nodes, cfgs = [], []
+    for _ in range(2):
+        cfg = two_cached_services(backend, free_port(), policy="redis")
+        cfg["redis"] = {"url": redis.url, "timeout": 0.5}
+        cfgs.append(cfg)
+        nodes.append(gateway(cfg))
+
+    def stored(port: int, path: str) -> bool:
+        deadline = time.monotonic() + 5                   # the store is written after the answer
+        while request(port, "GET", path).headers["x-cache-status"] != "Hit":
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    for path in ("/a", "/b", "/other/c"):
+        assert stored(nodes[0].port, path)
+    r = purge(cfgs[1], "?service=test")                   # on the other node: Redis is shared
+    assert r.status == 200 and r.json()["redis_keys"] == 2
+    # Gone for both nodes (each asks for its own path: a miss stores the answer again).
+    assert request(nodes[0].port, "GET", "/a").headers["x-cache-status"] == "Miss"
+    assert request(nodes[1].port, "GET", "/b").headers["x-cache-status"] == "Miss"
+    for node in nodes:                                    # another service's answers stay
+        assert request(node.port, "GET", "/other/c").headers["x-cache-status"] == "Hit"
+    redis.stop()
+    r = purge(cfgs[0])
+    assert r.status == 502 and r.json()["error"].startswith("Redis: ") and r.json()["workers"] == "purged"

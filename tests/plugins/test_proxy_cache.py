@@ -49,7 +49,7 @@ def test_what_is_stored_and_for_how_long(headers: list[tuple[bytes, bytes]], sta
                                          lifetime: float | None) -> None:
     pipe = cache({"max_body": 1000, "vary_headers": ["Accept-Language"]})
     plugin = pipe.plugins[0]
-    fill = _Fill(plugin, ("k",))
+    fill = _Fill(plugin, ("k",), 0)
     taken = fill.start(status, headers, length)
     assert taken == (lifetime is not None)
     if taken:

@@ -18,9 +18,9 @@ RESOURCE = "/orders/{id}"
 
 
 def make_spec(plugins: list[dict[str, Any]], resource: str = RESOURCE, method: str = "GET",
-              variables: dict[str, str] | None = None) -> RouteSpec:
+              variables: dict[str, str] | None = None, service: str = "shop", stage: str = "prod") -> RouteSpec:
     return RouteSpec(
-        service="shop", stage="prod", hosts=("*",), path_prefix="", resource=resource, method=method,
+        service=service, stage=stage, hosts=("*",), path_prefix="", resource=resource, method=method,
         backend_path=None, plugins=tuple(plugins), timeouts={"connect": 5, "read": 60, "send": 60},
         targets=("http://127.0.0.1:9",), weights=(1,), backend={"host_header": "target"},
         variables=variables or {},
