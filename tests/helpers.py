@@ -12,6 +12,8 @@ Everything here uses real sockets and real processes, on loopback only.
   ``/bytes/N``      N bytes (``x`` repeated), Content-Length, written in pieces
   ``/chunked?n=K&size=S``  K chunks of S bytes, ``Transfer-Encoding: chunked``
   ``/close``        answers, then closes the connection (``Connection: close``)
+  ``/respond``      ``?status=N&h=Name: value&ms=N``: echo with that status and those
+                    header lines (each ``h``), after N ms
   anything else     echo: ``{"method", "path", "query", "headers", "raw_headers",
                     "body", "backend"}`` as JSON (headers: lower-cased name -> value)
   ================  ==========================================================
@@ -442,6 +444,8 @@ class _BackendProtocol(asyncio.Protocol):
         elif path == "/respond":
             # Answer headers chosen by the test: each ``h=Name: value`` query argument is one.
             extra = "".join(f"{h}\r\n" for h in parse_qs(urlsplit(req["target"]).query).get("h", []))
+            if "ms" in req["query"]:                       # and after this many ms
+                await asyncio.sleep(int(req["query"]["ms"]) / 1000)
             self._write_json(int(req["query"].get("status", "200")), req, close, extra)
         elif path == "/close":
             self._write_json(200, req, close=True)

@@ -28,6 +28,13 @@ and node (each entry expires with its freshness; Redis's own ``maxmemory`` bound
 whole); a lookup there takes the request off the synchronous chain, and when Redis can't
 answer in its ``timeout`` the request simply goes to the backend (a miss, logged).
 
+Requests for an answer that another request of the same worker is already asking the
+backend for wait for that answer (at most ``lock_timeout`` seconds from when it was asked,
+as nginx's ``proxy_cache_lock``) and are answered from it as hits: a popular answer that
+expires costs the backend one request, not one per waiting caller. When that answer is not
+stored (refused by the rules above, a failure, or the gateway answered instead), or the
+time is up, they go to the backend themselves.
+
 ``POST /cache/purge`` on the admin API (``?service=`` and ``&stage=`` to narrow it) drops
 stored answers at once: every worker of the node forgets its own (it sees the purge on its
 next cache lookup, through the shared region), and with ``policy: redis`` the entries go
@@ -83,6 +90,10 @@ SCHEMA: dict[str, Any] = {
                                       "(the largest setting applies; policy memory)."},
         "policy": {"enum": ["memory", "redis"], "default": "memory",
                    "description": "Keep answers in each worker's memory or in the top-level redis (every node)."},
+        "lock_timeout": {"type": "number", "minimum": 0, "default": 5,
+                         "description": "Seconds a request for an answer another request of the worker is "
+                                        "already asking the backend for waits for that answer before going "
+                                        "to the backend itself (0: never waits; nginx's proxy_cache_lock)."},
     },
 }
 
@@ -189,6 +200,21 @@ _MEMORY = Store(0)
 _SCOPES: dict[int, tuple[str, str]] = {}
 # The node's purge record (fastgw.shared.PurgeWatch); None without a supervisor.
 _WATCH: Any = None
+# Misses being asked of the backend, by (owner, key): the future of their Entry (None: not
+# stored) that requests for the same answer wait on, and when it was asked (monotonic).
+_INFLIGHT: dict[tuple, tuple[asyncio.Future[Entry | None], float]] = {}
+_INFLIGHT_SWEEP = [4096]       # at this many, entries nobody can wait on any more are dropped
+_LOCK_MAX = 0.0                # the largest lock_timeout of the worker's routes
+
+
+def _sweep_inflight(now: float) -> None:
+    """Drop the misses nobody can wait on any more (an exchange that never reached its log
+    phase would otherwise leave its entry behind)."""
+    for k, (fut, asked) in list(_INFLIGHT.items()):
+        if fut.done() or now - asked >= _LOCK_MAX:
+            del _INFLIGHT[k]
+    # That many misses really in flight: look again only when there are twice as many.
+    _INFLIGHT_SWEEP[0] = max(4096, 2 * len(_INFLIGHT))
 
 
 def _purge_seen() -> int:
@@ -256,14 +282,33 @@ class _Fill:
     """The response tap of a miss: decides whether the backend's answer may be stored, and
     stores it once its whole body has been passed on to the client (RequestContext.response_tap)."""
 
-    __slots__ = ("plugin", "key", "purges", "status", "headers", "etag", "lifetime", "age0")
+    __slots__ = ("plugin", "key", "purges", "waiters", "status", "headers", "etag", "lifetime", "age0")
 
-    def __init__(self, plugin: Plugin, key: tuple, purges: int) -> None:
+    def __init__(self, plugin: Plugin, key: tuple, purges: int,
+                 waiters: asyncio.Future[Entry | None] | None = None) -> None:
         self.plugin = plugin
         self.key = key
         self.purges = purges     # purges seen when the request came: one since, and it is not stored
+        self.waiters = waiters   # what requests for the same answer wait on (None: nobody can)
+
+    def release(self, entry: Entry | None) -> None:
+        """Hand the stored answer (None: there is none) to the requests waiting for it."""
+        fut, self.waiters = self.waiters, None
+        if fut is None:
+            return
+        k = (self.plugin.owner, self.key)
+        if _INFLIGHT.get(k, (None,))[0] is fut:
+            del _INFLIGHT[k]
+        if not fut.done():
+            fut.set_result(entry)
 
     def start(self, status: int, headers: list[tuple[bytes, bytes]], content_length: int) -> bool:
+        if self._start(status, headers, content_length):
+            return True
+        self.release(None)
+        return False
+
+    def _start(self, status: int, headers: list[tuple[bytes, bytes]], content_length: int) -> bool:
         p = self.plugin
         if status not in p.statuses or content_length > p.max_answer:
             return False
@@ -318,15 +363,17 @@ class _Fill:
     def finish(self, body: bytes) -> None:
         p = self.plugin
         if _purge_seen() != self.purges:
+            self.release(None)
             return               # asked for before a purge: the purge must not be undone
         if p.remote is not None:
             now = time.time()
-            p.remote.put(self.key, Entry(self.status, self.headers, body, self.etag, now, 0.0, self.age0),
-                         self.lifetime)
-            return
-        now = time.monotonic()
-        entry = Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime, self.age0)
-        p.store.put((p.owner, self.key), entry)
+            entry = Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime, self.age0)
+            p.remote.put(self.key, entry, self.lifetime)
+        else:
+            now = time.monotonic()
+            entry = Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime, self.age0)
+            p.store.put((p.owner, self.key), entry)
+        self.release(entry)
 
 
 def _etag_matches(if_none_match: str, etag: bytes) -> bool:
@@ -354,6 +401,9 @@ class Plugin(BasePlugin):
         self.vary = tuple(name.lower() for name in config["vary_headers"])
         self.vary_set = frozenset(name.encode("latin-1") for name in self.vary)
         self.max_answer = int(config["max_body"])   # (not max_body: the pipeline reads that as a request limit)
+        self.lock_timeout = float(config["lock_timeout"])
+        global _LOCK_MAX
+        _LOCK_MAX = max(_LOCK_MAX, self.lock_timeout)
         # One store per worker for every route (not one each: N routes would mean N bounds).
         self.store = _MEMORY
         _MEMORY.max_memory = max(_MEMORY.max_memory, int(config["max_memory"]))
@@ -397,22 +447,58 @@ class Plugin(BasePlugin):
         if self.remote is not None and lookup:
             return self._remote_lookup(ctx, key, purges)
         now = time.monotonic()
-        entry = self.store.get((self.owner, key), now) if lookup and self.remote is None else None
+        if not lookup:
+            return self._miss(ctx, key, False, purges)
+        entry = self.store.get((self.owner, key), now) if self.remote is None else None
         if entry is not None:
             return _answer_hit(ctx, entry, now)
-        return self._miss(ctx, key, lookup, purges)
+        return self._miss_or_wait(ctx, key, purges, now)
 
     async def _remote_lookup(self, ctx: Any, key: tuple, purges: int) -> int:
         assert self.remote is not None
         entry = await self.remote.get(key)
         if entry is not None:
             return _answer_hit(ctx, entry, time.time())
-        return self._miss(ctx, key, True, purges)
+        result = self._miss_or_wait(ctx, key, purges, time.monotonic())
+        return await result if asyncio.iscoroutine(result) else result
 
-    def _miss(self, ctx: Any, key: tuple, lookup: bool, purges: int) -> int:
+    def _miss_or_wait(self, ctx: Any, key: tuple, purges: int, now: float) -> Any:
+        """Not stored: wait for the answer another request is already asking the backend for
+        (at most lock_timeout from when it asked), or ask the backend (and let others wait)."""
+        k = (self.owner, key)
+        pending = _INFLIGHT.get(k)
+        if pending is not None and not pending[0].done() and now - pending[1] < self.lock_timeout:
+            return self._wait(ctx, key, purges, pending[0], pending[1] + self.lock_timeout - now)
+        waiters = None
+        if self.lock_timeout > 0 and ctx.method == "GET":     # (a HEAD's answer has no body to store)
+            if len(_INFLIGHT) >= _INFLIGHT_SWEEP[0]:
+                _sweep_inflight(now)
+            waiters = asyncio.get_running_loop().create_future()
+            _INFLIGHT[k] = (waiters, now)
+        return self._miss(ctx, key, True, purges, waiters)
+
+    async def _wait(self, ctx: Any, key: tuple, purges: int, fut: asyncio.Future[Entry | None],
+                    timeout: float) -> int:
+        try:
+            entry = await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            entry = None
+        if entry is not None and _purge_seen() == purges:
+            return _answer_hit(ctx, entry, time.time() if self.remote is not None else time.monotonic())
+        return self._miss(ctx, key, True, purges)     # not stored, or too slow: to the backend
+
+    def _miss(self, ctx: Any, key: tuple, lookup: bool, purges: int,
+              waiters: asyncio.Future[Entry | None] | None = None) -> int:
         ctx.add_response_header("X-Cache-Status", "Miss" if lookup else "Refresh")
-        ctx.response_tap = _Fill(self, key, purges)
+        ctx.response_tap = _Fill(self, key, purges, waiters)
         return CONTINUE
+
+    def on_log(self, ctx: Any) -> None:
+        """The exchange is over: requests still waiting on its answer stop waiting (it broke
+        off, the gateway answered instead, or the answer was not offered to be stored)."""
+        tap = ctx.response_tap
+        if type(tap) is _Fill:
+            tap.release(None)
 
 
 def _answer_hit(ctx: Any, entry: Entry, now: float) -> int:

@@ -300,3 +300,58 @@ def test_a_purge_deletes_the_answers_nodes_share_in_redis(backend: Backend, gate
     redis.stop()
     r = purge(cfgs[0])
     assert r.status == 502 and r.json()["error"].startswith("Redis: ") and r.json()["workers"] == "purged"
+
+
+def concurrently(port: int, path: str, n: int, method: str = "GET") -> list[Any]:
+    """``n`` requests for ``path`` at once, each on its own connection."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(lambda _: request(port, method, path), range(n)))
+
+
+def test_requests_for_an_answer_on_its_way_wait_for_it(backend: Backend, port: int, gateway: Any) -> None:
+    g = cached_gateway(gateway, backend, port)
+    slow = respond(extra="&ms=400")
+    answers = concurrently(g.port, slow, 8)
+    assert backend_calls(backend, "/respond") == 1        # one asked the backend, seven waited
+    assert all(r.status == 200 and r.body == answers[0].body for r in answers)
+    assert sorted(r.headers["x-cache-status"] for r in answers) == ["Hit"] * 7 + ["Miss"]
+    # A HEAD waits as well, but only a GET asks for an answer others may wait on.
+    other = respond(extra="&ms=300&v=2")
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        get = pool.submit(request, g.port, "GET", other)
+        time.sleep(0.1)
+        head = pool.submit(request, g.port, "HEAD", other)
+        assert get.result().headers["x-cache-status"] == "Miss"
+        assert head.result().headers["x-cache-status"] == "Hit" and head.result().body == b""
+    assert backend_calls(backend, "/respond") == 2
+
+
+def test_waiting_requests_go_to_the_backend_when_the_answer_is_not_stored(
+        backend: Backend, port: int, gateway: Any) -> None:
+    g = cached_gateway(gateway, backend, port, lock_timeout=5)
+    t0 = time.monotonic()
+    answers = concurrently(g.port, respond("Cache-Control: no-store", extra="&ms=300"), 6)
+    assert all(r.status == 200 and r.headers["x-cache-status"] == "Miss" for r in answers)
+    assert backend_calls(backend, "/respond") == 6        # each in turn, once the first's was refused
+    assert time.monotonic() - t0 < 3                       # not after the lock's 5 s
+    # The backend is down: the first gets a 502, and the others do not wait out the lock.
+    down = gateway_config(free_port(), f"http://127.0.0.1:{free_port()}", {
+        "/{path*}": {"GET": {"plugins": [{"name": "proxy-cache", "config": {"lock_timeout": 5}}]}}})
+    g2 = gateway(down)
+    t0 = time.monotonic()
+    assert [r.status for r in concurrently(g2.port, "/x", 4)] == [502] * 4
+    assert time.monotonic() - t0 < 3
+
+
+def test_the_lock_waits_no_longer_than_lock_timeout(backend: Backend, port: int, gateway: Any) -> None:
+    g = cached_gateway(gateway, backend, port, lock_timeout=0.2)
+    answers = concurrently(g.port, respond(extra="&ms=1200"), 4)
+    assert all(r.status == 200 for r in answers)
+    assert backend_calls(backend, "/respond") == 4         # three gave up after 0.2 s and asked too
+    g0 = cached_gateway(gateway, backend, free_port(), lock_timeout=0)
+    concurrently(g0.port, respond(extra="&ms=300&v=3"), 4)
+    assert backend_calls(backend, "/respond") == 8         # lock_timeout 0: nobody waits
