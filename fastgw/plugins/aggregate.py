@@ -15,7 +15,10 @@ headers named in ``forward_headers``. A call succeeds with a 2xx JSON answer. Wh
 fails (an error status, a body that is not JSON, no answer within ``timeout`` seconds for
 the whole fan-out), ``on_error: "fail"`` (the default) answers 502 naming the call, and
 ``on_error: "null"`` puts ``null`` in its place and lists the failed calls in
-``X-Aggregate-Failed``. The route's other plugins (authentication, limits …) run first.
+``X-Aggregate-Failed``. A call may be ``{"url": ..., "timeout": s, "on_error": ...}``
+to have its own: an optional call that must not hold the answer up
+(``{"url": "/recs/{id}", "timeout": 0.3, "on_error": "null"}``) beside required ones. The
+route's other plugins (authentication, limits …) run first.
 """
 
 from __future__ import annotations
@@ -41,9 +44,18 @@ SCHEMA: dict[str, Any] = {
     "properties": {
         "calls": {"type": "object", "minProperties": 1, "maxProperties": 32,
                   "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"},
-                  "additionalProperties": {"type": "string", "pattern": "^(https?://[^/\\s{}$]+)?/[^\\s#]*$"},
+                  "additionalProperties": {"oneOf": [
+                      {"$ref": "#/$defs/where"},
+                      {"type": "object", "additionalProperties": False, "required": ["url"],
+                       "properties": {
+                           "url": {"$ref": "#/$defs/where"},
+                           "timeout": {"type": "number", "exclusiveMinimum": 0,
+                                       "description": "Seconds for this call (at most the plugin's timeout)."},
+                           "on_error": {"enum": ["fail", "null"],
+                                        "description": "This call's on_error (default: the plugin's)."}}}]},
                   "description": "Name -> path (and query) on the stage's backend, or a whole "
-                                 "http(s):// URL; templates allowed in the path."},
+                                 "http(s):// URL; templates allowed in the path. Or "
+                                 "{\"url\": ..., \"timeout\": s, \"on_error\": ...} for a call of its own."},
         "forward_headers": {"type": "array", "default": [], "uniqueItems": True,
                             "items": {"type": "string", "pattern": HEADER_NAME},
                             "description": "Request headers passed on to every call."},
@@ -51,6 +63,9 @@ SCHEMA: dict[str, Any] = {
                     "description": "Seconds for all the calls together."},
         "on_error": {"enum": ["fail", "null"], "default": "fail",
                      "description": "A failed call fails the request (502) or becomes null."},
+    },
+    "$defs": {
+        "where": {"type": "string", "pattern": "^(https?://[^/\\s{}$]+)?/[^\\s#]*$"},
     },
 }
 
@@ -60,6 +75,19 @@ _CLIENT = BackendClient()
 
 class CallFailed(Exception):
     """One call gave no usable answer (message says why)."""
+
+
+class _Call:
+    """One call as configured: its name, where it goes, its own timeout and on_error."""
+
+    __slots__ = ("name", "base", "template", "timeout", "fail")
+
+    def __init__(self, name: str, base: str | None, template: Any, timeout: float, fail: bool) -> None:
+        self.name = name
+        self.base = base            # scheme://authority, or None: the stage's backend
+        self.template = template
+        self.timeout = timeout
+        self.fail = fail            # its failure fails the request (else it becomes null)
 
 
 def _split_url(where: str) -> tuple[str | None, str]:
@@ -77,17 +105,19 @@ class Plugin(BasePlugin):
         if not spec.targets:
             raise ValueError("aggregate needs the stage's backend targets")
         params = param_names(spec.resource)
+        self.timeout = float(config["timeout"])
         calls = []
         for name, where in config["calls"].items():
-            base, path = _split_url(where)
-            calls.append((name, base, compile_template(path, params, scope.variables)))
+            call = where if isinstance(where, dict) else {"url": where}
+            base, path = _split_url(call["url"])
+            calls.append(_Call(name, base, compile_template(path, params, scope.variables),
+                               min(float(call.get("timeout", self.timeout)), self.timeout),
+                               call.get("on_error", config["on_error"]) == "fail"))
         self.calls = tuple(calls)
         self.forward = tuple(name.lower() for name in config["forward_headers"])
         for name in self.forward:
             if name in ("host", "content-length", "transfer-encoding", "connection"):
                 raise ValueError(f"forward_headers: {name} is set by the gateway")
-        self.timeout = float(config["timeout"])
-        self.fail = config["on_error"] == "fail"
         # Targets in turn, each as often as its weight.
         weights = spec.weights or (1,) * len(spec.targets)
         self._targets = itertools.cycle([t for t, w in zip(spec.targets, weights, strict=True) for _ in range(w)])
@@ -107,9 +137,10 @@ class Plugin(BasePlugin):
                 headers.append((name.encode("latin-1"), value.encode("latin-1")))
         return headers
 
-    async def _call(self, name: str, base: str | None, path: str, headers: list[tuple[bytes, bytes]]) -> Any:
+    async def _call(self, call: _Call, path: str, headers: list[tuple[bytes, bytes]]) -> Any:
+        name = call.name
         try:
-            answer = await _CLIENT.request(base or next(self._targets), "GET", path, headers, self.timeout)
+            answer = await _CLIENT.request(call.base or next(self._targets), "GET", path, headers, call.timeout)
         except BackendError as exc:
             raise CallFailed(f"call {name!r} failed: {exc}") from None
         if not 200 <= answer.status < 300:
@@ -121,27 +152,35 @@ class Plugin(BasePlugin):
 
     async def _aggregate(self, ctx: Any) -> int:
         headers = self._headers(ctx)
-        tasks = [asyncio.ensure_future(self._call(name, base, t.render_url(ctx), headers))
-                 for name, base, t in self.calls]
-        # PERF: with on_error "fail" the first failed call ends the wait (the rest are cancelled).
-        done, pending = await asyncio.wait(
-            tasks, timeout=self.timeout,
-            return_when=asyncio.FIRST_EXCEPTION if self.fail else asyncio.ALL_COMPLETED)
+        tasks = [asyncio.ensure_future(self._call(c, c.template.render_url(ctx), headers)) for c in self.calls]
+        fails = {task: c.fail for c, task in zip(self.calls, tasks, strict=True)}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        pending = set(tasks)
+        # PERF: the first failure of a call that fails the request ends the wait (the rest
+        # are cancelled); a failed call that becomes null does not.
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()),
+                                               return_when=asyncio.FIRST_EXCEPTION)
+            if not done or any(fails[t] and t.exception() is not None for t in done):
+                break
         for task in pending:
             task.cancel()
         result: dict[str, Any] = {}
         failed: list[str] = []
-        errors: list[tuple[bool, str]] = []     # (the call ended, why it failed)
-        for (name, _, _), task in zip(self.calls, tasks, strict=True):
-            exc = task.exception() if task in done else CallFailed(
-                f"call {name!r} failed: no answer within {self.timeout:g} s")
+        errors: list[tuple[bool, str]] = []     # (the call ended, why it failed) of calls that fail the request
+        for call, task in zip(self.calls, tasks, strict=True):
+            ended = task.done() and not task.cancelled()
+            exc = task.exception() if ended else CallFailed(
+                f"call {call.name!r} failed: no answer within {call.timeout:g} s")
             if exc is None:
-                result[name] = task.result()
+                result[call.name] = task.result()
                 continue
-            result[name] = None
-            failed.append(name)
-            errors.append((task in done, str(exc) if isinstance(exc, CallFailed) else f"call {name!r} failed: {exc!r}"))
-        if errors and self.fail:
+            result[call.name] = None
+            failed.append(call.name)
+            if call.fail:
+                errors.append((ended, str(exc) if isinstance(exc, CallFailed) else f"call {call.name!r} failed: {exc!r}"))
+        if errors:
             return ctx.error(502, max(errors, key=lambda e: e[0])[1])   # a call that failed, else a late one
         extra = [(b"X-Aggregate-Failed", ",".join(failed).encode("ascii"))] if failed else []
         return ctx.answer(200, orjson.dumps(result), extra, "application/json")

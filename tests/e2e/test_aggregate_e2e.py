@@ -92,3 +92,30 @@ def test_backend_down_is_a_502(port: int, gateway: Any) -> None:
         "/view/{id}": {"GET": {"plugins": [{"name": "aggregate", "config": {"calls": {"x": "/x"}}}]}}})
     r = request(gateway(cfg).port, "GET", "/view/1")
     assert r.status == 502 and "call 'x' failed: cannot connect" in r.json()["error"]
+
+
+def test_each_call_may_have_its_own_timeout_and_on_error(backend: Backend, port: int, gateway: Any) -> None:
+    # "user" must answer; "recs" is optional and may take 0.3 s; "ads" is optional and late.
+    calls: dict[str, Any] = {
+        "user": "/users/{id}",
+        "recs": {"url": "/slow?ms=1000", "timeout": 0.3, "on_error": "null"},
+        "ads": {"url": "/status/500", "on_error": "null"},
+    }
+    g = aggregating_gateway(gateway, backend, port, calls, timeout=5)
+    started = time.monotonic()
+    r = request(g.port, "GET", "/view/3", headers={"apikey": KEY})
+    took = time.monotonic() - started
+    assert r.status == 200 and 0.25 < took < 0.9            # recs gave up at its own 0.3 s
+    body = r.json()
+    assert body["user"]["path"] == "/users/3" and body["recs"] is None and body["ads"] is None
+    assert r.headers["x-aggregate-failed"] == "recs,ads"
+    # A call that must answer fails the request even when the plugin's on_error is null;
+    # the others' failures alone do not.
+    calls = {"user": {"url": "/status/404", "on_error": "fail"}, "recs": "/status/500"}
+    g2 = aggregating_gateway(gateway, backend, free_port(), calls, on_error="null")
+    r = request(g2.port, "GET", "/view/3", headers={"apikey": KEY})
+    assert r.status == 502 and r.json()["error"] == "call 'user' answered 404"
+    calls = {"user": {"url": "/users/{id}", "on_error": "fail"}, "recs": "/status/500"}
+    g3 = aggregating_gateway(gateway, backend, free_port(), calls, on_error="null")
+    r = request(g3.port, "GET", "/view/3", headers={"apikey": KEY})
+    assert r.status == 200 and r.json()["recs"] is None and r.headers["x-aggregate-failed"] == "recs"
