@@ -179,7 +179,7 @@ async def purge_redis(settings: dict[str, Any], service: str | None, stage: str 
         if batch:
             removed += await client.unlink(*batch)
     finally:
-        await client.aclose()
+        await (getattr(client, "aclose", None) or client.close)()   # (aclose: redis-py >= 5.0.1)
     return removed
 
 

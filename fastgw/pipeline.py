@@ -146,7 +146,7 @@ class Pipeline:
         self.log_is_async = any(inspect.iscoroutinefunction(fn) for fn in logs)
         self.has_response = bool(resp)
         self.has_log = bool(logs)
-        limits = [int(p.max_body) for p in plugins if getattr(p, "max_body", -1) >= 0]
+        limits = [int(p.request_body_limit) for p in plugins if getattr(p, "request_body_limit", -1) >= 0]
         self.max_body = min(limits) if limits else -1
         self.needs_body = any(getattr(p, "needs_body", False) for p in plugins)
         pre = [p.preflight for p in plugins if callable(getattr(p, "preflight", None))]

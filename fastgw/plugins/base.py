@@ -41,6 +41,9 @@ class Plugin:
 
     NAME = "base"
     PRIORITY = 0
+    # Read by the pipeline at build time, besides the phases (a plugin sets them on itself):
+    request_body_limit: int = -1   # bytes: the route's request bodies past this get 413 (-1: none)
+    needs_body: bool = False       # the request body is read whole into ctx.body before on_request
 
     def __init__(self, config: dict[str, Any], scope: PluginScope) -> None:
         self.config = config

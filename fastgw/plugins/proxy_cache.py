@@ -400,7 +400,7 @@ class Plugin(BasePlugin):
         self.statuses = frozenset(config["statuses"])
         self.vary = tuple(name.lower() for name in config["vary_headers"])
         self.vary_set = frozenset(name.encode("latin-1") for name in self.vary)
-        self.max_answer = int(config["max_body"])   # (not max_body: the pipeline reads that as a request limit)
+        self.max_answer = int(config["max_body"])
         self.lock_timeout = float(config["lock_timeout"])
         global _LOCK_MAX
         _LOCK_MAX = max(_LOCK_MAX, self.lock_timeout)

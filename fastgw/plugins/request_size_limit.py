@@ -1,8 +1,9 @@
 """request-size-limit: refuse request bodies larger than a limit with 413.
 
-The limit is published as ``Pipeline.max_body`` so the server answers 413 as soon as the
-``Content-Length`` or the streamed bytes pass it, without buffering; ``on_request``
-repeats the Content-Length check so the limit holds even on a server path that skips it.
+The limit is the plugin's ``request_body_limit``, published as ``Pipeline.max_body`` so the
+server answers 413 as soon as the ``Content-Length`` or the streamed bytes pass it, without
+buffering; ``on_request`` repeats the Content-Length check so the limit holds even on a
+server path that skips it.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ SCHEMA: dict[str, Any] = {
 class Plugin(BasePlugin):
     def __init__(self, config: dict[str, Any], scope: PluginScope) -> None:
         super().__init__(config, scope)
-        self.max_body = config["allowed_payload_size"] * _UNITS[config["size_unit"]]
+        self.request_body_limit = config["allowed_payload_size"] * _UNITS[config["size_unit"]]
 
     def on_request(self, ctx: Any) -> int:
-        if ctx.body_size > self.max_body:
+        if ctx.body_size > self.request_body_limit:
             return ctx.error(413, "Request size limit exceeded")
         return CONTINUE

@@ -108,7 +108,7 @@ class Plugin(BasePlugin):
         edits = config["json"]
         self.remove = tuple(edits.get("remove", ()))
         self.rename = tuple(edits.get("rename", {}).items())
-        self.max_answer = int(config["max_body"])   # (not max_body: the pipeline reads that as a request limit)
+        self.max_answer = int(config["max_body"])
         # (key, compiled value, whether it needs the request) for replace, add and append
         self._values = tuple(
             tuple((k, *_compile_json(v, params, scope.variables)) for k, v in edits.get(part, {}).items())

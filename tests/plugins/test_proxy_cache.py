@@ -58,8 +58,8 @@ def test_what_is_stored_and_for_how_long(headers: list[tuple[bytes, bytes]], sta
 
 
 def test_answer_size_settings_are_no_request_limits() -> None:
-    # The pipeline takes a plugin's ``max_body`` attribute as the route's request body limit
-    # (request-size-limit): proxy-cache's and response-transformer's are about answers.
+    # The route's request body limit comes from a plugin's ``request_body_limit``
+    # (request-size-limit): proxy-cache's and response-transformer's max_body are about answers.
     for name in ("proxy-cache", "response-transformer"):
         pipe = make_pipeline([{"name": name, "config": {"max_body": 10}}])
         assert pipe.max_body == -1, name
