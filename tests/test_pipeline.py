@@ -407,3 +407,20 @@ def test_the_sync_api_refuses_a_step_that_waits(plugin_dir):
         gc.collect()
     # the step's coroutine was closed, not left never awaited
     assert not [w for w in seen if "never awaited" in str(w.message)]
+
+
+def test_a_waiting_step_on_the_sync_phase_is_refused_and_its_coroutine_closed() -> None:
+    """run_request (the sync phase) cannot wait: a step that returns a coroutine (aggregate's
+    calls) is an error, and the coroutine is closed rather than left never awaited."""
+    import gc
+    import warnings
+
+    pipe = make_pipeline([{"name": "aggregate", "config": {"calls": {"a": "/a"}}}])
+    ctx = make_ctx()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(RuntimeError, match="a request step waits"):
+            pipe.run_request(ctx)
+        gc.collect()
+    assert not [w for w in seen if "never awaited" in str(w.message)]
+    assert ctx._waiting is None
