@@ -1549,6 +1549,10 @@ cdef class ClientConnection(Connection):
         """This request's key for a ``hash`` backend (None: it has none)."""
         cdef bytes v, lname
         if backend.hash_on == HASH_IP:
+            # The caller behind trusted proxies when ip-restriction found it (else every
+            # request through one load balancer would land on one target).
+            if self.ctx is not None and self.ctx.client_ip is not None and self.ctx.client_ip != self.ctx.peer_ip:
+                return str(self.ctx.client_ip).encode("latin-1")
             return self.peer_ip
         if backend.hash_on == HASH_PATH:
             return self.norm_path

@@ -275,3 +275,26 @@ def test_hash_sends_each_key_to_one_target(port: int, gateway: Any, hash_key: st
     assert all(len(s) == 1 for s in seen.values()), seen
     assert {next(iter(s)) for s in seen.values()} == {"a", "b"}
     assert sorted(keyless) == ["a", "a", "b", "b"]
+
+
+def test_hash_on_ip_places_the_caller_behind_trusted_proxies(port: int, gateway: Any) -> None:
+    """Behind a load balancer every request comes from its address: with ip-restriction
+    trusting it, hash on "ip" places each request by the caller in X-Forwarded-For."""
+    def xff(i: int) -> dict[str, str]:
+        return {"X-Forwarded-For": f"203.0.113.{i}"}
+
+    with Backend("a") as a, Backend("b") as b:
+        cfg = _config(port, [a.url, b.url], balance="hash", hash_key="ip")
+        cfg["services"][0]["resources"] = {
+            "/{path*}": {"ANY": {}},
+            "/trusted/{path*}": {"ANY": {"plugins": [{"name": "ip-restriction", "config": {
+                "allow": ["0.0.0.0/0"], "trusted_proxies": ["127.0.0.1/32"]}}]}}}
+        g = gateway(cfg)
+        seen: dict[int, set[str]] = {i: set() for i in range(20)}
+        for _ in range(3):
+            for i in range(20):
+                seen[i].add(request(g.port, "GET", f"/trusted/u{i}", headers=xff(i)).json()["backend"])
+        untrusted = {request(g.port, "GET", f"/u{i}", headers=xff(i)).json()["backend"] for i in range(20)}
+    assert all(len(s) == 1 for s in seen.values()), seen
+    assert {next(iter(s)) for s in seen.values()} == {"a", "b"}
+    assert len(untrusted) == 1          # no trusted proxy: the TCP peer (127.0.0.1) is the caller
