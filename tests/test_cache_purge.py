@@ -72,12 +72,19 @@ def test_store_purge_by_owner_and_all() -> None:
     assert len(store) == 0 and store.used == 0
 
 
-def test_plugins_drop_what_the_purge_names(region: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def worker(region: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Store, dict[str, Any]]:
+    """A worker's proxy-cache state of its own (store, owners' scopes, purge watch): the
+    memory store and PluginScope.services for the plugins a test builds."""
     store = Store(1 << 20)
     monkeypatch.setattr(proxy_cache, "_MEMORY", store)
     monkeypatch.setattr(proxy_cache, "_SCOPES", {})
     monkeypatch.setattr(proxy_cache, "_WATCH", None)
-    services = {"cache_purge": SharedRegion.attach(region.name).purge_watch()}
+    return store, {"cache_purge": SharedRegion.attach(region.name).purge_watch()}
+
+
+def test_plugins_drop_what_the_purge_names(region: Any, worker: tuple[Store, dict[str, Any]]) -> None:
+    store, services = worker
     plugins = {}
     for service, stage in (("shop", "prod"), ("shop", "alpha"), ("blog", "prod")):
         pipe = make_pipeline([{"name": "proxy-cache"}], service=service, stage=stage, services=services)
@@ -98,12 +105,8 @@ def test_plugins_drop_what_the_purge_names(region: Any, monkeypatch: pytest.Monk
     assert left() == set()
 
 
-def test_an_answer_asked_for_before_a_purge_is_not_stored(region: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = Store(1 << 20)
-    monkeypatch.setattr(proxy_cache, "_MEMORY", store)
-    monkeypatch.setattr(proxy_cache, "_SCOPES", {})
-    monkeypatch.setattr(proxy_cache, "_WATCH", None)
-    services = {"cache_purge": SharedRegion.attach(region.name).purge_watch()}
+def test_an_answer_asked_for_before_a_purge_is_not_stored(region: Any, worker: tuple[Store, dict[str, Any]]) -> None:
+    store, services = worker
     plugin = make_pipeline([{"name": "proxy-cache"}], services=services).plugins[0]
     plugin.store = store
     before = _Fill(plugin, ("k1",), proxy_cache._purge_seen())

@@ -425,18 +425,60 @@ def test_write2_to_a_slow_reader_sends_everything_in_order(how: str) -> None:
     assert paused >= 1                      # the send was partial: the rest went through the queue
 
 
-def test_a_read_that_fills_the_buffer_is_followed_by_the_rest() -> None:
-    """A recv that fills the read buffer may leave more behind, and no new data will come to
-    say so: it must be read in its turn all the same (an edge-triggered epoll set without a
-    re-arm after a full read fails this). 32 KB wait in the socket before the first read,
-    read 4 KB at a time."""
+class _Reader:
+    """A protocol over a Poller's FdTransport that keeps what it reads (a Timed, as the
+    server's are); ``paused``: reading paused from connection_made on."""
+
+    def __init__(self, paused: bool = False, pause_each: bool = False) -> None:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        self.made = loop.create_future()
+        self.eof = loop.create_future()
+        self.paused = paused
+        self.pause_each = pause_each      # pause after each read, resume 10 ms later
+        self.got = bytearray()
+        self.reads = 0
+
+    def connection_made(self, transport: Any) -> None:
+        if self.paused:
+            transport.pause_reading()
+        self.made.set_result(transport)
+
+    def data_received(self, chunk: bytes) -> None:
+        import asyncio
+
+        self.got.extend(chunk)
+        self.reads += 1
+        if self.pause_each:
+            transport = self.made.result()
+            transport.pause_reading()
+            asyncio.get_running_loop().call_later(0.01, transport.resume_reading)
+
+    def eof_received(self) -> bool:
+        if not self.eof.done():
+            self.eof.set_result(bytes(self.got))
+        return False
+
+    def connection_lost(self, exc: Any) -> None:
+        pass
+
+
+def _read_from_peer(send: bytes, *, read_size: int, paused: bool = False, pause_each: bool = False,
+                    fin: bool = False, until_eof: bool = False) -> tuple[bytes, int, bool]:
+    """A peer that sends ``send`` at once (then, ``fin``, shuts its side), read through a
+    Poller of ``read_size`` bytes a read; a reader ``paused`` at first is resumed once all
+    of it waits in the socket. Returns (what was read, how many reads, eof seen) once all
+    of it came (``until_eof``: once eof_received came), or after 3 s."""
     import asyncio
     import threading
 
     import uvloop
     from fastgw._core import FdTransport, Poller, Timed
 
-    data = bytes(range(256)) * 128          # 32 KB: all of it in the receive queue at once
+    class Reader(_Reader, Timed):
+        pass
+
     lsock = socket.socket()
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(1)
@@ -445,48 +487,44 @@ def test_a_read_that_fills_the_buffer_is_followed_by_the_rest() -> None:
     def peer() -> None:
         conn, _ = lsock.accept()
         with conn:
-            conn.sendall(data)
+            conn.sendall(send)
+            if fin:
+                conn.shutdown(socket.SHUT_WR)
             sent.set()
             time.sleep(5)                   # then silent: no new data
 
-    class Proto(Timed):
-        def __init__(self) -> None:
-            self.made: asyncio.Future = asyncio.get_running_loop().create_future()
-            self.got = bytearray()
-            self.reads = 0
-
-        def connection_made(self, transport: Any) -> None:
-            transport.pause_reading()       # let all the bytes arrive before the first read
-            self.made.set_result(transport)
-
-        def data_received(self, chunk: bytes) -> None:
-            self.got.extend(chunk)
-            self.reads += 1
-
-        def connection_lost(self, exc: Any) -> None:
-            pass
-
-    async def main() -> tuple[bytes, int]:
+    async def main() -> tuple[bytes, int, bool]:
         loop = asyncio.get_running_loop()
-        poller = Poller(loop, read_size=4096)
-        proto = Proto()
-        FdTransport.connect(poller, socket.AF_INET, lsock.getsockname(), proto)
-        tr = await proto.made
-        await loop.run_in_executor(None, sent.wait, 5)
-        await asyncio.sleep(0.2)
-        tr.resume_reading()
+        poller = Poller(loop, read_size=read_size)
+        reader = Reader(paused, pause_each)
+        FdTransport.connect(poller, socket.AF_INET, lsock.getsockname(), reader)
+        tr = await reader.made
+        if paused:
+            await loop.run_in_executor(None, sent.wait, 5)
+            await asyncio.sleep(0.2)
+            tr.resume_reading()
         t0 = time.monotonic()
-        while len(proto.got) < len(data) and time.monotonic() - t0 < 3:
+        while (not reader.eof.done() if until_eof else len(reader.got) < len(send)) and time.monotonic() - t0 < 3:
             await asyncio.sleep(0.01)
         tr.abort()
         await asyncio.sleep(0.05)
         poller.close()
-        return bytes(proto.got), proto.reads
+        return bytes(reader.got), reader.reads, reader.eof.done()
 
-    t = threading.Thread(target=peer, daemon=True)
-    t.start()
-    got, reads = uvloop.run(main())
-    lsock.close()
+    threading.Thread(target=peer, daemon=True).start()
+    try:
+        return uvloop.run(main())
+    finally:
+        lsock.close()
+
+
+def test_a_read_that_fills_the_buffer_is_followed_by_the_rest() -> None:
+    """A recv that fills the read buffer may leave more behind, and no new data will come to
+    say so: it must be read in its turn all the same (an edge-triggered epoll set without a
+    re-arm after a full read fails this). 32 KB wait in the socket before the first read,
+    read 4 KB at a time."""
+    data = bytes(range(256)) * 128          # 32 KB: all of it in the receive queue at once
+    got, reads, _ = _read_from_peer(data, read_size=4096, paused=True)
     assert got == data
     assert reads >= len(data) // 4096       # it was read in buffer-sized steps
 
@@ -495,58 +533,8 @@ def test_reading_paused_between_reads_resumes_with_the_bytes_left() -> None:
     """A protocol that pauses reading after each chunk, while more bytes wait in the socket
     and nothing new comes: each resume_reading must lead to the next read (the sockets are
     edge-triggered; re-arming for reads looks at the socket again)."""
-    import asyncio
-    import threading
-
-    import uvloop
-    from fastgw._core import FdTransport, Poller, Timed
-
     data = bytes(range(256)) * 64           # 16 KB, read 1 KB at a time
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(1)
-
-    def peer() -> None:
-        conn, _ = lsock.accept()
-        with conn:
-            conn.sendall(data)
-            time.sleep(5)                   # then silent: no new data
-
-    class Proto(Timed):
-        def __init__(self) -> None:
-            self.transport: Any = None
-            self.got = bytearray()
-            self.reads = 0
-
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-
-        def data_received(self, chunk: bytes) -> None:
-            self.got.extend(chunk)
-            self.reads += 1
-            self.transport.pause_reading()
-            asyncio.get_running_loop().call_later(0.01, self.transport.resume_reading)
-
-        def connection_lost(self, exc: Any) -> None:
-            pass
-
-    async def main() -> tuple[bytes, int]:
-        loop = asyncio.get_running_loop()
-        poller = Poller(loop, read_size=1024)
-        proto = Proto()
-        FdTransport.connect(poller, socket.AF_INET, lsock.getsockname(), proto)
-        t0 = time.monotonic()
-        while len(proto.got) < len(data) and time.monotonic() - t0 < 5:
-            await asyncio.sleep(0.01)
-        proto.transport.abort()
-        await asyncio.sleep(0.05)
-        poller.close()
-        return bytes(proto.got), proto.reads
-
-    t = threading.Thread(target=peer, daemon=True)
-    t.start()
-    got, reads = uvloop.run(main())
-    lsock.close()
+    got, reads, _ = _read_from_peer(data, read_size=1024, pause_each=True)
     assert got == data
     assert reads >= len(data) // 1024       # a read per resume at least: each pause held the rest back
 
@@ -555,66 +543,8 @@ def test_a_fin_that_came_with_the_last_bytes_is_seen() -> None:
     """The peer's last bytes and its FIN wait in the socket together: one edge for both.
     The read that empties the socket of bytes must not be the last: eof_received comes
     too (an edge-triggered socket that stops at the first short read never hears of it)."""
-    import asyncio
-    import threading
-
-    import uvloop
-    from fastgw._core import FdTransport, Poller, Timed
-
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(1)
-    sent = threading.Event()
-
-    def peer() -> None:
-        conn, _ = lsock.accept()
-        conn.sendall(b"last words")
-        conn.shutdown(socket.SHUT_WR)
-        sent.set()
-        time.sleep(3)
-        conn.close()
-
-    class Proto(Timed):
-        def __init__(self) -> None:
-            loop = asyncio.get_running_loop()
-            self.made: asyncio.Future = loop.create_future()
-            self.eof: asyncio.Future = loop.create_future()
-            self.got = bytearray()
-
-        def connection_made(self, transport: Any) -> None:
-            transport.pause_reading()       # the bytes and the FIN arrive before any read
-            self.made.set_result(transport)
-
-        def data_received(self, chunk: bytes) -> None:
-            self.got.extend(chunk)
-
-        def eof_received(self) -> bool:
-            self.eof.set_result(bytes(self.got))
-            return False
-
-        def connection_lost(self, exc: Any) -> None:
-            pass
-
-    async def main() -> bytes:
-        loop = asyncio.get_running_loop()
-        poller = Poller(loop)
-        proto = Proto()
-        FdTransport.connect(poller, socket.AF_INET, lsock.getsockname(), proto)
-        tr = await proto.made
-        await loop.run_in_executor(None, sent.wait, 5)
-        await asyncio.sleep(0.1)
-        tr.resume_reading()
-        try:
-            return await asyncio.wait_for(proto.eof, 2)
-        finally:
-            tr.abort()
-            await asyncio.sleep(0.05)
-            poller.close()
-
-    t = threading.Thread(target=peer, daemon=True)
-    t.start()
-    assert uvloop.run(main()) == b"last words"
-    lsock.close()
+    got, _, eof = _read_from_peer(b"last words", read_size=65536, paused=True, fin=True, until_eof=True)
+    assert got == b"last words" and eof
 
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_DEFER_ACCEPT"), reason="Linux only")
