@@ -529,6 +529,15 @@ def test_a_read_that_fills_the_buffer_is_followed_by_the_rest() -> None:
     assert reads >= len(data) // 4096       # it was read in buffer-sized steps
 
 
+def test_a_long_run_of_full_reads_gives_way_and_goes_on() -> None:
+    """After 16 full reads in a row the rest is read from a loop callback (other sockets
+    get their turn meanwhile): with no new data coming, it must still all be read. 64 KB
+    wait in the socket, read 2 KB at a time (32 full reads)."""
+    data = bytes(range(256)) * 256
+    got, reads, _ = _read_from_peer(data, read_size=2048, paused=True)
+    assert got == data and reads >= 32
+
+
 def test_reading_paused_between_reads_resumes_with_the_bytes_left() -> None:
     """A protocol that pauses reading after each chunk, while more bytes wait in the socket
     and nothing new comes: each resume_reading must lead to the next read (the sockets are
