@@ -203,18 +203,19 @@ _WATCH: Any = None
 # Misses being asked of the backend, by (owner, key): the future of their Entry (None: not
 # stored) that requests for the same answer wait on, and when it was asked (monotonic).
 _INFLIGHT: dict[tuple, tuple[asyncio.Future[Entry | None], float]] = {}
-_INFLIGHT_SWEEP = [4096]       # at this many, entries nobody can wait on any more are dropped
+_INFLIGHT_SWEEP = 4096         # at this many, entries nobody can wait on any more are dropped
 _LOCK_MAX = 0.0                # the largest lock_timeout of the worker's routes
 
 
 def _sweep_inflight(now: float) -> None:
     """Drop the misses nobody can wait on any more (an exchange that never reached its log
     phase would otherwise leave its entry behind)."""
+    global _INFLIGHT_SWEEP
     for k, (fut, asked) in list(_INFLIGHT.items()):
         if fut.done() or now - asked >= _LOCK_MAX:
             del _INFLIGHT[k]
     # That many misses really in flight: look again only when there are twice as many.
-    _INFLIGHT_SWEEP[0] = max(4096, 2 * len(_INFLIGHT))
+    _INFLIGHT_SWEEP = max(4096, 2 * len(_INFLIGHT))
 
 
 def _purge_seen() -> int:
@@ -446,9 +447,9 @@ class Plugin(BasePlugin):
         purges = _purge_seen()
         if self.remote is not None and lookup:
             return self._remote_lookup(ctx, key, purges)
-        now = time.monotonic()
         if not lookup:
             return self._miss(ctx, key, False, purges)
+        now = time.monotonic()
         entry = self.store.get((self.owner, key), now) if self.remote is None else None
         if entry is not None:
             return _answer_hit(ctx, entry, now)
@@ -471,7 +472,7 @@ class Plugin(BasePlugin):
             return self._wait(ctx, key, purges, pending[0], pending[1] + self.lock_timeout - now)
         waiters = None
         if self.lock_timeout > 0 and ctx.method == "GET":     # (a HEAD's answer has no body to store)
-            if len(_INFLIGHT) >= _INFLIGHT_SWEEP[0]:
+            if len(_INFLIGHT) >= _INFLIGHT_SWEEP:
                 _sweep_inflight(now)
             waiters = asyncio.get_running_loop().create_future()
             _INFLIGHT[k] = (waiters, now)
