@@ -102,8 +102,10 @@ cdef class RequestContext:
     # an object with ``start(status, headers, content_length) -> bool`` (headers: the backend's
     # end-to-end fields as (name, value) bytes pairs, before any response plugin edits them)
     # and ``finish(body)``, called once the whole body has been passed on to the client (not
-    # when the exchange breaks off). Only answers framed by Content-Length to a request other
-    # than HEAD are offered; ``start`` returning False declines the answer.
+    # when the exchange breaks off). Answers with a body to a request other than HEAD are
+    # offered: framed by Content-Length, or chunked with content_length -1, whose decoded
+    # payload is collected up to the object's ``max_answer`` bytes (more, or trailer fields,
+    # and ``finish`` is not called). ``start`` returning False declines the answer.
     cdef public object response_tap
     # Set in the request phase by a plugin that rewrites answer bodies (response-transformer):
     # an object with ``start(status, headers, content_length) -> bool`` (headers: the answer's

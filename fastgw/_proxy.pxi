@@ -955,6 +955,8 @@ cdef class ClientConnection(Connection):
     cdef list body_plain                 # decoded payload pieces while buffering a chunked body
     cdef list tap_parts                  # the answer's body so far, for ctx.response_tap (else None)
     cdef long long tap_size              # the answer's Content-Length, while tap_parts is set
+                                         # (-1: chunked; the upstream side adds decoded bytes)
+    cdef long long tap_room              # decoded bytes the tap takes still (chunked answers)
     cdef list hold_parts                 # the answer's body while held for ctx.response_filter
     cdef list hold_headers               # the held answer's headers (end-to-end, after plugins)
     cdef Py_ssize_t conn_slot            # in engine.conns (-1: not there)
@@ -1745,25 +1747,51 @@ cdef class ClientConnection(Connection):
         """The answer has a body framed by Content-Length (what the tap and the filter see)."""
         return not (self.head_req or resp.chunked or resp.until_close) and resp.content_length >= 0
 
+    cdef inline bint _tap_wants_decoded(self) noexcept:
+        """The tap took a chunked answer: the upstream side hands it the decoded payload."""
+        return self.tap_parts is not None and self.tap_size < 0
+
     cdef int _tap_start(self, ResponseHead resp, object tap, const char* body, Py_ssize_t body_n) except -1:
-        """Offer the backend's answer to ``ctx.response_tap``; collect its body if taken."""
-        if not self._body_by_length(resp):
+        """Offer the backend's answer to ``ctx.response_tap``; collect its body if taken.
+
+        A chunked answer is offered with content_length -1; its decoded payload comes through
+        _tap_decoded, up to the tap's ``max_answer`` bytes (beyond, the collection is dropped)."""
+        cdef bint chunked = resp.chunked and not (self.head_req or resp.until_close)
+        if not chunked and not self._body_by_length(resp):
             return 0
         try:
-            taken = tap.start(resp.status, resp.forward_headers(), resp.content_length)
+            taken = tap.start(resp.status, resp.forward_headers(), -1 if chunked else resp.content_length)
+            room = getattr(tap, "max_answer", 0) if chunked and taken else 0
         except Exception as exc:
             _log.error("response tap failed on %s: %r", self.route.key, exc, exc_info=exc)
             return 0
-        if taken:
+        if not taken:
+            return 0
+        if chunked:
+            self.tap_size = -1
+            self.tap_room = room
+            self.tap_parts = []
+        else:
             self.tap_size = resp.content_length
             self.tap_parts = [PyBytes_FromStringAndSize(body, body_n)] if body_n else []
 
-    cdef int _tap_finish(self) except -1:
-        """The answer is all out: hand its body to the tap when every byte was collected."""
+    cdef int _tap_decoded(self, bytes data) except -1:
+        """Decoded payload bytes of a chunked answer the tap took (see _tap_start)."""
+        self.tap_room -= PyBytes_GET_SIZE(data)
+        if self.tap_room < 0:
+            self.tap_parts = None        # larger than the tap takes: not kept
+        else:
+            self.tap_parts.append(data)
+
+    cdef int _tap_finish(self, bint trailers=False) except -1:
+        """The answer is all out: hand its body to the tap when every byte was collected
+        (a chunked answer with trailer fields is not handed: the tap would lose them)."""
         cdef list parts = self.tap_parts
         self.tap_parts = None
         body = b"".join(parts)
-        if PyBytes_GET_SIZE(body) != self.tap_size or self.ctx is None or self.ctx.response_tap is None:
+        if self.ctx is None or self.ctx.response_tap is None:
+            return 0
+        if (PyBytes_GET_SIZE(body) != self.tap_size) if self.tap_size >= 0 else trailers:
             return 0
         try:
             self.ctx.response_tap.finish(body)
@@ -1817,7 +1845,7 @@ cdef class ClientConnection(Connection):
 
     cdef int _response_body(self, bytes body, bint whole) except -1:
         """Forward body bytes of the backend's answer; ``whole``: the answer ends with them."""
-        if self.tap_parts is not None:
+        if self.tap_parts is not None and self.tap_size >= 0:
             self.tap_parts.append(body)
         if self.hold_parts is not None:
             self.hold_parts.append(body)
@@ -1829,11 +1857,12 @@ cdef class ClientConnection(Connection):
         if self.timer_kind == T_READ:
             self._arm(T_READ, self.route.read_timeout)
 
-    cdef int _response_done(self) except -1:
+    cdef int _response_done(self, bint trailers=False) except -1:
+        """The backend's answer is complete (``trailers``: a chunked one ended with fields)."""
         self.up = None
         self.t_up_end = _mono()
         if self.tap_parts is not None:
-            self._tap_finish()
+            self._tap_finish(trailers)
         if not self.req_done:
             # The backend answered before the body was all sent: the connection can't be reused.
             self.keep_alive = False
@@ -2294,25 +2323,30 @@ cdef class UpstreamConnection(Connection):
         """Pass body bytes through to the client and notice where the message ends."""
         cdef ResponseHead resp = self.resp
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data), k
-        cdef bytes body = data, extra = None
+        cdef bytes body = data, extra = None, decoded = None
         cdef bint done = False
         cdef list out
         if resp.until_close:
             pass
         elif resp.chunked:
-            if client.dechunk:
+            # The payload is decoded for an HTTP/1.0 client, and for a response tap that took
+            # the answer (proxy-cache); the first bytes are decoded whenever a tap may take it.
+            if client.dechunk or (client._tap_wants_decoded() if not first else (
+                    client.ctx is not None and client.ctx.response_tap is not None)):
                 out = []
                 k = self.chunk.feed(data, out)
-                body = b"".join(out)
+                decoded = b"".join(out)
             else:
                 k = self.chunk.feed(data)
             if k < 0:
                 self._fail(client, "bad chunked body from upstream")
                 return 0
+            if client.dechunk:
+                body = decoded
+            elif k < n:
+                body = _bslice(data, 0, k)
             if k < n:
                 extra = _bslice(data, k, n)
-                if not client.dechunk:
-                    body = _bslice(data, 0, k)
             done = self.chunk.done
         else:
             if n >= self.body_left:
@@ -2327,11 +2361,14 @@ cdef class UpstreamConnection(Connection):
             client._response_head(resp, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body), done)
         elif body:
             client._response_body(body, done)
+        if decoded and client._tap_wants_decoded():
+            client._tap_decoded(decoded)
         if done:
             self._message_done(client, extra)
 
     cdef int _message_done(self, ClientConnection client, bytes extra) except -1:
         cdef bint reusable = self.resp.keep_alive and not extra and client.req_done and not self.closed
+        cdef bint trailers = self.chunk is not None and self.chunk.trailer_bytes > 0
         self.state = U_IDLE
         self._detach()
         self.resp = None
@@ -2341,7 +2378,7 @@ cdef class UpstreamConnection(Connection):
             self.pool.release(self)
         else:
             self.close()
-        client._response_done()
+        client._response_done(trailers)
 
     cdef int _fail(self, ClientConnection client, str message) except -1:
         self._detach()

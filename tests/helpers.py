@@ -10,7 +10,8 @@ Everything here uses real sockets and real processes, on loopback only.
   ``/slow?ms=N``    answers after N ms (echo body, see below)
   ``/status/N``     answers status N (JSON body, none for 204/304)
   ``/bytes/N``      N bytes (``x`` repeated), Content-Length, written in pieces
-  ``/chunked?n=K&size=S``  K chunks of S bytes, ``Transfer-Encoding: chunked``
+  ``/chunked?n=K&size=S``  K chunks of S bytes, ``Transfer-Encoding: chunked`` (``&trailer=1``: ended
+                           with an ``X-Checksum`` trailer field)
   ``/close``        answers, then closes the connection (``Connection: close``)
   ``/respond``      ``?status=N&h=Name: value&ms=N``: echo with that status and those
                     header lines (each ``h``), after N ms
@@ -440,7 +441,8 @@ class _BackendProtocol(asyncio.Protocol):
                 chunk = bytes([97 + i % 26]) * size
                 self.transport.write(f"{size:x}\r\n".encode() + chunk + b"\r\n")
                 await asyncio.sleep(0)
-            self.transport.write(b"0\r\n\r\n")
+            trailer = b"X-Checksum: 1234\r\n" if req["query"].get("trailer") else b""
+            self.transport.write(b"0\r\n" + trailer + b"\r\n")
         elif path == "/respond":
             # Answer headers chosen by the test: each ``h=Name: value`` query argument is one.
             extra = "".join(f"{h}\r\n" for h in parse_qs(urlsplit(req["target"]).query).get("h", []))

@@ -8,8 +8,9 @@ query, the consumer (an authenticated caller never gets another's answer) and th
 of ``vary_headers``.
 
 What is stored (RFC 9111, as a shared cache), with ``cache_control`` on (the default):
-a status in ``statuses``; a body framed by Content-Length of at most ``max_body`` bytes;
-no ``Set-Cookie``; no ``Vary`` other than names in ``vary_headers`` (``Vary: *`` never);
+a status in ``statuses``; a body of at most ``max_body`` bytes, framed by Content-Length or
+chunked (stored decoded and answered with a Content-Length; not with trailer fields, which
+would be lost); no ``Set-Cookie``; no ``Vary`` other than names in ``vary_headers`` (``Vary: *`` never);
 not ``no-store``, ``no-cache`` or ``private``; kept for ``s-maxage``, else ``max-age``,
 else ``Expires`` less ``Date`` (an invalid Expires is in the past), else ``ttl`` seconds.
 A request with ``Cache-Control: no-store`` neither reads nor writes the cache, one with
@@ -291,6 +292,11 @@ class _Fill:
         self.key = key
         self.purges = purges     # purges seen when the request came: one since, and it is not stored
         self.waiters = waiters   # what requests for the same answer wait on (None: nobody can)
+
+    @property
+    def max_answer(self) -> int:
+        """The most body bytes collected of a chunked answer (its length is known at the end)."""
+        return self.plugin.max_answer
 
     def release(self, entry: Entry | None) -> None:
         """Hand the stored answer (None: there is none) to the requests waiting for it."""

@@ -64,12 +64,44 @@ def test_a_large_body_read_in_many_pieces_is_stored_whole(backend: Backend, port
     assert backend_calls(backend, "/bytes/3000000") == 2
 
 
+def test_a_chunked_answer_is_stored_decoded(backend: Backend, port: int, gateway: Any) -> None:
+    g = cached_gateway(gateway, backend, port, max_body=50_000)
+    path = "/chunked?n=40&size=1000"
+    with RawClient(g.port) as c:
+        first = c.request("GET", path)
+        assert first.status == 200 and first.chunked and first.headers["x-cache-status"] == "Miss"
+        assert first.body == b"".join(bytes([97 + i % 26]) * 1000 for i in range(40))
+        for _ in range(2):
+            hit = c.request("GET", path)        # the same connection: the framing is right
+            assert hit.status == 200 and hit.headers["x-cache-status"] == "Hit" and not hit.chunked
+            assert "transfer-encoding" not in hit.headers and int(hit.headers["content-length"]) == 40000
+            assert hit.body == first.body and hit.headers["content-type"] == "text/plain"
+    assert backend_calls(backend, "/chunked") == 1
+    # An HTTP/1.0 caller gets the payload decoded (and closed); it is stored all the same.
+    with RawClient(g.port) as c:
+        c.send(f"GET /chunked?n=3&size=7 HTTP/1.0\r\nHost: 127.0.0.1:{g.port}\r\n\r\n".encode())
+        old = c.read_response()
+        assert old.headers["x-cache-status"] == "Miss" and old.body == b"a" * 7 + b"b" * 7 + b"c" * 7
+    hit = request(g.port, "GET", "/chunked?n=3&size=7")
+    assert hit.headers["x-cache-status"] == "Hit" and hit.body == old.body
+    # Larger than max_body once decoded: passed on whole, not stored.
+    for _ in range(2):
+        big = request(g.port, "GET", "/chunked?n=60&size=1000")
+        assert big.headers["x-cache-status"] == "Miss" and len(big.body) == 60000
+    # With trailer fields: passed on with them, not stored without them.
+    for _ in range(2):
+        r = request(g.port, "GET", "/chunked?n=2&trailer=1")
+        assert r.headers["x-cache-status"] == "Miss" and r.body == b"a" * 5 + b"b" * 5
+    assert backend_calls(backend, "/chunked") == 6
+
+
 def test_what_a_shared_cache_may_not_store_is_not_stored(backend: Backend, port: int, gateway: Any) -> None:
     g = cached_gateway(gateway, backend, port)
     for path in (respond("Cache-Control: no-store"), respond("Cache-Control: private, max-age=60"),
                  respond("Cache-Control: no-cache"), respond("Cache-Control: max-age=0"),
                  respond("Set-Cookie: session=abc"), respond("Vary: Accept-Language"),
-                 respond("Vary: *"), respond(status=500), respond(status=201), "/chunked?n=3"):
+                 respond("Vary: *"), respond(status=500), respond(status=201),
+                 "/chunked?n=3&trailer=1"):
         for _ in range(2):
             r = request(g.port, "GET", path)
             assert r.headers["x-cache-status"] == "Miss", path
