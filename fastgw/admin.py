@@ -3,13 +3,15 @@
 A small raw asyncio HTTP/1.1 server (keep-alive, no framework) that runs in the
 supervisor's loop. Every data endpoint needs ``Authorization: Bearer <token>``; the
 dashboard page and its static assets do not (the page asks for the token and sends it
-on its own data calls)::
+on its own data calls), nor does ``/health``'s bare status, for load balancer and
+orchestrator probes::
 
     GET  /stats     JSON: totals, time series, resources, unmatched hosts, consumers
                     (?service= &stage= &resource= &method= &range=300 | &from= &to= , &step=)
     GET  /metrics   Prometheus text format 0.0.4
     GET  /routes    the routes of the running config
-    GET  /health    supervisor and worker state
+    GET  /health    200 {"status": "ok"}, or 503 {"status": "degraded"} when a worker is
+                    down; with the token, also the workers and the config generation
     POST /reload    validate and load the config file again (400 + errors when refused)
     POST /cache/purge  drop proxy-cache answers (?service= &stage= to narrow it): every
                     worker's memory, and Redis with policy "redis"
@@ -387,7 +389,10 @@ class AdminServer:
                      ("GET", "/config"), ("POST", "/reload"), ("POST", "/cache/purge")}
         if (method, path) not in endpoints and ("GET", path) not in endpoints and ("POST", path) not in endpoints:
             return self._json(404, {"error": "not found", "status": 404})
-        if not self._authorized(headers):
+        authorized = self._authorized(headers)
+        if path == "/health" and method in ("GET", "HEAD"):
+            return await self._health(authorized)
+        if not authorized:
             return (401, b'{"error":"missing or wrong admin token","status":401}', "application/json",
                     b'WWW-Authenticate: Bearer realm="fastgw-admin"\r\n')
         if (method, path) not in endpoints:
@@ -401,8 +406,6 @@ class AdminServer:
                 return 200, render_metrics(self.region).encode(), "text/plain; version=0.0.4; charset=utf-8", b""
             if path == "/routes":
                 return self._json(200, {"routes": await self._call("routes")})
-            if path == "/health":
-                return self._json(200, {"status": "ok", "time": time.time(), **(await self._call("health") or {})})
             if path == "/config":
                 return self._json(200, redact(await self._call("config") or {}))
             if path == "/cache/purge":
@@ -415,6 +418,19 @@ class AdminServer:
             return self._json(400, {"error": str(exc), "status": 400})
         except Exception as exc:  # an admin bug must not take down the supervisor
             return self._json(500, {"error": f"{type(exc).__name__}: {exc}", "status": 500})
+
+    async def _health(self, detailed: bool) -> tuple[int, bytes, str, bytes]:
+        """503 when the hooks say degraded (a probe's verdict is the status code). Without the
+        token only the verdict: pids and generations are for the operator."""
+        try:
+            info = dict(await self._call("health") or {})
+        except Exception as exc:  # noqa: BLE001 - a probe must get an answer, and a 503
+            info = {"status": "degraded", "error": f"{type(exc).__name__}: {exc}"}
+        state = info.pop("status", "ok")
+        status = 200 if state == "ok" else 503
+        if not detailed:
+            return self._json(status, {"status": state})
+        return self._json(status, {"status": state, "time": time.time(), **info})
 
     async def _purge(self, qs: dict[str, list[str]]) -> tuple[int, bytes, str, bytes]:
         unknown = sorted(set(qs) - {"service", "stage"})

@@ -23,6 +23,7 @@ class FakeHooks:
     def __init__(self) -> None:
         self.reloads = 0
         self.next_errors: list[str] = []
+        self.health_state: dict[str, Any] | Exception = {"workers": [{"slot": 0, "alive": True}]}
 
     def reload(self) -> list[str]:
         self.reloads += 1
@@ -41,7 +42,9 @@ class FakeHooks:
         }
 
     async def health(self) -> dict[str, Any]:
-        return {"workers": [{"slot": 0, "alive": True}]}
+        if isinstance(self.health_state, Exception):
+            raise self.health_state
+        return self.health_state
 
 
 @pytest.fixture
@@ -86,7 +89,7 @@ async def _with_server(region, fn, hooks=None, db=None):
 
 def test_token_enforced(region):
     async def fn(http, server):
-        for path in ("/stats", "/metrics", "/routes", "/health", "/config"):
+        for path in ("/stats", "/metrics", "/routes", "/config"):
             async with http.get(path) as r:
                 assert r.status == 401, path
                 assert r.headers["WWW-Authenticate"].startswith("Bearer")
@@ -184,6 +187,32 @@ def test_metrics_parse_with_prometheus_client(region):
     um = {s.labels["host"]: s.value for s in fams["fastgw_unmatched_requests"].samples}
     assert um == {"api.shop": 1}
     assert [s.value for s in fams["fastgw_consumer_requests"].samples] == [3]
+
+
+def test_health_answers_probes_without_the_token(region):
+    hooks = FakeHooks()
+
+    async def fn(http, server):
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            async with http.get("/health", headers=headers) as r:
+                assert r.status == 200 and await r.json() == {"status": "ok"}    # no pids for strangers
+            async with http.head("/health", headers=headers) as r:
+                assert r.status == 200 and await r.read() == b""
+        hooks.health_state = {"status": "degraded", "workers": [{"slot": 0, "alive": False}]}
+        async with http.get("/health") as r:
+            assert r.status == 503 and await r.json() == {"status": "degraded"}
+        async with http.get("/health", headers=AUTH) as r:
+            h = await r.json()
+            assert r.status == 503 and h["status"] == "degraded" and h["workers"] == [{"slot": 0, "alive": False}]
+        hooks.health_state = RuntimeError("supervisor gone")
+        async with http.get("/health") as r:
+            assert r.status == 503 and await r.json() == {"status": "degraded"}
+        async with http.get("/health", headers=AUTH) as r:
+            assert r.status == 503 and (await r.json())["error"] == "RuntimeError: supervisor gone"
+        async with http.post("/health") as r:          # only reading is open
+            assert r.status == 401
+
+    asyncio.run(_with_server(region, fn, hooks))
 
 
 def test_config_redacted_routes_health_reload(region):
