@@ -112,7 +112,9 @@ cdef class RequestContext:
     # end-to-end fields after the response plugins) and ``rewrite(body) -> bytes``. An answer
     # it takes is held (head and body) until the body is whole, then sent with what
     # ``rewrite`` returned and its own Content-Length. Offered: backend answers framed by a
-    # non-zero Content-Length and the gateway's own answers with a body, never to HEAD.
+    # non-zero Content-Length or chunked (content_length -1: held while the decoded payload
+    # fits the object's ``max_answer``; beyond, sent unchanged, framed in chunks by the
+    # gateway) and the gateway's own answers with a body, never to HEAD.
     cdef public object response_filter
     cdef object _vars
     cdef object _params

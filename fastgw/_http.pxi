@@ -235,6 +235,14 @@ cdef inline bytes _bslice(bytes b, Py_ssize_t s, Py_ssize_t e):
     return PyBytes_FromStringAndSize(PyBytes_AS_STRING(b) + s, e - s)
 
 
+cdef bytes _chunk(bytes data):
+    """``data`` framed as one chunk (RFC 9112 7.1); nothing for no data (an empty chunk
+    would end the body)."""
+    if PyBytes_GET_SIZE(data) == 0:
+        return b""
+    return b"%x\r\n" % PyBytes_GET_SIZE(data) + data + b"\r\n"
+
+
 cdef inline bytes _bslice_same(bytes old, bytes b, Py_ssize_t s, Py_ssize_t e):
     """``b[s:e]``, or ``old`` when it holds those very bytes. PERF: a keep-alive client sends
     the same target and Host request after request (and a connection's head is scanned

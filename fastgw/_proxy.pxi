@@ -959,6 +959,9 @@ cdef class ClientConnection(Connection):
     cdef long long tap_room              # decoded bytes the tap takes still (chunked answers)
     cdef list hold_parts                 # the answer's body while held for ctx.response_filter
     cdef list hold_headers               # the held answer's headers (end-to-end, after plugins)
+    cdef long long hold_room             # decoded bytes the filter takes still (-1: framed by length)
+    cdef bint rechunk                    # the gateway frames the decoded payload as chunks itself
+                                         # (a held chunked answer outgrew the filter: _hold_release)
     cdef Py_ssize_t conn_slot            # in engine.conns (-1: not there)
     cdef bint head_rejected              # a head was refused: the client's bytes after it were not read
     cdef double linger_end               # S_LINGER: close by then whatever the client does
@@ -1206,6 +1209,7 @@ cdef class ClientConnection(Connection):
         self.up_body = None
         self.resp_started = False
         self.dechunk = False
+        self.rechunk = False
         self.by_gateway = False
         self.request_id = None
         self.pending = None
@@ -1747,9 +1751,33 @@ cdef class ClientConnection(Connection):
         """The answer has a body framed by Content-Length (what the tap and the filter see)."""
         return not (self.head_req or resp.chunked or resp.until_close) and resp.content_length >= 0
 
-    cdef inline bint _tap_wants_decoded(self) noexcept:
-        """The tap took a chunked answer: the upstream side hands it the decoded payload."""
-        return self.tap_parts is not None and self.tap_size < 0
+    cdef inline bint _takes_decoded(self) noexcept:
+        """The tap or the filter took a chunked answer, or the gateway re-frames one: the
+        upstream side hands over the decoded payload (_take_decoded)."""
+        return (self.rechunk or (self.tap_parts is not None and self.tap_size < 0)
+                or (self.hold_parts is not None and self.hold_room >= 0))
+
+    cdef inline bint _may_take_decoded(self) noexcept:
+        """Before the head is answered: a tap or a filter may take a chunked answer."""
+        return self.ctx is not None and (self.ctx.response_tap is not None or self.ctx.response_filter is not None)
+
+    cdef int _take_decoded(self, ResponseHead resp, bytes data, bint whole) except -1:
+        """Decoded payload bytes of a chunked answer (see _takes_decoded); ``whole``: the last."""
+        if self.tap_parts is not None and self.tap_size < 0:
+            self._tap_decoded(data)
+        if self.hold_parts is not None and self.hold_room >= 0:
+            self.hold_room -= PyBytes_GET_SIZE(data)
+            self.hold_parts.append(data)
+            if self.hold_room < 0:
+                self._hold_release(resp, whole)
+            if self.timer_kind == T_READ:
+                self._arm(T_READ, self.route.read_timeout)
+        elif self.rechunk:
+            out = _chunk(data) + b"0\r\n\r\n" if whole else _chunk(data)
+            self.bytes_out += PyBytes_GET_SIZE(out)
+            self._write_end(out, whole and not self.keep_alive)   # last: _finish closes next
+            if self.timer_kind == T_READ:
+                self._arm(T_READ, self.route.read_timeout)
 
     cdef int _tap_start(self, ResponseHead resp, object tap, const char* body, Py_ssize_t body_n) except -1:
         """Offer the backend's answer to ``ctx.response_tap``; collect its body if taken.
@@ -1800,24 +1828,51 @@ cdef class ClientConnection(Connection):
 
     cdef bint _hold_start(self, ResponseHead resp, RequestContext ctx, list headers, list add,
                           const char* body, Py_ssize_t body_n) except -1:
-        """Offer the answer to ``ctx.response_filter``; True: it is held until its body is whole."""
+        """Offer the answer to ``ctx.response_filter``; True: it is held until its body is whole.
+
+        A chunked answer is offered with content_length -1 and held while its decoded payload
+        fits the filter's ``max_answer`` (beyond: _hold_release)."""
         cdef list final
-        if not self._body_by_length(resp) or resp.content_length == 0:
+        cdef bint chunked = resp.chunked and not (self.head_req or resp.until_close)
+        if not chunked and (not self._body_by_length(resp) or resp.content_length == 0):
             return False
         final = resp.forward_headers() if headers is None else \
             [(n, v) for n, v in headers if forwardable_response_header(n)]
         if add:
             final.extend(add)
         try:
-            taken = ctx.response_filter.start(self.status, final, resp.content_length)
+            taken = ctx.response_filter.start(self.status, final, -1 if chunked else resp.content_length)
+            room = getattr(ctx.response_filter, "max_answer", 0) if chunked and taken else -1
         except Exception as exc:
             _log.error("response filter failed on %s: %r", self.route.key, exc, exc_info=exc)
             return False
         if not taken:
             return False
         self.hold_headers = final
-        self.hold_parts = [PyBytes_FromStringAndSize(body, body_n)] if body_n else []
+        self.hold_room = room
+        if chunked:
+            self.hold_parts = []           # the decoded payload comes through _take_decoded
+        else:
+            self.hold_parts = [PyBytes_FromStringAndSize(body, body_n)] if body_n else []
         return True
+
+    cdef int _hold_release(self, ResponseHead resp, bint whole) except -1:
+        """A held chunked answer outgrew the filter: send it unchanged after all, its head and
+        the payload so far now, the rest as it comes. The backend's chunks can't be passed on
+        from the middle of one, so the gateway frames the payload as chunks itself (an
+        HTTP/1.0 client gets it decoded, as before); trailer fields are not passed on."""
+        cdef bytes body = b"".join(self.hold_parts)
+        cdef list headers = self.hold_headers
+        self.hold_parts = None
+        self.hold_headers = None
+        self.rechunk = not self.dechunk
+        if self.rechunk:
+            body = _chunk(body) + b"0\r\n\r\n" if whole else _chunk(body)
+        fill_response_head(resp, headers, None, self.status, self.rechunk, self._conn_mode(),
+                           PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
+        self.resp_started = True
+        self.bytes_out = _buf.n
+        self._write_buf(_buf, whole and not self.keep_alive)   # last: _finish closes next
 
     cdef int _hold_finish(self) except -1:
         """The held answer's body is whole: send it rewritten, with its own Content-Length."""
@@ -1844,11 +1899,13 @@ cdef class ClientConnection(Connection):
         return CLOSE_NO
 
     cdef int _response_body(self, bytes body, bint whole) except -1:
-        """Forward body bytes of the backend's answer; ``whole``: the answer ends with them."""
+        """Forward body bytes of the backend's answer; ``whole``: the answer ends with them.
+        (The decoded payload of a chunked answer a tap or filter took: _take_decoded.)"""
         if self.tap_parts is not None and self.tap_size >= 0:
             self.tap_parts.append(body)
-        if self.hold_parts is not None:
-            self.hold_parts.append(body)
+        if self.hold_parts is not None or self.rechunk:
+            if self.hold_parts is not None and self.hold_room < 0:
+                self.hold_parts.append(body)
             if self.timer_kind == T_READ:
                 self._arm(T_READ, self.route.read_timeout)
             return 0
@@ -1909,6 +1966,7 @@ cdef class ClientConnection(Connection):
         self.tap_parts = None
         self.hold_parts = None
         self.hold_headers = None
+        self.rechunk = False
         if ends:
             # The connection ends here: close (or half-close) before the log phase, whose
             # plugins may take their time, since the answer's last bytes wait in the kernel
@@ -2329,10 +2387,10 @@ cdef class UpstreamConnection(Connection):
         if resp.until_close:
             pass
         elif resp.chunked:
-            # The payload is decoded for an HTTP/1.0 client, and for a response tap that took
-            # the answer (proxy-cache); the first bytes are decoded whenever a tap may take it.
-            if client.dechunk or (client._tap_wants_decoded() if not first else (
-                    client.ctx is not None and client.ctx.response_tap is not None)):
+            # The payload is decoded for an HTTP/1.0 client, for a response tap or filter that
+            # took the answer (proxy-cache, response-transformer) and when the gateway frames it
+            # itself; the first bytes are decoded whenever a tap or a filter may take it.
+            if client.dechunk or (client._takes_decoded() if not first else client._may_take_decoded()):
                 out = []
                 k = self.chunk.feed(data, out)
                 decoded = b"".join(out)
@@ -2361,8 +2419,8 @@ cdef class UpstreamConnection(Connection):
             client._response_head(resp, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body), done)
         elif body:
             client._response_body(body, done)
-        if decoded and client._tap_wants_decoded():
-            client._tap_decoded(decoded)
+        if decoded is not None and client._takes_decoded():
+            client._take_decoded(resp, decoded, done)
         if done:
             self._message_done(client, extra)
 

@@ -11,7 +11,8 @@ Everything here uses real sockets and real processes, on loopback only.
   ``/status/N``     answers status N (JSON body, none for 204/304)
   ``/bytes/N``      N bytes (``x`` repeated), Content-Length, written in pieces
   ``/chunked?n=K&size=S``  K chunks of S bytes, ``Transfer-Encoding: chunked`` (``&trailer=1``: ended
-                           with an ``X-Checksum`` trailer field)
+                           with an ``X-Checksum`` trailer field; ``&json=1``: the JSON object
+                           ``{"data": <K*S x's>}`` sent in K chunks)
   ``/close``        answers, then closes the connection (``Connection: close``)
   ``/respond``      ``?status=N&h=Name: value&ms=N``: echo with that status and those
                     header lines (each ``h``), after N ms
@@ -435,11 +436,15 @@ class _BackendProtocol(asyncio.Protocol):
         elif path == "/chunked":
             count = int(req["query"].get("n", "3"))
             size = int(req["query"].get("size", "5"))
-            head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
+            as_json = bool(req["query"].get("json"))
+            ctype = "application/json" if as_json else "text/plain"
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nTransfer-Encoding: chunked\r\n"
             self.transport.write(head.encode() + (b"Connection: close\r\n" if close else b"") + b"\r\n")
+            doc = json.dumps({"data": "x" * (count * size)}).encode()
+            step = -(-len(doc) // count)
             for i in range(count):
-                chunk = bytes([97 + i % 26]) * size
-                self.transport.write(f"{size:x}\r\n".encode() + chunk + b"\r\n")
+                chunk = doc[i * step:(i + 1) * step] if as_json else bytes([97 + i % 26]) * size
+                self.transport.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
                 await asyncio.sleep(0)
             trailer = b"X-Checksum: 1234\r\n" if req["query"].get("trailer") else b""
             self.transport.write(b"0\r\n" + trailer + b"\r\n")

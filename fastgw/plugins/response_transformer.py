@@ -11,7 +11,8 @@ apply in that order. Values are any JSON; strings may use the settings templates
 Only answers whose Content-Type is JSON (``application/json`` or ``…+json``), whose body
 is a JSON object and at most ``max_body`` bytes, are changed; the server holds such an
 answer until its body is whole and sends the new one with its own Content-Length
-(RequestContext.response_filter). Others pass untouched and unheld. Gateway answers
+(RequestContext.response_filter). A chunked answer is held while its decoded payload fits
+``max_body``; one that outgrows it goes out unchanged, framed in chunks by the gateway. Others pass untouched and unheld. Gateway answers
 (mock, a cache hit) are changed the same way; header edits are response-headers' job.
 """
 
