@@ -191,8 +191,10 @@ class SupervisorHooks:
     def __init__(self, supervisor: Any) -> None:
         self.sup = supervisor
 
-    def reload(self) -> list[str]:
-        return list(self.sup.reload())
+    async def reload(self) -> list[str]:
+        """Errors, or none once the new generation serves: a config a plugin refuses when
+        the workers build it is reported here too, not only in the log."""
+        return list(await self.sup.reload_and_wait())
 
     def routes(self) -> list[dict[str, Any]]:
         out = []

@@ -40,6 +40,10 @@ def _load_config(path: str) -> tuple[Any, list[str]]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg, errors = _load_config(args.file)
+    if not errors:
+        from fastgw.server import plugin_errors
+
+        errors = plugin_errors(cfg)
     if errors:
         for line in errors:
             print(line)

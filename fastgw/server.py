@@ -18,10 +18,13 @@ import ssl
 import sys
 from typing import Any
 
+import orjson
+
 from fastgw import _core
 from fastgw.compile import Runtime, compile_config
-from fastgw.config import Config, load
-from fastgw.pipeline import make_scope_factory
+from fastgw.config import Config, ConfigError, load
+from fastgw.pipeline import PipelineError, build_pipeline, make_scope_factory
+from fastgw.workers import CONFIG_ERRORS, EX_CONFIG
 
 # FASTGW_UVLOOP_TRANSPORTS=1 serves plain-TCP clients and plain-HTTP upstreams through
 # uvloop transports (as TLS always is) instead of fastgw's own epoll set: for comparison
@@ -69,17 +72,7 @@ class Worker:
             self.services["replay"] = self.shared_region.replay_guard()
             self.services["counters"] = self.shared_region.counters()
             self.services["cache_purge"] = self.shared_region.purge_watch()
-        if config.redis:
-            # Many nodes: the replay set is one set in the Redis they share, and rate limits
-            # with policy "redis" count there.
-            from fastgw.counters import RedisCounters
-            from fastgw.replay import RedisReplayGuard, redis_client
-
-            client = redis_client(config.redis)
-            self.services["redis"] = client
-            self.services["redis_prefix"] = config.redis.get("key_prefix", "fastgw:")
-            self.services["replay"] = RedisReplayGuard(client, config.redis.get("key_prefix", "fastgw:"))
-            self.services["redis_counters"] = RedisCounters(client, config.redis.get("key_prefix", "fastgw:"))
+        self.services.update(redis_services(config))
         self.access_log = self._open_access_log(config)
         self.engine.access_log = self.access_log
         self.runtime: Runtime = compile_config(config, self.engine, slot_for, self._scope_factory())
@@ -165,6 +158,42 @@ class Worker:
                 await client.aclose()
 
 
+def redis_services(config: Config) -> dict[str, Any]:
+    """The PluginScope.services parts kept in the top-level ``redis`` (none without it).
+
+    Many nodes: the replay set is one set in the Redis they share, and rate limits and
+    proxy-cache with policy "redis" keep their state there. The client connects when
+    first used."""
+    if not config.redis:
+        return {}
+    from fastgw.counters import RedisCounters
+    from fastgw.replay import RedisReplayGuard, redis_client
+
+    client = redis_client(config.redis)
+    prefix = config.redis.get("key_prefix", "fastgw:")
+    return {"redis": client, "redis_prefix": prefix, "replay": RedisReplayGuard(client, prefix),
+            "redis_counters": RedisCounters(client, prefix)}
+
+
+def plugin_errors(config: Config) -> list[str]:
+    """What the plugins refuse of ``config`` when built as a worker builds them (settings a
+    schema can't judge: a CORS origin ``*`` with credentials, a short JWT secret, a bad JSON
+    Pointer...), each line once; for ``fastgw validate``. Nothing connects or serves."""
+    scope_for = make_scope_factory(config, {"validating": True, **redis_services(config)})
+    errors: list[str] = []
+    for spec in config.routes:
+        if not spec.plugins:
+            continue
+        try:
+            pipeline = build_pipeline(spec, scope_for(spec))
+        except PipelineError as exc:
+            errors.extend(line for line in exc.errors if line not in errors)
+        else:
+            if pipeline is not None:
+                pipeline.close()
+    return errors
+
+
 def run_worker(config_path: str, sockets: list[socket.socket], index: int = 0, generation: int = 0,
                stats_name: str | None = None, ready_fd: int | None = None,
                shared_name: str | None = None) -> None:
@@ -176,8 +205,26 @@ def run_worker(config_path: str, sockets: list[socket.socket], index: int = 0, g
     _core.reset_request_id_prefix()
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    config = load(config_path)
-    worker = Worker(config, loop, index, stats_name, generation, shared_name)
+    try:
+        config = load(config_path)
+        worker = Worker(config, loop, index, stats_name, generation, shared_name)
+    except (ConfigError, PipelineError) as exc:
+        # Settings the schema can't judge (a plugin refusing its config when built): the
+        # supervisor gets the lines through the ready pipe, names them and keeps the old
+        # generation serving, or does not start (EX_CONFIG).
+        errors = list(exc.errors) or [str(exc)]
+        if isinstance(exc, PipelineError):
+            # The build stops at the first route refused: name every refused setting at once.
+            with contextlib.suppress(Exception):
+                errors = plugin_errors(config) or errors
+        for line in errors:
+            log.error("config error: %s", line)
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, CONFIG_ERRORS + orjson.dumps(errors))
+                os.close(ready_fd)
+        loop.close()
+        raise SystemExit(EX_CONFIG) from None
     stop = loop.create_future()
 
     def on_term() -> None:

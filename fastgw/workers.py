@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from fastgw import config as fconfig
 
 PREFIX = "fastgw[supervisor]"
@@ -99,7 +101,15 @@ def _describe_exit(returncode: int) -> str:
             return f"killed by {signal.Signals(-returncode).name}"
         except ValueError:
             return f"killed by signal {-returncode}"
+    if returncode == EX_CONFIG:
+        return f"exit code {returncode}: it refused the config"
     return f"exit code {returncode}"
+
+
+# What a worker writes to its ready pipe: b"1" once serving, or CONFIG_ERRORS and the JSON
+# list of error lines when its config can't be built (then it exits with EX_CONFIG).
+CONFIG_ERRORS = b"E"
+EX_CONFIG = 78
 
 
 @dataclass(eq=False)
@@ -114,6 +124,7 @@ class Worker:
     retiring: bool = False
     kill_timer: asyncio.TimerHandle | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    config_errors: list[str] = field(default_factory=list)   # why it refused its config
 
     @property
     def pid(self) -> int:
@@ -156,6 +167,7 @@ class Supervisor:
         self.current: list[Worker | None] = []
         self.all_workers: set[Worker] = set()
         self.fail_counts: list[int] = []
+        self.start_errors: list[str] = []    # config errors the last generation's workers reported
         self.stopping = False
         self.stats_region: Any = None
         self.stats_name: str | None = None
@@ -252,16 +264,31 @@ class Supervisor:
         worker = Worker(slot, generation, proc, time.monotonic(), loop.create_future())
         self.all_workers.add(worker)
 
+        report = bytearray()
+
         def on_ready_fd() -> None:
-            loop.remove_reader(ready_r)
+            # b"1": serving. Else the worker's config errors (server.CONFIG_ERRORS and a JSON
+            # list), read to the end of the pipe (the worker exits after writing them).
             try:
-                data = os.read(ready_r, 1)
+                data = os.read(ready_r, 65536)
+            except BlockingIOError:
+                return
             except OSError:
                 data = b""
+            report.extend(data)
+            if data and report[:1] == CONFIG_ERRORS and len(report) < (1 << 20):
+                return
+            loop.remove_reader(ready_r)
             os.close(ready_r)
+            if report[:1] == CONFIG_ERRORS:
+                try:
+                    worker.config_errors = [str(line) for line in orjson.loads(bytes(report[1:]))]
+                except (orjson.JSONDecodeError, TypeError):
+                    worker.config_errors = ["the worker's config error report was cut short (see log)"]
             if not worker.ready.done():
-                worker.ready.set_result(bool(data))
+                worker.ready.set_result(report[:1] == b"1")
 
+        os.set_blocking(ready_r, False)
         loop.add_reader(ready_r, on_ready_fd)
         self._spawn_task(self._watch(worker))
         return worker
@@ -320,13 +347,19 @@ class Supervisor:
             worker.signal(signal.SIGKILL)
 
     async def _start_generation(self, count: int, generation: int) -> list[Worker] | None:
-        """Start ``count`` workers and wait for all; on any failure kill them all: None."""
+        """Start ``count`` workers and wait for all; on any failure kill them all: None
+        (``self.start_errors``: the config errors the workers reported, if that was why)."""
+        self.start_errors = []
         started = [await self._spawn(slot, generation) for slot in range(count)]
         oks = await asyncio.gather(*(self._wait_ready(w) for w in started))
         if all(oks):
             for worker in started:
                 log(f"worker {worker.slot} pid {worker.pid} gen {generation} ready")
             return started
+        # Every worker builds the same config: one's report names the errors.
+        self.start_errors = next((w.config_errors for w in started if w.config_errors), [])
+        for line in self.start_errors:
+            log(f"config error: {line}")
         for worker, ok in zip(started, oks, strict=True):
             worker.retiring = True
             if not ok:
@@ -385,7 +418,7 @@ class Supervisor:
             if started is None:
                 self.addresses, self.config = old_addresses, old_config
                 log(f"reload failed: generation {generation} did not start; old workers keep serving")
-                return [f"generation {generation}: a worker failed to start (see log)"]
+                return list(self.start_errors) or [f"generation {generation}: a worker failed to start (see log)"]
             self.generation = generation
             previous = self.current
             self.current = list(started)

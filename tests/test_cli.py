@@ -53,6 +53,31 @@ def test_validate_bad_config_prints_each_error(tmp_path: Path) -> None:
     assert "error" in result.stderr
 
 
+def test_validate_builds_the_plugins_as_a_worker_would(tmp_path: Path) -> None:
+    # Settings no schema can judge: the plugins refuse them when built.
+    cors = {"name": "cors", "config": {"origins": ["*"], "credentials": True}}
+    config = gateway_config(8080, "http://127.0.0.1:9000", resources={
+        "/a": {"GET": {"plugins": [cors]}, "POST": {"plugins": [cors]}},
+        "/b": {"GET": {"plugins": [{"name": "response-transformer", "config": {"json": {"remove": ["/x/~7"]}}}]}},
+    })
+    result = fastgw("validate", write(tmp_path, config))
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        "services[0].resources./a.GET.plugins[0].config: credentials: true cannot be combined with origin '*' "
+        "(list the origins)",
+        "services[0].resources./a.POST.plugins[0].config: credentials: true cannot be combined with origin '*' "
+        "(list the origins)",
+        "services[0].resources./b.GET.plugins[0].config: json.remove: '/x/~7': '~' must be followed by 0 or 1 "
+        "(RFC 6901)",
+    ]
+    # A service-level plugin is one entry: its error is one line, whatever the routes.
+    config = gateway_config(8080, "http://127.0.0.1:9000", resources={"/a": {"GET": {}}, "/b": {"GET": {}}})
+    config["services"][0]["plugins"] = [cors]
+    result = fastgw("validate", write(tmp_path, config))
+    assert result.returncode == 1 and result.stdout.splitlines() == [
+        "services[0].plugins[0].config: credentials: true cannot be combined with origin '*' (list the origins)"]
+
+
 def test_validate_missing_and_broken_files(tmp_path: Path) -> None:
     result = fastgw("validate", str(tmp_path / "nope.json"))
     assert result.returncode == 1 and result.stdout.strip()

@@ -79,11 +79,13 @@ def test_valid_config_flattens_routes() -> None:
     assert get.backend == {"host_header": "client", "max_fails": 1, "fail_timeout": 10, "balance": "round_robin", "tries": 0, "tries_timeout": 0, "hash_key": "ip"}
     assert get.variables == {"version": "v2"}
     assert get.timeouts == {"connect": 5, "read": 60, "send": 60}
-    assert get.plugins == ({"name": DEMO, "config": {"limit": 1, "mode": "a", "nested": {"flag": True}}},)
+    assert get.plugins == ({"name": DEMO, "config": {"limit": 1, "mode": "a", "nested": {"flag": True}},
+                            "place": "services[0].plugins[0]"},)       # where it is written, for errors
     assert get.place == "services[0].resources./orders.GET"
     # method level wins over service level; timeouts merge per field
     post = by["shop/prod/POST /orders"]
     assert post.plugins[0]["config"]["limit"] == 10 and post.backend_path is None
+    assert post.plugins[0]["place"] == "services[0].resources./orders.POST.plugins[0]"
     assert post.timeouts == {"connect": 5, "read": 60, "send": 7}
     # enabled: false on the path removes the inherited plugin, a method may add it back
     assert by["shop/prod/GET /orders/{orderId}"].plugins == ()

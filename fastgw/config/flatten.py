@@ -16,17 +16,21 @@ from fastgw.config.validate import DEFAULT_TIMEOUTS, METHODS
 Plugins = dict[str, dict[str, Any]]
 
 
-def merge_plugins(inherited: Plugins, level: list[dict[str, Any]] | None) -> Plugins:
-    """``inherited`` overridden by ``level`` (nearest wins; ``enabled: false`` removes)."""
+def merge_plugins(inherited: Plugins, level: list[dict[str, Any]] | None, place: str = "") -> Plugins:
+    """``inherited`` overridden by ``level`` (nearest wins; ``enabled: false`` removes).
+
+    Each entry keeps the place it was written at (``place`` is the level's: an error in a
+    plugin's settings names ``services[0].plugins[1]``, not each route that inherits it)."""
     if not level:
         return inherited
     out = dict(inherited)
-    for entry in level:
+    for j, entry in enumerate(level):
         name = entry["name"]
         if entry.get("enabled", True) is False:
             out.pop(name, None)
         else:
-            out[name] = {"name": name, "config": entry.get("config", {})}
+            out[name] = {"name": name, "config": entry.get("config", {}),
+                         **({"place": f"{place}.plugins[{j}]"} if place else {})}
     return out
 
 
@@ -41,7 +45,7 @@ def _walk(node: dict[str, Any], template: str, place: str, plugins: Plugins, tim
             continue
         child = key if template in ("", "/") else template + key
         p = f"{place}.{key}"
-        here_plugins = merge_plugins(plugins, value.get("plugins"))
+        here_plugins = merge_plugins(plugins, value.get("plugins"), p)
         here_timeouts = merge_timeouts(timeouts, value.get("timeouts"))
         for method in METHODS:
             op = value.get(method)
@@ -49,7 +53,7 @@ def _walk(node: dict[str, Any], template: str, place: str, plugins: Plugins, tim
                 continue
             out.append(make(
                 resource=child, method=method, backend_path=op.get("backend_path"),
-                plugins=tuple(merge_plugins(here_plugins, op.get("plugins")).values()),
+                plugins=tuple(merge_plugins(here_plugins, op.get("plugins"), f"{p}.{method}").values()),
                 timeouts=dict(merge_timeouts(here_timeouts, op.get("timeouts"))),
                 place=f"{p}.{method}",
             ))
@@ -60,7 +64,7 @@ def flatten(raw: dict[str, Any]) -> list[RouteSpec]:
     """All routes of a valid configuration, in document order (stage by stage)."""
     out: list[RouteSpec] = []
     for si, service in enumerate(raw.get("services", [])):
-        svc_plugins = merge_plugins({}, service.get("plugins"))
+        svc_plugins = merge_plugins({}, service.get("plugins"), f"services[{si}]")
         svc_timeouts = merge_timeouts(dict(DEFAULT_TIMEOUTS), service.get("timeouts"))
         for stname, stage in service["stages"].items():
             backend = stage["backend"]
@@ -80,6 +84,6 @@ def flatten(raw: dict[str, Any]) -> list[RouteSpec]:
                 return RouteSpec(**common, **kw)
 
             _walk(service["resources"], "", f"services[{si}].resources",
-                  merge_plugins(svc_plugins, stage.get("plugins")),
+                  merge_plugins(svc_plugins, stage.get("plugins"), f"services[{si}].stages.{stname}"),
                   merge_timeouts(svc_timeouts, stage.get("timeouts")), make, out)
     return out

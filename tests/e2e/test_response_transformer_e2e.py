@@ -9,7 +9,7 @@ from typing import Any
 
 from tests.helpers import Backend, RawClient, free_port, gateway_config, request
 
-EDITS = {"remove": ["raw_headers", "body"], "rename": {"path": "route"}, "replace": {"method": "was-${header.x-m}"},
+EDITS = {"remove": ["raw_headers", "body", "/headers/x-m"], "rename": {"path": "route"}, "replace": {"method": "was-${header.x-m}"},
          "add": {"gateway": {"by": "fastgw", "id": "{id}"}, "method": "never"}, "append": {"tags": "t-{id}"}}
 
 
@@ -35,6 +35,7 @@ def test_json_answers_are_edited_and_framed_anew(backend: Backend, port: int, ga
     with RawClient(g.port) as c:
         r = c.request("GET", "/items/7", {"X-M": "get"})
         assert r.status == 200 and int(r.headers["content-length"]) == len(r.body)
+        assert "x-m" not in r.json()["headers"] and "host" in r.json()["headers"]   # a nested key
         check_edited(r.json(), "/items/7", "7", "was-get")
         # a body read in many pieces (the backend echoes 300 KB), on the same connection
         big = c.request("POST", "/items/8", {"X-M": "post"}, b"y" * 300_000)

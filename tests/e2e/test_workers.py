@@ -8,8 +8,10 @@ itself), so the supervisor is also tested on its own.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -142,3 +144,32 @@ def test_admin_reload_uses_the_supervisor(gateway: Callable[..., Gateway], backe
     gw.write_config(bad)
     resp = request(admin["port"], "POST", "/reload", headers=auth)
     assert resp.status == 400 and b"workers" in resp.body
+    # A config the schema passes but a plugin refuses when the workers build it: the new
+    # workers report the exact setting, the reload answers it, the old ones serve on.
+    pids = gw.worker_pids()
+    refused = copy.deepcopy(new_config)
+    refused["services"][0]["resources"]["/new"] = {"GET": {"plugins": [
+        {"name": "cors", "config": {"origins": ["*"], "credentials": True}}]}}
+    gw.write_config(refused)
+    resp = request(admin["port"], "POST", "/reload", headers=auth)
+    assert resp.status == 400 and resp.json()["errors"] == [
+        "services[0].resources./new.GET.plugins[0].config: credentials: true cannot be combined with "
+        "origin '*' (list the origins)"]
+    assert "reload failed: generation 3 did not start; old workers keep serving" in gw.log()
+    assert serves(engine, request(gw.port, "GET", "/new"), "/new") and gw.worker_pids() == pids
+
+
+@requires_engine
+def test_a_config_a_plugin_refuses_stops_the_start_with_the_setting_named(backend: Backend, tmp_path: Any) -> None:
+    config = base_config(backend)
+    config["services"][0]["plugins"] = [{"name": "cors", "config": {"origins": ["*"], "credentials": True}}]
+    path = tmp_path / "gw.json"
+    path.write_text(json.dumps(config))
+    result = subprocess.run([sys.executable, "-m", "fastgw", "run", "-c", str(path), "--workers", "2"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "workers failed to start; exiting" in result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("fastgw[supervisor] config error: ")]
+    assert errors == ["fastgw[supervisor] config error: services[0].plugins[0].config: "
+                      "credentials: true cannot be combined with origin '*' (list the origins)"], result.stderr

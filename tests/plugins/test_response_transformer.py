@@ -60,3 +60,46 @@ def test_settings_are_checked() -> None:
         with pytest.raises(PipelineError) as err:
             make_pipeline([{"name": "response-transformer", "config": config}])
         assert message in str(err.value.errors), config
+
+
+def test_json_pointer_paths_edit_nested_objects_and_arrays() -> None:
+    f = filter_for(transformer({
+        "remove": ["/user/password", "/items/*/secret", "/tags/0", "/gone/deeper/x", "/a~1b", "/m~0n/k"],
+        "rename": {"/user/mail": "email", "/items/*/qty": "quantity"},
+        "replace": {"/user/role": "member", "/items/1/price": 0, "/flags/*": False, "/nope/x": 1},
+        "add": {"/meta/gateway/by": "fastgw", "/items/*/currency": "EUR", "/user/role": "never"},
+        "append": {"/meta/gateway/hops": "gw1", "/user/groups": "staff"},
+    }))
+    doc = {"user": {"password": "p", "mail": "a@x", "role": "admin", "groups": "dev"},
+           "items": [{"secret": 1, "qty": 2, "price": 5}, {"qty": 1, "price": 7, "currency": "USD"}],
+           "tags": ["x", "y"], "flags": {"beta": True, "new": True}, "a/b": 1, "m~n": {"k": 1, "j": 2}}
+    assert orjson.loads(f.rewrite(orjson.dumps(doc))) == {
+        "user": {"email": "a@x", "role": "member", "groups": ["dev", "staff"]},
+        "items": [{"quantity": 2, "price": 5, "currency": "EUR"}, {"quantity": 1, "price": 0, "currency": "USD"}],
+        "tags": ["y"], "flags": {"beta": False, "new": False}, "m~n": {"j": 2},
+        "meta": {"gateway": {"by": "fastgw", "hops": ["gw1"]}},
+    }
+    # A path through something that is not an object or array changes nothing.
+    assert orjson.loads(f.rewrite(b'{"user": "name", "items": 3, "tags": "t"}')) == {
+        "user": "name", "items": 3, "tags": "t", "meta": {"gateway": {"by": "fastgw", "hops": ["gw1"]}}}
+    # Top-level keys still work beside paths; "*" at the end of remove empties the holder.
+    g = filter_for(transformer({"remove": ["/list/*", "top"], "add": {"top2": 1}}))
+    assert orjson.loads(g.rewrite(b'{"list": [1, 2, 3], "top": 1}')) == {"list": [], "top2": 1}
+
+
+def test_values_put_along_paths_are_not_shared_between_answers() -> None:
+    # add puts {"hops": []} in, then append pushes into it: each answer gets its own copy.
+    f = filter_for(transformer({"add": {"meta": {"hops": []}}, "append": {"/meta/hops": "gw"}}))
+    for _ in range(3):
+        assert orjson.loads(f.rewrite(b"{}")) == {"meta": {"hops": ["gw"]}}
+
+
+def test_json_pointer_settings_are_checked() -> None:
+    for edits, message in (({"remove": ["/a/~2"]}, "json.remove: '/a/~2': '~' must be followed by 0 or 1"),
+                           ({"add": {"/items/*": 1}}, "json.add: '/items/*' may not end in '*'"),
+                           ({"append": {"/x/*": 1}}, "json.append: '/x/*' may not end in '*'"),
+                           ({"rename": {"/a/*": "b"}}, "json.rename: '/a/*' may not end in '*'"),
+                           ({"rename": {"/a/b": "/c"}}, "the new name '/c' is a key beside the old one")):
+        with pytest.raises(PipelineError) as err:
+            transformer(edits)
+        assert any(message in e for e in err.value.errors), (edits, err.value.errors)
