@@ -14,7 +14,9 @@ worker restart never drops a connection that waits in the accept backlog.
   and SIGKILL after ``limits.drain_timeout``. If a new worker fails to start, the new
   generation is killed and the old one keeps serving.
 - **Crash**: a worker that exits on its own is logged and restarted on its socket, with
-  an exponential backoff while it keeps dying young.
+  an exponential backoff while it keeps dying young. It restarts on the config its
+  generation was started with: the supervisor gives workers a private copy of the bytes
+  it validated (a snapshot per generation), never the file, which may have changed since.
 - **Stop** (SIGTERM/SIGINT): SIGTERM to every worker, wait up to the drain timeout,
   SIGKILL what is left, exit 0. A second SIGINT (Ctrl-C twice) kills the workers at once.
 
@@ -30,6 +32,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -177,6 +180,9 @@ class Supervisor:
         self._reload_lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._snapshots: dict[int, str] = {}     # id(config) -> the copy its workers load
+        self._snapshot_dir: str | None = None
+        self._snapshot_seq = 0
 
     # ----------------------------------------------------------------- config helpers
 
@@ -194,13 +200,54 @@ class Supervisor:
         return [(str(item["host"]), int(item["port"])) for item in cfg.listen]
 
     def _load(self) -> tuple[Any, list[str]]:
-        """Load and validate the config file: ``(config, [])`` or ``(None, errors)``."""
+        """Load and validate the config file: ``(config, [])`` or ``(None, errors)``; a good
+        one's bytes are kept as a snapshot for the workers (``self._snapshots[id(config)]``)."""
         try:
-            return fconfig.load(self.config_path), []
+            cfg, blob = fconfig.load_read(self.config_path)
         except fconfig.ConfigError as exc:
             return None, list(exc.errors) or [str(exc)]
         except OSError as exc:
             return None, [f"{self.config_path}: {exc.strerror or exc}"]
+        self._snapshots[id(cfg)] = self._write_snapshot(blob)
+        return cfg, []
+
+    def _write_snapshot(self, blob: bytes) -> str:
+        """A private file holding ``blob`` (the file itself when one can't be written)."""
+        try:
+            if self._snapshot_dir is None:
+                self._snapshot_dir = tempfile.mkdtemp(prefix="fastgw-config-")
+            self._snapshot_seq += 1
+            ext = os.path.splitext(self.config_path)[1]
+            path = os.path.join(self._snapshot_dir, f"config-{self._snapshot_seq}{ext}")
+            with open(path, "wb") as fh:
+                fh.write(blob)
+            return path
+        except OSError as exc:
+            log(f"cannot keep a copy of the config ({exc}); workers read {self.config_path}")
+            return self.config_path
+
+    @property
+    def _worker_config(self) -> str:
+        """The file workers load: the snapshot of the config in force."""
+        return self._snapshots.get(id(self.config), self.config_path)
+
+    def _forget(self, cfg: Any) -> None:
+        """Delete ``cfg``'s snapshot: no worker will start on it any more."""
+        path = self._snapshots.pop(id(cfg), None)
+        if path is not None and path != self.config_path:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def _forget_all(self) -> None:
+        for key in list(self._snapshots):
+            path = self._snapshots.pop(key)
+            if path != self.config_path:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        if self._snapshot_dir is not None:
+            with contextlib.suppress(OSError):
+                os.rmdir(self._snapshot_dir)
+            self._snapshot_dir = None
 
     # ----------------------------------------------------------------- sockets
 
@@ -244,7 +291,7 @@ class Supervisor:
         fds = [self.sockets[addr][slot].fileno() for addr in self.addresses]
         ready_r, ready_w = os.pipe()
         cmd = list(self.worker_cmd)
-        cmd += ["--config", self.config_path]
+        cmd += ["--config", self._worker_config]
         for fd in fds:
             cmd += ["--fd", str(fd)]
         cmd += ["--index", str(slot), "--generation", str(generation), "--ready-fd", str(ready_w)]
@@ -402,6 +449,7 @@ class Supervisor:
         assert self._reload_lock is not None
         async with self._reload_lock:
             if self.stopping:
+                self._forget(cfg)
                 return ["gateway is stopping"]
             addresses = self._addresses(cfg)
             count = self._worker_count(cfg)
@@ -409,6 +457,7 @@ class Supervisor:
             if errors:
                 for line in errors:
                     log(f"reload failed: {line}")
+                self._forget(cfg)
                 return errors
             old_addresses, old_config = self.addresses, self.config
             self.addresses, self.config = addresses, cfg
@@ -417,6 +466,7 @@ class Supervisor:
             started = await self._start_generation(count, generation)
             if started is None:
                 self.addresses, self.config = old_addresses, old_config
+                self._forget(cfg)
                 log(f"reload failed: generation {generation} did not start; old workers keep serving")
                 return list(self.start_errors) or [f"generation {generation}: a worker failed to start (see log)"]
             self.generation = generation
@@ -427,6 +477,7 @@ class Supervisor:
                 if worker is not None:
                     self._retire(worker)
             self._close_unused_sockets(addresses, count)
+            self._forget(old_config)
             self._on_config_changed(cfg)
             routes = len(getattr(cfg, "routes", ()))
             log(f"reload done: generation {generation} serving ({count} workers, {routes} routes)")
@@ -528,6 +579,7 @@ class Supervisor:
             for line in errors:
                 log(line)
             self._close_unused_sockets([], 0)
+            self._forget_all()
             return 1
         try:
             self._start_stats_and_admin(cfg)
@@ -537,6 +589,7 @@ class Supervisor:
             log(f"cannot start stats/admin: {type(exc).__name__}: {exc}")
             await self._close_stats_and_admin()
             self._close_unused_sockets([], 0)
+            self._forget_all()
             return 1
         loop = self._loop
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
@@ -580,6 +633,7 @@ class Supervisor:
             task.cancel()
         await self._close_stats_and_admin()
         self._close_unused_sockets([], 0)
+        self._forget_all()
         if self._loop is not None:
             for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
                 self._loop.remove_signal_handler(signum)

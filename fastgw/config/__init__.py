@@ -6,8 +6,8 @@ and method) feed ``fastgw.compile``; a bad file raises :class:`ConfigError` with
 ``"<place>: <message>"`` line per problem.
 """
 
-from fastgw.config.loader import load, load_data
+from fastgw.config.loader import load, load_data, load_read
 from fastgw.config.model import Config, ConfigError, RouteSpec
 from fastgw.config.validate import SCHEMA, validate
 
-__all__ = ["SCHEMA", "Config", "ConfigError", "RouteSpec", "load", "load_data", "validate"]
+__all__ = ["SCHEMA", "Config", "ConfigError", "RouteSpec", "load", "load_data", "load_read", "validate"]

@@ -20,11 +20,21 @@ from fastgw.config.validate import check
 
 def load(path: str) -> Config:
     """Load ``.json`` (orjson) or ``.msgpack``/``.mpk``; OSError if the file cannot be read."""
+    return load_read(path)[0]
+
+
+def load_read(path: str) -> tuple[Config, bytes]:
+    """:func:`load`, and the bytes it read (the supervisor keeps them for its workers)."""
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".json", ".msgpack", ".mpk"):
         raise ConfigError([f"{path}: unknown config format {ext!r} (use .json, .msgpack or .mpk)"], path)
     with open(path, "rb") as f:
         blob = f.read()
+    return load_bytes(blob, ext, path), blob
+
+
+def load_bytes(blob: bytes, ext: str, path: str) -> Config:
+    """A config file's contents (``ext``: its format), named ``path`` in errors."""
     try:
         data = orjson.loads(blob) if ext == ".json" else msgpack.unpackb(blob, raw=False)
     except (orjson.JSONDecodeError, ValueError, msgpack.UnpackException) as exc:

@@ -1,4 +1,4 @@
-"""A stand-in for ``fastgw.server.run_worker`` and ``fastgw.config.load``, for supervisor tests.
+"""A stand-in for ``fastgw.server.run_worker`` and ``fastgw.config.load``/``load_read``, for supervisor tests.
 
 It lets the process model (``fastgw.workers``) be exercised without the engine: the
 worker answers every request itself with ``{"pid", "generation", "index", "path",
@@ -47,6 +47,13 @@ def load(path: str) -> SimpleNamespace:
         raw=raw, listen=raw["listen"], workers=raw.get("workers", 1), admin=None,
         limits={"drain_timeout": 10, **raw.get("limits", {})}, routes=[], resources=resources,
     )
+
+
+def load_read(path: str) -> tuple[SimpleNamespace, bytes]:
+    """``fastgw.config.load_read``: the config and the bytes read."""
+    with open(path, "rb") as fh:
+        blob = fh.read()
+    return load(path), blob
 
 
 async def _serve(config_path: str, sockets: list[socket.socket], index: int, generation: int,
