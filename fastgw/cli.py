@@ -1,4 +1,5 @@
-"""The ``fastgw`` command: ``run``, ``validate``, ``routes``, ``stats``, ``demo`` and the internal ``worker``.
+"""The ``fastgw`` command: ``run``, ``validate``, ``routes``, ``stats``, ``reload``, ``purge``,
+``demo`` and the internal ``worker``.
 
 Examples::
 
@@ -6,6 +7,8 @@ Examples::
     fastgw routes examples/demo.json         # the resource tree per service and stage
     fastgw run -c examples/demo.json -w 4    # the supervisor with 4 workers
     fastgw demo                              # demo backends + gateway on :8080
+    fastgw reload --token T                  # reload through the admin API; errors printed
+    fastgw purge shop/prod --token T         # drop that stage's proxy-cache answers
 """
 
 from __future__ import annotations
@@ -236,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("stats", help="show live stats from a running gateway (see 'fastgw stats --help')",
                    add_help=False)
+    sub.add_parser("reload", help="reload a running gateway's config through its admin API, errors printed",
+                   add_help=False)
+    sub.add_parser("purge", help="drop a running gateway's proxy-cache answers (all, or SERVICE[/STAGE])",
+                   add_help=False)
 
     p = sub.add_parser("worker", help="internal: one worker process, started by the supervisor")
     p.add_argument("--config", required=True)
@@ -254,5 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "stats":
         return cmd_stats(argv[1:])
+    if argv and argv[0] in ("purge", "reload"):
+        from fastgw import cli_admin
+
+        return (cli_admin.purge_main if argv[0] == "purge" else cli_admin.reload_main)(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)

@@ -13,29 +13,17 @@ import argparse
 import os
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any
 
 import orjson
 
+from fastgw.cli_admin import admin_call
 from fastgw.stats import parse_span
 
 
 def fetch(admin: str, token: str, params: dict[str, str], timeout: float = 5.0) -> dict[str, Any]:
     """``GET {admin}/stats?params`` with the bearer token; raises ``RuntimeError`` on failure."""
-    url = admin.rstrip("/") + "/stats?" + urllib.parse.urlencode({k: v for k, v in params.items() if v})
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as res:  # noqa: S310 - operator-given URL
-            return orjson.loads(res.read())
-    except urllib.error.HTTPError as exc:
-        if exc.code == 401:
-            raise RuntimeError("the admin API refused the token (401)") from None
-        raise RuntimeError(f"admin API answered {exc.code}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise RuntimeError(f"cannot reach {admin}: {getattr(exc, 'reason', exc)}") from None
+    return admin_call(admin, token, "GET", "/stats", params, timeout)
 
 
 def _ms(v: float) -> str:

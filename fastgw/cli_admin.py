@@ -1,0 +1,110 @@
+"""``fastgw purge`` and ``fastgw reload``: commands that act on a running gateway through
+its admin API (``POST /cache/purge``, ``POST /reload``), for scripts and deploy hooks.
+
+Both take ``--admin`` (default ``http://127.0.0.1:9901``) and ``--token`` (default
+``$FASTGW_ADMIN_TOKEN``); they print what the gateway answered and exit 0, or print the
+errors and exit 1 (2 for bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import orjson
+
+DEFAULT_ADMIN = "http://127.0.0.1:9901"
+
+
+class AdminError(RuntimeError):
+    """The admin API could not be reached, refused the token or answered an error;
+    ``answer`` holds its JSON body when there was one."""
+
+    def __init__(self, message: str, answer: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.answer = answer or {}
+
+
+def admin_call(admin: str, token: str, method: str, path: str, params: dict[str, str] | None = None,
+               timeout: float = 5.0) -> dict[str, Any]:
+    """``METHOD {admin}{path}?params`` with the bearer token: the JSON answer, or AdminError."""
+    query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v})
+    url = admin.rstrip("/") + path + (f"?{query}" if query else "")
+    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as res:  # noqa: S310 - operator-given URL
+            return orjson.loads(res.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise AdminError("the admin API refused the token (401)") from None
+        try:
+            answer = orjson.loads(exc.read())
+        except (orjson.JSONDecodeError, OSError):
+            answer = None
+        raise AdminError(f"admin API answered {exc.code}", answer if isinstance(answer, dict) else None) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise AdminError(f"cannot reach {admin}: {getattr(exc, 'reason', exc)}") from None
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--admin", default=DEFAULT_ADMIN, help=f"admin listener URL (default {DEFAULT_ADMIN})")
+    p.add_argument("--token", default=os.environ.get("FASTGW_ADMIN_TOKEN", ""),
+                   help="admin token (default: $FASTGW_ADMIN_TOKEN)")
+    return p
+
+
+def _fail(prog: str, exc: AdminError) -> int:
+    lines = [str(x) for x in exc.answer.get("errors") or ()] or \
+        ([str(exc.answer["error"])] if exc.answer.get("error") else [])
+    print(f"{prog}: {exc}" + (":" if lines else ""), file=sys.stderr)
+    for line in lines:
+        print(f"  {line}", file=sys.stderr)
+    return 1
+
+
+def purge_main(argv: list[str]) -> int:
+    """``fastgw purge [SERVICE[/STAGE]]``: drop proxy-cache answers, all or one service's."""
+    p = _parser("fastgw purge", "Drop stored proxy-cache answers of a running gateway: every worker's, "
+                                "and Redis's with policy redis.")
+    p.add_argument("scope", nargs="?", default="", metavar="SERVICE[/STAGE]",
+                   help="only this service (and stage); default: everything")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if not args.token:
+        print("fastgw purge: --token (or FASTGW_ADMIN_TOKEN) is required", file=sys.stderr)
+        return 2
+    service, _, stage = args.scope.partition("/")
+    try:
+        answer = admin_call(args.admin, args.token, "POST", "/cache/purge", {"service": service, "stage": stage})
+    except AdminError as exc:
+        return _fail("fastgw purge", exc)
+    print(orjson.dumps(answer).decode())
+    return 0
+
+
+def reload_main(argv: list[str]) -> int:
+    """``fastgw reload``: load the config file again; prints the errors when it is refused."""
+    p = _parser("fastgw reload", "Reload a running gateway's config file; the old config keeps "
+                                 "serving when the new one is refused.")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if not args.token:
+        print("fastgw reload: --token (or FASTGW_ADMIN_TOKEN) is required", file=sys.stderr)
+        return 2
+    try:
+        # New workers have to start and answer ready (up to the supervisor's ready timeout).
+        admin_call(args.admin, args.token, "POST", "/reload", timeout=60.0)
+    except AdminError as exc:
+        return _fail("fastgw reload", exc)
+    print("reloaded: the new workers serve")
+    return 0
