@@ -1811,7 +1811,7 @@ cdef class ClientConnection(Connection):
         else:
             self.tap_parts.append(data)
 
-    cdef int _tap_finish(self, bint trailers=False) except -1:
+    cdef int _tap_finish(self, bint trailers) except -1:
         """The answer is all out: hand its body to the tap when every byte was collected
         (a chunked answer with trailer fields is not handed: the tap would lose them)."""
         cdef list parts = self.tap_parts
@@ -1872,7 +1872,9 @@ cdef class ClientConnection(Connection):
                            PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
         self.resp_started = True
         self.bytes_out = _buf.n
-        self._write_buf(_buf, whole and not self.keep_alive)   # last: _finish closes next
+        # Not _write_buf: a rare path, and a further caller changes how the compiler inlines
+        # that one on the hot path (callgrind: +25 instructions a request).
+        self._write_end(_buf.take(), whole and not self.keep_alive)   # last: _finish closes next
 
     cdef int _hold_finish(self) except -1:
         """The held answer's body is whole: send it rewritten, with its own Content-Length."""
@@ -1914,7 +1916,7 @@ cdef class ClientConnection(Connection):
         if self.timer_kind == T_READ:
             self._arm(T_READ, self.route.read_timeout)
 
-    cdef int _response_done(self, bint trailers=False) except -1:
+    cdef int _response_done(self, bint trailers) except -1:
         """The backend's answer is complete (``trailers``: a chunked one ended with fields)."""
         self.up = None
         self.t_up_end = _mono()
@@ -2265,7 +2267,7 @@ cdef class UpstreamConnection(Connection):
         self._unbind()
         if client is not None and client.up is self:
             if self.state == U_BODY and self.resp.until_close:
-                client._response_done()
+                client._response_done(False)
             else:
                 client._upstream_lost(self.got_bytes)
         return 0
