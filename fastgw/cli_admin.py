@@ -51,12 +51,25 @@ def admin_call(admin: str, token: str, method: str, path: str, params: dict[str,
         raise AdminError(f"cannot reach {admin}: {getattr(exc, 'reason', exc)}") from None
 
 
-def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+def admin_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A command's parser with ``--admin`` and ``--token`` (fastgw stats, reload, purge)."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--admin", default=DEFAULT_ADMIN, help=f"admin listener URL (default {DEFAULT_ADMIN})")
     p.add_argument("--token", default=os.environ.get("FASTGW_ADMIN_TOKEN", ""),
                    help="admin token (default: $FASTGW_ADMIN_TOKEN)")
     return p
+
+
+def parse_admin_args(p: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit code instead (0 after --help; 2 for bad ones or no token)."""
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if not args.token:
+        print(f"{p.prog}: --token (or FASTGW_ADMIN_TOKEN) is required", file=sys.stderr)
+        return 2
+    return args
 
 
 def _fail(prog: str, exc: AdminError) -> int:
@@ -70,17 +83,13 @@ def _fail(prog: str, exc: AdminError) -> int:
 
 def purge_main(argv: list[str]) -> int:
     """``fastgw purge [SERVICE[/STAGE]]``: drop proxy-cache answers, all or one service's."""
-    p = _parser("fastgw purge", "Drop stored proxy-cache answers of a running gateway: every worker's, "
-                                "and Redis's with policy redis.")
+    p = admin_parser("fastgw purge", "Drop stored proxy-cache answers of a running gateway: every "
+                                     "worker's, and Redis's with policy redis.")
     p.add_argument("scope", nargs="?", default="", metavar="SERVICE[/STAGE]",
                    help="only this service (and stage); default: everything")
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    if not args.token:
-        print("fastgw purge: --token (or FASTGW_ADMIN_TOKEN) is required", file=sys.stderr)
-        return 2
+    args = parse_admin_args(p, argv)
+    if isinstance(args, int):
+        return args
     service, _, stage = args.scope.partition("/")
     try:
         answer = admin_call(args.admin, args.token, "POST", "/cache/purge", {"service": service, "stage": stage})
@@ -92,15 +101,11 @@ def purge_main(argv: list[str]) -> int:
 
 def reload_main(argv: list[str]) -> int:
     """``fastgw reload``: load the config file again; prints the errors when it is refused."""
-    p = _parser("fastgw reload", "Reload a running gateway's config file; the old config keeps "
-                                 "serving when the new one is refused.")
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    if not args.token:
-        print("fastgw reload: --token (or FASTGW_ADMIN_TOKEN) is required", file=sys.stderr)
-        return 2
+    p = admin_parser("fastgw reload", "Reload a running gateway's config file; the old config keeps "
+                                      "serving when the new one is refused.")
+    args = parse_admin_args(p, argv)
+    if isinstance(args, int):
+        return args
     try:
         # New workers have to start and answer ready (up to the supervisor's ready timeout).
         admin_call(args.admin, args.token, "POST", "/reload", timeout=60.0)

@@ -9,15 +9,13 @@ could not be read, 2 bad arguments.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
 from typing import Any
 
 import orjson
 
-from fastgw.cli_admin import admin_call
+from fastgw.cli_admin import admin_call, admin_parser, parse_admin_args
 from fastgw.stats import parse_span
 
 
@@ -65,23 +63,16 @@ def render(data: dict[str, Any], width: int = 100) -> str:
 
 def main(argv: list[str]) -> int:
     """Entry point called by ``fastgw.cli`` with the arguments after ``stats``."""
-    p = argparse.ArgumentParser(prog="fastgw stats", description="Live stats of a running fastgw, from its admin API.")
-    p.add_argument("--admin", default="http://127.0.0.1:9901", help="admin listener URL")
-    p.add_argument("--token", default=os.environ.get("FASTGW_ADMIN_TOKEN", ""),
-                   help="admin token (default: $FASTGW_ADMIN_TOKEN)")
+    p = admin_parser("fastgw stats", "Live stats of a running fastgw, from its admin API.")
     p.add_argument("--range", default="5m", help="5m, 1h, 1d, 30d or seconds (default 5m)")
     p.add_argument("--stage", default="", help="SERVICE/STAGE or STAGE to filter on")
     p.add_argument("--resource", default="", help="resource path (includes its subtree)")
     p.add_argument("--watch", nargs="?", const=2.0, type=float, default=None, metavar="SECONDS",
                    help="refresh every SECONDS (default 2) until Ctrl-C")
     p.add_argument("--json", action="store_true", help="print the raw /stats JSON")
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    if not args.token:
-        print("fastgw stats: --token (or FASTGW_ADMIN_TOKEN) is required", file=sys.stderr)
-        return 2
+    args = parse_admin_args(p, argv)
+    if isinstance(args, int):
+        return args
     try:
         rng = parse_span(args.range)
     except ValueError as exc:
