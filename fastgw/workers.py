@@ -180,7 +180,9 @@ class Supervisor:
         self._reload_lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._snapshots: dict[int, str] = {}     # id(config) -> the copy its workers load
+        # id(config) -> (the copy its workers load, its bytes: written again when a cleaner
+        # of old temporary files has removed it under a gateway that runs for weeks)
+        self._snapshots: dict[int, tuple[str, bytes]] = {}
         self._snapshot_dir: str | None = None
         self._snapshot_seq = 0
 
@@ -208,7 +210,7 @@ class Supervisor:
             return None, list(exc.errors) or [str(exc)]
         except OSError as exc:
             return None, [f"{self.config_path}: {exc.strerror or exc}"]
-        self._snapshots[id(cfg)] = self._write_snapshot(blob)
+        self._snapshots[id(cfg)] = (self._write_snapshot(blob), blob)
         return cfg, []
 
     def _write_snapshot(self, blob: bytes) -> str:
@@ -226,21 +228,27 @@ class Supervisor:
             log(f"cannot keep a copy of the config ({exc}); workers read {self.config_path}")
             return self.config_path
 
-    @property
     def _worker_config(self) -> str:
-        """The file workers load: the snapshot of the config in force."""
-        return self._snapshots.get(id(self.config), self.config_path)
+        """The file workers load: the snapshot of the config in force (written again when
+        it has gone)."""
+        path, blob = self._snapshots.get(id(self.config), (self.config_path, b""))
+        if path != self.config_path and not os.path.exists(path):
+            if self._snapshot_dir is not None and not os.path.isdir(self._snapshot_dir):
+                self._snapshot_dir = None
+            path = self._write_snapshot(blob)
+            self._snapshots[id(self.config)] = (path, blob)
+        return path
 
     def _forget(self, cfg: Any) -> None:
         """Delete ``cfg``'s snapshot: no worker will start on it any more."""
-        path = self._snapshots.pop(id(cfg), None)
+        path, _ = self._snapshots.pop(id(cfg), (None, b""))
         if path is not None and path != self.config_path:
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
     def _forget_all(self) -> None:
         for key in list(self._snapshots):
-            path = self._snapshots.pop(key)
+            path, _ = self._snapshots.pop(key)
             if path != self.config_path:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
@@ -291,7 +299,7 @@ class Supervisor:
         fds = [self.sockets[addr][slot].fileno() for addr in self.addresses]
         ready_r, ready_w = os.pipe()
         cmd = list(self.worker_cmd)
-        cmd += ["--config", self._worker_config]
+        cmd += ["--config", self._worker_config()]
         for fd in fds:
             cmd += ["--fd", str(fd)]
         cmd += ["--index", str(slot), "--generation", str(generation), "--ready-fd", str(ready_w)]
