@@ -98,6 +98,7 @@ cdef class RequestContext:
     cdef public double upstream_time
     cdef public long long body_size      # Content-Length of the request, -1 if unknown/chunked
     cdef public object body              # buffered request body, only when pipeline.needs_body
+    cdef public bint body_replaced       # replace_body was called: the backend gets ``body``
     # Set in the request phase by a plugin that wants the backend's answer whole (proxy-cache):
     # an object with ``start(status, headers, content_length) -> bool`` (headers: the backend's
     # end-to-end fields as (name, value) bytes pairs, before any response plugin edits them)
@@ -300,6 +301,14 @@ cdef class RequestContext:
 
     def remove_header(self, str name):
         remove_headers(self.headers, (name.lower().encode("latin-1"),))
+
+    def replace_body(self, body):
+        """Send ``body`` (bytes) to the backend instead of the request's, framed by its own
+        Content-Length (a plugin with ``needs_body``, which reads the whole body first)."""
+        if type(body) is not bytes:
+            raise TypeError(f"replace_body takes bytes, not {type(body).__name__}")
+        self.body = body
+        self.body_replaced = True
 
     def set_query(self, query):
         """Forward ``query`` (raw bytes, without '?') to the backend instead of the client's."""

@@ -1576,7 +1576,16 @@ cdef class ClientConnection(Connection):
         cdef list headers = None, extra = None
         cdef bytes method = req.method
         cdef RequestContext ctx = self.ctx
+        cdef bint chunked = req.chunked
+        cdef long long content_length = req.content_length
         if ctx is not None:
+            if ctx.body_replaced and self.req_done:
+                # A plugin rewrote the (buffered) body: it goes out whole, with its own length.
+                chunked = False
+                content_length = PyBytes_GET_SIZE(ctx.body)
+                if first:
+                    self.pending = [ctx.body]
+                    self.pending_size = content_length
             if ctx._head is not None and route.template is None:
                 extra = ctx._added      # lazy mode: the scan (with the steps' drops) + these
             else:
@@ -1590,7 +1599,7 @@ cdef class ClientConnection(Connection):
             path_q = self._backend_path(route, req.query, None, req.has_query)
         host = pool.host_header if route.host_from_target else (req.host_raw or pool.host_header)
         self.up_head = build_upstream_head(req, method, path_q, host, self.peer_ip, self.fwd, headers,
-                                           extra, req.chunked, req.content_length)
+                                           extra, chunked, content_length)
         if first and req.expect_continue and not self.req_done:
             self._write(CONTINUE_100)
         self.up = pool.acquire(self)

@@ -1,13 +1,22 @@
-"""request-transformer: reshape the request's headers and query before the backend sees it.
+"""request-transformer: reshape the request's headers, query and JSON body before the
+backend sees it.
 
 In Kong's order: ``remove`` (names), ``rename`` (old -> new, values kept), ``replace`` (only
 what is there), ``add`` (only what is not there), ``append`` (always), each for
-``headers`` and ``query``. Values are settings templates (``{id}``, ``${stage.x}``,
+``headers``, ``query`` and ``body``. Values are settings templates (``{id}``, ``${stage.x}``,
 ``${header.x}``, ``${query.x}``, ``${consumer.name}``, ``${request_id}``) read from the
 request as the client sent it, before any change. Query values are percent-encoded; the
 arguments not named keep their bytes. The path is the route's ``backend_path``. Framing
 and connection headers (``Host``, ``Content-Length``, ``Transfer-Encoding``,
 ``Connection`` …) are the gateway's and can't be named.
+
+``body`` edits change a request body that is a JSON object (Content-Type ``application/json``
+or ``…+json``), with the keys and values of response-transformer's ``json`` (JSON Pointers
+into nested objects, ``*`` for every item, any JSON values with templates in strings: see
+fastgw/plugins/json_edits.py; ``append`` adds to an array). Other bodies pass as they are.
+With body edits the route reads the whole request body before forwarding it (up to
+``max_body``, 1 MiB by default: larger ones get 413), and the backend gets the new body with
+its own Content-Length.
 """
 
 from __future__ import annotations
@@ -15,8 +24,11 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, unquote_plus
 
+import orjson
+
 from fastgw.plugins.base import CONTINUE, HEADER_NAME, HEADER_VALUE, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
+from fastgw.plugins.json_edits import JsonEdits, is_json
 from fastgw.plugins.template import compile_template, param_names
 
 NAME = "request-transformer"
@@ -39,20 +51,31 @@ def _pairs(name: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "default": {}, "propertyNames": name, "additionalProperties": _VALUE}
 
 
-def _section(kind: Any, what: str) -> dict[str, Any]:
+_BODY_KINDS: dict[str, dict[str, Any]] = {
+    "remove": {"type": "array", "default": [], "uniqueItems": True, "items": {"type": "string"}},
+    "rename": {"type": "object", "default": {}, "additionalProperties": {"type": "string"}},
+    "replace": {"type": "object", "default": {}},
+    "add": {"type": "object", "default": {}},
+    "append": {"type": "object", "default": {}},
+}
+
+
+def _section(op: str, kind: Any, what: str) -> dict[str, Any]:
     return {"type": "object", "additionalProperties": False, "default": {}, "description": what,
-            "properties": {"headers": kind(_HEADER), "query": kind(_QUERY)}}
+            "properties": {"headers": kind(_HEADER), "query": kind(_QUERY), "body": _BODY_KINDS[op]}}
 
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "remove": _section(_names, "Names to drop."),
-        "rename": _section(_renames, "old name -> new name; the values move."),
-        "replace": _section(_pairs, "Values set only where the name is present."),
-        "add": _section(_pairs, "Values set only where the name is absent."),
-        "append": _section(_pairs, "Values added, whatever is there."),
+        "remove": _section("remove", _names, "Names to drop."),
+        "rename": _section("rename", _renames, "old name -> new name; the values move."),
+        "replace": _section("replace", _pairs, "Values set only where the name is present."),
+        "add": _section("add", _pairs, "Values set only where the name is absent."),
+        "append": _section("append", _pairs, "Values added, whatever is there."),
+        "max_body": {"type": "integer", "minimum": 0, "default": 1 << 20,
+                     "description": "With body edits: the largest request body read, in bytes (larger: 413)."},
     },
 }
 
@@ -101,12 +124,21 @@ class Plugin(BasePlugin):
         self.append_h = templates(config["append"].get("headers", {}))
         self.append_q = templates(config["append"].get("query", {}))
         self.touches_query = any((self.remove_q, self.rename_q, self.replace_q, self.add_q, self.append_q))
+        body = {op: config[op]["body"] for op in ("remove", "rename", "replace", "add", "append")
+                if config[op].get("body")}
+        self.body_edits = JsonEdits(body, params, variables, lambda op: f"{op}.body") if body else None
+        if self.body_edits is not None:
+            # Read when the route is built: the body is read whole before on_request.
+            self.needs_body = True
+            self.request_body_limit = int(config["max_body"])
 
     def on_request(self, ctx: Any) -> int:
         # Templates read the request as it came: render every value before changing anything.
         replace_h = [(n, t.render(ctx)) for n, t in self.replace_h]
         add_h = [(n, t.render(ctx)) for n, t in self.add_h]
         append_h = [(n, t.render(ctx)) for n, t in self.append_h]
+        if self.body_edits is not None:
+            self._body(ctx)
         if self.touches_query:
             self._query(ctx)
         for name in self.remove_h:
@@ -126,6 +158,19 @@ class Plugin(BasePlugin):
         for name, value in append_h:
             ctx.add_header(name, value)
         return CONTINUE
+
+    def _body(self, ctx: Any) -> None:
+        edits = self.body_edits
+        if not ctx.body or not is_json(ctx.get_header("content-type")):
+            return
+        try:
+            doc = orjson.loads(ctx.body)
+        except orjson.JSONDecodeError:
+            return                  # not JSON after all: the backend judges it as it is
+        if not isinstance(doc, dict):
+            return
+        edits.apply(doc, edits.static or edits.render(ctx))
+        ctx.replace_body(orjson.dumps(doc))
 
     def _query(self, ctx: Any) -> None:
         replace = [(n, t.render(ctx)) for n, t in self.replace_q]

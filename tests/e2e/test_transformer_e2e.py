@@ -1,11 +1,12 @@
-"""End-to-end: the backend sees the request as request-transformer reshaped it (headers and
-query), with and without a backend_path template, and the body untouched."""
+"""End-to-end: the backend sees the request as request-transformer reshaped it (headers,
+query and JSON body), with and without a backend_path template; other bodies untouched."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from tests.helpers import Backend, gateway_config, request
+from tests.helpers import Backend, RawClient, gateway_config, request
 
 CONFIG = {
     "remove": {"headers": ["X-Debug"], "query": ["debug"]},
@@ -34,3 +35,32 @@ def test_the_backend_sees_the_reshaped_request(backend: Backend, port: int, gate
         assert h["x-order"] == "9" and h["x-caller"] == "ada"
         if method == "POST":
             assert seen["body"] == "payload"
+
+
+def test_json_body_edits_reach_the_backend_with_their_own_length(backend: Backend, port: int, gateway: Any) -> None:
+    edits = {"remove": {"body": ["/card/number"]}, "add": {"body": {"order": "{id}", "/card/masked": True}}}
+    cfg = gateway_config(port, backend.url, {"/orders/{id}": {"POST": {"plugins": [
+        {"name": "request-transformer", "config": {**edits, "max_body": 10_000}}]}}})
+    g = gateway(cfg)
+    sent = json.dumps({"card": {"number": "4111111111111111", "exp": "12/30"}, "qty": 2}).encode()
+    json_ct = {"Content-Type": "application/json"}
+    with RawClient(g.port) as c:
+        r = c.request("POST", "/orders/7", json_ct, sent)
+        seen = r.json()
+        assert json.loads(seen["body"]) == {"card": {"exp": "12/30", "masked": True}, "qty": 2, "order": "7"}
+        assert int(seen["headers"]["content-length"]) == len(seen["body"].encode())
+        # A chunked body is read whole, edited and sent with a Content-Length.
+        c.send(b"POST /orders/8 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(sent) + sent + b"\r\n0\r\n\r\n")
+        seen = c.read_response().json()
+        assert json.loads(seen["body"])["order"] == "8" and "transfer-encoding" not in seen["headers"]
+        assert int(seen["headers"]["content-length"]) == len(seen["body"].encode())
+        # Not JSON: passed on as it was, framing included; the connection goes on.
+        c.send(b"POST /orders/9 HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        seen = c.read_response().json()
+        assert seen["body"] == "hello" and seen["headers"]["transfer-encoding"] == "chunked"
+    # Larger than max_body: 413, before the backend sees anything.
+    calls = len(backend.requests)
+    r = request(g.port, "POST", "/orders/1", headers=json_ct, body=b'{"x": "' + b"y" * 20_000 + b'"}')
+    assert r.status == 413 and len(backend.requests) == calls

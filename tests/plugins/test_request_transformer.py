@@ -1,10 +1,12 @@
-"""request-transformer: headers and query arguments removed, renamed, replaced, added and
-appended in Kong's order, templates read from the request as sent, reserved headers refused."""
+"""request-transformer: headers, query arguments and JSON body keys removed, renamed,
+replaced, added and appended in Kong's order, templates read from the request as sent,
+reserved headers refused (the body on the wire: tests/e2e/test_transformer_e2e.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from fastgw.pipeline import PipelineError
@@ -67,3 +69,39 @@ def test_templates_read_the_request_as_sent() -> None:
 def test_reserved_or_bad_settings_are_refused(config: dict[str, Any]) -> None:
     with pytest.raises(PipelineError):
         transformer(config)
+
+
+def test_json_body_edits() -> None:
+    pipe = transformer({"remove": {"body": ["password", "/user/ssn"]}, "rename": {"body": {"/user/mail": "email"}},
+                        "replace": {"body": {"/items/*/price": 0}},
+                        "add": {"body": {"caller": "${header.x-user}", "/meta/route": "{id}"}},
+                        "append": {"body": {"tags": "gw"}}})
+    assert pipe.needs_body and pipe.max_body == 1 << 20          # the body is read whole first
+    json_ct = [(b"Host", b"api.test"), (b"Content-Type", b"application/json"), (b"X-User", b"ada")]
+    ctx = make_ctx(method="POST", headers=json_ct)
+    ctx.body = orjson.dumps({"password": "p", "user": {"ssn": 1, "mail": "a@x"}, "items": [{"price": 5}],
+                             "tags": "t"})
+    run(pipe, ctx)
+    assert ctx.body_replaced and orjson.loads(ctx.body) == {
+        "user": {"email": "a@x"}, "items": [{"price": 0}], "tags": ["t", "gw"], "caller": "ada",
+        "meta": {"route": "1"}}
+    # Not JSON (by its type or its bytes), not an object, or empty: passed as it is.
+    for headers, body in ((json_ct[:1] + [(b"Content-Type", b"text/plain")], b'{"password": 1}'),
+                          (json_ct, b"{not json"), (json_ct, b"[1, 2]"), (json_ct, b"")):
+        ctx = make_ctx(method="POST", headers=headers)
+        ctx.body = body
+        run(pipe, ctx)
+        assert not ctx.body_replaced and ctx.body == body
+    # Without body edits the body is not read first.
+    assert not transformer({"add": {"headers": {"X-A": "1"}}}).needs_body
+    small = transformer({"remove": {"body": ["x"]}, "max_body": 100})
+    assert small.max_body == 100
+
+
+def test_bad_body_settings_are_refused() -> None:
+    for config, message in (({"remove": {"body": ["/a/~5"]}}, "remove.body: '/a/~5': '~' must be followed"),
+                            ({"add": {"body": {"/a/*": 1}}}, "add.body: '/a/*' may not end in '*'"),
+                            ({"add": {"body": {"a": "{nope}"}}}, "unknown path variable")):
+        with pytest.raises(PipelineError) as err:
+            transformer(config)
+        assert any(message in e for e in err.value.errors), err.value.errors
