@@ -475,29 +475,36 @@ def create_region_file(directory: str, kind: str, size: int, name: str | None = 
     return path, fd, mm
 
 
+def stale_entries(directory: str, kind: str) -> list[str]:
+    """The paths in ``directory`` named ``fastgw-<kind>-<pid>-<random>`` whose supervisor
+    (``pid``) no longer runs: left by one that was killed."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    out = []
+    for entry in names:
+        parts = entry.split("-")
+        if len(parts) != 4 or parts[0] != "fastgw" or parts[1] != kind or not parts[2].isdigit():
+            continue
+        try:
+            os.kill(int(parts[2]), 0)
+            continue                      # its supervisor still runs
+        except ProcessLookupError:
+            out.append(os.path.join(directory, entry))
+        except PermissionError:
+            continue                      # someone else's live process
+    return out
+
+
 def remove_stale_regions(directory: str = "/dev/shm", kind: str = "stats") -> int:
     """Delete regions left by supervisors that were killed (their pid is in the name,
     ``fastgw-<kind>-<pid>-<random>``, and no longer runs); returns how many. The ring is a
     live view, history is in SQLite; the replay region (kind "replay") dies with its node."""
     removed = 0
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return 0
-    for entry in names:
-        parts = entry.split("-")
-        if len(parts) != 4 or parts[0] != "fastgw" or parts[1] != kind or not parts[2].isdigit():
-            continue
-        pid = int(parts[2])
+    for path in stale_entries(directory, kind):
         try:
-            os.kill(pid, 0)
-            continue                      # its supervisor still runs
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue                      # someone else's live process
-        try:
-            os.unlink(os.path.join(directory, entry))
+            os.unlink(path)
             removed += 1
         except OSError:
             pass

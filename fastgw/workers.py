@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -217,7 +218,13 @@ class Supervisor:
         """A private file holding ``blob`` (the file itself when one can't be written)."""
         try:
             if self._snapshot_dir is None:
-                self._snapshot_dir = tempfile.mkdtemp(prefix="fastgw-config-")
+                # Named for this supervisor (as the shared-memory regions are), so a later one
+                # removes what a killed one left.
+                from fastgw.stats import stale_entries
+
+                for stale in stale_entries(tempfile.gettempdir(), "config"):
+                    shutil.rmtree(stale, ignore_errors=True)
+                self._snapshot_dir = tempfile.mkdtemp(prefix=f"fastgw-config-{os.getpid()}-")
             self._snapshot_seq += 1
             ext = os.path.splitext(self.config_path)[1]
             path = os.path.join(self._snapshot_dir, f"config-{self._snapshot_seq}{ext}")

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -136,6 +137,18 @@ def test_a_restarted_worker_serves_its_generations_config_not_the_changed_file(
     assert os.path.exists(folder)
     gw.stop()
     assert not os.path.exists(folder)
+
+
+def test_a_killed_supervisors_config_copies_are_removed_by_the_next(
+        start: Callable[..., Gateway], backend: Backend) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    stale = os.path.join(tempfile.gettempdir(), f"fastgw-config-{int(gone.stdout)}-left0ver")
+    os.mkdir(stale, 0o700)
+    with open(os.path.join(stale, "config-1.json"), "w") as fh:
+        fh.write("{}")
+    start(base_config(backend))
+    assert not os.path.exists(stale)
 
 
 def test_sigterm_finishes_in_flight_requests(start: Callable[..., Gateway], backend: Backend, engine: str) -> None:
