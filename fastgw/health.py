@@ -1,7 +1,8 @@
-"""Active health checks: each worker probes the targets of the stages that ask for it.
+"""Active health checks: one worker of the node probes the targets of the stages that ask
+for it, and every worker follows its verdicts.
 
 A stage's ``backend.health_check`` (``path``, ``interval``, ``timeout``, ``healthy``,
-``unhealthy``) makes every worker send ``GET <path>`` to each of the stage's targets every
+``unhealthy``) makes the node send ``GET <path>`` to each of the stage's targets every
 ``interval`` seconds, on a connection of its own (``Connection: close``; TLS for an https
 target). An answer below 400 within ``timeout`` is a pass; a refused or slow connection,
 a timeout or a status of 400 and up is a failure. After ``unhealthy`` failures in a row the
@@ -10,8 +11,13 @@ the passive marks), after ``healthy`` passes in a row it is used again; every ch
 logged once. As with the passive marks, when all of a stage's targets are passed over they
 are all tried in turn: health checks never make an outage of their own.
 
-Each worker checks on its own (so the probes a target gets are workers x 1/interval), and
-a target named by several stages is checked once per worker, with the first stage's settings.
+Worker 0 probes (a target gets 1/interval probes whatever the number of workers) and
+writes each verdict in the node's shared region (fastgw.shared.HealthTable); the other
+workers read them every half interval (at most every 0.5 s). Every worker starts from the
+verdicts there, so a reload or a restarted worker does not put a passed-over target back
+in use. While worker 0 restarts the verdicts stay as they were. Without a shared region
+(a worker on its own) the worker probes for itself. A target named by several stages is
+checked once, with the first stage's settings.
 """
 
 from __future__ import annotations
@@ -64,27 +70,59 @@ async def probe(pool: Any, settings: CheckSettings) -> str | None:
     return None if status < 400 else f"status {status}"
 
 
+def ident(pool: Any, settings: CheckSettings) -> str:
+    """What a verdict is about: the target and the check (another path is another verdict)."""
+    return f"{'https' if pool.ssl else 'http'}://{pool.host}:{pool.port}{settings.path}"
+
+
 class HealthChecker:
-    """The probing tasks of one worker's compiled config (``Runtime.health``)."""
+    """The health checks of one worker's compiled config (``Runtime.health``): the probing
+    tasks, or, when another worker probes, a task that follows its verdicts."""
 
     def __init__(self) -> None:
         self.targets: dict[Any, CheckSettings] = {}     # UpstreamPool -> settings (first wins)
         self._tasks: list[asyncio.Task[None]] = []
+        self.table: Any = None          # fastgw.shared.HealthTable: the node's verdicts
+        self.prober = True
 
     def add(self, pool: Any, settings: CheckSettings) -> None:
         self.targets.setdefault(pool, settings)
 
+    def share(self, table: Any, prober: bool) -> None:
+        """Use the node's verdicts in ``table``; ``prober``: this worker probes and writes them."""
+        self.table = table
+        self.prober = prober
+
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._tasks = [loop.create_task(self._watch(pool, settings)) for pool, settings in self.targets.items()]
+        if self.table is not None:
+            for pool, settings in self.targets.items():
+                pool.checked_down = bool(self.table.get(ident(pool, settings)))
+        if self.prober:
+            self._tasks = [loop.create_task(self._watch(pool, settings))
+                           for pool, settings in self.targets.items()]
+        else:
+            self._tasks = [loop.create_task(self._follow())]
 
     def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         self._tasks = []
 
+    async def _follow(self) -> None:
+        """Take the prober's verdicts as they change."""
+        every = min(0.5, min(s.interval for s in self.targets.values()) / 2)
+        idents = [(pool, ident(pool, settings)) for pool, settings in self.targets.items()]
+        while True:
+            await asyncio.sleep(every)
+            for pool, key in idents:
+                down = self.table.get(key)
+                if down is not None and pool.checked_down != down:
+                    pool.checked_down = down
+
     async def _watch(self, pool: Any, settings: CheckSettings) -> None:
         passes = fails = 0
         name = f"{pool.host}:{pool.port}"
+        key = ident(pool, settings)
         while True:
             problem = await probe(pool, settings)
             if problem is None:
@@ -97,4 +135,6 @@ class HealthChecker:
                 if not pool.checked_down and fails >= settings.unhealthy:
                     pool.checked_down = True
                     log.warning("upstream %s: passed over after %d failed health checks (%s)", name, fails, problem)
+            if self.table is not None:
+                self.table.set(key, pool.checked_down)
             await asyncio.sleep(settings.interval)

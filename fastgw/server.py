@@ -133,6 +133,9 @@ class Worker:
         if self.access_log is not None and hasattr(self.access_log, "start"):
             self.access_log.start(self.loop)
         if self.runtime.health is not None:
+            if self.shared_region is not None:
+                # One prober per node (worker 0); the others follow its verdicts.
+                self.runtime.health.share(self.shared_region.health_table(), prober=self.index == 0)
             self.runtime.health.start(self.loop)
 
     async def drain(self, timeout: float) -> None:

@@ -1,4 +1,5 @@
-"""Node-wide state in shared memory: hmac-auth's replay set and the rate-limit counters.
+"""Node-wide state in shared memory: hmac-auth's replay set, the rate-limit counters, the
+cache purges and the active health checks' verdicts.
 
 The supervisor creates one region (a file in ``/dev/shm``, like the stats region) for its
 whole life and passes its name to every worker (``--shared``); each worker attaches and
@@ -6,10 +7,11 @@ hands its plugins the node's guards through ``PluginScope.services`` (``"replay"
 ``"counters"``). Every worker, and every generation after a reload, writes the same
 tables with atomic compare-and-swap, so what they hold is true for the node. Layout::
 
-    header (4096 B)   magic, version, replay slots, counter slots, 32-byte random key;
-                      at PURGE_OFFSET the last cache purge (see below)
+    header (4096 B)   magic, version, health slots, replay slots, counter slots, 32-byte
+                      random key; at PURGE_OFFSET the last cache purge (see below)
     replay table      replay_slots x u64            (fastgw/_replay.pxi)
     counter table     counter_slots x 2 u64         (fastgw/_counters.pxi)
+    health table      health_slots x 2 u64          (:class:`HealthTable`)
 
 Sizes: 2**21 replay slots (16 MB of address space: about a million live signatures) and
 2**18 counter slots (4 MB: about 130 000 live counters, a counter being one caller in one
@@ -21,10 +23,15 @@ purge record: a sequence number and the purge's scope as JSON. Only the supervis
 it (a sequence lock: odd while it writes); a worker's :class:`PurgeWatch` compares the
 number with the one it saw last, on each cache lookup (one 8-byte read), and acts on the
 scope, or on everything when it missed a purge in between.
+
+Active health checks (fastgw/health.py) are run by one worker of the node, which writes
+each target's verdict (in use, or passed over) in the health table; the other workers read
+it. A new generation's workers start from the verdicts the last one left.
 """
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 import struct
@@ -35,11 +42,12 @@ from fastgw import _core
 from fastgw.stats import create_region_file
 
 MAGIC = b"FGWSHRD1"
-VERSION = 1
+VERSION = 2
 HEADER_SIZE = 4096
 REPLAY_SLOTS = 1 << 21
 COUNTER_SLOTS = 1 << 18
-_HEADER = struct.Struct("<8sIIQQ32s")   # magic, version, reserved, replay slots, counter slots, key
+HEALTH_SLOTS = 1 << 10                  # distinct (target, check) pairs checked on a node, at most
+_HEADER = struct.Struct("<8sIIQQ32s")   # magic, version, health slots, replay slots, counter slots, key
 PURGE_OFFSET = 1024                     # the last purge: u64 sequence, u32 length, scope JSON
 PURGE_MAX = 2048                        # bytes of scope JSON at most
 _PURGE_HEAD = struct.Struct("<QI")
@@ -58,12 +66,13 @@ class SharedRegion:
     then ``replay_guard()`` and ``counters()``."""
 
     def __init__(self, path: str, fd: int, mm: mmap.mmap, replay_slots: int, counter_slots: int,
-                 key: bytes, owner: bool) -> None:
+                 key: bytes, owner: bool, health_slots: int = HEALTH_SLOTS) -> None:
         self.path = path
         self._fd = fd
         self._mm = mm
         self.replay_slots = replay_slots
         self.counter_slots = counter_slots
+        self.health_slots = health_slots
         self.key = key
         self.owner = owner
         self._exported = False
@@ -73,8 +82,8 @@ class SharedRegion:
         return self.path
 
     @staticmethod
-    def _size(replay_slots: int, counter_slots: int) -> int:
-        return HEADER_SIZE + replay_slots * 8 + counter_slots * 16
+    def _size(replay_slots: int, counter_slots: int, health_slots: int = HEALTH_SLOTS) -> int:
+        return HEADER_SIZE + replay_slots * 8 + counter_slots * 16 + health_slots * 16
 
     @classmethod
     def create(cls, replay_slots: int = REPLAY_SLOTS, counter_slots: int = COUNTER_SLOTS,
@@ -91,7 +100,7 @@ class SharedRegion:
             # A read-only /dev/shm (some containers): the region works from /tmp as well.
             return cls.create(replay_slots, counter_slots, "/tmp")
         key = os.urandom(32)
-        _HEADER.pack_into(mm, 0, MAGIC, VERSION, 0, replay_slots, counter_slots, key)
+        _HEADER.pack_into(mm, 0, MAGIC, VERSION, HEALTH_SLOTS, replay_slots, counter_slots, key)
         return cls(path, fd, mm, replay_slots, counter_slots, key, owner=True)
 
     @classmethod
@@ -102,14 +111,14 @@ class SharedRegion:
             if size < HEADER_SIZE:
                 raise ValueError(f"{name}: not a fastgw shared region")
             mm = mmap.mmap(fd, size)
-            magic, version, _, replay_slots, counter_slots, key = _HEADER.unpack_from(mm, 0)
-            if magic != MAGIC or version != VERSION or cls._size(replay_slots, counter_slots) > size:
+            magic, version, health_slots, replay_slots, counter_slots, key = _HEADER.unpack_from(mm, 0)
+            if magic != MAGIC or version != VERSION or cls._size(replay_slots, counter_slots, health_slots) > size:
                 mm.close()
                 raise ValueError(f"{name}: not a fastgw shared region (or another version)")
         except BaseException:
             os.close(fd)
             raise
-        return cls(name, fd, mm, replay_slots, counter_slots, key, owner=False)
+        return cls(name, fd, mm, replay_slots, counter_slots, key, owner=False, health_slots=health_slots)
 
     def replay_table(self) -> _core.ReplaySet:
         self._exported = True
@@ -118,6 +127,11 @@ class SharedRegion:
     def counter_table(self) -> _core.CounterTable:
         self._exported = True
         return _core.CounterTable(self._mm, HEADER_SIZE + self.replay_slots * 8, self.counter_slots)
+
+    def health_table(self) -> HealthTable:
+        self._exported = True
+        return HealthTable(self._mm, HEADER_SIZE + self.replay_slots * 8 + self.counter_slots * 16,
+                           self.health_slots)
 
     def replay_guard(self) -> object:
         from fastgw.replay import ReplayGuard
@@ -161,6 +175,54 @@ class SharedRegion:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+
+
+class HealthTable:
+    """The node's health-check verdicts: ``set(ident, down)`` by the one worker that probes,
+    ``get(ident)`` (True: passed over, False: in use, None: not probed yet) by every worker.
+
+    A slot is two u64: the key (a hash of ``ident``, the target and its check; 0: empty) and
+    the verdict. There is one writer, so no atomics: it writes the verdict before the key,
+    and a reader that finds the key finds a verdict."""
+
+    _SLOT = struct.Struct("<QQ")
+
+    def __init__(self, mm: mmap.mmap, offset: int, slots: int) -> None:
+        self._mm = mm
+        self._offset = offset
+        self._slots = slots
+
+    @staticmethod
+    def _key(ident: str) -> int:
+        return int.from_bytes(hashlib.blake2b(ident.encode(), digest_size=8).digest(), "little") or 1
+
+    def _find(self, key: int) -> tuple[int, bool]:
+        """(offset of the key's slot, or of the first empty one on its way; whether found);
+        offset -1 when the table is full."""
+        mask = self._slots - 1
+        for i in range(self._slots):
+            at = self._offset + ((key + i) & mask) * 16
+            have = _SEQ.unpack_from(self._mm, at)[0]
+            if have == key:
+                return at, True
+            if have == 0:
+                return at, False
+        return -1, False
+
+    def get(self, ident: str) -> bool | None:
+        at, found = self._find(self._key(ident))
+        return bool(self._SLOT.unpack_from(self._mm, at)[1]) if found else None
+
+    def set(self, ident: str, down: bool) -> bool:
+        """Record the verdict; False when the table is full (the verdict stays the writer's)."""
+        key = self._key(ident)
+        at, found = self._find(key)
+        if at < 0:
+            return False
+        _SEQ.pack_into(self._mm, at + 8, int(down))
+        if not found:
+            _SEQ.pack_into(self._mm, at, key)
+        return True
 
 
 class PurgeWatch:

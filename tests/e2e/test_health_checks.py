@@ -53,3 +53,30 @@ def test_error_statuses_fail_the_check_and_all_failing_still_serves(port: int, g
         assert seen == {"one", "two"}              # every target failing: all tried in turn
         probes = [r for r in one.requests if r["path"] == "/status/503"]
         assert probes and probes[0]["headers"]["user-agent"] == "fastgw-health-check"
+
+
+def test_one_worker_probes_for_the_node_and_every_worker_follows(backend: Backend, port: int,
+                                                                  gateway: Any) -> None:
+    with blackhole() as hole:
+        check = {**CHECK, "interval": 0.2}
+        g = gateway(_config(port, [hole, backend.url], check), workers=2)
+        g.wait_log("passed over after 1 failed health checks (no answer within 0.2 s)")
+        time.sleep(0.5)                        # the other worker takes the verdict (every 0.1 s)
+        t0 = time.monotonic()
+        answers = [request(g.port, "GET", f"/y{i}") for i in range(12)]   # each on a new connection
+        assert [r.status for r in answers] == [200] * 12
+        assert time.monotonic() - t0 < 1.5          # neither worker waited on the black hole
+        # One prober: about 1/interval probes a second, not one stream per worker.
+        before = sum(1 for r in backend.requests if r["headers"].get("user-agent") == "fastgw-health-check")
+        time.sleep(2.0)
+        probes = sum(1 for r in backend.requests if r["headers"].get("user-agent") == "fastgw-health-check")
+        assert 5 <= probes - before <= 14, probes - before
+        assert g.log().count("passed over after") == 1
+        # A reload's workers start from the node's verdicts: no request waits on the hole
+        # while the new prober learns again, and nothing is logged again.
+        g.reload()
+        g.wait_log("reload done: generation 2", timeout=15)
+        t0 = time.monotonic()
+        assert [request(g.port, "GET", f"/z{i}").status for i in range(8)] == [200] * 8
+        assert time.monotonic() - t0 < 1.5
+        assert g.log().count("passed over after") == 1
