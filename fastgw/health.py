@@ -121,6 +121,7 @@ class HealthChecker:
 
     async def _watch(self, pool: Any, settings: CheckSettings) -> None:
         passes = fails = 0
+        full = False
         name = f"{pool.host}:{pool.port}"
         key = ident(pool, settings)
         while True:
@@ -135,6 +136,8 @@ class HealthChecker:
                 if not pool.checked_down and fails >= settings.unhealthy:
                     pool.checked_down = True
                     log.warning("upstream %s: passed over after %d failed health checks (%s)", name, fails, problem)
-            if self.table is not None:
-                self.table.set(key, pool.checked_down)
+            if self.table is not None and not self.table.set(key, pool.checked_down) and not full:
+                full = True
+                log.warning("upstream %s: the node's health table is full; the other workers "
+                            "do not see this target's checks", name)
             await asyncio.sleep(settings.interval)

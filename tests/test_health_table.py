@@ -34,3 +34,31 @@ def test_keys_with_one_home_slot_probe_on_and_a_full_table_says_so() -> None:
     assert not table.set("t4", True) and table.get("t4") is None        # full: refused, nothing lost
     table.set("t2", False)                                              # found where it was put
     assert [table.get(k) for k in ("t0", "t1", "t2", "t3")] == [True, False, False, False]
+
+
+def test_a_prober_says_when_the_table_cannot_take_its_verdicts(caplog) -> None:
+    import asyncio
+
+    from fastgw.health import CheckSettings, HealthChecker
+    from tests.helpers import free_port
+
+    table = HealthTable(mmap.mmap(-1, 16), 0, 1)
+    assert table.set("someone-else", False)                             # the only slot is taken
+    class Pool:                                                         # what probe() reads of one
+        host, port, ssl, host_header, checked_down = "127.0.0.1", free_port(), None, b"x", False
+
+    pool = Pool()
+    checker = HealthChecker()
+    checker.add(pool, CheckSettings(interval=0.01, timeout=0.2, unhealthy=1))
+    checker.share(table, prober=True)
+
+    async def run() -> None:
+        checker.start(asyncio.get_running_loop())
+        await asyncio.sleep(0.3)
+        checker.stop()
+
+    with caplog.at_level("WARNING", logger="fastgw.health"):
+        asyncio.run(run())
+    assert pool.checked_down                                            # its own verdict stands
+    full = [r for r in caplog.records if "health table is full" in r.getMessage()]
+    assert len(full) == 1                                               # said once
