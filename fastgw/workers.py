@@ -129,6 +129,7 @@ class Worker:
     kill_timer: asyncio.TimerHandle | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     config_errors: list[str] = field(default_factory=list)   # why it refused its config
+    reported: asyncio.Event = field(default_factory=asyncio.Event)   # its ready pipe is read to the end
 
     @property
     def pid(self) -> int:
@@ -347,6 +348,7 @@ class Supervisor:
                     worker.config_errors = [str(line) for line in orjson.loads(bytes(report[1:]))]
                 except (orjson.JSONDecodeError, TypeError):
                     worker.config_errors = ["the worker's config error report was cut short (see log)"]
+            worker.reported.set()
             if not worker.ready.done():
                 worker.ready.set_result(report[:1] == b"1")
 
@@ -418,7 +420,12 @@ class Supervisor:
             for worker in started:
                 log(f"worker {worker.slot} pid {worker.pid} gen {generation} ready")
             return started
-        # Every worker builds the same config: one's report names the errors.
+        # Every worker builds the same config: one's report names the errors. Its exit may be
+        # seen before its pipe is read to the end: wait a moment for the reports.
+        waits = [asyncio.ensure_future(w.reported.wait()) for w in started]
+        await asyncio.wait(waits, timeout=1.0)
+        for wait in waits:
+            wait.cancel()
         self.start_errors = next((w.config_errors for w in started if w.config_errors), [])
         for line in self.start_errors:
             log(f"config error: {line}")
