@@ -12,7 +12,8 @@ orchestrator probes::
     GET  /routes    the routes of the running config
     GET  /health    200 {"status": "ok"}, or 503 {"status": "degraded"} when a worker is
                     down; with the token, also the workers and the config generation
-    POST /reload    validate and load the config file again (400 + errors when refused)
+    POST /reload    load the config file again: 200 once the new workers serve, 400 + the
+                    errors when refused (the schema's, or a plugin's as the workers build it)
     POST /cache/purge  drop proxy-cache answers (?service= &stage= to narrow it): every
                     worker's memory, and Redis with policy "redis"
     GET  /config    the running config, secrets redacted
