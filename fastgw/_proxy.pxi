@@ -894,6 +894,8 @@ cdef class Engine:
 # ---------------------------------------------------------------------------------------
 
 cdef bytes CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+cdef bytes _SERVER_ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"   # OPTIONS * (no route takes
+                                                                         # TRACE or CONNECT)
 cdef object _normalize = None
 
 
@@ -1241,7 +1243,14 @@ cdef class ClientConnection(Connection):
             self.inbuf = b""
         else:
             rest = None
-        path = _rt_normalize(req.path) if req.path != b"*" else None
+        if req.path == b"*":
+            # OPTIONS * (the scanner takes the asterisk-form with OPTIONS only) asks about the
+            # server, not a resource (RFC 9110 9.3.7): the gateway answers for itself, as a
+            # liveness probe some load balancers send expects. No route, so no plugins.
+            self.keep_alive = self.keep_alive and self.req_done
+            self._answer(200, [(b"Allow", _SERVER_ALLOW)], b"")
+            return 0
+        path = _rt_normalize(req.path)
         if path is None:
             self.keep_alive = self.keep_alive and self.req_done
             self._answer_error(400, "invalid request path")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import requires_engine
-from tests.helpers import gateway_config, read_to_eof, request
+from tests.helpers import RawClient, gateway_config, read_to_eof, request
 
 pytestmark = requires_engine
 
@@ -108,3 +108,15 @@ def test_pipelined_requests_with_changing_hosts_each_route_by_their_own(backend:
     assert raw.count(b"HTTP/1.1 200 ") == 5
     assert raw.rindex(b"HTTP/1.1 400 ") > raw.rindex(b"HTTP/1.1 200 ") and b"invalid Host" in raw
     assert [r["path"] for r in backend.requests[before:]] == ["/prod/x", "/alpha/x", "/prod/x", "/prod/x", "/alpha/x"]
+
+
+def test_options_asterisk_is_answered_by_the_gateway(gw: Any, backend: Any) -> None:
+    with RawClient(gw.port) as c:
+        c.send(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 200 and r.body == b"" and r.headers["content-length"] == "0"
+        assert r.headers["allow"] == "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+        assert c.request("GET", "/get-only").status == 200          # the connection goes on
+    assert [x["path"] for x in backend.requests] == ["/get-only"]   # only the GET got there
+    # The asterisk-form is OPTIONS's alone (RFC 9112 3.2.4).
+    assert _exchange(gw.port, b"GET * HTTP/1.1\r\nHost: a\r\n\r\n").startswith(b"HTTP/1.1 400 ")
