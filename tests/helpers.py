@@ -220,6 +220,32 @@ def read_to_eof(sock: socket.socket) -> bytes:
     return out
 
 
+def recv_head(sock: Any) -> tuple[bytes, bytes]:
+    """Read from ``sock`` (a socket or a TLS socket) until a blank line ends a message head:
+    (the head without it, the bytes after it). ConnectionError when the peer closes first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a whole head: {data[:200]!r}")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def recv_sized(sock: Any) -> tuple[bytes, bytes]:
+    """One message framed by Content-Length: (head, body)."""
+    head, body = recv_head(sock)
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed with {length - len(body)} body bytes missing")
+        body += chunk
+    return head, body
+
+
 def build_request(
     method: str,
     path: str,

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from fastgw.backend_client import BackendClient, BackendError
-from tests.helpers import Backend, free_port
+from tests.helpers import Backend, free_port, recv_head
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -55,9 +55,7 @@ def test_a_connection_closed_while_idle_is_retried_once() -> None:
             except OSError:
                 return
             accepted.append(conn)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(4096)
+            recv_head(conn)
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             conn.recv(4096)                          # the next request: no answer
             conn.close()

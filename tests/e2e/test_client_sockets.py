@@ -22,7 +22,16 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import requires_engine
-from tests.helpers import Backend, RawClient, free_port, gateway_config, read_to_eof, request, wait_until
+from tests.helpers import (
+    Backend,
+    RawClient,
+    free_port,
+    gateway_config,
+    read_to_eof,
+    recv_head,
+    request,
+    wait_until,
+)
 
 pytestmark = requires_engine
 
@@ -80,11 +89,8 @@ def test_a_slow_reader_gets_everything(gw: Any) -> None:
     with socket.create_connection(("127.0.0.1", gw.port)) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
         sock.sendall(f"GET /bytes/{n} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        data = b""
         time.sleep(0.5)                          # let the gateway's buffer fill up
-        while b"\r\n\r\n" not in data:
-            data += sock.recv(65536)
-        head, body = data.split(b"\r\n\r\n", 1)
+        head, body = recv_head(sock)
         assert body.count(b"x") == len(body)     # the part sent with the head, too
         got = len(body)
         while got < n:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Backend, ScriptedBackend, gateway_config, protocol_server, read_to_eof
+from tests.helpers import Backend, ScriptedBackend, gateway_config, protocol_server, read_to_eof, recv_sized
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,17 +58,7 @@ def _limits(timeout: float = 5.0, total: float = 30.0) -> dict[str, Any]:
 
 def _read_answer(sock: socket.socket) -> bytes:
     """One answer with a Content-Length body, read as it arrives."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed before an answer: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "closed in the middle of the answer"
-        body += chunk
+    head, body = recv_sized(sock)
     return head + b"\r\n\r\n" + body
 
 

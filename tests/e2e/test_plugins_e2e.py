@@ -17,7 +17,7 @@ import jwt
 import pytest
 
 from tests.e2e.conftest import requires_engine
-from tests.helpers import Backend, Gateway, RawClient, free_port, gateway_config, request
+from tests.helpers import Backend, Gateway, RawClient, free_port, gateway_config, recv_head, request
 
 pytestmark = requires_engine
 
@@ -295,12 +295,7 @@ def test_request_size_limit_on_a_streamed_body(env):
         sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
         sock.sendall(b"20\r\n" + b"a" * 32 + b"\r\n")          # 32 bytes: under the limit
         sock.sendall(b"40\r\n" + b"b" * 64 + b"\r\n")          # 96 in all: over 64
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data, _ = recv_head(sock)
     assert data.startswith(b"HTTP/1.1 413"), data[:100]
     time.sleep(0.2)
     # the cut-off body never completes at the backend (its upstream connection is dropped)

@@ -29,6 +29,7 @@ from tests.helpers import (
     free_port,
     gateway_config,
     protocol_server,
+    recv_head,
     request,
     wait_until,
 )
@@ -458,11 +459,7 @@ def test_100mb_download_streams_in_bounded_memory(stream_backend: int, port: int
     with socket.create_connection(("127.0.0.1", g.port), timeout=60) as sock:
         sock.sendall(f"GET /source/{BIG} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         time.sleep(1.0)       # a slow reader at first: the gateway must stop reading the backend
-        got = 0
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += sock.recv(65536)
-        head, _, rest = head.partition(b"\r\n\r\n")
+        head, rest = recv_head(sock)
         got = len(rest)
         while got < BIG:
             chunk = sock.recv(1 << 20)

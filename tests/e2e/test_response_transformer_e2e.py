@@ -7,7 +7,7 @@ import socket
 import threading
 from typing import Any
 
-from tests.helpers import Backend, RawClient, free_port, gateway_config, request
+from tests.helpers import Backend, RawClient, free_port, gateway_config, recv_head, request
 
 EDITS = {"remove": ["raw_headers", "body", "/headers/x-m"], "rename": {"path": "route"}, "replace": {"method": "was-${header.x-m}"},
          "add": {"gateway": {"by": "fastgw", "id": "{id}"}, "method": "never"}, "append": {"tags": "t-{id}"}}
@@ -106,12 +106,10 @@ def test_a_backend_failing_in_a_held_body_gets_a_502_and_the_connection_goes_on(
     def serve(conn: socket.socket) -> None:
         with conn:
             while True:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    piece = conn.recv(65536)
-                    if not piece:
-                        return
-                    data += piece
+                try:
+                    data, _ = recv_head(conn)
+                except ConnectionError:
+                    return
                 if b" /broken " in data.split(b"\r\n", 1)[0]:
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
                                  b'{"a": "')

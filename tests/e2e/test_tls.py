@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.helpers import Backend, gateway_config
+from tests.helpers import Backend, gateway_config, recv_sized
 
 
 def make_cert(directory: Path) -> tuple[Path, Path]:
@@ -43,14 +43,7 @@ def test_tls_termination(tmp_path: Path, backend: Backend, port: int, gateway: A
         with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
             for i in range(3):   # keep-alive over TLS
                 tls.sendall(f"GET /secure/{i} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    data += tls.recv(65536)
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length")))
-                while len(body) < length:
-                    body += tls.recv(65536)
+                head, _ = recv_sized(tls)
                 assert head.startswith(b"HTTP/1.1 200")
     sent = backend.requests[-1]
     assert sent["path"] == "/secure/2"
