@@ -34,7 +34,11 @@ backend for wait for that answer (at most ``lock_timeout`` seconds from when it 
 as nginx's ``proxy_cache_lock``) and are answered from it as hits: a popular answer that
 expires costs the backend one request, not one per waiting caller. When that answer is not
 stored (refused by the rules above, a failure, or the gateway answered instead), or the
-time is up, they go to the backend themselves.
+time is up, they go to the backend themselves. With ``policy: redis`` the lock is the
+cluster's: the request that asks the backend holds a key in Redis (``SET NX``, expiring
+after ``lock_timeout``), and requests of other workers and nodes poll Redis for the
+answer meanwhile (every 50 ms), going to the backend themselves when the holder gives up
+or the time is up; Redis unavailable, everyone asks the backend.
 
 ``POST /cache/purge`` on the admin API (``?service=`` and ``&stage=`` to narrow it) drops
 stored answers at once: every worker of the node forgets its own (it sees the purge on its
@@ -49,6 +53,7 @@ proxy-cache), so only callers who pass them see a stored answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import hashlib
 import itertools
@@ -92,13 +97,16 @@ SCHEMA: dict[str, Any] = {
         "policy": {"enum": ["memory", "redis"], "default": "memory",
                    "description": "Keep answers in each worker's memory or in the top-level redis (every node)."},
         "lock_timeout": {"type": "number", "minimum": 0, "default": 5,
-                         "description": "Seconds a request for an answer another request of the worker is "
-                                        "already asking the backend for waits for that answer before going "
-                                        "to the backend itself (0: never waits; nginx's proxy_cache_lock)."},
+                         "description": "Seconds a request for an answer another request of the worker (with "
+                                        "policy redis: of any worker or node) is already asking the backend "
+                                        "for waits for that answer before going to the backend itself (0: "
+                                        "never waits; nginx's proxy_cache_lock)."},
     },
 }
 
 _HIT = (b"X-Cache-Status", b"Hit")
+_LOCK_SUFFIX = b":fill"        # policy redis: the fill lock's key, beside the answer's
+_POLL = 0.05                   # seconds between looks at Redis while another request fills
 _OWNERS = itertools.count(1)   # a key's first item: which route's plugin stored the answer
 _ENTRY_OVERHEAD = 256          # bytes counted per entry beyond its body and headers
 
@@ -251,6 +259,47 @@ class RedisStore:
     def _key(self, key: tuple) -> bytes:
         return self._prefix + hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest().encode()
 
+    async def lock(self, key: tuple, ttl: float) -> bool:
+        """Take the fill lock of ``key`` for ``ttl`` seconds: True when this request is the one
+        to ask the backend (also when Redis can't say: then every request asks)."""
+        try:
+            return bool(await self._client.set(self._key(key) + _LOCK_SUFFIX, b"1", nx=True,
+                                               px=max(1, int(ttl * 1000))))
+        except Exception as exc:  # noqa: BLE001 - no lock: the backend is asked, as without one
+            self._down.error("proxy-cache: Redis unavailable (%s: %s); answers come from the backend",
+                             type(exc).__name__, exc)
+            return True
+
+    def unlock(self, key: tuple) -> None:
+        """Give the fill lock up (the answer was not stored): the waiters stop waiting."""
+        self._spawn(self._unlock(self._key(key) + _LOCK_SUFFIX))
+
+    async def _unlock(self, rlock: bytes) -> None:
+        with contextlib.suppress(Exception):     # it expires on its own
+            await self._client.delete(rlock)
+
+    async def wait_filled(self, key: tuple, timeout: float) -> Entry | None:
+        """The answer another worker or node is asking the backend for, once stored; None when
+        it gives up (its lock is gone and nothing was stored) or ``timeout`` passes."""
+        rlock = self._key(key) + _LOCK_SUFFIX
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
+            entry = await self.get(key)
+            if entry is not None:
+                return entry
+            try:
+                if not await self._client.exists(rlock):
+                    return await self.get(key)   # stored just before the lock went, or not at all
+            except Exception:  # noqa: BLE001 - Redis gone: ask the backend
+                return None
+        return None
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
     async def get(self, key: tuple) -> Entry | None:
         try:
             raw = await self._client.get(self._key(key))
@@ -266,32 +315,36 @@ class RedisStore:
             return None
         return Entry(status, [tuple(h) for h in headers], body, etag, stored, 0.0, age0)
 
-    def put(self, key: tuple, entry: Entry, lifetime: float) -> None:
+    def put(self, key: tuple, entry: Entry, lifetime: float, unlock: bool = False) -> None:
+        """Store ``entry`` (in a task); ``unlock``: then give up the fill lock, in that order,
+        so a waiter that sees the lock gone finds the answer."""
         raw = msgpack.packb([entry.status, entry.headers, entry.body, entry.etag, entry.stored, entry.age0])
-        task = asyncio.get_running_loop().create_task(self._put(self._key(key), raw, lifetime))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        self._spawn(self._put(self._key(key), raw, lifetime, unlock))
 
-    async def _put(self, rkey: bytes, raw: bytes, lifetime: float) -> None:
+    async def _put(self, rkey: bytes, raw: bytes, lifetime: float, unlock: bool) -> None:
         try:
             await self._client.set(rkey, raw, px=max(1, int(lifetime * 1000)))
         except Exception as exc:  # noqa: BLE001 - not stored: the next request is a miss
             self._down.error("proxy-cache: Redis unavailable (%s: %s); answers come from the backend",
                              type(exc).__name__, exc)
+        if unlock:
+            await self._unlock(rkey + _LOCK_SUFFIX)
 
 
 class _Fill:
     """The response tap of a miss: decides whether the backend's answer may be stored, and
     stores it once its whole body has been passed on to the client (RequestContext.response_tap)."""
 
-    __slots__ = ("plugin", "key", "purges", "waiters", "status", "headers", "etag", "lifetime", "age0")
+    __slots__ = ("plugin", "key", "purges", "waiters", "locked", "status", "headers", "etag", "lifetime",
+                 "age0")
 
     def __init__(self, plugin: Plugin, key: tuple, purges: int,
-                 waiters: asyncio.Future[Entry | None] | None = None) -> None:
+                 waiters: asyncio.Future[Entry | None] | None = None, locked: bool = False) -> None:
         self.plugin = plugin
         self.key = key
         self.purges = purges     # purges seen when the request came: one since, and it is not stored
         self.waiters = waiters   # what requests for the same answer wait on (None: nobody can)
+        self.locked = locked     # holds the answer's fill lock in Redis (policy redis)
 
     @property
     def max_answer(self) -> int:
@@ -300,6 +353,10 @@ class _Fill:
 
     def release(self, entry: Entry | None) -> None:
         """Hand the stored answer (None: there is none) to the requests waiting for it."""
+        if self.locked:
+            self.locked = False
+            assert self.plugin.remote is not None
+            self.plugin.remote.unlock(self.key)
         fut, self.waiters = self.waiters, None
         if fut is None:
             return
@@ -375,7 +432,8 @@ class _Fill:
         if p.remote is not None:
             now = time.time()
             entry = Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime, self.age0)
-            p.remote.put(self.key, entry, self.lifetime)
+            p.remote.put(self.key, entry, self.lifetime, unlock=self.locked)
+            self.locked = False  # given up after the answer is stored
         else:
             now = time.monotonic()
             entry = Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime, self.age0)
@@ -466,15 +524,30 @@ class Plugin(BasePlugin):
         entry = await self.remote.get(key)
         if entry is not None:
             return _answer_hit(ctx, entry, time.time())
-        result = self._miss_or_wait(ctx, key, purges, time.monotonic())
+        now = time.monotonic()
+        pending = _INFLIGHT.get((self.owner, key))
+        locked = False
+        if (self.lock_timeout > 0 and ctx.method == "GET"
+                and not (pending is not None and not pending[0].done() and now - pending[1] < self.lock_timeout)):
+            # No request of this worker is asking: is one of another worker or node?
+            locked = await self.remote.lock(key, self.lock_timeout)
+            if not locked:
+                entry = await self.remote.wait_filled(key, self.lock_timeout)
+                if entry is not None and _purge_seen() == purges:
+                    return _answer_hit(ctx, entry, time.time())
+                return self._miss(ctx, key, True, purges)     # not stored, or too slow: ask
+        result = self._miss_or_wait(ctx, key, purges, time.monotonic(), locked)
         return await result if asyncio.iscoroutine(result) else result
 
-    def _miss_or_wait(self, ctx: Any, key: tuple, purges: int, now: float) -> Any:
+    def _miss_or_wait(self, ctx: Any, key: tuple, purges: int, now: float, locked: bool = False) -> Any:
         """Not stored: wait for the answer another request is already asking the backend for
         (at most lock_timeout from when it asked), or ask the backend (and let others wait)."""
         k = (self.owner, key)
         pending = _INFLIGHT.get(k)
         if pending is not None and not pending[0].done() and now - pending[1] < self.lock_timeout:
+            if locked:                  # another request of this worker fills: it needs no lock of ours
+                assert self.remote is not None
+                self.remote.unlock(key)
             return self._wait(ctx, key, purges, pending[0], pending[1] + self.lock_timeout - now)
         waiters = None
         if self.lock_timeout > 0 and ctx.method == "GET":     # (a HEAD's answer has no body to store)
@@ -482,7 +555,7 @@ class Plugin(BasePlugin):
                 _sweep_inflight(now)
             waiters = asyncio.get_running_loop().create_future()
             _INFLIGHT[k] = (waiters, now)
-        return self._miss(ctx, key, True, purges, waiters)
+        return self._miss(ctx, key, True, purges, waiters, locked)
 
     async def _wait(self, ctx: Any, key: tuple, purges: int, fut: asyncio.Future[Entry | None],
                     timeout: float) -> int:
@@ -495,9 +568,9 @@ class Plugin(BasePlugin):
         return self._miss(ctx, key, True, purges)     # not stored, or too slow: to the backend
 
     def _miss(self, ctx: Any, key: tuple, lookup: bool, purges: int,
-              waiters: asyncio.Future[Entry | None] | None = None) -> int:
+              waiters: asyncio.Future[Entry | None] | None = None, locked: bool = False) -> int:
         ctx.add_response_header("X-Cache-Status", "Miss" if lookup else "Refresh")
-        ctx.response_tap = _Fill(self, key, purges, waiters)
+        ctx.response_tap = _Fill(self, key, purges, waiters, locked)
         return CONTINUE
 
     def on_log(self, ctx: Any) -> None:

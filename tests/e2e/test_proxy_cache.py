@@ -387,3 +387,38 @@ def test_the_lock_waits_no_longer_than_lock_timeout(backend: Backend, port: int,
     g0 = cached_gateway(gateway, backend, free_port(), lock_timeout=0)
     concurrently(g0.port, respond(extra="&ms=300&v=3"), 4)
     assert backend_calls(backend, "/respond") == 8         # lock_timeout 0: nobody waits
+
+
+def test_with_redis_the_lock_holds_across_workers_and_nodes(backend: Backend, gateway: Any,
+                                                             redis: RedisServer) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    nodes = []
+    for _ in range(2):
+        cfg = gateway_config(free_port(), backend.url, {
+            "/{path*}": {"GET": {"plugins": [{"name": "proxy-cache", "config": {"policy": "redis"}}]}}})
+        cfg["redis"] = {"url": redis.url, "timeout": 0.5}
+        nodes.append(gateway(cfg, workers=2))
+
+    def at_once(path: str, n: int = 8) -> list[Any]:
+        """``n`` requests for ``path`` at once, spread over both nodes (and so their workers)."""
+        with ThreadPoolExecutor(n) as pool:
+            return list(pool.map(lambda i: request(nodes[i % 2].port, "GET", path), range(n)))
+
+    slow = respond("Cache-Control: max-age=60", extra="&ms=400")
+    answers = at_once(slow)
+    assert backend_calls(backend, "/respond") == 1        # one asked; the rest, on any node, waited
+    assert all(r.status == 200 and r.body == answers[0].body for r in answers)
+    assert sorted(r.headers["x-cache-status"] for r in answers) == ["Hit"] * 7 + ["Miss"]
+    # The holder's answer is not stored: the others go to the backend as soon as it gives up
+    # the lock, not after lock_timeout (5 s).
+    t0 = time.monotonic()
+    refused = at_once(respond("Cache-Control: no-store", extra="&ms=300"), 4)
+    assert all(r.status == 200 and r.headers["x-cache-status"] == "Miss" for r in refused)
+    assert time.monotonic() - t0 < 3
+    assert backend_calls(backend, "/respond") == 5
+    # Redis gone: no lock and no store, every request asks the backend and none fails.
+    redis.stop()
+    gone = at_once(respond("Cache-Control: max-age=60", extra="&ms=100&v=9"), 4)
+    assert all(r.status == 200 and r.headers["x-cache-status"] == "Miss" for r in gone)
+    assert backend_calls(backend, "/respond") == 9
