@@ -214,13 +214,19 @@ def test_memory_bound_drops_the_least_recently_used(backend: Backend, port: int,
     assert request(g.port, "GET", "/bytes/100001").headers["x-cache-status"] == "Miss"
 
 
-def test_nodes_sharing_redis_share_the_cache(backend: Backend, gateway: Any, redis: RedisServer) -> None:
+def redis_nodes(gateway: Any, backend: Backend, redis: RedisServer) -> list[Any]:
+    """Two gateway nodes of two workers each, caching every GET in one Redis."""
     nodes = []
     for _ in range(2):
         cfg = gateway_config(free_port(), backend.url, {
             "/{path*}": {"GET": {"plugins": [{"name": "proxy-cache", "config": {"policy": "redis"}}]}}})
         cfg["redis"] = {"url": redis.url, "timeout": 0.5}
         nodes.append(gateway(cfg, workers=2))
+    return nodes
+
+
+def test_nodes_sharing_redis_share_the_cache(backend: Backend, gateway: Any, redis: RedisServer) -> None:
+    nodes = redis_nodes(gateway, backend, redis)
     def first_hit(port: int, path: str) -> Any:
         deadline = time.monotonic() + 5                   # the store is written after the answer
         while True:
@@ -393,12 +399,7 @@ def test_with_redis_the_lock_holds_across_workers_and_nodes(backend: Backend, ga
                                                              redis: RedisServer) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    nodes = []
-    for _ in range(2):
-        cfg = gateway_config(free_port(), backend.url, {
-            "/{path*}": {"GET": {"plugins": [{"name": "proxy-cache", "config": {"policy": "redis"}}]}}})
-        cfg["redis"] = {"url": redis.url, "timeout": 0.5}
-        nodes.append(gateway(cfg, workers=2))
+    nodes = redis_nodes(gateway, backend, redis)
 
     def at_once(path: str, n: int = 8) -> list[Any]:
         """``n`` requests for ``path`` at once, spread over both nodes (and so their workers)."""
