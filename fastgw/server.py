@@ -182,6 +182,8 @@ def plugin_errors(config: Config) -> list[str]:
     """What the plugins refuse of ``config`` when built as a worker builds them (settings a
     schema can't judge: a CORS origin ``*`` with credentials, a short JWT secret, a bad JSON
     Pointer...), each line once; for ``fastgw validate``. Nothing connects or serves."""
+    # Never empty, as a worker's: a plugin that needs a part the config lacks (policy redis
+    # without a redis section) refuses its settings here as it would there.
     scope_for = make_scope_factory(config, {"validating": True, **redis_services(config)})
     errors: list[str] = []
     for spec in config.routes:
