@@ -531,7 +531,14 @@ class Plugin(BasePlugin):
                 and not (pending is not None and not pending[0].done() and now - pending[1] < self.lock_timeout)):
             # No request of this worker is asking: is one of another worker or node?
             locked = await self.remote.lock(key, self.lock_timeout)
-            if not locked:
+            if locked:
+                # Another request may have stored the answer and given the lock up since our
+                # first look: look once more before asking the backend.
+                entry = await self.remote.get(key)
+                if entry is not None:
+                    self.remote.unlock(key)
+                    return _answer_hit(ctx, entry, time.time())
+            else:
                 entry = await self.remote.wait_filled(key, self.lock_timeout)
                 if entry is not None and _purge_seen() == purges:
                     return _answer_hit(ctx, entry, time.time())

@@ -418,8 +418,11 @@ def test_with_redis_the_lock_holds_across_workers_and_nodes(backend: Backend, ga
     assert all(r.status == 200 and r.headers["x-cache-status"] == "Miss" for r in refused)
     assert time.monotonic() - t0 < 3
     assert backend_calls(backend, "/respond") == 5
-    # Redis gone: no lock and no store, every request asks the backend and none fails.
+    # Redis gone: no cluster lock and no store, and none fails. Each node asks the backend;
+    # two requests that land on one worker still share its in-flight answer (a Hit).
     redis.stop()
     gone = at_once(respond("Cache-Control: max-age=60", extra="&ms=100&v=9"), 4)
-    assert all(r.status == 200 and r.headers["x-cache-status"] == "Miss" for r in gone)
-    assert backend_calls(backend, "/respond") == 9
+    assert all(r.status == 200 for r in gone)
+    statuses = [r.headers["x-cache-status"] for r in gone]
+    assert set(statuses) <= {"Hit", "Miss"} and "Miss" in statuses
+    assert 2 <= backend_calls(backend, "/respond") - 5 <= 4
