@@ -1769,6 +1769,10 @@ cdef class ClientConnection(Connection):
         """The answer has a body framed by Content-Length (what the tap and the filter see)."""
         return not (self.head_req or resp.chunked or resp.until_close) and resp.content_length >= 0
 
+    cdef inline bint _body_chunked(self, ResponseHead resp) noexcept:
+        """The answer has a chunked body (the tap and the filter see it decoded)."""
+        return resp.chunked and not (self.head_req or resp.until_close)
+
     cdef inline bint _takes_decoded(self) noexcept:
         """The tap or the filter took a chunked answer, or the gateway re-frames one: the
         upstream side hands over the decoded payload (_take_decoded)."""
@@ -1802,7 +1806,7 @@ cdef class ClientConnection(Connection):
 
         A chunked answer is offered with content_length -1; its decoded payload comes through
         _tap_decoded, up to the tap's ``max_answer`` bytes (beyond, the collection is dropped)."""
-        cdef bint chunked = resp.chunked and not (self.head_req or resp.until_close)
+        cdef bint chunked = self._body_chunked(resp)
         if not chunked and not self._body_by_length(resp):
             return 0
         try:
@@ -1851,7 +1855,7 @@ cdef class ClientConnection(Connection):
         A chunked answer is offered with content_length -1 and held while its decoded payload
         fits the filter's ``max_answer`` (beyond: _hold_release)."""
         cdef list final
-        cdef bint chunked = resp.chunked and not (self.head_req or resp.until_close)
+        cdef bint chunked = self._body_chunked(resp)
         if not chunked and (not self._body_by_length(resp) or resp.content_length == 0):
             return False
         final = resp.forward_headers() if headers is None else \

@@ -249,17 +249,17 @@ class Supervisor:
 
     def _forget(self, cfg: Any) -> None:
         """Delete ``cfg``'s snapshot: no worker will start on it any more."""
-        path, _ = self._snapshots.pop(id(cfg), (None, b""))
-        if path is not None and path != self.config_path:
+        self._forget_key(id(cfg))
+
+    def _forget_key(self, key: int) -> None:
+        path, _ = self._snapshots.pop(key, (self.config_path, b""))
+        if path != self.config_path:          # the file itself (no copy could be written) stays
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
     def _forget_all(self) -> None:
         for key in list(self._snapshots):
-            path, _ = self._snapshots.pop(key)
-            if path != self.config_path:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+            self._forget_key(key)
         if self._snapshot_dir is not None:
             with contextlib.suppress(OSError):
                 os.rmdir(self._snapshot_dir)

@@ -524,11 +524,8 @@ class Plugin(BasePlugin):
         entry = await self.remote.get(key)
         if entry is not None:
             return _answer_hit(ctx, entry, time.time())
-        now = time.monotonic()
-        pending = _INFLIGHT.get((self.owner, key))
         locked = False
-        if (self.lock_timeout > 0 and ctx.method == "GET"
-                and not (pending is not None and not pending[0].done() and now - pending[1] < self.lock_timeout)):
+        if self.lock_timeout > 0 and ctx.method == "GET" and self._in_flight(key, time.monotonic()) is None:
             # No request of this worker is asking: is one of another worker or node?
             locked = await self.remote.lock(key, self.lock_timeout)
             if locked:
@@ -546,12 +543,19 @@ class Plugin(BasePlugin):
         result = self._miss_or_wait(ctx, key, purges, time.monotonic(), locked)
         return await result if asyncio.iscoroutine(result) else result
 
+    def _in_flight(self, key: tuple, now: float) -> tuple[asyncio.Future[Entry | None], float] | None:
+        """(what to wait on, when it was asked) of the request of this worker already asking
+        the backend for ``key``'s answer, while its lock holds; None when there is none."""
+        pending = _INFLIGHT.get((self.owner, key))
+        if pending is not None and not pending[0].done() and now - pending[1] < self.lock_timeout:
+            return pending
+        return None
+
     def _miss_or_wait(self, ctx: Any, key: tuple, purges: int, now: float, locked: bool = False) -> Any:
         """Not stored: wait for the answer another request is already asking the backend for
         (at most lock_timeout from when it asked), or ask the backend (and let others wait)."""
-        k = (self.owner, key)
-        pending = _INFLIGHT.get(k)
-        if pending is not None and not pending[0].done() and now - pending[1] < self.lock_timeout:
+        pending = self._in_flight(key, now)
+        if pending is not None:
             if locked:                  # another request of this worker fills: it needs no lock of ours
                 assert self.remote is not None
                 self.remote.unlock(key)
@@ -561,7 +565,7 @@ class Plugin(BasePlugin):
             if len(_INFLIGHT) >= _INFLIGHT_SWEEP:
                 _sweep_inflight(now)
             waiters = asyncio.get_running_loop().create_future()
-            _INFLIGHT[k] = (waiters, now)
+            _INFLIGHT[(self.owner, key)] = (waiters, now)
         return self._miss(ctx, key, True, purges, waiters, locked)
 
     async def _wait(self, ctx: Any, key: tuple, purges: int, fut: asyncio.Future[Entry | None],
