@@ -13,6 +13,7 @@
 - ``_replay.pxi``: the node-wide set of used tokens in shared memory (hmac-auth's replay guard).
 - ``_counters.pxi``: the node-wide rate-limit counters in shared memory.
 - ``_ratelimit.pxi``: rate-limiting's request phase over those counters.
+- ``_cache.pxi``:  lock-free lookups in proxy-cache's node store (shared memory).
 """
 
 include "_structs.pxi"
@@ -27,3 +28,4 @@ include "_poller.pxi"
 include "_replay.pxi"
 include "_counters.pxi"
 include "_ratelimit.pxi"
+include "_cache.pxi"

@@ -39,8 +39,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from fastgw.cache_region import tag
 from fastgw.stats import CLASSES, HIST_N, StatsRegion, hist_bounds, parse_key, parse_span
 from fastgw.statsdb import RollupTask, StatsDB, StatsQuery, resolve_db_path
+from fastgw.workers import log as supervisor_log
 
 DASHBOARD_DIR = os.path.join(os.path.dirname(__file__), "dashboard")
 STATIC_TYPES = {
@@ -230,6 +232,14 @@ class SupervisorHooks:
             region.publish_purge(scope)
         else:
             out["workers"] = "no shared region"
+        store = getattr(self.sup, "cache_region", None)
+        if store is not None:
+            # The node's store (policy memory): cleared here, once for every worker.
+            n = store.purge(tag(service) if service is not None else None,
+                            tag(stage) if stage is not None else None)
+            out["answers"] = n
+            what = "all" if service is None else f"service {service}" + (f", stage {stage}" if stage else "")
+            supervisor_log(f"proxy-cache: purged {n} stored answers ({what})")
         redis_settings = getattr(cfg, "redis", None)
         if redis_settings:
             try:

@@ -189,7 +189,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from fastgw import server
 
     server.run_worker(args.config, sockets, args.index, args.generation, args.stats, args.ready_fd,
-                      args.shared)
+                      args.shared, args.cache)
     return 0
 
 
@@ -252,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-fd", type=int, default=None)
     p.add_argument("--stats", default=None, help="name of the stats shared-memory region")
     p.add_argument("--shared", default=None, help="name of the node's shared-memory region (replay set, counters)")
+    p.add_argument("--cache", default=None, help="name of the node's proxy-cache region (policy memory)")
     p.set_defaults(func=cmd_worker)
     return parser
 

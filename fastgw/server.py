@@ -45,7 +45,8 @@ class Worker:
     """A worker's serving state: engine, runtime, servers; built from a validated config."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, index: int = 0,
-                 stats_name: str | None = None, generation: int = 0, shared_name: str | None = None) -> None:
+                 stats_name: str | None = None, generation: int = 0, shared_name: str | None = None,
+                 cache_name: str | None = None) -> None:
         limits = config.limits
         self._generation = generation
         self.config = config
@@ -72,6 +73,13 @@ class Worker:
             self.services["replay"] = self.shared_region.replay_guard()
             self.services["counters"] = self.shared_region.counters()
             self.services["cache_purge"] = self.shared_region.purge_watch()
+        self.cache_region: Any = None
+        if cache_name:
+            from fastgw.cache_region import CacheRegion
+
+            # proxy-cache's node-wide store (policy memory): every worker's answers.
+            self.cache_region = CacheRegion.attach(cache_name)
+            self.services["cache_region"] = self.cache_region
         self.services.update(redis_services(config))
         self.access_log = self._open_access_log(config)
         self.engine.access_log = self.access_log
@@ -201,7 +209,7 @@ def plugin_errors(config: Config) -> list[str]:
 
 def run_worker(config_path: str, sockets: list[socket.socket], index: int = 0, generation: int = 0,
                stats_name: str | None = None, ready_fd: int | None = None,
-               shared_name: str | None = None) -> None:
+               shared_name: str | None = None, cache_name: str | None = None) -> None:
     """Entry point of a worker process (``fastgw worker``): serve until SIGTERM, then drain."""
     import uvloop
 
@@ -212,7 +220,7 @@ def run_worker(config_path: str, sockets: list[socket.socket], index: int = 0, g
     asyncio.set_event_loop(loop)
     try:
         config = load(config_path)
-        worker = Worker(config, loop, index, stats_name, generation, shared_name)
+        worker = Worker(config, loop, index, stats_name, generation, shared_name, cache_name)
     except (ConfigError, PipelineError) as exc:
         # Settings the schema can't judge (a plugin refusing its config when built): the
         # supervisor gets the lines through the ready pipe, names them and keeps the old

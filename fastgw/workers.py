@@ -177,6 +177,7 @@ class Supervisor:
         self.stats_region: Any = None
         self.stats_name: str | None = None
         self.shared_region: Any = None   # fastgw.shared.SharedRegion: replay set, rate-limit counters
+        self.cache_region: Any = None    # fastgw.cache_region.CacheRegion: proxy-cache's node store
         self.admin: Any = None
         self._stop_event: asyncio.Event | None = None
         self._reload_lock: asyncio.Lock | None = None
@@ -315,6 +316,8 @@ class Supervisor:
             cmd += ["--stats", self.stats_name]
         if self.shared_region is not None:
             cmd += ["--shared", self.shared_region.name]
+        if self.cache_region is not None:
+            cmd += ["--cache", self.cache_region.name]
         try:
             proc = await asyncio.create_subprocess_exec(
                 *cmd, pass_fds=[*fds, ready_w], stdin=asyncio.subprocess.DEVNULL
@@ -481,13 +484,16 @@ class Supervisor:
                     log(f"reload failed: {line}")
                 self._forget(cfg)
                 return errors
-            old_addresses, old_config = self.addresses, self.config
+            old_addresses, old_config, old_cache = self.addresses, self.config, self.cache_region
             self.addresses, self.config = addresses, cfg
+            self.cache_region = self._cache_region_for(cfg)
             generation = self.generation + 1
             log(f"reload: starting generation {generation} ({count} workers)")
             started = await self._start_generation(count, generation)
             if started is None:
-                self.addresses, self.config = old_addresses, old_config
+                if self.cache_region is not old_cache and self.cache_region is not None:
+                    self.cache_region.close()
+                self.addresses, self.config, self.cache_region = old_addresses, old_config, old_cache
                 self._forget(cfg)
                 log(f"reload failed: generation {generation} did not start; old workers keep serving")
                 return list(self.start_errors) or [f"generation {generation}: a worker failed to start (see log)"]
@@ -499,11 +505,32 @@ class Supervisor:
                 if worker is not None:
                     self._retire(worker)
             self._close_unused_sockets(addresses, count)
+            if old_cache is not None and old_cache is not self.cache_region:
+                old_cache.close()     # its name goes; the old workers keep their mapping to the end
             self._forget(old_config)
             self._on_config_changed(cfg)
             routes = len(getattr(cfg, "routes", ()))
             log(f"reload done: generation {generation} serving ({count} workers, {routes} routes)")
             return []
+
+    def _cache_region_for(self, cfg: Any) -> Any:
+        """proxy-cache's node store for ``cfg``: the current one when its size fits (the
+        answers outlive the reload), a new one when the size changes, None when no route
+        caches in memory (or the file can't be made: each worker then keeps its own)."""
+        from fastgw.cache_region import CacheRegion
+        from fastgw.plugins.proxy_cache import node_memory
+
+        need = node_memory(getattr(cfg, "routes", ()) or ())
+        current = self.cache_region
+        if need == 0:
+            return None
+        if current is not None and current.capacity == need:
+            return current
+        try:
+            return CacheRegion.create(need)
+        except OSError as exc:
+            log(f"proxy-cache: no node-wide store ({exc}); each worker keeps its own answers")
+            return None
 
     def _on_sighup(self) -> None:
         log("SIGHUP: reloading " + self.config_path)
@@ -524,6 +551,7 @@ class Supervisor:
         # attaches the same tables, so a signature is used once and a limit holds for the
         # node, whatever worker sees the request.
         self.shared_region = SharedRegion.create()
+        self.cache_region = self._cache_region_for(cfg)
         try:
             from fastgw import stats as fstats
         except ImportError:
@@ -548,7 +576,7 @@ class Supervisor:
                 hook(cfg)
 
     async def _close_stats_and_admin(self) -> None:
-        for part in (self.admin, self.stats_region, self.shared_region):
+        for part in (self.admin, self.stats_region, self.shared_region, self.cache_region):
             close = getattr(part, "close", None)
             if close is not None:
                 result = close()

@@ -21,29 +21,32 @@ authenticated at the gateway is never served from nor stored in the cache (the b
 checks that caller itself). A hit answers ``If-None-Match`` with 304 when the stored
 ``ETag`` matches.
 
-With ``policy: memory`` (the default) each worker keeps one store for all its cached
-routes, bounded by ``max_memory`` bytes (the largest setting of those routes; least
-recently used out first); a reload starts new workers, so it starts empty. With ``policy:
+With ``policy: memory`` (the default) the answers are the node's: every worker reads and
+writes one shared-memory store (fastgw/cache_region.py), bounded by ``max_memory`` bytes
+(the largest setting of the memory-policy routes; the oldest stored out first, and an answer
+in use is kept), which outlives a reload unless the reload changes that size. A worker run
+without the supervisor keeps its own store (least recently used out first). With ``policy:
 redis`` the answers live in the top-level ``redis`` section's Redis, shared by every worker
 and node (each entry expires with its freshness; Redis's own ``maxmemory`` bounds the
 whole); a lookup there takes the request off the synchronous chain, and when Redis can't
 answer in its ``timeout`` the request simply goes to the backend (a miss, logged).
 
-Requests for an answer that another request of the same worker is already asking the
-backend for wait for that answer (at most ``lock_timeout`` seconds from when it was asked,
-as nginx's ``proxy_cache_lock``) and are answered from it as hits: a popular answer that
-expires costs the backend one request, not one per waiting caller. When that answer is not
-stored (refused by the rules above, a failure, or the gateway answered instead), or the
-time is up, they go to the backend themselves. With ``policy: redis`` the lock is the
-cluster's: the request that asks the backend holds a key in Redis (``SET NX``, expiring
-after ``lock_timeout``), and requests of other workers and nodes poll Redis for the
-answer meanwhile (every 50 ms), going to the backend themselves when the holder gives up
-or the time is up; Redis unavailable, everyone asks the backend.
+Requests for an answer that another request is already asking the backend for wait for
+that answer (at most ``lock_timeout`` seconds from when it was asked, as nginx's
+``proxy_cache_lock``) and are answered from it as hits: a popular answer that expires costs
+the backend one request, not one per waiting caller. When that answer is not stored
+(refused by the rules above, a failure, or the gateway answered instead), or the time is
+up, they go to the backend themselves. Within a worker they wait on the asking request
+itself; across the node's workers the lock is a slot in the shared store, and across nodes
+(``policy: redis``) a key in Redis (``SET NX``, expiring after ``lock_timeout``); requests
+of other workers look for the answer meanwhile (every 10 ms in the node, every 50 ms in
+Redis), going to the backend themselves when the holder gives up or the time is up; Redis
+unavailable, everyone asks the backend.
 
 ``POST /cache/purge`` on the admin API (``?service=`` and ``&stage=`` to narrow it) drops
-stored answers at once: every worker of the node forgets its own (it sees the purge on its
-next cache lookup, through the shared region), and with ``policy: redis`` the entries go
-from Redis (so from every node). An answer asked of the backend before the purge and
+stored answers at once: the supervisor clears them from the node's store (a worker on its
+own store forgets its answers on its next cache lookup, through the shared region), and
+with ``policy: redis`` the entries go from Redis (so from every node). An answer asked of the backend before the purge and
 arriving after it is not stored.
 
 It runs after authentication, acl and rate limiting (priority 100, as Kong's
@@ -64,6 +67,7 @@ from typing import Any
 
 import msgpack
 
+from fastgw.cache_region import UNKNOWN, digest, tag
 from fastgw.plugins.base import CONTINUE, HEADER_NAME, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
 from fastgw.sparselog import SparseLog
@@ -92,14 +96,15 @@ SCHEMA: dict[str, Any] = {
         "max_body": {"type": "integer", "minimum": 0, "default": 1 << 20,
                      "description": "Largest body stored, in bytes."},
         "max_memory": {"type": "integer", "minimum": 1024, "default": 16 << 20,
-                       "description": "Bytes of stored answers per worker, all cached routes together "
+                       "description": "Bytes of stored answers on the node, all cached routes together "
                                       "(the largest setting applies; policy memory)."},
         "policy": {"enum": ["memory", "redis"], "default": "memory",
-                   "description": "Keep answers in each worker's memory or in the top-level redis (every node)."},
+                   "description": "Keep answers in the node's shared memory or in the top-level redis "
+                                  "(every node)."},
         "lock_timeout": {"type": "number", "minimum": 0, "default": 5,
-                         "description": "Seconds a request for an answer another request of the worker (with "
-                                        "policy redis: of any worker or node) is already asking the backend "
-                                        "for waits for that answer before going to the backend itself (0: "
+                         "description": "Seconds a request for an answer another request of the node (with "
+                                        "policy redis: of any node) is already asking the backend for "
+                                        "waits for that answer before going to the backend itself (0: "
                                         "never waits; nginx's proxy_cache_lock)."},
     },
 }
@@ -107,8 +112,10 @@ SCHEMA: dict[str, Any] = {
 _HIT = (b"X-Cache-Status", b"Hit")
 _LOCK_SUFFIX = b":fill"        # policy redis: the fill lock's key, beside the answer's
 _POLL = 0.05                   # seconds between looks at Redis while another request fills
+_NODE_POLL = 0.01              # seconds between looks at the node's store while another worker fills
 _OWNERS = itertools.count(1)   # a key's first item: which route's plugin stored the answer
 _ENTRY_OVERHEAD = 256          # bytes counted per entry beyond its body and headers
+_NAMES_MAX = 8192              # keys whose node-store digest a route remembers (then starts over)
 
 
 def cache_directives(value: str | None) -> dict[str, str | None]:
@@ -154,6 +161,32 @@ class Entry:
         self.expires = expires
         self.age0 = age0
         self.size = len(body) + sum(len(n) + len(v) for n, v in headers) + _ENTRY_OVERHEAD
+
+
+def node_memory(routes: Any) -> int:
+    """Bytes the node's store needs for these routes (RouteSpec): the largest ``max_memory``
+    of their memory-policy proxy-cache settings; 0 when no route caches in memory."""
+    sizes = [int(p["config"]["max_memory"]) for r in routes for p in (r.plugins or ())
+             if p.get("name") == NAME and p.get("enabled", True) and p["config"].get("policy") == "memory"]
+    return max(sizes, default=0)
+
+
+def _route_prefix(spec: Any, settings: bytes) -> str:
+    """What every stored answer's key starts with: the route and a digest of the settings
+    that decide what is stored (changed settings never serve what the old ones stored)."""
+    return f"{spec.key}|{hashlib.sha256(settings).hexdigest()[:12]}|"
+
+
+def _pack(entry: Entry) -> bytes:
+    return msgpack.packb([entry.status, entry.headers, entry.body, entry.etag, entry.stored, entry.age0])
+
+
+def _unpack(raw: bytes, expires: float = 0.0) -> Entry | None:
+    try:
+        status, headers, body, etag, stored, age0 = msgpack.unpackb(raw)
+    except Exception:  # noqa: BLE001 - not an entry of this version: a miss
+        return None
+    return Entry(status, [tuple(h) for h in headers], body, etag, stored, expires, age0)
 
 
 class Store:
@@ -214,6 +247,34 @@ _WATCH: Any = None
 _INFLIGHT: dict[tuple, tuple[asyncio.Future[Entry | None], float]] = {}
 _INFLIGHT_SWEEP = 4096         # at this many, entries nobody can wait on any more are dropped
 _LOCK_MAX = 0.0                # the largest lock_timeout of the worker's routes
+
+
+class Decoded:
+    """The node store's answers this worker decoded, by key: (their position in the ring,
+    the Entry). A position names one record for the store's life, so a hit on the same one
+    reuses the Entry. Bounded by ``max_bytes`` of bodies and headers (oldest out first)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+        self._items: OrderedDict[bytes, tuple[int, Entry]] = OrderedDict()
+
+    def get(self, key: bytes) -> tuple[int, Entry] | None:
+        return self._items.get(key)
+
+    def remember(self, key: bytes, pos: int, entry: Entry) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.used -= old[1].size
+        if entry.size > self.max_bytes:
+            return
+        self._items[key] = (pos, entry)
+        self.used += entry.size
+        while self.used > self.max_bytes:
+            self.used -= self._items.popitem(last=False)[1][1].size
+
+
+_DECODED = Decoded(4 << 20)
 
 
 def _sweep_inflight(now: float) -> None:
@@ -309,17 +370,12 @@ class RedisStore:
             return None
         if raw is None:
             return None
-        try:
-            status, headers, body, etag, stored, age0 = msgpack.unpackb(raw)
-        except Exception:  # noqa: BLE001 - not an entry of this version: a miss
-            return None
-        return Entry(status, [tuple(h) for h in headers], body, etag, stored, 0.0, age0)
+        return _unpack(raw)
 
     def put(self, key: tuple, entry: Entry, lifetime: float, unlock: bool = False) -> None:
         """Store ``entry`` (in a task); ``unlock``: then give up the fill lock, in that order,
         so a waiter that sees the lock gone finds the answer."""
-        raw = msgpack.packb([entry.status, entry.headers, entry.body, entry.etag, entry.stored, entry.age0])
-        self._spawn(self._put(self._key(key), raw, lifetime, unlock))
+        self._spawn(self._put(self._key(key), _pack(entry), lifetime, unlock))
 
     async def _put(self, rkey: bytes, raw: bytes, lifetime: float, unlock: bool) -> None:
         try:
@@ -344,7 +400,7 @@ class _Fill:
         self.key = key
         self.purges = purges     # purges seen when the request came: one since, and it is not stored
         self.waiters = waiters   # what requests for the same answer wait on (None: nobody can)
-        self.locked = locked     # holds the answer's fill lock in Redis (policy redis)
+        self.locked = locked     # holds the answer's fill lock (the node's, or in Redis)
 
     @property
     def max_answer(self) -> int:
@@ -355,8 +411,7 @@ class _Fill:
         """Hand the stored answer (None: there is none) to the requests waiting for it."""
         if self.locked:
             self.locked = False
-            assert self.plugin.remote is not None
-            self.plugin.remote.unlock(self.key)
+            self.plugin.unlock(self.key)
         fut, self.waiters = self.waiters, None
         if fut is None:
             return
@@ -426,6 +481,14 @@ class _Fill:
 
     def finish(self, body: bytes) -> None:
         p = self.plugin
+        if p.node is not None:
+            now = time.monotonic()
+            entry = Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime, self.age0)
+            stored = p.node.put(self.key, _pack(entry), entry.expires, p.tags[0], p.tags[1], self.purges,
+                                unlock=self.locked)
+            self.locked = False  # given up with the answer stored (or not: a purge came)
+            self.release(entry if stored else None)
+            return
         if _purge_seen() != self.purges:
             self.release(None)
             return               # asked for before a purge: the purge must not be undone
@@ -469,9 +532,16 @@ class Plugin(BasePlugin):
         self.lock_timeout = float(config["lock_timeout"])
         global _LOCK_MAX
         _LOCK_MAX = max(_LOCK_MAX, self.lock_timeout)
-        # One store per worker for every route (not one each: N routes would mean N bounds).
+        settings = repr((sorted(self.statuses), self.vary, self.cache_control)).encode()
+        # policy memory: the node's store (fastgw/cache_region.py) when the supervisor made one.
+        self.node: Any = scope.services.get("cache_region") if config["policy"] == "memory" else None
+        self.node_prefix = _route_prefix(scope.spec, settings).encode() if self.node is not None else b""
+        self.tags = (tag(scope.spec.service), tag(scope.spec.stage)) if self.node is not None else (0, 0)
+        self._names: dict[tuple, bytes] = {}
+        # Else one store per worker for every route (not one each: N routes would mean N bounds).
         self.store = _MEMORY
-        _MEMORY.max_memory = max(_MEMORY.max_memory, int(config["max_memory"]))
+        if self.node is None:
+            _MEMORY.max_memory = max(_MEMORY.max_memory, int(config["max_memory"]))
         self.owner = next(_OWNERS)
         _SCOPES[self.owner] = (scope.spec.service, scope.spec.stage)
         global _WATCH
@@ -483,10 +553,7 @@ class Plugin(BasePlugin):
             if client is None and scope.services:
                 raise ValueError("policy 'redis' needs the top-level redis section")
             if client is not None:
-                spec = scope.spec
-                settings = repr((sorted(self.statuses), self.vary, self.cache_control)).encode()
-                prefix = (f"{scope.services.get('redis_prefix', 'fastgw:')}pc:{spec.key}|"
-                          f"{hashlib.sha256(settings).hexdigest()[:12]}|")
+                prefix = f"{scope.services.get('redis_prefix', 'fastgw:')}pc:{_route_prefix(scope.spec, settings)}"
                 self.remote = RedisStore(client, prefix.encode())
 
     def on_request(self, ctx: Any) -> Any:
@@ -506,18 +573,70 @@ class Plugin(BasePlugin):
                 consumer is None and ctx.get_header("authorization") is not None):
             ctx.add_response_header("X-Cache-Status", "Bypass")
             return CONTINUE
-        key = (ctx.path, ctx.query, getattr(consumer, "name", consumer),
-               tuple(ctx.get_header(name) for name in self.vary))
-        purges = _purge_seen()
+        key: Any = (ctx.path, ctx.query, getattr(consumer, "name", consumer),
+                    tuple(ctx.get_header(name) for name in self.vary))
+        if self.node is not None:
+            key = self._name(key)                   # the answer's name in the node's store
+            now = time.monotonic()
+            entry = self._stored(key, now) if lookup else None
+            if entry is not None:
+                return _answer_hit(ctx, entry, now)
+            # Purges are counted from here: the supervisor clears the node's store itself.
+            purges = self.node.purges
+            if not lookup:
+                return self._miss(ctx, key, False, purges)
+            return self._miss_or_wait(ctx, key, purges, now)
+        purges = _purge_seen()                      # first: applies a purge to this worker's store
         if self.remote is not None and lookup:
             return self._remote_lookup(ctx, key, purges)
         if not lookup:
             return self._miss(ctx, key, False, purges)
         now = time.monotonic()
-        entry = self.store.get((self.owner, key), now) if self.remote is None else None
+        entry = self._stored(key, now)
         if entry is not None:
             return _answer_hit(ctx, entry, now)
         return self._miss_or_wait(ctx, key, purges, now)
+
+    def _name(self, key: tuple) -> bytes:
+        """``key``'s digest in the node's store (remembered: a digest costs more than the rest
+        of a hit's lookup)."""
+        name = self._names.get(key)
+        if name is None:
+            if len(self._names) >= _NAMES_MAX:
+                self._names.clear()
+            name = self._names[key] = digest(self.node_prefix, key)
+        return name
+
+    def _purges(self) -> int:
+        """The purges seen so far, by the count the answers' store compares (see _Fill.finish)."""
+        return self.node.purges if self.node is not None else _purge_seen()
+
+    def _stored(self, key: Any, now: float) -> Entry | None:
+        """The fresh answer stored under ``key`` (memory policies), or None."""
+        if self.node is None:
+            return self.store.get((self.owner, key), now)
+        known = _DECODED.get(key)
+        found = self.node.lookup(key, now, known[0] if known is not None else UNKNOWN)
+        if found is None:
+            return None
+        pos, raw, old = found
+        if raw is None:
+            assert known is not None
+            entry: Entry | None = known[1]      # the record this worker decoded before
+        else:
+            entry = _unpack(raw)
+            if entry is not None:
+                _DECODED.remember(key, pos, entry)
+        if old:
+            self.node.keep(key)         # in use: not among the next to go
+        return entry
+
+    def unlock(self, key: Any) -> None:
+        """Give up the fill lock this worker holds for ``key`` (the node's, or in Redis)."""
+        if self.node is not None:
+            self.node.unlock(key)
+        elif self.remote is not None:
+            self.remote.unlock(key)
 
     async def _remote_lookup(self, ctx: Any, key: tuple, purges: int) -> int:
         assert self.remote is not None
@@ -537,7 +656,7 @@ class Plugin(BasePlugin):
                     return _answer_hit(ctx, entry, time.time())
             else:
                 entry = await self.remote.wait_filled(key, self.lock_timeout)
-                if entry is not None and _purge_seen() == purges:
+                if entry is not None and self._purges() == purges:
                     return _answer_hit(ctx, entry, time.time())
                 return self._miss(ctx, key, True, purges)     # not stored, or too slow: ask
         result = self._miss_or_wait(ctx, key, purges, time.monotonic(), locked)
@@ -557,16 +676,43 @@ class Plugin(BasePlugin):
         pending = self._in_flight(key, now)
         if pending is not None:
             if locked:                  # another request of this worker fills: it needs no lock of ours
-                assert self.remote is not None
-                self.remote.unlock(key)
+                self.unlock(key)
             return self._wait(ctx, key, purges, pending[0], pending[1] + self.lock_timeout - now)
         waiters = None
         if self.lock_timeout > 0 and ctx.method == "GET":     # (a HEAD's answer has no body to store)
+            if self.node is not None:
+                if not self.node.lock(key, now + self.lock_timeout, now):
+                    return self._node_wait(ctx, key, purges, now + self.lock_timeout)
+                # Another worker may have stored the answer and given the lock up since our
+                # first look: look once more before asking the backend.
+                entry = self._stored(key, now)
+                if entry is not None:
+                    self.node.unlock(key)
+                    return _answer_hit(ctx, entry, now)
+                locked = True
             if len(_INFLIGHT) >= _INFLIGHT_SWEEP:
                 _sweep_inflight(now)
             waiters = asyncio.get_running_loop().create_future()
             _INFLIGHT[(self.owner, key)] = (waiters, now)
         return self._miss(ctx, key, True, purges, waiters, locked)
+
+    async def _node_wait(self, ctx: Any, key: bytes, purges: int, deadline: float) -> int:
+        """Another worker of the node asks the backend for ``key``'s answer: look for it in the
+        node's store until it is there, the worker gives up (its lock is gone), or ``deadline``."""
+        assert self.node is not None
+        while (now := time.monotonic()) < deadline:
+            await asyncio.sleep(min(_NODE_POLL, deadline - now))
+            now = time.monotonic()
+            entry = self._stored(key, now)
+            if entry is None and not self.node.locked(key, now):
+                entry = self._stored(key, now)   # stored just before the lock went, or not at all
+                if entry is None:
+                    break
+            if entry is not None:
+                if self.node.purges != purges:
+                    break
+                return _answer_hit(ctx, entry, now)
+        return self._miss(ctx, key, True, purges)     # not stored, or too slow: to the backend
 
     async def _wait(self, ctx: Any, key: tuple, purges: int, fut: asyncio.Future[Entry | None],
                     timeout: float) -> int:
@@ -574,7 +720,7 @@ class Plugin(BasePlugin):
             entry = await asyncio.wait_for(asyncio.shield(fut), timeout)
         except asyncio.TimeoutError:
             entry = None
-        if entry is not None and _purge_seen() == purges:
+        if entry is not None and self._purges() == purges:
             return _answer_hit(ctx, entry, time.time() if self.remote is not None else time.monotonic())
         return self._miss(ctx, key, True, purges)     # not stored, or too slow: to the backend
 

@@ -214,6 +214,69 @@ def test_memory_bound_drops_the_least_recently_used(backend: Backend, port: int,
     assert request(g.port, "GET", "/bytes/100001").headers["x-cache-status"] == "Miss"
 
 
+def test_the_nodes_workers_share_answers_and_the_fill_lock(backend: Backend, port: int, gateway: Any) -> None:
+    cfg = gateway_config(port, backend.url, {
+        "/{path*}": {"GET": {"plugins": [{"name": "proxy-cache", "config": {"lock_timeout": 5}}]}}})
+    g = gateway(cfg, workers=4)
+    slow = respond("Cache-Control: max-age=60", extra="&ms=400")
+    answers = concurrently(g.port, slow, 12)             # on their own connections: every worker
+    assert backend_calls(backend, "/respond") == 1        # one asked; the others, on any worker, waited
+    assert all(r.status == 200 and r.body == answers[0].body for r in answers)
+    assert sorted(r.headers["x-cache-status"] for r in answers) == ["Hit"] * 11 + ["Miss"]
+    assert misses(g.port, slow) == 0
+    # The asking worker's answer is not stored: the waiting ones ask as soon as it gives the
+    # lock up, not after lock_timeout.
+    t0 = time.monotonic()
+    refused = concurrently(g.port, respond("Cache-Control: no-store", extra="&ms=300"), 6)
+    assert all(r.status == 200 and r.headers["x-cache-status"] == "Miss" for r in refused)
+    assert time.monotonic() - t0 < 3
+    assert backend_calls(backend, "/respond") == 7
+
+
+def cache_files(g: Any) -> list[str]:
+    """The node store files of this gateway's supervisor."""
+    import glob
+
+    return sorted(glob.glob(f"/dev/shm/fastgw-cache-{g.pid}-*") + glob.glob(f"/tmp/fastgw-cache-{g.pid}-*"))
+
+
+def test_the_nodes_answers_outlive_a_reload_of_the_same_size(backend: Backend, port: int, gateway: Any) -> None:
+    settings: dict[str, Any] = {"max_memory": 1 << 20}
+    cfg = gateway_config(port, backend.url, {
+        "/{path*}": {"GET": {"plugins": [{"name": "proxy-cache", "config": settings}]}}})
+    g = gateway(cfg, workers=2)
+    assert request(g.port, "GET", "/kept").headers["x-cache-status"] == "Miss"
+    first = cache_files(g)
+    assert len(first) == 1
+
+    cfg["services"][0]["resources"]["/other"] = {"GET": {}}   # another route, the same store size
+    g.reload(cfg)
+    g.wait_log("reload done: generation 2")
+    assert misses(g.port, "/kept", 8) == 0                  # the new workers answer from it
+    assert cache_files(g) == first
+
+    settings["ttl"] = 30                                      # what decides freshness: still the same key
+    settings["statuses"] = [200]                              # what decides storing: not the same answers
+    g.reload(cfg)
+    g.wait_log("reload done: generation 3")
+    assert misses(g.port, "/kept", 8) == 1
+
+    settings["max_memory"] = 2 << 20                          # another size: a new, empty store
+    g.reload(cfg)
+    g.wait_log("reload done: generation 4")
+    assert misses(g.port, "/kept", 8) == 1
+    second = cache_files(g)
+    assert len(second) == 1 and second != first              # the old one's file is gone
+
+    del cfg["services"][0]["resources"]["/{path*}"]           # nobody caches: no store
+    g.reload(cfg)
+    g.wait_log("reload done: generation 5")
+    assert cache_files(g) == []
+    pid = g.pid
+    g.close()
+    assert cache_files(type("G", (), {"pid": pid})()) == []
+
+
 def redis_nodes(gateway: Any, backend: Backend, redis: RedisServer) -> list[Any]:
     """Two gateway nodes of two workers each, caching every GET in one Redis."""
     nodes = []
@@ -275,25 +338,26 @@ def misses(port: int, path: str, n: int = 24) -> int:
     return sum(request(port, "GET", path).headers["x-cache-status"] == "Miss" for _ in range(n))
 
 
-def test_the_admin_api_purges_every_workers_answers(backend: Backend, port: int, gateway: Any) -> None:
+def test_the_admin_api_purges_the_nodes_answers(backend: Backend, port: int, gateway: Any) -> None:
     cfg = two_cached_services(backend, port)
     g = gateway(cfg, workers=2)
-    # Each worker keeps its own answers: 24 requests reach both (each misses once).
-    assert misses(g.port, "/a") == 2 and misses(g.port, "/other/b") == 2
+    # The node's workers share one store: of 24 requests (on either worker), one misses.
+    assert misses(g.port, "/a") == 1 and misses(g.port, "/other/b") == 1
     assert misses(g.port, "/a") == 0 and misses(g.port, "/other/b") == 0
     calls = len(backend.requests)
 
     r = purge(cfg, "?service=other")
     assert r.status == 200
-    assert r.json() == {"ok": True, "service": "other", "stage": None, "workers": "purged"}
+    assert r.json() == {"ok": True, "service": "other", "stage": None, "workers": "purged", "answers": 1}
     assert misses(g.port, "/a") == 0                     # another service's answers stay
-    assert misses(g.port, "/other/b") == 2               # gone from both workers
+    assert misses(g.port, "/other/b") == 1               # gone for every worker
     r = purge(cfg, "?service=test&stage=prod")
-    assert r.status == 200 and r.json()["stage"] == "prod"
-    assert misses(g.port, "/a") == 2 and misses(g.port, "/other/b") == 0
-    assert purge(cfg).status == 200                      # everything
-    assert misses(g.port, "/a") == 2 and misses(g.port, "/other/b") == 2
-    assert len(backend.requests) == calls + 8
+    assert r.status == 200 and r.json()["stage"] == "prod" and r.json()["answers"] == 1
+    assert misses(g.port, "/a") == 1 and misses(g.port, "/other/b") == 0
+    r = purge(cfg)                                       # everything
+    assert r.status == 200 and r.json()["answers"] == 2
+    assert misses(g.port, "/a") == 1 and misses(g.port, "/other/b") == 1
+    assert len(backend.requests) == calls + 4
     g.wait_log("proxy-cache: purged 1 stored answers (service other)")
 
     # Refused, and nothing purged: a clear 4xx.
