@@ -148,3 +148,120 @@ cdef class CacheReader:
     def writing(self) -> bool:
         """The sequence word is odd (a writer is at work, or died at work)."""
         return bool(fgw_cr_load_relaxed(self._seq) & 1)
+
+
+DEF _CE_OVERHEAD = 256         # bytes counted per entry beyond its body and headers
+
+
+@cython.final
+cdef class CacheEntry:
+    """One stored answer of proxy-cache (``fastgw.plugins.proxy_cache.Entry``): its status,
+    header fields, body, ETag, when stored and until when fresh (on one clock), the Age it
+    came with, and the bytes it is counted as."""
+
+    cdef public int status
+    cdef public list headers
+    cdef public bytes body
+    cdef public object etag
+    cdef public double stored
+    cdef public double expires
+    cdef public long long age0
+    cdef public Py_ssize_t size
+
+    def __init__(self, int status, list headers, bytes body, etag, double stored, double expires, long long age0):
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.etag = etag
+        self.stored = stored
+        self.expires = expires
+        self.age0 = age0
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(body) + _CE_OVERHEAD
+        for pair in headers:
+            n += len((<tuple>pair)[0]) + len((<tuple>pair)[1])
+        self.size = n
+
+
+cdef tuple _CH_HIT = (b"X-Cache-Status", b"Hit")
+cdef bytes _CH_AGE = b"Age"
+
+
+@cython.final
+cdef class CacheHitStep:
+    """proxy-cache's request phase on a route whose answers are in the node's store: answers
+    the common hit in C (no request header that changes what is looked up or how it is
+    answered, the answer decoded by this worker before and still the key's record in the
+    store, not in the ring's older half) and hands every other request to the plugin's
+    Python ``on_request`` (``fallback``), which does the same and everything else. Both
+    compute the same key, so which one answers a given request changes nothing but the cost."""
+
+    cdef object fallback       # the plugin's on_request (bound)
+    cdef CacheReader reader
+    cdef dict names            # the plugin's key -> digest memo (filled by the fallback)
+    cdef object decoded        # the worker's digest -> (position, Entry) memo (an OrderedDict: filled by the fallback)
+    cdef tuple vary            # request header names in the key, lower-case bytes
+
+    def __init__(self, fallback, CacheReader reader, dict names, decoded, tuple vary):
+        if not isinstance(decoded, dict):
+            raise TypeError("cache hit step: decoded must be a dict (or an OrderedDict)")
+        self.fallback = fallback
+        self.reader = reader
+        self.names = names
+        self.decoded = decoded
+        self.vary = vary
+
+    def __call__(self, RequestContext ctx):
+        cdef object method = ctx.method
+        if method != "GET" and method != "HEAD":
+            return self.fallback(ctx)
+        if (ctx.find_req_header(b"cache-control") is not None or ctx.find_req_header(b"pragma") is not None
+                or ctx.find_req_header(b"range") is not None or ctx.find_req_header(b"if-none-match") is not None):
+            return self.fallback(ctx)
+        consumer = ctx.consumer
+        if consumer is None:
+            if ctx.find_req_header(b"authorization") is not None:
+                return self.fallback(ctx)
+            who = None
+        else:
+            who = getattr(consumer, "name", consumer)
+        cdef list values = []
+        cdef bytes v
+        for lname in self.vary:
+            v = ctx.find_req_header(<bytes>lname)
+            values.append(None if v is None else v.decode("latin-1"))
+        name = self.names.get((ctx.path, ctx.query, who, tuple(values)))
+        if name is None:
+            return self.fallback(ctx)
+        known = (<dict>self.decoded).get(name)     # PERF: the dict API (an OrderedDict is one)
+        if known is None:
+            return self.fallback(ctx)
+        cdef double now = _mono()
+        found = self.reader.lookup(<bytes>name, now, <uint64_t>(<tuple>known)[0], False)
+        if found is None or found is CACHE_BUSY or (<tuple>found)[1] is not None or (<tuple>found)[2]:
+            return self.fallback(ctx)     # gone, a new record, or one to keep: the plugin does it
+        cdef CacheEntry entry = <CacheEntry>(<tuple>known)[1]
+        cdef double age = now - entry.stored
+        cdef list headers = list(entry.headers)
+        headers.append((_CH_AGE, str(entry.age0 + (<long long>age if age > 0 else 0)).encode("ascii")))
+        headers.append(_CH_HIT)
+        ctx.answer_status = entry.status          # ctx.answer, without copying the list again
+        ctx.answer_body = entry.body
+        ctx._answer_headers = headers
+        return CTX_ANSWERED
+
+
+@cython.final
+cdef class CacheLogStep:
+    """proxy-cache's log phase in C: an exchange whose answer was to be stored and was not
+    (it broke off, or the gateway answered instead) lets the requests waiting on it go
+    (``release(None)`` on the tap). A hit has no tap: nothing to do."""
+
+    cdef object fill_type
+
+    def __init__(self, fill_type):
+        self.fill_type = fill_type
+
+    def __call__(self, RequestContext ctx):
+        tap = ctx.response_tap
+        if tap is not None and type(tap) is self.fill_type:
+            tap.release(None)

@@ -115,6 +115,11 @@ class CacheRegion:
     def name(self) -> str:
         return self.path
 
+    @property
+    def reader(self) -> _core.CacheReader:
+        """The lock-free reader (fastgw/_cache.pxi), for the request path's C step."""
+        return self._reader
+
     @staticmethod
     def _size(capacity: int, buckets: int) -> int:
         return HEADER_SIZE + buckets * WAYS * _SLOT.size + LOCK_SLOTS * _LOCK.size + capacity
@@ -229,18 +234,18 @@ class CacheRegion:
         return None if found is None else (found[1] or b"", found[2])
 
     def put(self, key: bytes, payload: bytes, expires: float, service: int, stage: int,
-            purges: int, unlock: bool = False) -> bool:
+            purges: int, unlock: bool = False) -> int | None:
         """Store ``payload`` under ``key`` until ``expires`` (monotonic), tagged with its
-        service and stage; not when a purge came since the request saw ``purges``, or when it
-        is larger than the ring. ``unlock``: give the key's fill lock up as well."""
+        service and stage: its position in the ring; None when a purge came since the request
+        saw ``purges``, or when it is larger than the ring. ``unlock``: give the key's fill
+        lock up as well."""
         length = RECORD_HEAD.size + len(payload)
         with self._writing():
             if unlock:
                 self._unlock(key)
             if length > self.capacity or _U64.unpack_from(self._mm, _PURGES_AT)[0] != purges:
-                return False
-            self._append(key, payload, length, expires, service, stage)
-        return True
+                return None
+            return self._append(key, payload, length, expires, service, stage)
 
     def keep(self, key: bytes) -> None:
         """Write a hit answer from the ring's older half again at the head, so the answers in
@@ -257,8 +262,9 @@ class CacheRegion:
             self._append(key, payload, length, expires, service, stage)
 
     def _append(self, key: bytes, payload: bytes, length: int, expires: float, service: int,
-                stage: int) -> None:
-        """Write the record at the head and point ``key``'s slot at it (the lock held)."""
+                stage: int) -> int:
+        """Write the record at the head and point ``key``'s slot at it (the lock held);
+        returns its position."""
         mm, cap = self._mm, self.capacity
         head = _U64.unpack_from(mm, _HEAD_AT)[0]
         if head % cap + length > cap:
@@ -289,6 +295,7 @@ class CacheRegion:
             if slot != chosen and mm[slot:slot + 16] == key:
                 _SLOT.pack_into(mm, slot, b"", 0, 0, 0, 0, 0, 0.0)
         _SLOT.pack_into(mm, chosen, key, pos, length, service, stage, 0, expires)
+        return pos
 
     def __len__(self) -> int:
         """Live answers (fresh or not), for tests and the admin API."""

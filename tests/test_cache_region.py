@@ -29,7 +29,7 @@ def key(i: int) -> bytes:
 
 def put(r: CacheRegion, k: bytes, payload: bytes, expires: float = 1e12, service: str = "svc",
         stage: str = "prod") -> bool:
-    return r.put(k, payload, expires, tag(service), tag(stage), r.purges)
+    return r.put(k, payload, expires, tag(service), tag(stage), r.purges) is not None
 
 
 def test_a_worker_that_decoded_a_record_is_told_it_is_the_same(region: CacheRegion) -> None:
@@ -108,9 +108,9 @@ def test_purges_drop_by_service_and_stage_and_stop_older_fills(region: CacheRegi
     assert region.purge(tag("shop"), tag("beta")) == 1
     assert [region.get(key(i), 0.0) is not None for i in (1, 2, 3)] == [True, False, True]
     # An answer asked for before that purge is not stored after it; one asked for after is.
-    assert not region.put(key(2), b"old", 1e12, tag("shop"), tag("beta"), seen)
+    assert region.put(key(2), b"old", 1e12, tag("shop"), tag("beta"), seen) is None
     assert region.get(key(2), 0.0) is None
-    assert region.put(key(2), b"new", 1e12, tag("shop"), tag("beta"), region.purges)
+    assert region.put(key(2), b"new", 1e12, tag("shop"), tag("beta"), region.purges) is not None
     assert region.purge(tag("shop")) == 2
     assert region.purge() == 1 and len(region) == 0
 
@@ -126,7 +126,7 @@ def test_fill_locks_are_one_holders_until_given_up_or_due(region: CacheRegion) -
     assert not region.locked(k, 11.0)
     assert region.lock(k, deadline=30.0, now=11.0)
     # Storing the answer can give the lock up with it (one exclusive hold).
-    assert region.put(k, b"answer", 1e12, 1, 1, region.purges, unlock=True)
+    assert region.put(k, b"answer", 1e12, 1, 1, region.purges, unlock=True) is not None
     assert not region.locked(k, 12.0)
 
 

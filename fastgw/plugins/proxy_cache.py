@@ -62,11 +62,13 @@ import hashlib
 import itertools
 import logging
 import time
+import types
 from collections import OrderedDict
 from typing import Any
 
 import msgpack
 
+from fastgw._core import CacheEntry, CacheHitStep, CacheLogStep
 from fastgw.cache_region import UNKNOWN, digest, tag
 from fastgw.plugins.base import CONTINUE, HEADER_NAME, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
@@ -114,7 +116,6 @@ _LOCK_SUFFIX = b":fill"        # policy redis: the fill lock's key, beside the a
 _POLL = 0.05                   # seconds between looks at Redis while another request fills
 _NODE_POLL = 0.01              # seconds between looks at the node's store while another worker fills
 _OWNERS = itertools.count(1)   # a key's first item: which route's plugin stored the answer
-_ENTRY_OVERHEAD = 256          # bytes counted per entry beyond its body and headers
 _NAMES_MAX = 8192              # keys whose node-store digest a route remembers (then starts over)
 
 
@@ -146,21 +147,9 @@ def _seconds(arg: str | None) -> int | None:
     return int(arg)
 
 
-class Entry:
-    """One stored answer."""
-
-    __slots__ = ("status", "headers", "body", "etag", "stored", "expires", "age0", "size")
-
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, etag: bytes | None,
-                 stored: float, expires: float, age0: int) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-        self.etag = etag
-        self.stored = stored
-        self.expires = expires
-        self.age0 = age0
-        self.size = len(body) + sum(len(n) + len(v) for n, v in headers) + _ENTRY_OVERHEAD
+# One stored answer: status, headers, body, etag, stored, expires, age0 (and size, what it
+# is counted as), a C class so the request path's CacheHitStep reads it directly.
+Entry = CacheEntry
 
 
 def node_memory(routes: Any) -> int:
@@ -257,21 +246,21 @@ class Decoded:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.used = 0
-        self._items: OrderedDict[bytes, tuple[int, Entry]] = OrderedDict()
+        self.items: OrderedDict[bytes, tuple[int, Entry]] = OrderedDict()
 
     def get(self, key: bytes) -> tuple[int, Entry] | None:
-        return self._items.get(key)
+        return self.items.get(key)
 
     def remember(self, key: bytes, pos: int, entry: Entry) -> None:
-        old = self._items.pop(key, None)
+        old = self.items.pop(key, None)
         if old is not None:
             self.used -= old[1].size
         if entry.size > self.max_bytes:
             return
-        self._items[key] = (pos, entry)
+        self.items[key] = (pos, entry)
         self.used += entry.size
         while self.used > self.max_bytes:
-            self.used -= self._items.popitem(last=False)[1][1].size
+            self.used -= self.items.popitem(last=False)[1][1].size
 
 
 _DECODED = Decoded(4 << 20)
@@ -484,10 +473,12 @@ class _Fill:
         if p.node is not None:
             now = time.monotonic()
             entry = Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime, self.age0)
-            stored = p.node.put(self.key, _pack(entry), entry.expires, p.tags[0], p.tags[1], self.purges,
-                                unlock=self.locked)
+            pos = p.node.put(self.key, _pack(entry), entry.expires, p.tags[0], p.tags[1], self.purges,
+                             unlock=self.locked)
             self.locked = False  # given up with the answer stored (or not: a purge came)
-            self.release(entry if stored else None)
+            if pos is not None:
+                _DECODED.remember(self.key, pos, entry)   # this worker's next hit: no decoding
+            self.release(entry if pos is not None else None)
             return
         if _purge_seen() != self.purges:
             self.release(None)
@@ -527,7 +518,8 @@ class Plugin(BasePlugin):
         self.cache_control = bool(config["cache_control"])
         self.statuses = frozenset(config["statuses"])
         self.vary = tuple(name.lower() for name in config["vary_headers"])
-        self.vary_set = frozenset(name.encode("latin-1") for name in self.vary)
+        self.vary_names = tuple(name.encode("latin-1") for name in self.vary)
+        self.vary_set = frozenset(self.vary_names)
         self.max_answer = int(config["max_body"])
         self.lock_timeout = float(config["lock_timeout"])
         global _LOCK_MAX
@@ -538,6 +530,12 @@ class Plugin(BasePlugin):
         self.node_prefix = _route_prefix(scope.spec, settings).encode() if self.node is not None else b""
         self.tags = (tag(scope.spec.service), tag(scope.spec.stage)) if self.node is not None else (0, 0)
         self._names: dict[tuple, bytes] = {}
+        if self.node is not None:
+            # PERF: the common hit is answered in C; every other request reaches on_request
+            # below (the step falls back to it), which also fills the memos the step reads.
+            self.on_request = CacheHitStep(types.MethodType(Plugin.on_request, self), self.node.reader,
+                                           self._names, _DECODED.items, self.vary_names)
+        self.on_log = CacheLogStep(_Fill)
         # Else one store per worker for every route (not one each: N routes would mean N bounds).
         self.store = _MEMORY
         if self.node is None:
@@ -729,14 +727,6 @@ class Plugin(BasePlugin):
         ctx.add_response_header("X-Cache-Status", "Miss" if lookup else "Refresh")
         ctx.response_tap = _Fill(self, key, purges, waiters, locked)
         return CONTINUE
-
-    def on_log(self, ctx: Any) -> None:
-        """The exchange is over: requests still waiting on its answer stop waiting (it broke
-        off, the gateway answered instead, or the answer was not offered to be stored)."""
-        tap = ctx.response_tap
-        if type(tap) is _Fill:
-            tap.release(None)
-
 
 def _answer_hit(ctx: Any, entry: Entry, now: float) -> int:
     """Answer with a stored entry (``now`` on the clock its ``stored`` was read from)."""

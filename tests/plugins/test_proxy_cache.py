@@ -138,3 +138,80 @@ def test_one_store_per_worker_for_every_route() -> None:
     for pipe, body in ((a, b"from a"), (b, b"from b")):
         hit = make_ctx(path="/same")
         assert run(pipe, hit) is True and hit.answer_body == body
+
+
+def test_the_c_step_answers_a_hit_as_the_plugin_does(tmp_path: Any) -> None:
+    """On a route caching in the node's store, the common hit is answered by CacheHitStep in C
+    and every other request by the plugin's on_request: for each request both answer alike,
+    and the step leaves to the plugin exactly what it can't answer itself."""
+    import asyncio
+    import time
+
+    from fastgw._core import CacheHitStep
+
+    from fastgw.cache_region import CacheRegion
+    from fastgw.plugins.proxy_cache import _DECODED, Plugin
+
+    region = CacheRegion.create(1 << 20, directory=str(tmp_path))
+    pipe = make_pipeline([{"name": "proxy-cache", "config": {"vary_headers": ["Accept-Language"]}}],
+                         services={"cache_region": region})
+    plugin = pipe.plugins[0]
+    assert isinstance(plugin.on_request, CacheHitStep)
+    handed: list[str] = []
+
+    def python_path(ctx: Any) -> Any:
+        handed.append(f"{ctx.method} {ctx.path}")
+        return Plugin.on_request(plugin, ctx)
+
+    step = CacheHitStep(python_path, region.reader, plugin._names, _DECODED.items, plugin.vary_names)
+
+    def request(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> Any:
+        return make_ctx(method=method, path=path, headers=[(b"Host", b"api.test"), *headers])
+
+    def store(path: str, headers: list[tuple[bytes, bytes]]) -> None:
+        ctx = request("GET", path, headers)
+        assert step(ctx) == 0 and type(ctx.response_tap) is _Fill                 # a miss
+        assert ctx.response_tap.start(200, [(b"Content-Type", b"text/plain"), (b"ETag", b'"v1"')], 4)
+        ctx.response_tap.finish(path.encode()[-4:])
+
+    cases = [
+        ("GET", "/orders/1", [], True),
+        ("HEAD", "/orders/1", [], True),
+        ("GET", "/orders/2", [(b"Accept-Language", b"de")], True),
+        ("GET", "/orders/2", [], False),                                   # another variant: a miss
+        ("GET", "/orders/1", [(b"If-None-Match", b'"v1"')], False),        # 304: the plugin
+        ("GET", "/orders/1", [(b"Cache-Control", b"max-age=0")], False),   # refresh: the plugin
+        ("GET", "/orders/1", [(b"Range", b"bytes=0-1")], False),
+        ("GET", "/orders/1", [(b"Authorization", b"Bearer x")], False),
+        ("POST", "/orders/1", [], False),
+    ]
+
+    async def main() -> None:        # on a running loop, as in the server
+        store("/orders/1", [])
+        store("/orders/2", [(b"Accept-Language", b"de")])
+        for method, path, headers, in_c in cases:
+            handed.clear()
+            a, b = request(method, path, headers), request(method, path, headers)
+            got = []
+            for ctx, call in ((a, step), (b, lambda c: Plugin.on_request(plugin, c))):
+                got.append(call(ctx))
+                if type(ctx.response_tap) is _Fill:
+                    ctx.response_tap.release(None)     # a miss: nobody waits on it here
+            assert (handed == []) == in_c, (method, path, headers)
+            assert got[0] == got[1] and a.answer_status == b.answer_status and a.answer_body == b.answer_body
+            assert hdrs(a.answer_headers) == hdrs(b.answer_headers)
+            assert hdrs(a.response_headers_add) == hdrs(b.response_headers_add)
+            if in_c:
+                assert hdrs(a.answer_headers)["x-cache-status"] == "Hit" and hdrs(a.answer_headers)["age"] == "0"
+        # The key's record replaced since this worker decoded it: the plugin decodes the new one.
+        name = plugin._names[("/orders/1", b"", None, (None,))]
+        region.put(name, b"not msgpack", time.monotonic() + 60, 1, 1, region.purges)
+        handed.clear()
+        ctx = request("GET", "/orders/1", [])
+        assert step(ctx) == 0 and handed == ["GET /orders/1"]      # undecodable: a miss
+        ctx.response_tap.release(None)
+
+    try:
+        asyncio.run(main())
+    finally:
+        region.close()
