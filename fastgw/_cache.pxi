@@ -156,8 +156,9 @@ DEF _CE_OVERHEAD = 256         # bytes counted per entry beyond its body and hea
 @cython.final
 cdef class CacheEntry:
     """One stored answer of proxy-cache (``fastgw.plugins.proxy_cache.Entry``): its status,
-    header fields, body, ETag, when stored and until when fresh (on one clock), the Age it
-    came with, and the bytes it is counted as."""
+    header fields, body, ETag, when stored, until when fresh and until when it may stand in
+    for a backend that fails (``stale_until``; on one clock), the Age it came with, and the
+    bytes it is counted as."""
 
     cdef public int status
     cdef public list headers
@@ -165,16 +166,19 @@ cdef class CacheEntry:
     cdef public object etag
     cdef public double stored
     cdef public double expires
+    cdef public double stale_until
     cdef public long long age0
     cdef public Py_ssize_t size
 
-    def __init__(self, int status, list headers, bytes body, etag, double stored, double expires, long long age0):
+    def __init__(self, int status, list headers, bytes body, etag, double stored, double expires, long long age0,
+                 double stale_until=0.0):
         self.status = status
         self.headers = headers
         self.body = body
         self.etag = etag
         self.stored = stored
         self.expires = expires
+        self.stale_until = stale_until if stale_until > expires else expires
         self.age0 = age0
         cdef Py_ssize_t n = PyBytes_GET_SIZE(body) + _CE_OVERHEAD
         for pair in headers:
@@ -240,6 +244,8 @@ cdef class CacheHitStep:
         if found is None or found is CACHE_BUSY or (<tuple>found)[1] is not None or (<tuple>found)[2]:
             return self.fallback(ctx)     # gone, a new record, or one to keep: the plugin does it
         cdef CacheEntry entry = <CacheEntry>(<tuple>known)[1]
+        if entry.expires <= now:
+            return self.fallback(ctx)     # kept past its freshness (stale_if_error): not a hit
         cdef double age = now - entry.stored
         cdef list headers = list(entry.headers)
         headers.append((_CH_AGE, str(entry.age0 + (<long long>age if age > 0 else 0)).encode("ascii")))

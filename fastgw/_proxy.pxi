@@ -1692,7 +1692,22 @@ cdef class ClientConnection(Connection):
             return 0
         self.keep_alive = self.keep_alive and self.req_done
         self.t_up_end = _mono()
+        if self.ctx is not None and self.ctx.response_tap is not None and self._tap_answers_failure():
+            self._answer_ctx()
+            return 0
         self._answer_error(status, message)
+
+    cdef bint _tap_answers_failure(self) except -1:
+        """The backend gave no answer: the response tap's ``upstream_failed(ctx)`` may answer
+        instead (proxy-cache's stale answer, stale_if_error); True when it did."""
+        hook = getattr(self.ctx.response_tap, "upstream_failed", None)
+        if hook is None:
+            return False
+        try:
+            return bool(hook(self.ctx))
+        except Exception as exc:
+            _log.error("response tap failed on %s: %r", self.route.key, exc, exc_info=exc)
+            return False
 
     cdef int _drop_upstream(self) except -1:
         cdef UpstreamConnection up = self.up

@@ -1,4 +1,4 @@
-"""proxy-cache: answer repeated GET/HEAD requests from the worker's memory.
+"""proxy-cache: answer repeated GET/HEAD requests from the node's memory (or Redis).
 
 A fresh stored answer is sent by the gateway itself (with ``Age`` and
 ``X-Cache-Status: Hit``), without calling the backend; otherwise the request goes to the
@@ -16,10 +16,17 @@ else ``Expires`` less ``Date`` (an invalid Expires is in the past), else ``ttl``
 A request with ``Cache-Control: no-store`` neither reads nor writes the cache, one with
 ``no-cache`` or ``max-age=0`` (or ``Pragma: no-cache`` alone) skips the stored answer and
 refreshes it; one with ``Range`` goes to the backend untouched. With ``cache_control``
-off, both sides' Cache-Control are ignored and every answer is kept ``ttl`` seconds. A request carrying ``Authorization`` with no consumer
-authenticated at the gateway is never served from nor stored in the cache (the backend
-checks that caller itself). A hit answers ``If-None-Match`` with 304 when the stored
-``ETag`` matches.
+off, both sides' Cache-Control are ignored and every answer is kept ``ttl`` seconds. A
+request carrying ``Authorization`` with no consumer authenticated at the gateway is never
+served from nor stored in the cache (the backend checks that caller itself). A hit answers
+``If-None-Match`` with 304 when the stored ``ETag`` matches.
+
+With ``stale_if_error`` (seconds, default 0) an answer is kept that long past its
+freshness: a request then is a miss, but when the backend gives no answer at all (refused,
+closed, timed out) the kept answer stands in for the 502/504 (``X-Cache-Status: Stale``, as
+nginx's ``proxy_cache_use_stale error timeout``; RFC 5861). An answer's own
+``stale-if-error=N`` sets its window, and ``must-revalidate`` or ``proxy-revalidate`` rule it
+out (RFC 9111 5.2.2.2). A 5xx the backend sends is passed on as it is.
 
 With ``policy: memory`` (the default) the answers are the node's: every worker reads and
 writes one shared-memory store (fastgw/cache_region.py), bounded by ``max_memory`` bytes
@@ -103,6 +110,11 @@ SCHEMA: dict[str, Any] = {
         "policy": {"enum": ["memory", "redis"], "default": "memory",
                    "description": "Keep answers in the node's shared memory or in the top-level redis "
                                   "(every node)."},
+        "stale_if_error": {"type": "number", "minimum": 0, "default": 0,
+                           "description": "Seconds past its freshness a stored answer is kept to answer "
+                                          "when the backend gives none (refused, closed, timed out): "
+                                          "X-Cache-Status: Stale (0: never; an answer's own "
+                                          "stale-if-error, must-revalidate or proxy-revalidate wins)."},
         "lock_timeout": {"type": "number", "minimum": 0, "default": 5,
                          "description": "Seconds a request for an answer another request of the node (with "
                                         "policy redis: of any node) is already asking the backend for "
@@ -112,6 +124,7 @@ SCHEMA: dict[str, Any] = {
 }
 
 _HIT = (b"X-Cache-Status", b"Hit")
+_STALE = (b"X-Cache-Status", b"Stale")
 _LOCK_SUFFIX = b":fill"        # policy redis: the fill lock's key, beside the answer's
 _POLL = 0.05                   # seconds between looks at Redis while another request fills
 _NODE_POLL = 0.01              # seconds between looks at the node's store while another worker fills
@@ -147,9 +160,14 @@ def _seconds(arg: str | None) -> int | None:
     return int(arg)
 
 
-# One stored answer: status, headers, body, etag, stored, expires, age0 (and size, what it
-# is counted as), a C class so the request path's CacheHitStep reads it directly.
+# One stored answer: status, headers, body, etag, stored, expires, age0, stale_until (and
+# size, what it is counted as), a C class so the request path's CacheHitStep reads it directly.
 Entry = CacheEntry
+
+
+def _fresh(entry: Entry | None, now: float) -> Entry | None:
+    """``entry`` while fresh at ``now`` (on its clock), else None."""
+    return entry if entry is not None and entry.expires > now else None
 
 
 def node_memory(routes: Any) -> int:
@@ -167,15 +185,16 @@ def _route_prefix(spec: Any, settings: bytes) -> str:
 
 
 def _pack(entry: Entry) -> bytes:
-    return msgpack.packb([entry.status, entry.headers, entry.body, entry.etag, entry.stored, entry.age0])
+    return msgpack.packb([entry.status, entry.headers, entry.body, entry.etag, entry.stored, entry.age0,
+                          entry.expires, entry.stale_until])
 
 
-def _unpack(raw: bytes, expires: float = 0.0) -> Entry | None:
+def _unpack(raw: bytes) -> Entry | None:
     try:
-        status, headers, body, etag, stored, age0 = msgpack.unpackb(raw)
+        status, headers, body, etag, stored, age0, expires, stale_until = msgpack.unpackb(raw)
     except Exception:  # noqa: BLE001 - not an entry of this version: a miss
         return None
-    return Entry(status, [tuple(h) for h in headers], body, etag, stored, expires, age0)
+    return Entry(status, [tuple(h) for h in headers], body, etag, stored, expires, age0, stale_until)
 
 
 class Store:
@@ -190,10 +209,12 @@ class Store:
         return len(self._items)
 
     def get(self, key: tuple, now: float) -> Entry | None:
+        """The entry while fresh, or while it may stand in for a failing backend (the caller
+        tells the two apart by ``expires``)."""
         entry = self._items.get(key)
         if entry is None:
             return None
-        if entry.expires <= now:
+        if entry.stale_until <= now:
             self._drop(key)
             return None
         self._items.move_to_end(key)
@@ -335,12 +356,13 @@ class RedisStore:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             await asyncio.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
-            entry = await self.get(key)
+            entry = _fresh(await self.get(key), time.time())
             if entry is not None:
                 return entry
             try:
                 if not await self._client.exists(rlock):
-                    return await self.get(key)   # stored just before the lock went, or not at all
+                    # stored just before the lock went, or not at all
+                    return _fresh(await self.get(key), time.time())
             except Exception:  # noqa: BLE001 - Redis gone: ask the backend
                 return None
         return None
@@ -362,8 +384,9 @@ class RedisStore:
         return _unpack(raw)
 
     def put(self, key: tuple, entry: Entry, lifetime: float, unlock: bool = False) -> None:
-        """Store ``entry`` (in a task); ``unlock``: then give up the fill lock, in that order,
-        so a waiter that sees the lock gone finds the answer."""
+        """Store ``entry`` (in a task) for ``lifetime`` seconds (its freshness and its
+        stale_if_error window); ``unlock``: then give up the fill lock, in that order, so a
+        waiter that sees the lock gone finds the answer."""
         self._spawn(self._put(self._key(key), _pack(entry), lifetime, unlock))
 
     async def _put(self, rkey: bytes, raw: bytes, lifetime: float, unlock: bool) -> None:
@@ -380,16 +403,33 @@ class _Fill:
     """The response tap of a miss: decides whether the backend's answer may be stored, and
     stores it once its whole body has been passed on to the client (RequestContext.response_tap)."""
 
-    __slots__ = ("plugin", "key", "purges", "waiters", "locked", "status", "headers", "etag", "lifetime",
-                 "age0")
+    __slots__ = ("plugin", "key", "purges", "waiters", "locked", "stale", "status", "headers", "etag",
+                 "lifetime", "grace", "age0")
 
     def __init__(self, plugin: Plugin, key: tuple, purges: int,
-                 waiters: asyncio.Future[Entry | None] | None = None, locked: bool = False) -> None:
+                 waiters: asyncio.Future[Entry | None] | None = None, locked: bool = False,
+                 stale: Entry | None = None) -> None:
         self.plugin = plugin
         self.key = key
         self.purges = purges     # purges seen when the request came: one since, and it is not stored
         self.waiters = waiters   # what requests for the same answer wait on (None: nobody can)
         self.locked = locked     # holds the answer's fill lock (the node's, or in Redis)
+        self.stale = stale       # the stored answer past its freshness, for upstream_failed
+
+    def upstream_failed(self, ctx: Any) -> bool:
+        """The backend gave no answer (refused, closed, timed out): answer with the stale
+        stored one while its stale_if_error window lasts (``X-Cache-Status: Stale``); False
+        when there is none, and the gateway answers 502/504 as usual."""
+        stale = self.stale
+        if stale is None:
+            return False
+        now = time.time() if self.plugin.remote is not None else time.monotonic()
+        if stale.stale_until <= now:
+            return False
+        ctx.response_headers_add[:] = [(n, v) for n, v in ctx.response_headers_add if n.lower() != b"x-cache-status"]
+        age = str(stale.age0 + max(0, int(now - stale.stored))).encode("ascii")
+        ctx.answer(stale.status, stale.body, stale.headers + [(b"Age", age), _STALE])
+        return True
 
     @property
     def max_answer(self) -> int:
@@ -421,6 +461,7 @@ class _Fill:
         if status not in p.statuses or content_length > p.max_answer:
             return False
         lifetime: float = p.ttl
+        grace: float = p.stale_if_error
         max_age: float | None = None
         expires = date = None
         etag = None
@@ -439,6 +480,10 @@ class _Fill:
                 d = cache_directives(value.decode("latin-1"))
                 if "no-store" in d or "no-cache" in d or "private" in d:
                     return False
+                if "must-revalidate" in d or "proxy-revalidate" in d:
+                    grace = 0.0                  # RFC 9111 5.2.2.2: never served stale
+                elif "stale-if-error" in d:
+                    grace = float(_seconds(d.get("stale-if-error")) or 0)    # RFC 5861 4: the origin's word
                 s = _seconds(d.get("s-maxage")) if "s-maxage" in d else _seconds(d.get("max-age"))
                 if s is not None:
                     if s == 0:
@@ -465,6 +510,7 @@ class _Fill:
         self.headers = kept
         self.etag = etag
         self.lifetime = lifetime
+        self.grace = grace
         self.age0 = age0
         return self.lifetime > 0
 
@@ -472,8 +518,9 @@ class _Fill:
         p = self.plugin
         if p.node is not None:
             now = time.monotonic()
-            entry = Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime, self.age0)
-            pos = p.node.put(self.key, _pack(entry), entry.expires, p.tags[0], p.tags[1], self.purges,
+            entry = Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime, self.age0,
+                          now + self.lifetime + self.grace)
+            pos = p.node.put(self.key, _pack(entry), entry.stale_until, p.tags[0], p.tags[1], self.purges,
                              unlock=self.locked)
             self.locked = False  # given up with the answer stored (or not: a purge came)
             if pos is not None:
@@ -485,12 +532,14 @@ class _Fill:
             return               # asked for before a purge: the purge must not be undone
         if p.remote is not None:
             now = time.time()
-            entry = Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime, self.age0)
-            p.remote.put(self.key, entry, self.lifetime, unlock=self.locked)
+            entry = Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime, self.age0,
+                          now + self.lifetime + self.grace)
+            p.remote.put(self.key, entry, self.lifetime + self.grace, unlock=self.locked)
             self.locked = False  # given up after the answer is stored
         else:
             now = time.monotonic()
-            entry = Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime, self.age0)
+            entry = Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime, self.age0,
+                          now + self.lifetime + self.grace)
             p.store.put((p.owner, self.key), entry)
         self.release(entry)
 
@@ -522,6 +571,7 @@ class Plugin(BasePlugin):
         self.vary_set = frozenset(self.vary_names)
         self.max_answer = int(config["max_body"])
         self.lock_timeout = float(config["lock_timeout"])
+        self.stale_if_error = float(config["stale_if_error"])
         global _LOCK_MAX
         _LOCK_MAX = max(_LOCK_MAX, self.lock_timeout)
         settings = repr((sorted(self.statuses), self.vary, self.cache_control)).encode()
@@ -573,17 +623,19 @@ class Plugin(BasePlugin):
             return CONTINUE
         key: Any = (ctx.path, ctx.query, getattr(consumer, "name", consumer),
                     tuple(ctx.get_header(name) for name in self.vary))
+        # An answer found past its freshness (kept for stale_if_error) is a miss, but goes with
+        # the request: it answers if the backend fails (_Fill.upstream_failed).
         if self.node is not None:
             key = self._name(key)                   # the answer's name in the node's store
             now = time.monotonic()
             entry = self._stored(key, now) if lookup else None
-            if entry is not None:
+            if entry is not None and entry.expires > now:
                 return _answer_hit(ctx, entry, now)
             # Purges are counted from here: the supervisor clears the node's store itself.
             purges = self.node.purges
             if not lookup:
                 return self._miss(ctx, key, False, purges)
-            return self._miss_or_wait(ctx, key, purges, now)
+            return self._miss_or_wait(ctx, key, purges, now, stale=entry)
         purges = _purge_seen()                      # first: applies a purge to this worker's store
         if self.remote is not None and lookup:
             return self._remote_lookup(ctx, key, purges)
@@ -591,9 +643,9 @@ class Plugin(BasePlugin):
             return self._miss(ctx, key, False, purges)
         now = time.monotonic()
         entry = self._stored(key, now)
-        if entry is not None:
+        if entry is not None and entry.expires > now:
             return _answer_hit(ctx, entry, now)
-        return self._miss_or_wait(ctx, key, purges, now)
+        return self._miss_or_wait(ctx, key, purges, now, stale=entry)
 
     def _name(self, key: tuple) -> bytes:
         """``key``'s digest in the node's store (remembered: a digest costs more than the rest
@@ -610,7 +662,8 @@ class Plugin(BasePlugin):
         return self.node.purges if self.node is not None else _purge_seen()
 
     def _stored(self, key: Any, now: float) -> Entry | None:
-        """The fresh answer stored under ``key`` (memory policies), or None."""
+        """The answer stored under ``key`` (memory policies) while fresh or within its
+        stale_if_error window (``expires`` tells), or None."""
         if self.node is None:
             return self.store.get((self.owner, key), now)
         known = _DECODED.get(key)
@@ -638,9 +691,9 @@ class Plugin(BasePlugin):
 
     async def _remote_lookup(self, ctx: Any, key: tuple, purges: int) -> int:
         assert self.remote is not None
-        entry = await self.remote.get(key)
-        if entry is not None:
-            return _answer_hit(ctx, entry, time.time())
+        stale = await self.remote.get(key)
+        if _fresh(stale, time.time()) is not None:
+            return _answer_hit(ctx, stale, time.time())
         locked = False
         if self.lock_timeout > 0 and ctx.method == "GET" and self._in_flight(key, time.monotonic()) is None:
             # No request of this worker is asking: is one of another worker or node?
@@ -648,7 +701,7 @@ class Plugin(BasePlugin):
             if locked:
                 # Another request may have stored the answer and given the lock up since our
                 # first look: look once more before asking the backend.
-                entry = await self.remote.get(key)
+                entry = _fresh(await self.remote.get(key), time.time())
                 if entry is not None:
                     self.remote.unlock(key)
                     return _answer_hit(ctx, entry, time.time())
@@ -656,8 +709,8 @@ class Plugin(BasePlugin):
                 entry = await self.remote.wait_filled(key, self.lock_timeout)
                 if entry is not None and self._purges() == purges:
                     return _answer_hit(ctx, entry, time.time())
-                return self._miss(ctx, key, True, purges)     # not stored, or too slow: ask
-        result = self._miss_or_wait(ctx, key, purges, time.monotonic(), locked)
+                return self._miss(ctx, key, True, purges, stale=stale)     # not stored, or too slow: ask
+        result = self._miss_or_wait(ctx, key, purges, time.monotonic(), locked, stale)
         return await result if asyncio.iscoroutine(result) else result
 
     def _in_flight(self, key: tuple, now: float) -> tuple[asyncio.Future[Entry | None], float] | None:
@@ -668,22 +721,24 @@ class Plugin(BasePlugin):
             return pending
         return None
 
-    def _miss_or_wait(self, ctx: Any, key: tuple, purges: int, now: float, locked: bool = False) -> Any:
-        """Not stored: wait for the answer another request is already asking the backend for
-        (at most lock_timeout from when it asked), or ask the backend (and let others wait)."""
+    def _miss_or_wait(self, ctx: Any, key: tuple, purges: int, now: float, locked: bool = False,
+                      stale: Entry | None = None) -> Any:
+        """Not stored (or only ``stale``): wait for the answer another request is already
+        asking the backend for (at most lock_timeout from when it asked), or ask the backend
+        (and let others wait)."""
         pending = self._in_flight(key, now)
         if pending is not None:
             if locked:                  # another request of this worker fills: it needs no lock of ours
                 self.unlock(key)
-            return self._wait(ctx, key, purges, pending[0], pending[1] + self.lock_timeout - now)
+            return self._wait(ctx, key, purges, pending[0], pending[1] + self.lock_timeout - now, stale)
         waiters = None
         if self.lock_timeout > 0 and ctx.method == "GET":     # (a HEAD's answer has no body to store)
             if self.node is not None:
                 if not self.node.lock(key, now + self.lock_timeout, now):
-                    return self._node_wait(ctx, key, purges, now + self.lock_timeout)
+                    return self._node_wait(ctx, key, purges, now + self.lock_timeout, stale)
                 # Another worker may have stored the answer and given the lock up since our
                 # first look: look once more before asking the backend.
-                entry = self._stored(key, now)
+                entry = _fresh(self._stored(key, now), now)
                 if entry is not None:
                     self.node.unlock(key)
                     return _answer_hit(ctx, entry, now)
@@ -692,41 +747,44 @@ class Plugin(BasePlugin):
                 _sweep_inflight(now)
             waiters = asyncio.get_running_loop().create_future()
             _INFLIGHT[(self.owner, key)] = (waiters, now)
-        return self._miss(ctx, key, True, purges, waiters, locked)
+        return self._miss(ctx, key, True, purges, waiters, locked, stale)
 
-    async def _node_wait(self, ctx: Any, key: bytes, purges: int, deadline: float) -> int:
+    async def _node_wait(self, ctx: Any, key: bytes, purges: int, deadline: float, stale: Entry | None) -> int:
         """Another worker of the node asks the backend for ``key``'s answer: look for it in the
         node's store until it is there, the worker gives up (its lock is gone), or ``deadline``."""
         assert self.node is not None
         while (now := time.monotonic()) < deadline:
             await asyncio.sleep(min(_NODE_POLL, deadline - now))
             now = time.monotonic()
-            entry = self._stored(key, now)
+            entry = _fresh(self._stored(key, now), now)
             if entry is None and not self.node.locked(key, now):
-                entry = self._stored(key, now)   # stored just before the lock went, or not at all
+                # stored just before the lock went, or not at all
+                entry = _fresh(self._stored(key, now), now)
                 if entry is None:
                     break
             if entry is not None:
                 if self.node.purges != purges:
                     break
                 return _answer_hit(ctx, entry, now)
-        return self._miss(ctx, key, True, purges)     # not stored, or too slow: to the backend
+        return self._miss(ctx, key, True, purges, stale=stale)     # not stored, or too slow: ask
 
     async def _wait(self, ctx: Any, key: tuple, purges: int, fut: asyncio.Future[Entry | None],
-                    timeout: float) -> int:
+                    timeout: float, stale: Entry | None) -> int:
         try:
             entry = await asyncio.wait_for(asyncio.shield(fut), timeout)
         except asyncio.TimeoutError:
             entry = None
         if entry is not None and self._purges() == purges:
             return _answer_hit(ctx, entry, time.time() if self.remote is not None else time.monotonic())
-        return self._miss(ctx, key, True, purges)     # not stored, or too slow: to the backend
+        return self._miss(ctx, key, True, purges, stale=stale)     # not stored, or too slow: ask
 
     def _miss(self, ctx: Any, key: tuple, lookup: bool, purges: int,
-              waiters: asyncio.Future[Entry | None] | None = None, locked: bool = False) -> int:
+              waiters: asyncio.Future[Entry | None] | None = None, locked: bool = False,
+              stale: Entry | None = None) -> int:
         ctx.add_response_header("X-Cache-Status", "Miss" if lookup else "Refresh")
-        ctx.response_tap = _Fill(self, key, purges, waiters, locked)
+        ctx.response_tap = _Fill(self, key, purges, waiters, locked, stale)
         return CONTINUE
+
 
 def _answer_hit(ctx: Any, entry: Entry, now: float) -> int:
     """Answer with a stored entry (``now`` on the clock its ``stored`` was read from)."""

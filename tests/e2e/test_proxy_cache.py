@@ -490,3 +490,81 @@ def test_with_redis_the_lock_holds_across_workers_and_nodes(backend: Backend, ga
     statuses = [r.headers["x-cache-status"] for r in gone]
     assert set(statuses) <= {"Hit", "Miss"} and "Miss" in statuses
     assert 2 <= backend_calls(backend, "/respond") - 5 <= 4
+
+
+def stale_gateway(gateway: Any, up_url: str, port: int, workers: int = 2, **extra: Any) -> Any:
+    settings = {"ttl": 1, "stale_if_error": 2.5, **extra}
+    return gateway(gateway_config(port, up_url, {
+        "/{path*}": {"GET": {"timeouts": {"read": 1, "connect": 1},
+                             "plugins": [{"name": "proxy-cache", "config": settings}]}}}), workers=workers)
+
+
+def test_a_stale_answer_stands_in_for_a_backend_that_fails(port: int, gateway: Any) -> None:
+    import socket
+
+    up = Backend(port=free_port()).start()
+    g = stale_gateway(gateway, up.url, port)
+    kept = request(g.port, "GET", "/kept")
+    assert kept.headers["x-cache-status"] == "Miss"
+    revalidate = respond("Cache-Control: max-age=1, must-revalidate")
+    own = respond("Cache-Control: max-age=1, stale-if-error=0")
+    for path in (revalidate, own):
+        assert request(g.port, "GET", path).headers["x-cache-status"] == "Miss"
+    t0 = time.monotonic()
+    time.sleep(1.2)                                    # past their freshness
+    up.stop()                                          # and the backend is gone: refused
+    for _ in range(4):                                 # any worker: the node's store
+        r = request(g.port, "GET", "/kept")
+        assert r.status == 200 and r.body == kept.body
+        assert r.headers["x-cache-status"] == "Stale" and int(r.headers["age"]) >= 1
+    head = request(g.port, "HEAD", "/kept")
+    assert head.status == 200 and head.body == b"" and head.headers["x-cache-status"] == "Stale"
+    for path in (revalidate, own):                     # the answer said no: the error
+        r = request(g.port, "GET", path)
+        assert r.status == 502 and r.json()["error"] == "upstream connection failed"
+        assert r.headers["x-cache-status"] == "Miss"
+    assert request(g.port, "GET", "/never-stored").status == 502
+
+    # A backend that takes the connection and never answers: the 504 is replaced as well.
+    hung = socket.socket()
+    hung.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    hung.bind(("127.0.0.1", up.port))
+    hung.listen(16)
+    try:
+        r = request(g.port, "GET", "/kept")
+        assert r.status == 200 and r.headers["x-cache-status"] == "Stale" and r.body == kept.body
+        time.sleep(max(0.0, t0 + 1 + 2.6 - time.monotonic()))     # past the stale window too
+        r = request(g.port, "GET", "/kept")
+        assert r.status == 504 and r.headers["x-cache-status"] == "Miss"
+    finally:
+        hung.close()
+
+
+def test_without_stale_if_error_a_failing_backend_gets_its_error(port: int, gateway: Any) -> None:
+    up = Backend(port=free_port()).start()
+    g = stale_gateway(gateway, up.url, port, workers=1, stale_if_error=0)
+    assert request(g.port, "GET", "/kept").headers["x-cache-status"] == "Miss"
+    time.sleep(1.2)
+    up.stop()
+    assert request(g.port, "GET", "/kept").status == 502
+
+
+def test_with_redis_a_stale_answer_stands_in_on_every_node(gateway: Any, redis: RedisServer) -> None:
+    up = Backend(port=free_port()).start()
+    nodes = []
+    for _ in range(2):
+        cfg = gateway_config(free_port(), up.url, {"/{path*}": {"GET": {"plugins": [
+            {"name": "proxy-cache", "config": {"policy": "redis", "ttl": 1, "stale_if_error": 30}}]}}})
+        cfg["redis"] = {"url": redis.url, "timeout": 0.5}
+        nodes.append(gateway(cfg))
+    kept = request(nodes[0].port, "GET", "/kept")
+    assert kept.headers["x-cache-status"] == "Miss"
+    deadline = time.monotonic() + 5                      # stored in a task, after the answer
+    while request(nodes[1].port, "GET", "/kept").headers["x-cache-status"] != "Hit":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.2)
+    up.stop()
+    for node in nodes:
+        r = request(node.port, "GET", "/kept")
+        assert r.status == 200 and r.headers["x-cache-status"] == "Stale" and r.body == kept.body

@@ -215,3 +215,46 @@ def test_the_c_step_answers_a_hit_as_the_plugin_does(tmp_path: Any) -> None:
         asyncio.run(main())
     finally:
         region.close()
+
+
+@pytest.mark.parametrize(("answer_headers", "grace"), [
+    ([], 30.0),                                                        # the setting
+    ([(b"Cache-Control", b"max-age=5, stale-if-error=7")], 7.0),       # the origin's word (RFC 5861)
+    ([(b"Cache-Control", b"max-age=5, must-revalidate")], 0.0),        # never stale (RFC 9111 5.2.2.2)
+    ([(b"Cache-Control", b"max-age=5, proxy-revalidate, stale-if-error=9")], 0.0),
+])
+def test_stale_if_error_window(answer_headers: list[tuple[bytes, bytes]], grace: float) -> None:
+    plugin = cache({"stale_if_error": 30}).plugins[0]
+    fill = _Fill(plugin, ("k",), 0)
+    assert fill.start(200, answer_headers, 10)
+    assert fill.grace == grace
+
+
+def test_a_worker_on_its_own_store_answers_stale_when_the_backend_fails() -> None:
+    """Without the supervisor (each worker its own store): kept past freshness for the
+    window, a miss meanwhile, and the stand-in for an upstream failure."""
+    import asyncio
+    import time
+
+    pipe = cache({"ttl": 0.2, "stale_if_error": 30})
+    plugin = pipe.plugins[0]
+    assert plugin.node is None
+
+    async def main() -> None:
+        ctx = make_ctx(path="/stale/1")
+        assert plugin.on_request(ctx) == 0
+        fill = ctx.response_tap
+        assert fill.start(200, [(b"Content-Type", b"text/plain")], 3)
+        fill.finish(b"old")
+        assert fill.upstream_failed(make_ctx()) is False            # it had nothing stale
+        time.sleep(0.25)
+        ctx = make_ctx(path="/stale/1")
+        assert plugin.on_request(ctx) == 0 and hdrs(ctx.response_headers_add)["x-cache-status"] == "Miss"
+        assert ctx.response_tap.upstream_failed(ctx) is True
+        assert ctx.answer_status == 200 and ctx.answer_body == b"old"
+        got = hdrs(ctx.answer_headers)
+        assert got["x-cache-status"] == "Stale" and got["content-type"] == "text/plain" and "age" in got
+        assert "x-cache-status" not in hdrs(ctx.response_headers_add)   # not "Miss" as well
+        ctx.response_tap.release(None)
+
+    asyncio.run(main())
