@@ -107,8 +107,8 @@ cdef class RequestContext:
     # offered: framed by Content-Length, or chunked with content_length -1, whose decoded
     # payload is collected up to the object's ``max_answer`` bytes (more, or trailer fields,
     # and ``finish`` is not called). ``start`` returning False declines the answer. When the
-    # backend gives no answer (refused, closed, timed out) and the object has
-    # ``upstream_failed(ctx) -> bool``, it may answer instead (ctx.answer, then True).
+    # backend gives no answer (refused, closed, timed out) or a 500/502/503/504 and the
+    # object has ``upstream_failed(ctx) -> bool``, it may answer instead (ctx.answer, then True).
     cdef public object response_tap
     # Set in the request phase by a plugin that rewrites answer bodies (response-transformer):
     # an object with ``start(status, headers, content_length) -> bool`` (headers: the answer's

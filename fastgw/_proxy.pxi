@@ -964,6 +964,8 @@ cdef class ClientConnection(Connection):
     cdef long long hold_room             # decoded bytes the filter takes still (-1: framed by length)
     cdef bint rechunk                    # the gateway frames the decoded payload as chunks itself
                                          # (a held chunked answer outgrew the filter: _hold_release)
+    cdef bint swallow                    # the backend's error answer is read and dropped: the
+                                         # response tap answers instead at its end (stale_if_error)
     cdef Py_ssize_t conn_slot            # in engine.conns (-1: not there)
     cdef bint head_rejected              # a head was refused: the client's bytes after it were not read
     cdef double linger_end               # S_LINGER: close by then whatever the client does
@@ -1698,8 +1700,9 @@ cdef class ClientConnection(Connection):
         self._answer_error(status, message)
 
     cdef bint _tap_answers_failure(self) except -1:
-        """The backend gave no answer: the response tap's ``upstream_failed(ctx)`` may answer
-        instead (proxy-cache's stale answer, stale_if_error); True when it did."""
+        """The backend gave no answer, or an error one (500, 502, 503, 504): the response
+        tap's ``upstream_failed(ctx)`` may answer instead (proxy-cache's stale answer,
+        stale_if_error); True when it did."""
         hook = getattr(self.ctx.response_tap, "upstream_failed", None)
         if hook is None:
             return False
@@ -1736,6 +1739,12 @@ cdef class ClientConnection(Connection):
         cdef StepChain chain
         if ctx is not None:
             if ctx.response_tap is not None:
+                # RFC 5861 4: an "error" is a 500, 502, 503 or 504 (a 501 is an answer).
+                if 500 <= resp.status <= 504 and resp.status != 501 and self._tap_answers_failure():
+                    self.swallow = True
+                    if self.timer_kind == T_READ:
+                        self._arm(T_READ, self.route.read_timeout)
+                    return 0
                 self._tap_start(resp, ctx.response_tap, body, body_n)
             ctx.status = resp.status
             add = ctx.response_headers_add
@@ -1942,7 +1951,7 @@ cdef class ClientConnection(Connection):
         (The decoded payload of a chunked answer a tap or filter took: _take_decoded.)"""
         if self.tap_parts is not None and self.tap_size >= 0:
             self.tap_parts.append(body)
-        if self.hold_parts is not None or self.rechunk:
+        if self.hold_parts is not None or self.rechunk or self.swallow:
             if self.hold_parts is not None and self.hold_room < 0:
                 self.hold_parts.append(body)
             if self.timer_kind == T_READ:
@@ -1957,6 +1966,13 @@ cdef class ClientConnection(Connection):
         """The backend's answer is complete (``trailers``: a chunked one ended with fields)."""
         self.up = None
         self.t_up_end = _mono()
+        if self.swallow:
+            # The backend's error answer is read to its end (its connection stays usable):
+            # the tap's answer goes out instead (_tap_answers_failure set it).
+            if not self.req_done:
+                self.keep_alive = False
+            self._answer_ctx()
+            return 0
         if self.tap_parts is not None:
             self._tap_finish(trailers)
         if not self.req_done:
@@ -2006,6 +2022,7 @@ cdef class ClientConnection(Connection):
         self.hold_parts = None
         self.hold_headers = None
         self.rechunk = False
+        self.swallow = False
         if ends:
             # The connection ends here: close (or half-close) before the log phase, whose
             # plugins may take their time, since the answer's last bytes wait in the kernel

@@ -23,10 +23,11 @@ served from nor stored in the cache (the backend checks that caller itself). A h
 
 With ``stale_if_error`` (seconds, default 0) an answer is kept that long past its
 freshness: a request then is a miss, but when the backend gives no answer at all (refused,
-closed, timed out) the kept answer stands in for the 502/504 (``X-Cache-Status: Stale``, as
-nginx's ``proxy_cache_use_stale error timeout``; RFC 5861). An answer's own
-``stale-if-error=N`` sets its window, and ``must-revalidate`` or ``proxy-revalidate`` rule it
-out (RFC 9111 5.2.2.2). A 5xx the backend sends is passed on as it is.
+closed, timed out) or an error (500, 502, 503, 504: RFC 5861's "error"; its body is read
+and dropped), the kept answer stands in (``X-Cache-Status: Stale``, as nginx's
+``proxy_cache_use_stale error timeout http_500 http_502 http_503 http_504``). An answer's
+own ``stale-if-error=N`` sets its window, and ``must-revalidate`` or ``proxy-revalidate``
+rule it out (RFC 9111 5.2.2.2).
 
 With ``policy: memory`` (the default) the answers are the node's: every worker reads and
 writes one shared-memory store (fastgw/cache_region.py), bounded by ``max_memory`` bytes
@@ -112,9 +113,10 @@ SCHEMA: dict[str, Any] = {
                                   "(every node)."},
         "stale_if_error": {"type": "number", "minimum": 0, "default": 0,
                            "description": "Seconds past its freshness a stored answer is kept to answer "
-                                          "when the backend gives none (refused, closed, timed out): "
-                                          "X-Cache-Status: Stale (0: never; an answer's own "
-                                          "stale-if-error, must-revalidate or proxy-revalidate wins)."},
+                                          "when the backend gives none (refused, closed, timed out) or "
+                                          "an error (500, 502, 503, 504): X-Cache-Status: Stale (0: "
+                                          "never; an answer's own stale-if-error, must-revalidate or "
+                                          "proxy-revalidate wins)."},
         "lock_timeout": {"type": "number", "minimum": 0, "default": 5,
                          "description": "Seconds a request for an answer another request of the node (with "
                                         "policy redis: of any node) is already asking the backend for "
@@ -417,9 +419,10 @@ class _Fill:
         self.stale = stale       # the stored answer past its freshness, for upstream_failed
 
     def upstream_failed(self, ctx: Any) -> bool:
-        """The backend gave no answer (refused, closed, timed out): answer with the stale
-        stored one while its stale_if_error window lasts (``X-Cache-Status: Stale``); False
-        when there is none, and the gateway answers 502/504 as usual."""
+        """The backend gave no answer (refused, closed, timed out) or an error one (500, 502,
+        503, 504): answer with the stale stored one while its stale_if_error window lasts
+        (``X-Cache-Status: Stale``); False when there is none, and the backend's error or the
+        gateway's 502/504 goes out as usual."""
         stale = self.stale
         if stale is None:
             return False

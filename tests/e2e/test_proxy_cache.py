@@ -568,3 +568,77 @@ def test_with_redis_a_stale_answer_stands_in_on_every_node(gateway: Any, redis: 
     for node in nodes:
         r = request(node.port, "GET", "/kept")
         assert r.status == 200 and r.headers["x-cache-status"] == "Stale" and r.body == kept.body
+
+
+class _Flaky:
+    """A backend whose answers the test turns: status, and framing (Content-Length or chunked)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        flaky = self
+        self.status = 200
+        self.chunked = False
+        self.calls = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                flaky.calls += 1
+                body = f'{{"status": {flaky.status}, "call": {flaky.calls}}}'.encode()
+                self.send_response(flaky.status)
+                self.send_header("Content-Type", "application/json")
+                if flaky.chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+                else:
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(body)
+
+            do_HEAD = do_GET
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_stale_answer_stands_in_for_an_error_answer(port: int, gateway: Any) -> None:
+    up = _Flaky()
+    try:
+        g = stale_gateway(gateway, up.url, port, workers=1)
+        kept = request(g.port, "GET", "/kept")
+        assert kept.headers["x-cache-status"] == "Miss" and kept.json()["status"] == 200
+        t0 = time.monotonic()
+        time.sleep(1.2)
+        with RawClient(g.port) as c:                       # one client connection throughout
+            for status, chunked in ((503, False), (500, True), (502, False), (504, True)):
+                up.status, up.chunked = status, chunked
+                r = c.request("GET", "/kept")
+                assert r.status == 200 and r.body == kept.body, (status, chunked)
+                assert r.headers["x-cache-status"] == "Stale" and int(r.headers["content-length"]) == len(kept.body)
+            up.status = 503
+            head = c.request("HEAD", "/kept")
+            assert head.status == 200 and head.body == b"" and head.headers["x-cache-status"] == "Stale"
+            up.status = 501                                # not an error (RFC 5861 4): passed on
+            r = c.request("GET", "/kept")
+            assert r.status == 501 and r.json()["status"] == 501 and r.headers["x-cache-status"] == "Miss"
+            up.status, up.chunked = 503, False
+            time.sleep(max(0.0, t0 + 1 + 2.6 - time.monotonic()))     # past the stale window
+            r = c.request("GET", "/kept")
+            assert r.status == 503 and r.json()["status"] == 503 and r.headers["x-cache-status"] == "Miss"
+        assert up.calls == 8                               # every request asked the backend first
+    finally:
+        up.close()
