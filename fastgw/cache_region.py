@@ -54,7 +54,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from fastgw import _core
-from fastgw.stats import create_region_file
+from fastgw.stats import attach_region_file, create_region_file
 
 UNKNOWN = _core.CACHE_UNKNOWN      # lookup(): no record of the key decoded yet
 
@@ -141,21 +141,13 @@ class CacheRegion:
 
     @classmethod
     def attach(cls, name: str) -> CacheRegion:
+        def fits(fields: tuple, size: int) -> bool:
+            magic, version, buckets, ways, lock_slots, capacity = fields
+            return (magic == MAGIC and version == VERSION and ways == WAYS and lock_slots == LOCK_SLOTS
+                    and cls._size(capacity, buckets) <= size)
+
         # Its own descriptor: flock is held per open file, so each process must open the file.
-        fd = os.open(name, os.O_RDWR)
-        try:
-            size = os.fstat(fd).st_size
-            if size < HEADER_SIZE:
-                raise ValueError(f"{name}: not a fastgw cache region")
-            mm = mmap.mmap(fd, size)
-            magic, version, buckets, ways, lock_slots, capacity = _HEADER.unpack_from(mm, 0)
-            if (magic != MAGIC or version != VERSION or ways != WAYS or lock_slots != LOCK_SLOTS
-                    or cls._size(capacity, buckets) > size):
-                mm.close()
-                raise ValueError(f"{name}: not a fastgw cache region (or another version)")
-        except BaseException:
-            os.close(fd)
-            raise
+        fd, mm, _ = attach_region_file(name, _HEADER, "cache region", fits)
         return cls(name, fd, mm, owner=False)
 
     def close(self) -> None:

@@ -39,7 +39,7 @@ import struct
 import orjson
 
 from fastgw import _core
-from fastgw.stats import create_region_file
+from fastgw.stats import attach_region_file, create_region_file
 
 MAGIC = b"FGWSHRD1"
 VERSION = 2
@@ -105,19 +105,12 @@ class SharedRegion:
 
     @classmethod
     def attach(cls, name: str) -> SharedRegion:
-        fd = os.open(name, os.O_RDWR)
-        try:
-            size = os.fstat(fd).st_size
-            if size < HEADER_SIZE:
-                raise ValueError(f"{name}: not a fastgw shared region")
-            mm = mmap.mmap(fd, size)
-            magic, version, health_slots, replay_slots, counter_slots, key = _HEADER.unpack_from(mm, 0)
-            if magic != MAGIC or version != VERSION or cls._size(replay_slots, counter_slots, health_slots) > size:
-                mm.close()
-                raise ValueError(f"{name}: not a fastgw shared region (or another version)")
-        except BaseException:
-            os.close(fd)
-            raise
+        def fits(fields: tuple, size: int) -> bool:
+            magic, version, health_slots, replay_slots, counter_slots, _ = fields
+            return magic == MAGIC and version == VERSION and cls._size(replay_slots, counter_slots, health_slots) <= size
+
+        fd, mm, (_, _, health_slots, replay_slots, counter_slots, key) = attach_region_file(
+            name, _HEADER, "shared region", fits)
         return cls(name, fd, mm, replay_slots, counter_slots, key, owner=False, health_slots=health_slots)
 
     def replay_table(self) -> _core.ReplaySet:

@@ -38,7 +38,7 @@ import mmap
 import os
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -473,6 +473,28 @@ def create_region_file(directory: str, kind: str, size: int, name: str | None = 
         os.unlink(path)
         raise
     return path, fd, mm
+
+
+def attach_region_file(path: str, header: struct.Struct, what: str,
+                       fits: Callable[[tuple, int], bool]) -> tuple[int, mmap.mmap, tuple]:
+    """Open and map an existing region through a descriptor of this process's own, when its
+    header ``fits`` (its fields, the file's size): (descriptor, mapping, fields). ValueError
+    naming ``path`` and ``what`` when it does not."""
+    fd = os.open(path, os.O_RDWR)
+    mm = None
+    try:
+        size = os.fstat(fd).st_size
+        if size >= header.size:
+            mm = mmap.mmap(fd, size)
+            fields = header.unpack_from(mm, 0)
+            if fits(fields, size):
+                return fd, mm, fields
+        raise ValueError(f"{path}: not a fastgw {what} (or another version)")
+    except BaseException:
+        if mm is not None:
+            mm.close()
+        os.close(fd)
+        raise
 
 
 def stale_entries(directory: str, kind: str) -> list[str]:
