@@ -211,9 +211,10 @@ class CacheRegion:
         return None
 
     def lookup(self, key: bytes, now: float, known_pos: int = UNKNOWN) -> tuple[int, bytes | None, bool] | None:
-        """``key``'s answer while fresh at ``now`` (monotonic): ``(position, payload, older
-        half)``, the payload None when the record is the one at ``known_pos`` (the caller has
-        it decoded); ``older half``: the caller may :meth:`keep` it. None when there is none."""
+        """``key``'s answer while kept at ``now`` (monotonic; until its slot's ``expires``: its
+        freshness and any stale_if_error window): ``(position, payload, older half)``, the
+        payload None when the record is the one at ``known_pos`` (the caller has it decoded);
+        ``older half``: the caller may :meth:`keep` it. None when there is none."""
         found = self._reader.lookup(key, now, known_pos)
         if found is not _core.CACHE_BUSY:
             return found
@@ -221,13 +222,13 @@ class CacheRegion:
             return self._reader.lookup(key, now, known_pos, True)
 
     def get(self, key: bytes, now: float) -> tuple[bytes, bool] | None:
-        """``key``'s payload while fresh, and whether it is in the ring's older half."""
+        """``key``'s payload while kept, and whether it is in the ring's older half."""
         found = self.lookup(key, now)
         return None if found is None else (found[1] or b"", found[2])
 
     def put(self, key: bytes, payload: bytes, expires: float, service: int, stage: int,
             purges: int, unlock: bool = False) -> int | None:
-        """Store ``payload`` under ``key`` until ``expires`` (monotonic), tagged with its
+        """Store ``payload`` under ``key``, kept until ``expires`` (monotonic), tagged with its
         service and stage: its position in the ring; None when a purge came since the request
         saw ``purges``, or when it is larger than the ring. ``unlock``: give the key's fill
         lock up as well."""
