@@ -131,10 +131,7 @@ def build_revision(ref: str, into: Path) -> Path:
 def count(tree: Path, scenario: str, requests: int, up: int, wd: Path, keep: Path | None = None) -> int:
     """Instructions of ``requests`` requests in the worker of the fastgw in ``tree``."""
     port = benchlib.free_port()
-    cfg = runner.fastgw_config("plain" if scenario == "cache" else scenario, port, up, wd, benchlib.free_port())
-    if scenario == "cache":
-        # Every measured request a proxy-cache hit (the warm-up stored the answer).
-        cfg["services"][0]["plugins"] = [{"name": "proxy-cache"}]
+    cfg = runner.fastgw_config(scenario, port, up, wd, benchlib.free_port())   # cache: the warm-up stores
     cfg_path = wd / f"fastgw-{scenario}.json"
     cfg_path.write_text(json.dumps(cfg))
     out = wd / "callgrind.out"

@@ -7,7 +7,8 @@
 Method (shared/BENCHMARKING.md): each proxy runs one worker pinned to core 0; wrk
 (``-t1 -c64 --latency``) and a fast nginx upstream are pinned to core 1. Each proxy is
 started fresh for each measurement, checked (exact upstream body; 401 without the key in
-the gateway scenario) or its row is FAIL, warmed up, then measured. The figure that
+the gateway scenario; the third GET a cache hit in the cache scenario, which Caddy and the
+aiohttp proxy have no part in) or its row is FAIL, warmed up, then measured. The figure that
 compares proxies fairly is the CPU time of the proxy's whole process tree (utime+stime
 from /proc/PID/stat) over the window divided by the requests served: the load core is
 often the limit, and then req/s says little. A row is flagged when the load core was
@@ -59,7 +60,7 @@ from benchlib import (
     which,
 )
 
-ALL_SCENARIOS = ("plain", "post", "gateway", "routes", "close")
+ALL_SCENARIOS = ("plain", "post", "gateway", "routes", "close", "cache")
 ALL_PROXIES = ("fastgw", "nginx", "haproxy", "caddy", "aiohttp")
 # fastgw doing the same job with its own bookkeeping switched off, to price it (issue: the
 # counters may cost at most 5%): "-nostats" without the stats counters, "-bare" without
@@ -103,6 +104,15 @@ def nginx_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
             proxy_set_header X-Request-Id $request_id;
             add_header X-Request-Id $request_id always;
             add_header X-Gateway bench always;"""
+    if scenario == "cache":
+        # The cache in files under the work folder, its keys in shared memory (nginx's way).
+        auth = (f"proxy_cache_path {wd}/nginx-cache levels=1:2 keys_zone=bench:16m max_size=64m "
+                f"inactive=10m use_temp_path=off;")
+        extra = """
+            proxy_cache bench;
+            proxy_cache_valid 200 60s;
+            proxy_cache_lock on;
+            add_header X-Cache-Status $upstream_cache_status always;"""
     proxy = f"""proxy_pass http://up;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -155,6 +165,14 @@ def haproxy_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
     elif scenario == "routes":
         (wd / "routes.lst").write_text("".join(f"/r{i}/items/\n" for i in range(NROUTES)))
         fe = [f"    http-request deny deny_status 404 unless {{ path_beg -f {wd}/routes.lst }}"]
+    be = []
+    cache = []
+    if scenario == "cache":
+        # HAProxy stores only answers that say how long they stay fresh: the upstream's don't.
+        be = ["    http-request cache-use bench", "    http-response set-header Cache-Control max-age=60",
+              "    http-response cache-store bench"]
+        fe = ["    http-response set-header X-Cache-Status HIT if { res.cache_hit }"]
+        cache = ["cache bench", "    total-max-size 64", "    max-age 60"]
     conf = "\n".join([
         "global",
         "    nbthread 1",
@@ -173,7 +191,9 @@ def haproxy_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
         *fe,
         "    default_backend be",
         "backend be",
+        *be,
         f"    server s1 127.0.0.1:{up} maxconn 1000",
+        *cache,
         "",
     ])
     path = wd / "haproxy.cfg"
@@ -183,6 +203,8 @@ def haproxy_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
 
 def caddy_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
     """Caddy reverse_proxy (admin API off, no automatic HTTPS), GOMAXPROCS=1."""
+    if scenario == "cache":
+        raise NotApplicable("no cache in stock Caddy (it is a plugin)")
     rp = f"reverse_proxy 127.0.0.1:{up}"
     body = f"        {rp}"
     if scenario == "gateway":
@@ -222,6 +244,8 @@ http://:{port} {{
 
 def aiohttp_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
     """bench/aiohttp_proxy.py on uvloop with one keep-alive ClientSession."""
+    if scenario == "cache":
+        raise NotApplicable("a plain proxy: no cache")
     cmd = [python_bin(), str(BENCH / "aiohttp_proxy.py"), "--port", str(port),
            "--upstream", f"http://127.0.0.1:{up}"]
     if scenario == "gateway":
@@ -249,6 +273,8 @@ def fastgw_config(scenario: str, port: int, up: int, wd: Path, admin_port: int, 
         "stats": {"db": None},  # counters on (the gateway's job), no SQLite roll-up file
         "services": [service],
     }
+    if scenario == "cache":
+        service["plugins"] = [{"name": "proxy-cache"}]      # node-wide memory, ttl 60 s
     if scenario == "gateway":
         cfg["consumers"] = [{"name": "bench", "credentials": {"key-auth": [API_KEY]}}]
         service["plugins"] = [
@@ -333,6 +359,13 @@ def check(scenario: str, port: int) -> str | None:
                 return "no X-Gateway response header"
             if not a.headers.get("x-seen-request-id"):
                 return "no X-Request-Id reached the upstream"
+        elif scenario == "cache":
+            for _ in range(3):
+                a = http_call(port, "GET", "/api/orders/123")
+                if a.status != 200 or a.body != GET_BODY:
+                    return f"GET /api/orders/123 -> {a.status} {a.body[:80]!r}"
+            if a.headers.get("x-cache-status", "").lower() != "hit":
+                return f"third GET not from the cache (X-Cache-Status: {a.headers.get('x-cache-status')!r})"
         elif scenario == "routes":
             for path in ("/r0/items/1", "/r500/items/abc", f"/r{NROUTES - 1}/items/99999"):
                 a = http_call(port, "GET", path)
