@@ -215,6 +215,14 @@ class SupervisorHooks:
     def config(self) -> dict[str, Any]:
         return dict(getattr(self.sup.config, "raw", {}) or {})
 
+    def cache_info(self) -> dict[str, Any]:
+        """proxy-cache's node store (policy memory): its size and fill; ``{"store": "none"}``
+        when no route caches in memory (or each worker keeps its own)."""
+        store = getattr(self.sup, "cache_region", None)
+        if store is None:
+            return {"store": "none"}
+        return {"store": "node", **store.info()}
+
     async def purge_cache(self, service: str | None, stage: str | None) -> dict[str, Any]:
         """Publish the purge to this node's workers, then delete the matching entries from
         Redis when the config has a redis section. ValueError for a service or stage the
@@ -399,7 +407,7 @@ class AdminServer:
                 return self._json(405, {"error": "method not allowed", "status": 405})
             return self._static(path[len("/dashboard/"):] or "index.html")
         endpoints = {("GET", "/stats"), ("GET", "/metrics"), ("GET", "/routes"), ("GET", "/health"),
-                     ("GET", "/config"), ("POST", "/reload"), ("POST", "/cache/purge")}
+                     ("GET", "/config"), ("GET", "/cache"), ("POST", "/reload"), ("POST", "/cache/purge")}
         if (method, path) not in endpoints and ("GET", path) not in endpoints and ("POST", path) not in endpoints:
             return self._json(404, {"error": "not found", "status": 404})
         authorized = self._authorized(headers)
@@ -423,6 +431,8 @@ class AdminServer:
                 return self._json(200, redact(await self._call("config") or {}))
             if path == "/cache/purge":
                 return await self._purge(parse_qs(url.query))
+            if path == "/cache":
+                return self._json(200, await self._call("cache_info"))
             errors = list(await self._call("reload") or [])
             if errors:
                 return self._json(400, {"ok": False, "errors": errors, "status": 400})

@@ -296,6 +296,12 @@ class CacheRegion:
             head = _U64.unpack_from(self._mm, _HEAD_AT)[0]
             return sum(1 for _, pos, length, *_ in self._slots() if length and pos >= head - self.capacity)
 
+    def info(self) -> dict[str, int]:
+        """What the admin API shows: the ring's size, the answers it holds (fresh, or kept
+        for stale_if_error), the bytes ever written to it and the purges so far."""
+        return {"capacity_bytes": self.capacity, "answers": len(self),
+                "written_bytes": _U64.unpack_from(self._mm, _HEAD_AT)[0], "purges": self.purges}
+
     def _slots(self) -> Iterator[tuple]:
         end = self._index + self.buckets * self.ways * _SLOT.size
         return _SLOT.iter_unpack(self._mm[self._index:end])

@@ -272,6 +272,8 @@ def test_the_nodes_answers_outlive_a_reload_of_the_same_size(backend: Backend, p
     g.reload(cfg)
     g.wait_log("reload done: generation 5")
     assert cache_files(g) == []
+    info = request(cfg["admin"]["port"], "GET", "/cache", headers={"Authorization": "Bearer test-token"})
+    assert info.json() == {"store": "none"}
     pid = g.pid
     g.close()
     assert cache_files(type("G", (), {"pid": pid})()) == []
@@ -354,8 +356,15 @@ def test_the_admin_api_purges_the_nodes_answers(backend: Backend, port: int, gat
     r = purge(cfg, "?service=test&stage=prod")
     assert r.status == 200 and r.json()["stage"] == "prod" and r.json()["answers"] == 1
     assert misses(g.port, "/a") == 1 and misses(g.port, "/other/b") == 0
+    info = request(cfg["admin"]["port"], "GET", "/cache", headers={"Authorization": "Bearer test-token"})
+    assert info.status == 200 and info.json()["store"] == "node" and info.json()["answers"] == 2
+    assert info.json()["capacity_bytes"] == 16 << 20 and info.json()["purges"] == 2
+    assert info.json()["written_bytes"] > 0
+    assert request(cfg["admin"]["port"], "GET", "/cache").status == 401         # the token, as everywhere
     r = purge(cfg)                                       # everything
     assert r.status == 200 and r.json()["answers"] == 2
+    info = request(cfg["admin"]["port"], "GET", "/cache", headers={"Authorization": "Bearer test-token"})
+    assert info.json()["answers"] == 0 and info.json()["purges"] == 3
     assert misses(g.port, "/a") == 1 and misses(g.port, "/other/b") == 1
     assert len(backend.requests) == calls + 4
     g.wait_log("proxy-cache: purged 1 stored answers (service other)")
