@@ -1969,8 +1969,6 @@ cdef class ClientConnection(Connection):
         if self.swallow:
             # The backend's error answer is read to its end (its connection stays usable):
             # the tap's answer goes out instead (_tap_answers_failure set it).
-            if not self.req_done:
-                self.keep_alive = False
             self._answer_ctx()
             return 0
         if self.tap_parts is not None:
