@@ -48,13 +48,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import mmap
-import os
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from fastgw import _core
-from fastgw.stats import attach_region_file, create_region_file
+from fastgw.stats import attach_region_file, close_region_file, create_region_file
 
 UNKNOWN = _core.CACHE_UNKNOWN      # lookup(): no record of the key decoded yet
 
@@ -159,13 +158,8 @@ class CacheRegion:
             self._mm.close()
         except BufferError:
             pass                     # a lookup's result still points into it: unmapped with it
-        os.close(self._fd)
+        close_region_file(self._fd, self.path, self.owner)
         self._fd = -1
-        if self.owner:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
 
     # ----------------------------------------------------------------- locking
 

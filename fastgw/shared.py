@@ -39,7 +39,7 @@ import struct
 import orjson
 
 from fastgw import _core
-from fastgw.stats import attach_region_file, create_region_file
+from fastgw.stats import attach_region_file, close_region_file, create_region_file
 
 MAGIC = b"FGWSHRD1"
 VERSION = 2
@@ -161,13 +161,8 @@ class SharedRegion:
             return
         if not self._exported:
             self._mm.close()
-        os.close(self._fd)
+        close_region_file(self._fd, self.path, self.owner)
         self._fd = -1
-        if self.owner:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
 
 
 class HealthTable:

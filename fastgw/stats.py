@@ -497,6 +497,17 @@ def attach_region_file(path: str, header: struct.Struct, what: str,
         raise
 
 
+def close_region_file(fd: int, path: str, owner: bool) -> None:
+    """Close a region's descriptor and, for its creator (``owner``), remove the file:
+    processes still attached keep their mapping to the end."""
+    os.close(fd)
+    if owner:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
 def stale_entries(directory: str, kind: str) -> list[str]:
     """The paths in ``directory`` named ``fastgw-<kind>-<pid>-<random>`` whose supervisor
     (``pid``) no longer runs: left by one that was killed."""
