@@ -77,9 +77,15 @@ class Worker:
         if cache_name:
             from fastgw.cache_region import CacheRegion
 
-            # proxy-cache's node-wide store (policy memory): every worker's answers.
-            self.cache_region = CacheRegion.attach(cache_name)
-            self.services["cache_region"] = self.cache_region
+            # proxy-cache's node-wide store (policy memory): every worker's answers. A cache is
+            # no reason not to serve: without it (its file removed by a cleaner of /dev/shm,
+            # say) this worker keeps its own answers.
+            try:
+                self.cache_region = CacheRegion.attach(cache_name)
+                self.services["cache_region"] = self.cache_region
+            except (OSError, ValueError) as exc:
+                log.error("proxy-cache: node store %s unavailable (%s); this worker keeps its own answers",
+                          cache_name, exc)
         self.services.update(redis_services(config))
         self.access_log = self._open_access_log(config)
         self.engine.access_log = self.access_log

@@ -33,7 +33,8 @@ With ``policy: memory`` (the default) the answers are the node's: every worker r
 writes one shared-memory store (fastgw/cache_region.py), bounded by ``max_memory`` bytes
 (the largest setting of the memory-policy routes; the oldest stored out first, and an answer
 in use is kept), which outlives a reload unless the reload changes that size. A worker run
-without the supervisor keeps its own store (least recently used out first). With ``policy:
+without the supervisor, or restarted when the store's file is gone, keeps its own store
+(least recently used out first). With ``policy:
 redis`` the answers live in the top-level ``redis`` section's Redis, shared by every worker
 and node (each entry expires with its freshness; Redis's own ``maxmemory`` bounds the
 whole); a lookup there takes the request off the synchronous chain, and when Redis can't

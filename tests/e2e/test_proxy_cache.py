@@ -651,3 +651,21 @@ def test_a_stale_answer_stands_in_for_an_error_answer(port: int, gateway: Any) -
         assert up.calls == 8                               # every request asked the backend first
     finally:
         up.close()
+
+
+def test_a_worker_restarted_without_the_node_store_file_serves_on_its_own(port: int, gateway: Any,
+                                                                          backend: Backend) -> None:
+    import os
+    import signal
+
+    g = gateway(gateway_config(port, backend.url, {
+        "/{path*}": {"GET": {"plugins": [{"name": "proxy-cache"}]}}}), workers=1)
+    assert request(g.port, "GET", "/kept").headers["x-cache-status"] == "Miss"
+    (path,) = cache_files(g)
+    os.unlink(path)                                    # a cleaner of /dev/shm, say
+    os.kill(g.worker_pids()[0], signal.SIGKILL)
+    g.wait_log("ready (restarted)", timeout=10)
+    g.wait_log("proxy-cache: node store")
+    assert "this worker keeps its own answers" in g.log()
+    statuses = [request(g.port, "GET", "/kept").headers["x-cache-status"] for _ in range(3)]
+    assert statuses == ["Miss", "Hit", "Hit"]          # its own store
