@@ -104,6 +104,23 @@ def _num(x: float) -> str:
     return repr(float(x)) if isinstance(x, float) else str(x)
 
 
+def render_cache_metrics(info: dict[str, Any]) -> str:
+    """Prometheus lines for proxy-cache's node store (``SupervisorHooks.cache_info``); none
+    without one."""
+    if info.get("store") != "node":
+        return ""
+    out = []
+    for name, kind, text, key in (
+            ("fastgw_cache_capacity_bytes", "gauge", "Size of proxy-cache's node store.", "capacity_bytes"),
+            ("fastgw_cache_answers", "gauge", "Answers the node store holds (fresh, or kept for stale_if_error).",
+             "answers"),
+            ("fastgw_cache_written_bytes_total", "counter", "Bytes ever written to the node store's ring.",
+             "written_bytes"),
+            ("fastgw_cache_purges_total", "counter", "Purges of the node store.", "purges")):
+        out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {int(info[key])}"]
+    return "\n".join(out) + "\n"
+
+
 def render_metrics(region: StatsRegion) -> str:
     """Prometheus text exposition (0.0.4) of the running totals."""
     totals = region.totals()
@@ -422,9 +439,10 @@ class AdminServer:
             if path == "/stats":
                 return self._json(200, self._stats(parse_qs(url.query)))
             if path == "/metrics":
-                if self.region is None:
-                    return 200, b"", "text/plain; version=0.0.4; charset=utf-8", b""
-                return 200, render_metrics(self.region).encode(), "text/plain; version=0.0.4; charset=utf-8", b""
+                cache = render_cache_metrics(dict(await self._call("cache_info") or {})) \
+                    if hasattr(self.hooks, "cache_info") else ""
+                text = (render_metrics(self.region) if self.region is not None else "") + cache
+                return 200, text.encode(), "text/plain; version=0.0.4; charset=utf-8", b""
             if path == "/routes":
                 return self._json(200, {"routes": await self._call("routes")})
             if path == "/config":

@@ -361,6 +361,14 @@ def test_the_admin_api_purges_the_nodes_answers(backend: Backend, port: int, gat
     assert info.json()["capacity_bytes"] == 16 << 20 and info.json()["purges"] == 2
     assert info.json()["written_bytes"] > 0
     assert request(cfg["admin"]["port"], "GET", "/cache").status == 401         # the token, as everywhere
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = request(cfg["admin"]["port"], "GET", "/metrics", headers={"Authorization": "Bearer test-token"})
+    fams = {f.name: f for f in text_string_to_metric_families(metrics.body.decode())}
+    assert fams["fastgw_cache_answers"].samples[0].value == 2
+    assert fams["fastgw_cache_capacity_bytes"].samples[0].value == 16 << 20
+    assert fams["fastgw_cache_purges"].samples[0].value == 2        # (the parser drops _total)
+    assert "fastgw_requests" in fams                                 # beside the stats
     r = purge(cfg)                                       # everything
     assert r.status == 200 and r.json()["answers"] == 2
     info = request(cfg["admin"]["port"], "GET", "/cache", headers={"Authorization": "Bearer test-token"})
