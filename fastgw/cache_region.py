@@ -63,6 +63,7 @@ HEADER_SIZE = 4096
 WAYS = 8
 LOCK_SLOTS = 4096
 LOCK_WAYS = 4
+PURGE_CHUNK = 4096                                   # index slots a purge clears per hold of the lock
 RECORD_HEAD = struct.Struct("<16sI")                 # key digest, payload length
 _HEADER = struct.Struct("<8sIIIIQ")                  # magic, version, buckets, ways, lock slots, capacity
 _HEAD_AT = 64                                        # u64: the ring's head (bytes ever written)
@@ -285,10 +286,11 @@ class CacheRegion:
         return pos
 
     def __len__(self) -> int:
-        """Live answers (fresh or not), for tests and the admin API."""
-        with self._held(fcntl.LOCK_SH):
-            head = _U64.unpack_from(self._mm, _HEAD_AT)[0]
-            return sum(1 for _, pos, length, *_ in self._slots() if length and pos >= head - self.capacity)
+        """Live answers (fresh or kept), for the admin API and tests. Read without the lock,
+        so that counting a large store never holds the workers' writes up: exact when no
+        writer is at work, off by the few answers being written otherwise."""
+        head = _U64.unpack_from(self._mm, _HEAD_AT)[0]
+        return sum(1 for _, pos, length, *_ in self._slots() if length and pos >= head - self.capacity)
 
     def info(self) -> dict[str, int]:
         """What the admin API shows: the ring's size, the answers it holds (fresh, or kept
@@ -296,23 +298,33 @@ class CacheRegion:
         return {"capacity_bytes": self.capacity, "answers": len(self),
                 "written_bytes": _U64.unpack_from(self._mm, _HEAD_AT)[0], "purges": self.purges}
 
-    def _slots(self) -> Iterator[tuple]:
-        end = self._index + self.buckets * self.ways * _SLOT.size
-        return _SLOT.iter_unpack(self._mm[self._index:end])
+    def _slots(self, first: int = 0, count: int | None = None) -> Iterator[tuple]:
+        """The index's slots from ``first`` (all, or ``count`` of them), decoded."""
+        total = self.buckets * self.ways
+        end = total if count is None else min(total, first + count)
+        return _SLOT.iter_unpack(self._mm[self._index + first * _SLOT.size:self._index + end * _SLOT.size])
 
     def purge(self, service: int | None = None, stage: int | None = None) -> int:
         """Drop the answers of a service's tag (and a stage's), or all; counts ``purges`` up
-        (answers asked for before are not stored). Returns how many live answers went."""
+        first (answers asked for before are not stored). Returns how many live answers went.
+
+        The index is cleared ``PURGE_CHUNK`` slots at a time, each under the lock on its
+        own: a store of millions of slots never holds the workers up for the whole sweep.
+        An answer stored meanwhile was asked for after the purge began (a later chunk may
+        drop it too, which is only a miss)."""
         mm = self._mm
         gone = 0
         with self._writing():
-            head = _U64.unpack_from(mm, _HEAD_AT)[0]
-            for i, (_, pos, length, sv, st, _, _) in enumerate(self._slots()):
-                if not length or (service is not None and sv != service) or (stage is not None and st != stage):
-                    continue
-                gone += pos >= head - self.capacity
-                _SLOT.pack_into(mm, self._index + i * _SLOT.size, b"", 0, 0, 0, 0, 0, 0.0)
             _U64.pack_into(mm, _PURGES_AT, _U64.unpack_from(mm, _PURGES_AT)[0] + 1)
+        total = self.buckets * self.ways
+        for first in range(0, total, PURGE_CHUNK):
+            with self._writing():
+                head = _U64.unpack_from(mm, _HEAD_AT)[0]
+                for i, (_, pos, length, sv, st, _, _) in enumerate(self._slots(first, PURGE_CHUNK), first):
+                    if not length or (service is not None and sv != service) or (stage is not None and st != stage):
+                        continue
+                    gone += pos >= head - self.capacity
+                    _SLOT.pack_into(mm, self._index + i * _SLOT.size, b"", 0, 0, 0, 0, 0, 0.0)
         return gone
 
     # ----------------------------------------------------------------- fill locks

@@ -115,6 +115,24 @@ def test_purges_drop_by_service_and_stage_and_stop_older_fills(region: CacheRegi
     assert region.purge() == 1 and len(region) == 0
 
 
+def test_a_purge_sweeps_a_large_index_in_chunks(tmp_path: Any) -> None:
+    from fastgw.cache_region import PURGE_CHUNK
+
+    r = CacheRegion.create(8 << 20, directory=str(tmp_path))
+    try:
+        assert r.buckets * r.ways >= 3 * PURGE_CHUNK              # several holds of the lock
+        keys = [digest(b"r|", i) for i in range(3000)]
+        for i, k in enumerate(keys):
+            put(r, k, b"x" * 100, service="shop" if i % 2 else "blog")
+        assert len(r) == 3000
+        assert r.purge(tag("shop")) == 1500
+        assert [r.get(k, 0.0) is None for k in keys[:4]] == [False, True, False, True]
+        assert len(r) == 1500 and r.purges == 1
+        assert r.purge() == 1500 and len(r) == 0 and r.purges == 2
+    finally:
+        r.close()
+
+
 def test_fill_locks_are_one_holders_until_given_up_or_due(region: CacheRegion) -> None:
     k = key(7)
     assert region.lock(k, deadline=10.0, now=0.0)
