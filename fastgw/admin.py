@@ -40,6 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from fastgw.cache_region import tag
+from fastgw.plugins.proxy_cache import purge_scope
 from fastgw.stats import CLASSES, HIST_N, StatsRegion, hist_bounds, parse_key, parse_span
 from fastgw.statsdb import RollupTask, StatsDB, StatsQuery, resolve_db_path
 from fastgw.workers import log as supervisor_log
@@ -263,8 +264,7 @@ class SupervisorHooks:
             n = store.purge(tag(service) if service is not None else None,
                             tag(stage) if stage is not None else None)
             out["answers"] = n
-            what = "all" if service is None else f"service {service}" + (f", stage {stage}" if stage else "")
-            supervisor_log(f"proxy-cache: purged {n} stored answers ({what})")
+            supervisor_log(f"proxy-cache: purged {n} stored answers ({purge_scope(service, stage)})")
         redis_settings = getattr(cfg, "redis", None)
         if redis_settings:
             try:

@@ -301,6 +301,11 @@ def _sweep_inflight(now: float) -> None:
     _INFLIGHT_SWEEP = max(4096, 2 * len(_INFLIGHT))
 
 
+def purge_scope(service: str | None, stage: str | None) -> str:
+    """How a purge's scope reads in the log: ``all``, ``service s`` or ``service s, stage t``."""
+    return "all" if service is None else f"service {service}" + (f", stage {stage}" if stage else "")
+
+
 def _purge_seen() -> int:
     """Apply a purge the admin API published since the last look, if any (one 8-byte read
     of the shared region when there is none); the purge count seen so far."""
@@ -314,8 +319,7 @@ def _purge_seen() -> int:
         else:
             n = _MEMORY.purge(frozenset(o for o, (sv, st) in _SCOPES.items()
                                         if sv == service and (stage is None or st == stage)))
-        log.info("proxy-cache: purged %d stored answers (%s)", n,
-                 "all" if service is None else f"service {service}" + (f", stage {stage}" if stage else ""))
+        log.info("proxy-cache: purged %d stored answers (%s)", n, purge_scope(service, stage))
     return _WATCH.seen
 
 
@@ -427,12 +431,11 @@ class _Fill:
         stale = self.stale
         if stale is None:
             return False
-        now = time.time() if self.plugin.remote is not None else time.monotonic()
+        now = self.plugin.now()
         if stale.stale_until <= now:
             return False
         ctx.response_headers_add[:] = [(n, v) for n, v in ctx.response_headers_add if n.lower() != b"x-cache-status"]
-        age = str(stale.age0 + max(0, int(now - stale.stored))).encode("ascii")
-        ctx.answer(stale.status, stale.body, stale.headers + [(b"Age", age), _STALE])
+        ctx.answer(stale.status, stale.body, stale.headers + [(b"Age", _age(stale, now)), _STALE])
         return True
 
     @property
@@ -518,12 +521,16 @@ class _Fill:
         self.age0 = age0
         return self.lifetime > 0
 
+    def _entry(self, body: bytes) -> Entry:
+        """The answer to store, its times on its store's clock (Plugin.now)."""
+        now = self.plugin.now()
+        return Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime, self.age0,
+                     now + self.lifetime + self.grace)
+
     def finish(self, body: bytes) -> None:
         p = self.plugin
         if p.node is not None:
-            now = time.monotonic()
-            entry = Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime, self.age0,
-                          now + self.lifetime + self.grace)
+            entry = self._entry(body)
             pos = p.node.put(self.key, _pack(entry), entry.stale_until, p.tags[0], p.tags[1], self.purges,
                              unlock=self.locked)
             self.locked = False  # given up with the answer stored (or not: a purge came)
@@ -534,16 +541,11 @@ class _Fill:
         if _purge_seen() != self.purges:
             self.release(None)
             return               # asked for before a purge: the purge must not be undone
+        entry = self._entry(body)
         if p.remote is not None:
-            now = time.time()
-            entry = Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime, self.age0,
-                          now + self.lifetime + self.grace)
             p.remote.put(self.key, entry, self.lifetime + self.grace, unlock=self.locked)
             self.locked = False  # given up after the answer is stored
         else:
-            now = time.monotonic()
-            entry = Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime, self.age0,
-                          now + self.lifetime + self.grace)
             p.store.put((p.owner, self.key), entry)
         self.release(entry)
 
@@ -631,24 +633,19 @@ class Plugin(BasePlugin):
         # the request: it answers if the backend fails (_Fill.upstream_failed).
         if self.node is not None:
             key = self._name(key)                   # the answer's name in the node's store
-            now = time.monotonic()
-            entry = self._stored(key, now) if lookup else None
-            if entry is not None and entry.expires > now:
-                return _answer_hit(ctx, entry, now)
-            # Purges are counted from here: the supervisor clears the node's store itself.
-            purges = self.node.purges
-            if not lookup:
-                return self._miss(ctx, key, False, purges)
-            return self._miss_or_wait(ctx, key, purges, now, stale=entry)
-        purges = _purge_seen()                      # first: applies a purge to this worker's store
-        if self.remote is not None and lookup:
-            return self._remote_lookup(ctx, key, purges)
-        if not lookup:
-            return self._miss(ctx, key, False, purges)
+        else:
+            purges = _purge_seen()                  # first: applies a purge to this worker's store
+            if self.remote is not None and lookup:
+                return self._remote_lookup(ctx, key, purges)
         now = time.monotonic()
-        entry = self._stored(key, now)
+        entry = self._stored(key, now) if lookup else None
         if entry is not None and entry.expires > now:
             return _answer_hit(ctx, entry, now)
+        if self.node is not None:
+            # Purges are counted from here: the supervisor clears the node's store itself.
+            purges = self.node.purges
+        if not lookup:
+            return self._miss(ctx, key, False, purges)
         return self._miss_or_wait(ctx, key, purges, now, stale=entry)
 
     def _name(self, key: tuple) -> bytes:
@@ -660,6 +657,11 @@ class Plugin(BasePlugin):
                 self._names.clear()
             name = self._names[key] = digest(self.node_prefix, key)
         return name
+
+    def now(self) -> float:
+        """The clock of this route's stored answers: the wall clock in Redis (every node
+        reads them), else the system-wide monotonic one."""
+        return time.time() if self.remote is not None else time.monotonic()
 
     def _purges(self) -> int:
         """The purges seen so far, by the count the answers' store compares (see _Fill.finish)."""
@@ -779,7 +781,7 @@ class Plugin(BasePlugin):
         except asyncio.TimeoutError:
             entry = None
         if entry is not None and self._purges() == purges:
-            return _answer_hit(ctx, entry, time.time() if self.remote is not None else time.monotonic())
+            return _answer_hit(ctx, entry, self.now())
         return self._miss(ctx, key, True, purges, stale=stale)     # not stored, or too slow: ask
 
     def _miss(self, ctx: Any, key: tuple, lookup: bool, purges: int,
@@ -790,9 +792,15 @@ class Plugin(BasePlugin):
         return CONTINUE
 
 
+def _age(entry: Entry, now: float) -> bytes:
+    """The ``Age`` of a stored answer at ``now`` (on its clock): the one it came with, and
+    the whole seconds since (CacheHitStep computes the same in C)."""
+    return str(entry.age0 + max(0, int(now - entry.stored))).encode("ascii")
+
+
 def _answer_hit(ctx: Any, entry: Entry, now: float) -> int:
     """Answer with a stored entry (``now`` on the clock its ``stored`` was read from)."""
-    age = str(entry.age0 + max(0, int(now - entry.stored))).encode("ascii")
+    age = _age(entry, now)
     inm = ctx.get_header("if-none-match")
     if inm is not None and entry.etag is not None and entry.status == 200 and _etag_matches(inm, entry.etag):
         # RFC 9110 15.4.5: the fields a 200 would carry that describe the validator.
