@@ -7,7 +7,11 @@ session, so its children too) on normal exit, on an exception, and on SIGINT/SIG
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import http.client
+import json
 import os
 import platform
 import resource
@@ -28,11 +32,35 @@ VENV_PY = REPO / ".venv" / "bin" / "python"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 API_KEY = "bench-key-1"
+# The jwt scenario's tokens: HS256, one per simulated client, signed with JWT_SECRET for the
+# issuer "bench" (fastgw: a consumer's jwt credential) and valid until 2100.
+JWT_SECRET = "bench-jwt-secret-0123456789abcdef"
+JWT_ISSUER = "bench"
+JWT_EXP = 4102444800
+JWT_CLIENTS = 64
 # The upstream's answers: 30 bytes on GET, and the request body length echoed on POST.
 GET_BODY = b'{"id":123,"status":"shipped"}\n'
 POST_BODY_SENT = b'{"data":"' + b"x" * (4096 - 11) + b'"}'
 POST_BODY = b'{"created":true,"len":4096}\n'
 assert len(GET_BODY) == 30 and len(POST_BODY_SENT) == 4096
+
+
+
+def jwt_token(sub: str, secret: str = JWT_SECRET, exp: int = JWT_EXP) -> str:
+    """An HS256 JWT for ``sub`` from the issuer ``bench`` (RFC 7519; no library needed)."""
+    def part(raw: bytes) -> bytes:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+    head = part(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+    body = part(json.dumps({"iss": JWT_ISSUER, "sub": sub, "exp": exp}, separators=(",", ":")).encode())
+    sig = part(hmac.new(secret.encode(), head + b"." + body, hashlib.sha256).digest())
+    return (head + b"." + body + b"." + sig).decode()
+
+
+def jwt_tokens() -> list[str]:
+    """The tokens the jwt scenario's clients send (wrk takes them from FASTGW_BENCH_JWT)."""
+    return [jwt_token(f"user-{i}") for i in range(JWT_CLIENTS)]
+
 
 # Debian package that provides each tool.
 DEBIAN_PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "caddy": "caddy",

@@ -38,8 +38,9 @@ sys.path.insert(0, str(BENCH))
 import benchlib  # noqa: E402
 import run as runner  # noqa: E402
 
-SCENARIOS = ("plain", "post", "gateway", "routes", "close", "cache")
+SCENARIOS = ("plain", "post", "gateway", "routes", "close", "cache", "jwt")
 CONNECTIONS = 8
+JWT_TOKENS = benchlib.jwt_tokens()
 WARMUP = 300
 
 
@@ -55,6 +56,9 @@ def request_bytes(scenario: str, port: int, rng: random.Random) -> bytes:
     if scenario == "routes":
         path = f"/r{rng.randrange(runner.NROUTES)}/items/{rng.randrange(1, 100000)}"
         return f"GET {path} HTTP/1.1\r\n{host}\r\n".encode()
+    if scenario == "jwt":
+        return (f"GET /api/orders/123 HTTP/1.1\r\n{host}Authorization: Bearer "
+                f"{rng.choice(JWT_TOKENS)}\r\n\r\n").encode()
     if scenario == "close":
         return f"GET /api/orders/123 HTTP/1.1\r\n{host}Connection: close\r\n\r\n".encode()
     return f"GET /api/orders/123 HTTP/1.1\r\n{host}\r\n".encode()

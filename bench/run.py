@@ -8,12 +8,15 @@ Method (shared/BENCHMARKING.md): each proxy runs one worker pinned to core 0; wr
 (``-t1 -c64 --latency``) and a fast nginx upstream are pinned to core 1. Each proxy is
 started fresh for each measurement, checked (exact upstream body; 401 without the key in
 the gateway scenario; the third GET a cache hit in the cache scenario, which Caddy and the
-aiohttp proxy have no part in) or its row is FAIL, warmed up, then measured. The figure that
+aiohttp proxy have no part in; 401 without a token and with a forged one in the jwt
+scenario, which only fastgw and HAProxy can do: JWT checks are NGINX Plus' and a Caddy
+plugin) or its row is FAIL, warmed up, then measured. The figure that
 compares proxies fairly is the CPU time of the proxy's whole process tree (utime+stime
 from /proc/PID/stat) over the window divided by the requests served: the load core is
 often the limit, and then req/s says little. A row is flagged when the load core was
 >= 95% busy. The proxy order alternates over rounds and medians of rounds are quoted.
-Results go to stdout, ``bench/results/<stamp>.json`` and a PNG chart.
+Results go to stdout, ``bench/results/<stamp>.json`` and a PNG chart. A scenario nginx
+can't do (jwt) compares fastgw with HAProxy instead.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from benchlib import (
     API_KEY,
     BENCH,
     GET_BODY,
+    JWT_SECRET,
     LOAD_CPU,
     POST_BODY,
     POST_BODY_SENT,
@@ -51,6 +55,8 @@ from benchlib import (
     ensure_tools,
     free_port,
     http_call,
+    jwt_token,
+    jwt_tokens,
     machine_info,
     python_bin,
     start_upstream,
@@ -60,7 +66,7 @@ from benchlib import (
     which,
 )
 
-ALL_SCENARIOS = ("plain", "post", "gateway", "routes", "close", "cache")
+ALL_SCENARIOS = ("plain", "post", "gateway", "routes", "close", "cache", "jwt")
 ALL_PROXIES = ("fastgw", "nginx", "haproxy", "caddy", "aiohttp")
 # fastgw doing the same job with its own bookkeeping switched off, to price it (issue: the
 # counters may cost at most 5%): "-nostats" without the stats counters, "-bare" without
@@ -91,6 +97,8 @@ class Launch:
 
 def nginx_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
     """nginx proxy_pass, upstream keepalive 64, one worker; the gateway job with map/if/add_header."""
+    if scenario == "jwt":
+        raise NotApplicable("JWT checks are NGINX Plus' (auth_jwt)")
     log = "access_log off;"
     auth = ""
     extra = ""
@@ -162,6 +170,22 @@ def haproxy_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
             "    http-response set-header X-Request-Id %[unique-id]",
             "    http-response set-header X-Gateway bench",
         ]
+    elif scenario == "jwt":
+        # fastgw's job: an HS256 token from the issuer "bench", signature, exp and iss checked,
+        # the token kept from the upstream.
+        fe = [
+            "    http-request set-var(txn.bearer) http_auth_bearer",
+            "    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg')",
+            "    http-request deny deny_status 401 unless { var(txn.alg) -m str HS256 }",
+            f"    http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_verify(txn.alg,\"{JWT_SECRET}\")"
+            " -m int 1 }",
+            "    http-request set-var(txn.iss) var(txn.bearer),jwt_payload_query('$.iss')",
+            "    http-request deny deny_status 401 unless { var(txn.iss) -m str bench }",
+            "    http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('$.exp','int')",
+            "    http-request set-var(txn.now) date()",
+            "    http-request deny deny_status 401 unless { var(txn.exp),sub(txn.now) -m int gt 0 }",
+            "    http-request del-header Authorization",
+        ]
     elif scenario == "routes":
         (wd / "routes.lst").write_text("".join(f"/r{i}/items/\n" for i in range(NROUTES)))
         fe = [f"    http-request deny deny_status 404 unless {{ path_beg -f {wd}/routes.lst }}"]
@@ -205,6 +229,8 @@ def caddy_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
     """Caddy reverse_proxy (admin API off, no automatic HTTPS), GOMAXPROCS=1."""
     if scenario == "cache":
         raise NotApplicable("no cache in stock Caddy (it is a plugin)")
+    if scenario == "jwt":
+        raise NotApplicable("no JWT check in stock Caddy (it is a plugin)")
     rp = f"reverse_proxy 127.0.0.1:{up}"
     body = f"        {rp}"
     if scenario == "gateway":
@@ -246,6 +272,8 @@ def aiohttp_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
     """bench/aiohttp_proxy.py on uvloop with one keep-alive ClientSession."""
     if scenario == "cache":
         raise NotApplicable("a plain proxy: no cache")
+    if scenario == "jwt":
+        raise NotApplicable("a plain proxy: no JWT check")
     cmd = [python_bin(), str(BENCH / "aiohttp_proxy.py"), "--port", str(port),
            "--upstream", f"http://127.0.0.1:{up}"]
     if scenario == "gateway":
@@ -275,6 +303,9 @@ def fastgw_config(scenario: str, port: int, up: int, wd: Path, admin_port: int, 
     }
     if scenario == "cache":
         service["plugins"] = [{"name": "proxy-cache"}]      # node-wide memory, ttl 60 s
+    if scenario == "jwt":
+        cfg["consumers"] = [{"name": "bench", "credentials": {"jwt": [{"iss": "bench", "secret": JWT_SECRET}]}}]
+        service["plugins"] = [{"name": "jwt"}]              # HS256 by the consumer's credential
     if scenario == "gateway":
         cfg["consumers"] = [{"name": "bench", "credentials": {"key-auth": [API_KEY]}}]
         service["plugins"] = [
@@ -366,6 +397,22 @@ def check(scenario: str, port: int) -> str | None:
                     return f"GET /api/orders/123 -> {a.status} {a.body[:80]!r}"
             if a.headers.get("x-cache-status", "").lower() != "hit":
                 return f"third GET not from the cache (X-Cache-Status: {a.headers.get('x-cache-status')!r})"
+        elif scenario == "jwt":
+            a = http_call(port, "GET", "/api/orders/123")
+            if a.status != 401:
+                return f"no token -> {a.status}, not 401"
+            forged = jwt_token("user-0", secret="not-the-bench-secret-0123456789ab")
+            a = http_call(port, "GET", "/api/orders/123", {"Authorization": f"Bearer {forged}"})
+            if a.status != 401:
+                return f"forged token -> {a.status}, not 401"
+            expired = jwt_token("user-0", exp=1_000_000_000)
+            a = http_call(port, "GET", "/api/orders/123", {"Authorization": f"Bearer {expired}"})
+            if a.status != 401:
+                return f"expired token -> {a.status}, not 401"
+            for token in jwt_tokens()[:3]:
+                a = http_call(port, "GET", "/api/orders/123", {"Authorization": f"Bearer {token}"})
+                if a.status != 200 or a.body != GET_BODY:
+                    return f"with a token -> {a.status} {a.body[:80]!r}"
         elif scenario == "routes":
             for path in ("/r0/items/1", "/r500/items/abc", f"/r{NROUTES - 1}/items/99999"):
                 a = http_call(port, "GET", path)
@@ -404,7 +451,8 @@ def run_wrk(script: Path, port: int, seconds: float, procs: Procs, wd: Path) -> 
            "-s", str(script), f"http://127.0.0.1:{port}"]
     out = wd / "wrk.out"
     out.write_bytes(b"")
-    proc = procs.spawn(cmd, cpu=LOAD_CPU, log=out)
+    env = dict(os.environ, FASTGW_BENCH_JWT=",".join(jwt_tokens()))   # for jwt.lua
+    proc = procs.spawn(cmd, cpu=LOAD_CPU, log=out, env=env)
     try:
         proc.wait(seconds + 30)
     finally:

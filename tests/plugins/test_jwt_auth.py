@@ -259,3 +259,183 @@ def test_stale_jwks_keys_serve_while_one_refresh_runs():
 
     assert asyncio.run(scenario()) == [["key-r1"]] * 5
     assert refreshes == [1]
+
+
+# -- verified tokens: each worker checks a token's signature once ----------------------------
+
+def _counting_decode(monkeypatch) -> list[int]:
+    """Count PyJWT's verifying decodes (the signature checks) from here on."""
+    calls: list[int] = []
+    real = jwt.decode
+
+    def decode(token, key=None, *args, **kw):
+        if key is not None:
+            calls.append(1)
+        return real(token, key, *args, **kw)
+
+    monkeypatch.setattr(jwt, "decode", decode)
+    return calls
+
+
+def _plugin(pipe):
+    (plugin,) = [p for p in pipe.plugins if p.NAME == "jwt"]
+    return plugin
+
+
+def test_a_token_sent_again_is_not_checked_again_and_gets_the_same_request(monkeypatch):
+    pipe = make_pipeline([{"name": "jwt", "config": {"claims_to_headers": {"sub": "X-User"}}}], CONSUMERS)
+    calls = _counting_decode(monkeypatch)
+    token = jwt.encode(claims(), SECRET, algorithm="HS256")
+    seen = []
+    for _ in range(3):
+        answered, ctx = check(pipe, token)
+        assert answered is False
+        seen.append((ctx.consumer.name, hdrs(ctx.headers), ctx.vars["jwt_claims"]))
+    assert len(calls) == 1
+    assert seen[0] == seen[1] == seen[2]
+    assert seen[0][1]["x-user"] == "u-1" and "authorization" not in seen[0][1]
+    # each request gets its own copy of the claims: a plugin after jwt may edit it
+    answered, ctx = check(pipe, token)
+    ctx.vars["jwt_claims"]["sub"] = "someone-else"
+    assert check(pipe, token)[1].vars["jwt_claims"]["sub"] == "u-1"
+
+
+def test_only_the_exact_token_hits(monkeypatch):
+    pipe = make_pipeline([{"name": "jwt"}], CONSUMERS)
+    token = jwt.encode(claims(), SECRET, algorithm="HS256")
+    assert check(pipe, token)[0] is False
+    calls = _counting_decode(monkeypatch)
+    head, body, sig = token.split(".")
+    forged_sig = sig[:-2] + ("AA" if sig[-2:] != "AA" else "BA")
+    answered, ctx = check(pipe, f"{head}.{body}.{forged_sig}")
+    assert answered and ctx.answer_status == 401 and error_of(ctx) == "Invalid signature"
+    # the same header and signature with other claims: checked, and refused
+    other = base64.urlsafe_b64encode(json.dumps(claims(sub="admin")).encode()).rstrip(b"=").decode()
+    answered, ctx = check(pipe, f"{head}.{other}.{sig}")
+    assert answered and ctx.answer_status == 401
+    assert len(calls) == 2
+
+
+def test_a_remembered_token_still_expires():
+    pipe = make_pipeline([{"name": "jwt"}], CONSUMERS)
+    exp = int(time.time()) + 1
+    token = jwt.encode(claims(exp=exp), SECRET, algorithm="HS256")
+    assert check(pipe, token)[0] is False
+    assert check(pipe, token)[0] is False             # from the table
+    time.sleep(max(0.0, exp - time.time()) + 0.05)
+    answered, ctx = check(pipe, token)
+    assert answered and ctx.answer_status == 401 and error_of(ctx) == "Token has expired"
+
+
+def test_the_routes_of_one_setup_share_a_table_and_size_bounds_it(monkeypatch):
+    from fastgw.consumers import ConsumerTable
+    from fastgw.pipeline import build_pipeline
+    from fastgw.plugins.base import PluginScope
+
+    from .util import make_spec
+
+    table = ConsumerTable(CONSUMERS)
+    plugins = [{"name": "jwt", "config": {"cache_size": 2}}]
+
+    def route(resource: str, plugin_list=plugins):
+        spec = make_spec(plugin_list, resource=resource)
+        return build_pipeline(spec, PluginScope(spec=spec, consumers=table))
+
+    a, b = route("/orders/{id}"), route("/users/{id}")
+    other = route("/files/{id}", [{"name": "jwt", "config": {"cache_size": 2, "leeway": 5}}])
+    assert _plugin(a).verified is _plugin(b).verified
+    assert _plugin(other).verified is not _plugin(a).verified
+    calls = _counting_decode(monkeypatch)
+    t1, t2, t3 = (jwt.encode(claims(sub=f"u-{i}"), SECRET, algorithm="HS256") for i in (1, 2, 3))
+    assert check(a, t1)[0] is False and check(b, t1)[0] is False
+    assert len(calls) == 1                            # checked on one route, known on the other
+    for t in (t2, t3):                                # t1 is the oldest of three: it goes
+        assert check(a, t)[0] is False
+    assert len(_plugin(a).verified.items) == 2
+    assert check(b, t1)[0] is False and len(calls) == 4
+
+
+def test_cache_size_zero_checks_every_request(monkeypatch):
+    pipe = make_pipeline([{"name": "jwt", "config": {"cache_size": 0}}], CONSUMERS)
+    assert _plugin(pipe).verified is None
+    calls = _counting_decode(monkeypatch)
+    token = jwt.encode(claims(), SECRET, algorithm="HS256")
+    for _ in range(3):
+        assert check(pipe, token)[0] is False
+    assert len(calls) == 3
+
+
+def test_a_jwks_refresh_checks_remembered_tokens_again():
+    """A key the issuer withdrew from its JWKS stops verifying the tokens it signed, also
+    the ones a worker remembers as verified."""
+    docs = [json.dumps(_jwks()).encode()]
+
+    async def scenario() -> list[int]:
+        async def handle(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            doc = docs[-1]
+            writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(doc), doc))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pipe = make_pipeline([{"name": "jwt", "config": {"jwks_url": f"http://127.0.0.1:{port}/jwks",
+                                                        "consumer_claim": "sub"}}])
+        token = jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": "r1"})
+        statuses = []
+
+        async def send() -> None:
+            ctx = make_ctx(headers=bearer(token))
+            state = pipe.chain.start_request(ctx)
+            answered = (await pipe.finish_request(ctx)) if state == 2 else state == 1
+            statuses.append(ctx.answer_status if answered else 200)
+
+        await send()
+        await send()                                   # remembered
+        assert _plugin(pipe).verified.items
+        docs.append(json.dumps({"keys": [k for k in _jwks()["keys"] if k["kid"] != "r1"]}).encode())
+        await _plugin(pipe).jwks.refresh()             # as the background refresh past jwks_cache_ttl
+        await send()
+        server.close()
+        return statuses
+
+    assert asyncio.run(scenario()) == [200, 200, 401]
+
+
+def _b64(doc) -> str:
+    raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("token", [
+    "not-a-token",
+    "a.b",
+    "a.b.c.d",
+    f"{_b64([1, 2])}.{_b64(claims())}.sig",                              # header not an object
+    f"{_b64({'alg': 'HS256', 'kid': ['k']})}.{_b64(claims())}.sig",      # kid not a string
+    f"{_b64({'alg': 'HS256', 'kid': {'a': 1}})}.{_b64(claims())}.sig",
+    f"{_b64(b'{not json')}.{_b64(claims())}.sig",
+    f"{_b64({'alg': 'HS256'})}.{_b64([1])}.sig",                         # claims not an object
+    f"{_b64({'alg': 'HS256'})}.%%%.sig",
+    f"{_b64({'alg': 'none'})}.{_b64(claims())}.",
+])
+def test_malformed_tokens_get_401_and_are_never_remembered(token):
+    pipe = make_pipeline([{"name": "jwt", "config": {"keys": [{"kid": "k", "algorithm": "HS256", "secret": SECRET}]}}],
+                         CONSUMERS)
+    for _ in range(2):
+        answered, ctx = check(pipe, token)
+        assert answered and ctx.answer_status == 401
+    assert not _plugin(pipe).verified.items
+
+
+def test_the_consumer_credential_is_chosen_by_the_unverified_claims():
+    """The iss read before the check only picks the key; a token naming alice but signed
+    with another secret is refused, whatever key it names."""
+    pipe = make_pipeline([{"name": "jwt"}], CONSUMERS + [
+        {"name": "bob", "credentials": {"jwt": [{"iss": "bob", "secret": "bob-secret-" + "0123456789" * 4}]}}])
+    assert check(pipe, jwt.encode(claims(iss="bob"), "bob-secret-" + "0123456789" * 4, algorithm="HS256"))[
+        1].consumer.name == "bob"
+    answered, ctx = check(pipe, jwt.encode(claims(iss="alice"), "bob-secret-" + "0123456789" * 4, algorithm="HS256"))
+    assert answered and ctx.answer_status == 401
