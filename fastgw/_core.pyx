@@ -14,6 +14,7 @@
 - ``_counters.pxi``: the node-wide rate-limit counters in shared memory.
 - ``_ratelimit.pxi``: rate-limiting's request phase over those counters.
 - ``_cache.pxi``:  lock-free lookups in proxy-cache's node store (shared memory).
+- ``_jwt.pxi``:    jwt's request phase for a token the worker has verified before.
 """
 
 include "_structs.pxi"
@@ -29,3 +30,4 @@ include "_replay.pxi"
 include "_counters.pxi"
 include "_ratelimit.pxi"
 include "_cache.pxi"
+include "_jwt.pxi"

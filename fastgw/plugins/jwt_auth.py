@@ -24,6 +24,7 @@ import logging
 import math
 import ssl
 import time
+import types
 import weakref
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 from jwt.utils import base64url_decode
 
+from fastgw._core import JwtHitStep
 from fastgw.consumers import ConsumerTable
 from fastgw.context import Consumer
 from fastgw.plugins.base import CONTINUE, PluginScope
@@ -420,6 +422,12 @@ class Plugin(BasePlugin):
         self.challenge = [(b"WWW-Authenticate", f'Bearer realm="{config["realm"]}"'.encode("latin-1"))]
         self.challenge_bad = [(b"WWW-Authenticate",
                                f'Bearer realm="{config["realm"]}", error="invalid_token"'.encode("latin-1"))]
+        first = self.header_names[0].encode("latin-1") if self.header_names else b""
+        if self.verified is not None and self.jwks is None and first and first not in self.claim_header_lc:
+            # PERF: a token sent again is answered in C (JwtHitStep); every other request
+            # reaches on_request below, which verifies it and files it for the step.
+            self.on_request = JwtHitStep(types.MethodType(Plugin.on_request, self), self.verified.items,
+                                         first, self.hide, tuple(sorted(self.claim_header_lc)))
 
     # -- token ------------------------------------------------------------------------
     def _token(self, ctx: Any) -> tuple[str | None, str | None, str | None]:

@@ -38,6 +38,7 @@ EDITS = {
     "add": {"Content-Type": "not-added", "X-Added": "yes", "X-Rid": "${request_id}"},
 }
 
+JWT_CLAIMS = {"name": "jwt", "config": {"claims_to_headers": {"sub": "X-User"}}}
 LAZY_AUTH = {"name": "key-auth", "config": {"key_names": ["apikey", "X-Api-Key"]}}
 LAZY_ECHO = {"name": "response-headers", "config": {"add": {"X-Tenant-Echo": "${header.x-tenant}"}}}
 
@@ -54,6 +55,11 @@ RESOURCES: dict[str, Any] = {
     "/public": {"GET": {"plugins": [{"name": "key-auth", "enabled": False}]}},
     "/plain": {"GET": {}},
     "/jwt": {"GET": {"plugins": [{"name": "key-auth", "enabled": False}, {"name": "jwt"}]}},
+    # A token sent again is answered by jwt's C step, on the scanned head (only built-in
+    # steps: lazy mode) and on the header list (a Python log plugin beside it).
+    "/jwt-claims": {"GET": {"plugins": [{"name": "key-auth", "enabled": False}, JWT_CLAIMS]}},
+    "/jwt-claims-list": {"GET": {"plugins": [{"name": "key-auth", "enabled": False}, JWT_CLAIMS,
+                                             {"name": "e2eplug.logged"}]}},
     "/basic": {"GET": {"plugins": [{"name": "key-auth", "enabled": False}, {"name": "basic-auth"}]}},
     "/upload": {"POST": {"plugins": [{"name": "key-auth", "enabled": False},
                                      {"name": "request-size-limit",
@@ -254,6 +260,27 @@ def test_jwt(env):
     for token in (expired, none, "garbage"):
         resp, seen = call(env, "GET", "/jwt", {"Authorization": f"Bearer {token}"})
         assert resp.status == 401 and not seen
+
+
+def test_jwt_token_sent_again(env):
+    """The first request verifies the token, the next ones are answered from the worker's
+    table (in C): the backend sees the same request every time, spoofed claim headers and
+    the token removed, in lazy mode and on the header list alike."""
+    token = jwt.encode({"iss": "alice", "sub": "u-7", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    views = []
+    for path in ("/jwt-claims", "/jwt-claims-list"):
+        for spoof in (None, "root", None):
+            headers = {"Authorization": f"Bearer {token}"}
+            if spoof:
+                headers["X-User"] = spoof
+            resp, seen = call(env, "GET", path, headers)
+            assert resp.status == 200 and len(seen) == 1
+            echo = resp.json()["headers"]
+            assert "authorization" not in echo
+            views.append((echo.get("x-user"), echo.get("x-consumer-name"), echo.get("x-consumer-groups")))
+    assert views == [("u-7", "alice", "gold")] * 6
+    resp, seen = call(env, "GET", "/jwt-claims", {"Authorization": f"Bearer {token[:-2]}xx"})
+    assert resp.status == 401 and not seen
 
 
 def test_basic_auth(env):

@@ -439,3 +439,67 @@ def test_the_consumer_credential_is_chosen_by_the_unverified_claims():
         1].consumer.name == "bob"
     answered, ctx = check(pipe, jwt.encode(claims(iss="alice"), "bob-secret-" + "0123456789" * 4, algorithm="HS256"))
     assert answered and ctx.answer_status == 401
+
+
+def test_the_c_step_and_the_python_path_give_the_same_requests(monkeypatch):
+    """jwt's C step (JwtHitStep) answers a remembered token; the Python on_request does the
+    same work. Each kind of request through both must leave the same request for the
+    backend (headers, consumer, claims) or the same answer; the hits must be the step's."""
+    from fastgw.plugins import jwt_auth
+
+    settings = [{"name": "jwt", "config": {"claims_to_headers": {"sub": "X-User", "groups": "X-Groups"},
+                                           "header_names": ["authorization", "x-token"]}}]
+    fallbacks: list[int] = []
+    real_step = jwt_auth.JwtHitStep
+
+    def counted(fallback, *args):
+        def call(ctx):
+            fallbacks.append(1)
+            return fallback(ctx)
+        return real_step(call, *args)
+
+    monkeypatch.setattr(jwt_auth, "JwtHitStep", counted)
+    c_pipe = make_pipeline(settings, CONSUMERS)
+    monkeypatch.setattr(jwt_auth, "JwtHitStep", lambda fallback, *args: fallback)
+    py_pipe = make_pipeline(settings, CONSUMERS)
+    assert type(_plugin(c_pipe).on_request).__name__ == "JwtHitStep"
+    token = jwt.encode(claims(groups=["a", "b"]), SECRET, algorithm="HS256")
+    soon = jwt.encode(claims(sub="u-2", exp=int(time.time()) + 1), SECRET, algorithm="HS256")
+    for pipe in (c_pipe, py_pipe):                     # verified once: remembered from here on
+        assert check(pipe, token)[0] is False and check(pipe, soon)[0] is False
+    host = (b"Host", b"a")
+    kinds = {
+        "hit": ([host, (b"Authorization", f"Bearer {token}".encode())], True),
+        "any case, spaces": ([host, (b"authorization", f"bEaReR \t{token}  ".encode())], True),
+        "spoofed claim headers": ([host, (b"X-User", b"root"), (b"Authorization", f"Bearer {token}".encode()),
+                                   (b"x-groups", b"admin")], True),
+        "first of two": ([host, (b"Authorization", f"Bearer {token}".encode()), (b"Authorization", b"Bearer x")],
+                         True),
+        "not bearer": ([host, (b"Authorization", f"Basic {token}".encode())], False),
+        "empty bearer": ([host, (b"Authorization", b"Bearer   ")], False),
+        "other header": ([host, (b"X-Token", token.encode())], False),
+        "unknown token": ([host, (b"Authorization", f"Bearer {token[:-3]}abc".encode())], False),
+        "no token": ([host], False),
+    }
+    for name, (headers, hit) in kinds.items():
+        fallbacks.clear()
+        got = []
+        for pipe in (c_pipe, py_pipe):
+            answered, ctx = (lambda c: (run(pipe, c), c))(make_ctx(headers=list(headers)))
+            got.append((answered, ctx.answer_status, list(ctx.headers), getattr(ctx.consumer, "name", None),
+                        dict(ctx.vars)))
+        assert got[0] == got[1], name
+        assert (not fallbacks) == hit, name
+    # a remembered token past its exp: the Python path answers (and forgets it)
+    time.sleep(max(0.0, int(time.time()) + 1 - time.time()) + 0.05)
+    fallbacks.clear()
+    ctx = make_ctx(headers=[host, (b"Authorization", f"Bearer {soon}".encode())])
+    assert run(c_pipe, ctx) is True and ctx.answer_status == 401 and fallbacks == [1]
+    assert soon not in _plugin(c_pipe).verified.items
+
+
+def test_no_c_step_with_jwks_url_or_without_the_table():
+    for config in ({"jwks_url": "http://127.0.0.1:9/jwks"}, {"cache_size": 0},
+                   {"claims_to_headers": {"sub": "Authorization"}}):
+        pipe = make_pipeline([{"name": "jwt", "config": config}], CONSUMERS)
+        assert type(_plugin(pipe).on_request).__name__ == "method", config
