@@ -89,3 +89,36 @@ def test_micro_header_rewrite_rows() -> None:
     micro.bench_headers(results, notes, repeats=1, n_ops=10)
     assert not notes and len(results) == 3
     assert all(row["scan_ns"] > 0 and row["rewrite_ns"] > 0 for row in results.values())
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not (_have("nginx") and _have("wrk") and _have("haproxy")),
+                    reason="nginx, wrk and haproxy are not installed")
+def test_jwt_scenario_checks_both_proxies(tmp_path: Path) -> None:
+    """The jwt scenario: the bench's tokens verify (PyJWT, the bench's secret); fastgw and
+    HAProxy pass the scenario's check (401 without a token, with a forged or an expired one;
+    200 with the clients' tokens) and are measured; nginx's row says why it can't."""
+    import jwt as pyjwt
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import benchlib
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    tokens = benchlib.jwt_tokens()
+    assert len(set(tokens)) == benchlib.JWT_CLIENTS
+    claims = pyjwt.decode(tokens[0], benchlib.JWT_SECRET, algorithms=["HS256"])
+    assert claims == {"iss": "bench", "sub": "user-0", "exp": benchlib.JWT_EXP}
+    res = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--scenarios", "jwt", "--proxies", "fastgw,haproxy,nginx",
+         "--rounds", "1", "--duration", "1", "--warmup", "0", "--no-install", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=280, cwd=REPO,
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    data = json.loads(next(tmp_path.glob("*.json")).read_text())
+    rows = {r["proxy"]: r for r in data["rows"]}
+    assert rows["fastgw"]["status"] == "ok" and rows["haproxy"]["status"] == "ok", rows
+    assert rows["nginx"]["status"].startswith("n/a"), rows["nginx"]
+    assert data["fastgw_vs_haproxy"]["jwt"] > 0
+    assert "fastgw / haproxy" in res.stdout
