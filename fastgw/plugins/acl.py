@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastgw.plugins.base import CONTINUE, PluginScope
+from fastgw._core import AclStep
 from fastgw.plugins.base import Plugin as BasePlugin
+from fastgw.plugins.base import PluginScope
 
 NAME = "acl"
 PRIORITY = 950
@@ -33,19 +34,14 @@ SCHEMA: dict[str, Any] = {
 
 
 class Plugin(BasePlugin):
+    """The rules run in C (``AclStep``, fastgw/_plugins.pxi)."""
+
     def __init__(self, config: dict[str, Any], scope: PluginScope) -> None:
         super().__init__(config, scope)
         self.allow = frozenset(config["allow_groups"])
         self.deny = frozenset(config["deny_groups"])
         self.message = config["message"]
+        self.native = AclStep(self.allow, self.deny, self.message)
 
     def on_request(self, ctx: Any) -> int:
-        consumer = ctx.consumer
-        if consumer is None:
-            return ctx.error(401, "Unauthorized")
-        groups = consumer.groups
-        if self.deny and not self.deny.isdisjoint(groups):
-            return ctx.error(403, self.message)
-        if self.allow and self.allow.isdisjoint(groups):
-            return ctx.error(403, self.message)
-        return CONTINUE
+        return self.native.on_request(ctx)

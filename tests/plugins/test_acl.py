@@ -40,3 +40,24 @@ def test_no_consumer_is_401():
 def test_needs_a_list():
     with pytest.raises(PipelineError):
         make_pipeline([{"name": "acl", "config": {}}])
+
+
+def test_a_consumer_set_by_a_custom_plugin_is_judged_by_its_groups():
+    """ctx.consumer may be any object with ``groups`` (a user plugin's); one without them
+    makes the step fail closed (500), never pass."""
+    from types import SimpleNamespace
+
+    pipe = make_pipeline([{"name": "acl", "config": {"allow_groups": ["gold"], "deny_groups": ["banned"]}}])
+    for groups, expected in ((["gold"], 200), (("silver",), 403), (["gold", "banned"], 403), (set(), 403)):
+        ctx = make_ctx()
+        ctx.consumer = SimpleNamespace(name="x", groups=groups, headers=())
+        assert (ctx.answer_status if run(pipe, ctx) else 200) == expected, groups
+    ctx = make_ctx()
+    ctx.consumer = SimpleNamespace(name="x")
+    assert run(pipe, ctx) and ctx.answer_status == 500
+
+
+def test_acl_runs_as_a_c_step():
+    """key-auth + acl, Kong's usual pair, is a chain of C steps only (the lazy path)."""
+    pipe = make_pipeline([{"name": "acl", "config": {"allow_groups": ["gold"]}}, {"name": "key-auth"}], CONSUMERS)
+    assert pipe.chain.native_only
