@@ -6,7 +6,8 @@
 #   NativeStep (a built-in plugin's C part, called through its vtable) or any Python
 #   callable (``plugin.on_request`` etc. of a custom plugin). fastgw.pipeline.Pipeline
 #   builds one per route and the server calls it directly (``Route.chain``).
-# - NativeStep subclasses: key-auth, acl, request-id, response-headers. Their Python modules
+# - NativeStep subclasses: key-auth, acl, ip-restriction's known peers, request-id,
+#   response-headers. Their Python modules
 #   (fastgw/plugins/*.py) keep the schema and settings; they build the step at config load
 #   and delegate their phase methods to it, so each behaviour is written once, here.
 # - KeyIndex: API keys -> consumers, looked up by a keyed SipHash-2-4 of the key.
@@ -483,6 +484,36 @@ cdef class AclStep(NativeStep):
         if self.allow and self.allow.isdisjoint(groups):
             return ctx.error(403, self.message)
         return 0
+
+
+# ---------------------------------------------------------------------------------------
+# ip-restriction
+# ---------------------------------------------------------------------------------------
+
+cdef class PeerVerdictStep(NativeStep):
+    """ip-restriction without trusted proxies, where the caller is the TCP peer: a peer the
+    plugin has judged (its ``verdicts`` memo, peer address -> allowed) is let through or
+    refused here; a new one goes to the plugin's ``on_request`` (``fallback``), which
+    parses it, matches the CIDR lists and fills the memo."""
+
+    cdef object fallback
+    cdef dict verdicts
+    cdef int status
+    cdef str message
+
+    def __init__(self, fallback, dict verdicts, int status, str message):
+        self.fallback = fallback
+        self.verdicts = verdicts
+        self.status = status
+        self.message = message
+
+    cdef int request(self, RequestContext ctx) except -1:
+        verdict = self.verdicts.get(ctx.peer_ip)
+        if verdict is None:
+            return self.fallback(ctx)
+        if verdict is True:
+            return 0
+        return ctx.error(self.status, self.message)
 
 
 # ---------------------------------------------------------------------------------------

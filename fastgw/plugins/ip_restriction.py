@@ -10,8 +10,10 @@ in it is refused (403). SECURITY: an unparsable address is never allowed.
 from __future__ import annotations
 
 import ipaddress
+import types
 from typing import Any
 
+from fastgw._core import PeerVerdictStep
 from fastgw.plugins.base import CONTINUE, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
 
@@ -37,6 +39,8 @@ SCHEMA: dict[str, Any] = {
         {"properties": {"deny": {"minItems": 1}}, "required": ["deny"]},
     ],
 }
+
+_MEMO_MAX = 4096    # callers' verdicts kept (then all forgotten at once)
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -98,8 +102,14 @@ class Plugin(BasePlugin):
         self.trusted = parse_nets(config["trusted_proxies"], "trusted_proxies")
         self.status = config["status"]
         self.message = config["message"]
-        # PERF: verdicts for recent callers (bounded); addresses repeat a lot.
+        # PERF: verdicts for recent callers (bounded); addresses repeat a lot. Without
+        # trusted proxies the caller is the peer, and a peer judged before is answered in C
+        # (PeerVerdictStep reads ``_peers``; cleared, never replaced, when full).
         self._cache: dict[tuple[str, tuple[str, ...]], bool] = {}
+        self._peers: dict[str, bool] = {}
+        if not self.trusted:
+            self.on_request = PeerVerdictStep(types.MethodType(Plugin.on_request, self), self._peers,
+                                              self.status, self.message)
 
     def allowed(self, addr: Addr | None) -> bool:
         if addr is None:
@@ -110,6 +120,14 @@ class Plugin(BasePlugin):
 
     def on_request(self, ctx: Any) -> int:
         peer = ctx.peer_ip
+        if not self.trusted:
+            verdict = self._peers.get(peer)
+            if verdict is None:
+                verdict = self.allowed(parse_ip(peer) if isinstance(peer, str) else None)
+                if len(self._peers) >= _MEMO_MAX:
+                    self._peers.clear()
+                self._peers[peer] = verdict
+            return CONTINUE if verdict else ctx.error(self.status, self.message)
         xff: tuple[str, ...] = ()
         if self.trusted:
             xff = tuple(ctx.get_headers("x-forwarded-for"))
@@ -118,7 +136,7 @@ class Plugin(BasePlugin):
         if verdict is None:
             addr = client_address(peer, list(xff), self.trusted)
             verdict = self.allowed(addr)
-            if len(self._cache) > 4096:
+            if len(self._cache) >= _MEMO_MAX:
                 self._cache.clear()
             self._cache[key] = verdict
             if addr is not None and xff:

@@ -49,3 +49,40 @@ def test_custom_status_and_bad_cidr():
     with pytest.raises(PipelineError) as err:
         make_pipeline([{"name": "ip-restriction", "config": {"allow": ["10.0.0.0/33"]}}])
     assert "allow[0]" in err.value.errors[0]
+
+
+def test_known_peers_are_judged_in_c_as_the_plugin_judges_them(monkeypatch):
+    """Without trusted proxies a peer judged once is answered by PeerVerdictStep from the
+    plugin's memo: the same status for every peer as the plugin's own check, the first
+    time (the plugin) and the next ones (the step)."""
+    from fastgw.plugins import ip_restriction
+
+    cfg = {"allow": ["10.1.0.0/16", "2001:db8::/32"], "deny": ["10.1.6.0/24"], "status": 451}
+    pipe = make_pipeline([{"name": "ip-restriction", "config": cfg}])
+    (plugin,) = pipe.plugins
+    assert type(plugin.on_request).__name__ == "PeerVerdictStep"
+    judged = []
+    real = ip_restriction.Plugin.allowed
+    monkeypatch.setattr(ip_restriction.Plugin, "allowed", lambda self, addr: judged.append(addr) or real(self, addr))
+    peers = {"10.1.2.3": 200, "10.1.6.6": 451, "10.2.0.1": 451, "2001:db8::5": 200, "::ffff:10.1.0.9": 200,
+             "not-an-address": 451}
+    for _ in range(3):
+        for peer, expected in peers.items():
+            ctx = make_ctx(peer=peer)
+            assert (ctx.answer_status if run(pipe, ctx) else 200) == expected, peer
+    assert len(judged) == len(peers)                  # each peer judged once, then from the memo
+    # with trusted proxies the caller may be in X-Forwarded-For: the plugin's own path
+    pipe = make_pipeline([{"name": "ip-restriction", "config": dict(cfg, trusted_proxies=["127.0.0.1"])}])
+    assert type(pipe.plugins[0].on_request).__name__ == "method"
+
+
+def test_the_peer_memo_is_bounded(monkeypatch):
+    from fastgw.plugins import ip_restriction
+
+    monkeypatch.setattr(ip_restriction, "_MEMO_MAX", 8)
+    pipe = make_pipeline([{"name": "ip-restriction", "config": {"allow": ["10.0.0.0/8"]}}])
+    memo = pipe.plugins[0]._peers
+    for i in range(20):
+        assert run(pipe, make_ctx(peer=f"10.0.0.{i}")) is False
+        assert len(memo) <= 8
+    assert run(pipe, make_ctx(peer="11.0.0.1")) is True
