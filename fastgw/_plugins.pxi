@@ -6,8 +6,8 @@
 #   NativeStep (a built-in plugin's C part, called through its vtable) or any Python
 #   callable (``plugin.on_request`` etc. of a custom plugin). fastgw.pipeline.Pipeline
 #   builds one per route and the server calls it directly (``Route.chain``).
-# - NativeStep subclasses: key-auth, acl, ip-restriction's known peers, request-id,
-#   response-headers. Their Python modules
+# - NativeStep subclasses: key-auth, acl, ip-restriction's known peers, cors on requests
+#   from known origins, request-id, response-headers. Their Python modules
 #   (fastgw/plugins/*.py) keep the schema and settings; they build the step at config load
 #   and delegate their phase methods to it, so each behaviour is written once, here.
 # - KeyIndex: API keys -> consumers, looked up by a keyed SipHash-2-4 of the key.
@@ -514,6 +514,51 @@ cdef class PeerVerdictStep(NativeStep):
         if verdict is True:
             return 0
         return ctx.error(self.status, self.message)
+
+
+# ---------------------------------------------------------------------------------------
+# cors
+# ---------------------------------------------------------------------------------------
+
+cdef class CorsStep(NativeStep):
+    """cors on a request that is no preflight, from no origin or from one the plugin has
+    judged (its ``seen`` memo, Origin -> allowed): ``Vary: Origin`` and, for an allowed
+    origin, ``Access-Control-Allow-Origin`` and the plugin's other headers, added to the
+    answer. An OPTIONS request or a new origin goes to the plugin's ``on_request``
+    (``fallback``), which answers preflights, matches origins and fills the memo."""
+
+    cdef object fallback
+    cdef dict seen
+    cdef bint vary
+    cdef bint star              # any origin and no credentials: Allow-Origin is "*"
+    cdef list extra             # the plugin's actual_extra
+
+    def __init__(self, fallback, dict seen, bint vary, bint star, list extra):
+        self.fallback = fallback
+        self.seen = seen
+        self.vary = vary
+        self.star = star
+        self.extra = extra
+
+    cdef int request(self, RequestContext ctx) except -1:
+        cdef bytes origin
+        cdef list add
+        if ctx.method == "OPTIONS":
+            return self.fallback(ctx)
+        origin = ctx.find_req_header(b"origin")
+        verdict = None
+        if origin is not None:
+            verdict = self.seen.get(origin)
+            if verdict is None:
+                return self.fallback(ctx)
+        add = ctx.response_headers_add
+        if self.vary:
+            add.append((b"Vary", b"Origin"))
+        if verdict is True:
+            add.append((b"Access-Control-Allow-Origin", b"*" if self.star else origin))
+            if self.extra:
+                add.extend(self.extra)
+        return 0
 
 
 # ---------------------------------------------------------------------------------------

@@ -17,8 +17,10 @@ every web site read credentialed responses.
 from __future__ import annotations
 
 import re
+import types
 from typing import Any
 
+from fastgw._core import CorsStep
 from fastgw.plugins.base import ANSWERED, CONTINUE, HEADER_NAME, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
 
@@ -91,7 +93,11 @@ class Plugin(BasePlugin):
                                       ",".join(config["exposed_headers"]).encode("latin-1")))
         self.preflight_extra = [*common, (b"Access-Control-Allow-Methods", methods),
                                 (b"Access-Control-Max-Age", str(config["max_age"]).encode("latin-1"))]
-        self._seen: dict[bytes, bool] = {}
+        self._seen: dict[bytes, bool] = {}       # Origin -> allowed (cleared, never replaced, when full)
+        # PERF: a request from no origin or from one judged before is answered in C; a
+        # preflight or a new origin reaches on_request below, which fills _seen.
+        self.on_request = CorsStep(types.MethodType(Plugin.on_request, self), self._seen, self.vary,
+                                   self.any_origin and not self.credentials, self.actual_extra)
 
     def origin_allowed(self, origin: bytes) -> bool:
         verdict = self._seen.get(origin)

@@ -63,3 +63,42 @@ def test_pipeline_preflight_for_405_paths():
     assert pipe.preflight(ctx) and ctx.answer_status == 204
     plain = make_ctx(method="OPTIONS")
     assert not pipe.preflight(plain)
+
+
+def test_the_c_step_adds_what_the_plugin_adds(monkeypatch):
+    """CorsStep answers requests from no origin and from origins the plugin has judged;
+    each kind of request through it and through the plugin alone leaves the same answer
+    headers (in order), and the known origins are the step's."""
+    from fastgw.plugins import cors
+
+    real_step = cors.CorsStep
+    fallbacks: list[int] = []
+
+    def counted(fallback, *args):
+        def call(ctx):
+            fallbacks.append(1)
+            return fallback(ctx)
+        return real_step(call, *args)
+
+    for cfg in (CFG, {"origins": ["*"]}, {"origins": ["*"], "exposed_headers": ["X-A", "X-B"]}):
+        monkeypatch.setattr(cors, "CorsStep", counted)
+        c_pipe = make_pipeline([{"name": "cors", "config": cfg}])
+        monkeypatch.setattr(cors, "CorsStep", lambda fallback, *args: fallback)
+        py_pipe = make_pipeline([{"name": "cors", "config": cfg}])
+        requests = [("GET", [(b"Origin", b"https://app.example.com")]),
+                    ("GET", [(b"origin", b"https://evil.example")]),
+                    ("POST", [(b"Origin", b"https://a.shop.example"), (b"Origin", b"https://evil.example")]),
+                    ("GET", []),
+                    ("OPTIONS", [(b"Origin", b"https://app.example.com"), (b"Access-Control-Request-Method", b"GET")])]
+        for round_ in range(2):                       # the second time the origins are known
+            for method, headers in requests:
+                fallbacks.clear()
+                got = []
+                for pipe in (c_pipe, py_pipe):
+                    ctx = make_ctx(method=method, headers=list(headers))
+                    answered = run(pipe, ctx)
+                    got.append((answered, ctx.answer_status, list(ctx.answer_headers),
+                                list(ctx.response_headers_add)))
+                assert got[0] == got[1], (cfg, method, headers)
+                known = round_ == 1 or not headers
+                assert (not fallbacks) == (method != "OPTIONS" and known), (cfg, method, headers)
