@@ -248,6 +248,14 @@ def test_cors_preflight_answered_at_the_gateway(env):
     assert "access-control-allow-origin" not in resp.headers and not seen
     resp = call(env, "GET", "/orders", {"Origin": "https://app.example"})[0]
     assert resp.status == 401 and resp.headers["access-control-allow-origin"] == "https://app.example"
+    # The origins are known now: the next requests are answered by cors' C step, on the
+    # scanned head (key-auth and cors are both C steps), with the same headers.
+    for origin, allowed in (("https://app.example", True), ("https://evil.example", False)) * 2:
+        resp, seen = call(env, "GET", "/orders", {"Origin": origin, "apikey": "alice-key-1"})
+        assert resp.status == 200 and len(seen) == 1
+        assert resp.headers.get("access-control-allow-origin") == (origin if allowed else None)
+        assert resp.headers["vary"] == "Origin"
+        assert "apikey" not in resp.json()["headers"]
 
 
 def test_jwt(env):
