@@ -194,23 +194,27 @@ def test_jwks_file_kid_selection(tmp_path):
     assert answered and ctx.answer_status == 401
 
 
+async def _jwks_server(docs: list[bytes], hits: list[int]) -> tuple[asyncio.AbstractServer, str]:
+    """A JWKS endpoint on a real socket answering ``docs[-1]``, one entry in ``hits`` a fetch."""
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        hits.append(1)
+        doc = docs[-1]
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(doc), doc))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/jwks"
+
+
 def test_jwks_url_fetched_once_then_checked_without_waiting():
-    hits = []
-    doc = json.dumps(_jwks()).encode()
+    hits: list[int] = []
 
     async def scenario():
-        async def handle(reader, writer):
-            await reader.readuntil(b"\r\n\r\n")
-            hits.append(1)
-            writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                         % (len(doc), doc))
-            await writer.drain()
-            writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        pipe = make_pipeline([{"name": "jwt", "config": {"jwks_url": f"http://127.0.0.1:{port}/jwks",
-                                                        "jwks_min_refresh": 3600}}])
+        server, url = await _jwks_server([json.dumps(_jwks()).encode()], hits)
+        pipe = make_pipeline([{"name": "jwt", "config": {"jwks_url": url, "jwks_min_refresh": 3600}}])
         assert not pipe.is_async        # only a request that waits for a fetch leaves the sync chain
         results = []
         for kid, key, alg in (("r1", RSA_KEY, "RS256"), ("e1", EC_KEY, "ES256"), ("zz", EC_KEY, "ES256")):
@@ -371,18 +375,8 @@ def test_a_jwks_refresh_checks_remembered_tokens_again():
     docs = [json.dumps(_jwks()).encode()]
 
     async def scenario() -> list[int]:
-        async def handle(reader, writer):
-            await reader.readuntil(b"\r\n\r\n")
-            doc = docs[-1]
-            writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                         % (len(doc), doc))
-            await writer.drain()
-            writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        pipe = make_pipeline([{"name": "jwt", "config": {"jwks_url": f"http://127.0.0.1:{port}/jwks",
-                                                        "consumer_claim": "sub"}}])
+        server, url = await _jwks_server(docs, [])
+        pipe = make_pipeline([{"name": "jwt", "config": {"jwks_url": url, "consumer_claim": "sub"}}])
         token = jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": "r1"})
         statuses = []
 
