@@ -41,6 +41,7 @@ import run as runner  # noqa: E402
 SCENARIOS = ("plain", "post", "gateway", "routes", "close", "cache", "jwt")
 CONNECTIONS = 8
 JWT_TOKENS = benchlib.jwt_tokens()
+PRICED_GROUP = "bench"      # the scenario's consumer's group when plugins are added (--add-plugin)
 WARMUP = 300
 
 
@@ -132,10 +133,16 @@ def build_revision(ref: str, into: Path) -> Path:
     return into
 
 
-def count(tree: Path, scenario: str, requests: int, up: int, wd: Path, keep: Path | None = None) -> int:
-    """Instructions of ``requests`` requests in the worker of the fastgw in ``tree``."""
+def count(tree: Path, scenario: str, requests: int, up: int, wd: Path, keep: Path | None = None,
+          plugins: list[dict] | None = None) -> int:
+    """Instructions of ``requests`` requests in the worker of the fastgw in ``tree``
+    (``plugins``: entries added to the scenario's service, to price them)."""
     port = benchlib.free_port()
     cfg = runner.fastgw_config(scenario, port, up, wd, benchlib.free_port())   # cache: the warm-up stores
+    if plugins:
+        cfg["services"][0]["plugins"] = [*cfg["services"][0].get("plugins", []), *plugins]
+        for consumer in cfg.get("consumers", []):
+            consumer["groups"] = [PRICED_GROUP]      # for an acl allowing it
     cfg_path = wd / f"fastgw-{scenario}.json"
     cfg_path.write_text(json.dumps(cfg))
     out = wd / "callgrind.out"
@@ -193,8 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=benchlib.RESULTS)
     ap.add_argument("--keep", type=Path, metavar="DIR",
                     help="copy each callgrind profile here (read it with callgrind_annotate)")
+    ap.add_argument("--add-plugin", action="append", default=[], metavar="JSON",
+                    help="a plugin entry added to the scenario's service, to price it (repeatable), e.g. "
+                         f"'{{\"name\": \"acl\", \"config\": {{\"allow_groups\": [\"{PRICED_GROUP}\"]}}}}' "
+                         "(the scenario's consumer is in that group)")
     args = ap.parse_args(argv)
     scenarios = [s for s in args.scenarios.split(",") if s]
+    try:
+        plugins = [json.loads(text) for text in args.add_plugin]
+    except ValueError as exc:
+        ap.error(f"--add-plugin: not JSON: {exc}")
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         ap.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
@@ -216,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         benchlib.start_upstream(procs, tmp, up)
         for scenario in scenarios:
             for label, tree in trees.items():
-                n = count(tree, scenario, args.requests, up, tmp, args.keep)
+                n = count(tree, scenario, args.requests, up, tmp, args.keep, plugins)
                 results.setdefault(scenario, {})[label] = round(n / args.requests)
                 print(f"{scenario:<8} {label:<14} {n / args.requests:>9.0f} instructions/request", flush=True)
     finally:
@@ -228,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"instructions-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps({"machine": benchlib.machine_info(), "requests": args.requests,
-                                "instructions_per_request": results}, indent=1))
+                                "added_plugins": plugins, "instructions_per_request": results}, indent=1))
     print(f"results: {path}")
     return 0
 

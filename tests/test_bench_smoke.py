@@ -52,10 +52,12 @@ def test_bench_smoke(tmp_path: Path) -> None:
 @pytest.mark.skipif(not (_have("nginx") and _have("valgrind") and _have("callgrind_control")),
                     reason="nginx and valgrind are not installed")
 def test_instructions_smoke(tmp_path: Path) -> None:
-    """bench/instructions.py counts a worker's instructions per request under callgrind."""
+    """bench/instructions.py counts a worker's instructions per request under callgrind
+    (here with a plugin added to the scenario's route, as --add-plugin prices one)."""
+    acl = {"name": "acl", "config": {"allow_groups": ["bench"]}}
     res = subprocess.run(
         [sys.executable, str(REPO / "bench" / "instructions.py"), "--scenarios", "gateway",
-         "--requests", "200", "--out", str(tmp_path)],
+         "--requests", "200", "--add-plugin", json.dumps(acl), "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=280, cwd=REPO,
     )
     out = res.stdout + res.stderr
@@ -64,6 +66,7 @@ def test_instructions_smoke(tmp_path: Path) -> None:
     # A request through the gateway route costs thousands of instructions, not zero (an
     # instrumentation that never switched on) and not millions (startup counted).
     assert 2_000 < data["instructions_per_request"]["gateway"]["this tree"] < 500_000, data
+    assert data["added_plugins"] == [acl]      # and every request passed it (drive() wants 200s)
 
 
 def test_micro_header_rewrite_rows() -> None:
