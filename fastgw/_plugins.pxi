@@ -49,8 +49,15 @@ cpdef int strip_identity(list headers) except -1:
 # The chain
 # ---------------------------------------------------------------------------------------
 
+DEF STEP_PYTHON = 2     # NativeStep.request: "not in C: run the plugin's Python phase (deferred)"
+
+
 cdef class NativeStep:
-    """A built-in plugin's per-request work in C (override the phases it implements)."""
+    """A built-in plugin's per-request work in C (override the phases it implements).
+
+    ``request`` returns 0 (pass) or 1 (answered), or STEP_PYTHON to hand the request to
+    ``deferred``, the plugin's Python phase, whose result may be an awaitable (the chain
+    then waits for it, as for any Python step)."""
 
     cdef int request(self, RequestContext ctx) except -1:
         return 0
@@ -58,11 +65,19 @@ cdef class NativeStep:
     cdef int response(self, RequestContext ctx) except -1:
         return 0
 
+    cpdef object deferred(self, RequestContext ctx):
+        raise NotImplementedError("this step never hands a request on")
+
     def on_request(self, RequestContext ctx):
-        return self.request(ctx)
+        return self(ctx)
 
     def on_response(self, RequestContext ctx):
         self.response(ctx)
+
+    def __call__(self, RequestContext ctx):
+        """The request phase from Python (a step set as a plugin's ``on_request``)."""
+        cdef int r = self.request(ctx)
+        return self.deferred(ctx) if r == STEP_PYTHON else r
 
 
 @cython.final  # PERF: its methods are called directly (no vtable)
@@ -161,15 +176,20 @@ cdef class StepChain:
     cpdef int continue_request(self, RequestContext ctx, int start) except -1:
         """The steps from index ``start`` on (``start_request`` without ``begin``)."""
         cdef Py_ssize_t i, n = len(self.req)
+        cdef int r
         try:
             for i in range(start, n):
                 step = self.req[i]
                 if isinstance(step, NativeStep):
-                    if (<NativeStep>step).request(ctx):
-                        self.answered(ctx)
-                        return 1
-                    continue
-                result = step(ctx)
+                    r = (<NativeStep>step).request(ctx)
+                    if r != STEP_PYTHON:
+                        if r:
+                            self.answered(ctx)
+                            return 1
+                        continue
+                    result = (<NativeStep>step).deferred(ctx)
+                else:
+                    result = step(ctx)
                 # PERF: the usual int answer is told apart without an attribute lookup.
                 if not (result is None or type(result) is int or type(result) is bool) \
                         and hasattr(result, "__await__"):

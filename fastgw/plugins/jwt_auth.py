@@ -423,11 +423,11 @@ class Plugin(BasePlugin):
         self.challenge_bad = [(b"WWW-Authenticate",
                                f'Bearer realm="{config["realm"]}", error="invalid_token"'.encode("latin-1"))]
         first = self.header_names[0].encode("latin-1") if self.header_names else b""
-        if self.verified is not None and self.jwks is None and first and first not in self.claim_header_lc:
+        if self.verified is not None and first and first not in self.claim_header_lc:
             # PERF: a token sent again is answered in C (JwtHitStep); every other request
             # reaches on_request below, which verifies it and files it for the step.
             self.on_request = JwtHitStep(types.MethodType(Plugin.on_request, self), self.verified.items,
-                                         first, self.hide, tuple(sorted(self.claim_header_lc)))
+                                         first, self.hide, tuple(sorted(self.claim_header_lc)), self.jwks)
 
     # -- token ------------------------------------------------------------------------
     def _token(self, ctx: Any) -> tuple[str | None, str | None, str | None]:

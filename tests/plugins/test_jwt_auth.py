@@ -492,8 +492,83 @@ def test_the_c_step_and_the_python_path_give_the_same_requests(monkeypatch):
     assert soon not in _plugin(c_pipe).verified.items
 
 
-def test_no_c_step_with_jwks_url_or_without_the_table():
-    for config in ({"jwks_url": "http://127.0.0.1:9/jwks"}, {"cache_size": 0},
-                   {"claims_to_headers": {"sub": "Authorization"}}):
+def test_no_c_step_without_the_table():
+    for config in ({"cache_size": 0}, {"claims_to_headers": {"sub": "Authorization"}}):
         pipe = make_pipeline([{"name": "jwt", "config": config}], CONSUMERS)
         assert type(_plugin(pipe).on_request).__name__ == "method", config
+
+
+def test_jwks_url_route_in_c_hands_on_what_needs_a_fetch(monkeypatch):
+    """With jwks_url the C step answers a remembered token under the keys in hand; the
+    first token (the keys must be fetched: the chain waits) and, after a refresh, a token
+    verified under the old keys go to the plugin."""
+    from fastgw.plugins import jwt_auth
+
+    real_step = jwt_auth.JwtHitStep
+    fallbacks: list[int] = []
+
+    def counted(fallback, *args):
+        def call(ctx):
+            fallbacks.append(1)
+            return fallback(ctx)
+        return real_step(call, *args)
+
+    monkeypatch.setattr(jwt_auth, "JwtHitStep", counted)
+    hits: list[int] = []
+
+    async def scenario() -> list[tuple[int, int, int]]:
+        server, url = await _jwks_server([json.dumps(_jwks()).encode()], hits)
+        pipe = make_pipeline([{"name": "jwt", "config": {"jwks_url": url, "consumer_claim": "sub"}}])
+        assert type(_plugin(pipe).on_request).__name__ == "JwtHitStep"
+        token = jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": "r1"})
+        seen = []
+
+        async def send() -> None:
+            fallbacks.clear()
+            ctx = make_ctx(headers=bearer(token))
+            state = pipe.chain.start_request(ctx)
+            answered = (await pipe.finish_request(ctx)) if state == 2 else state == 1
+            seen.append((state, ctx.answer_status if answered else 200, len(fallbacks)))
+
+        await send()                                   # fetch first: the chain waits (state 2)
+        await send()                                   # remembered: in C
+        await _plugin(pipe).jwks.refresh()             # new generation
+        await send()                                   # checked again by the plugin, at once
+        await send()
+        server.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [(2, 200, 1), (0, 200, 0), (0, 200, 1), (0, 200, 0)]
+    assert len(hits) == 2
+
+
+def test_c_steps_run_in_an_async_pipeline():
+    """A pipeline with an async plugin runs every step from Python (run_request_async):
+    the C steps set as a plugin's on_request (jwt, cors, ip-restriction) are callables
+    there, with the same verdicts."""
+    from fastgw.pipeline import Pipeline
+    from fastgw.plugins.base import Plugin as BasePlugin
+
+    class Waits(BasePlugin):
+        NAME, PRIORITY = "waits", 1
+
+        def __init__(self) -> None:
+            pass
+
+        async def on_request(self, ctx):
+            await asyncio.sleep(0)
+            return 0
+
+    pipe = make_pipeline([{"name": "jwt"}, {"name": "cors", "config": {"origins": ["https://a.example"]}},
+                          {"name": "ip-restriction", "config": {"allow": ["127.0.0.1"]}}], CONSUMERS)
+    apipe = Pipeline([*pipe.plugins, Waits()])
+    assert apipe.is_async
+    token = jwt.encode(claims(), SECRET, algorithm="HS256")
+    for _ in range(2):                                 # the second time from the C steps
+        ctx = make_ctx(headers=[(b"Host", b"a"), (b"Origin", b"https://a.example"),
+                                (b"Authorization", f"Bearer {token}".encode())])
+        assert asyncio.run(apipe.run_request_async(ctx)) is False
+        assert ctx.consumer.name == "alice"
+        assert (b"Access-Control-Allow-Origin", b"https://a.example") in ctx.response_headers_add
+    ctx = make_ctx(peer="10.9.9.9", headers=[(b"Host", b"a"), (b"Authorization", f"Bearer {token}".encode())])
+    assert asyncio.run(apipe.run_request_async(ctx)) is True and ctx.answer_status == 403
