@@ -693,21 +693,36 @@ class Gateway:
         self.config = config
 
     def start(self, timeout: float = 20.0) -> Gateway:
-        self.write_config(self.config)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-        env["PYTHONUNBUFFERED"] = "1"
-        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        cmd = [arg.format(config=self.config_path, workers=self.workers) for arg in self.command]
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO
-        )
-        try:
-            self.wait_log("serving:", timeout=timeout)
-        except BaseException:
-            self.kill()
-            raise
-        return self
+        """Start and wait for "serving:". The admin port is picked free (``free_port``) and
+        bound later, by the supervisor: in between, any outgoing connection on the machine
+        may take it as its local port. A start that failed on just that is tried again with
+        another admin port, written into the same config dict (tests read it from there)."""
+        for attempt in range(3):
+            self.write_config(self.config)
+            env = dict(os.environ)
+            env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+            env["PYTHONUNBUFFERED"] = "1"
+            self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+            cmd = [arg.format(config=self.config_path, workers=self.workers) for arg in self.command]
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO
+            )
+            try:
+                self.wait_log("serving:", timeout=timeout)
+                return self
+            except AssertionError:
+                self.kill()
+                log = self.log()
+                admin = self.config.get("admin")
+                if attempt < 2 and isinstance(admin, dict) and "cannot start stats/admin" in log \
+                        and "address already in use" in log:
+                    admin["port"] = free_port()
+                    continue
+                raise
+            except BaseException:
+                self.kill()
+                raise
+        raise AssertionError("unreachable")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
