@@ -7,7 +7,8 @@
 #   callable (``plugin.on_request`` etc. of a custom plugin). fastgw.pipeline.Pipeline
 #   builds one per route and the server calls it directly (``Route.chain``).
 # - NativeStep subclasses: key-auth, acl, ip-restriction's known peers, cors on requests
-#   from known origins, request-id, response-headers. Their Python modules
+#   from known origins, request-transformer's fixed header edits, request-id,
+#   response-headers. Their Python modules
 #   (fastgw/plugins/*.py) keep the schema and settings; they build the step at config load
 #   and delegate their phase methods to it, so each behaviour is written once, here.
 # - KeyIndex: API keys -> consumers, looked up by a keyed SipHash-2-4 of the key.
@@ -578,6 +579,43 @@ cdef class CorsStep(NativeStep):
             add.append((b"Access-Control-Allow-Origin", b"*" if self.star else origin))
             if self.extra:
                 add.extend(self.extra)
+        return 0
+
+
+# ---------------------------------------------------------------------------------------
+# request-transformer
+# ---------------------------------------------------------------------------------------
+
+cdef class HeaderEditsStep(NativeStep):
+    """request-transformer when it only edits headers, with fixed values (no template reads
+    the request) and no rename: Kong's order, as the plugin's on_request does it: ``remove``
+    every copy, ``replace`` (only a header that is there: its copies become one), ``add``
+    (only one that is not there), ``append``; on the request in either mode."""
+
+    cdef tuple remove       # lower-case names
+    cdef tuple replace      # ((lname,), (name, value))
+    cdef tuple add          # (lname, (name, value))
+    cdef tuple append       # (name, value)
+
+    def __init__(self, tuple remove, tuple replace, tuple add, tuple append):
+        self.remove = remove
+        self.replace = replace
+        self.add = add
+        self.append = append
+
+    cdef int request(self, RequestContext ctx) except -1:
+        cdef tuple names
+        if self.remove:
+            ctx.remove_req_headers(self.remove)
+        for names, pair in self.replace:
+            if ctx.find_req_header(<bytes>names[0]) is not None:
+                ctx.remove_req_headers(names)
+                ctx.add_req_header(<tuple>pair)
+        for lname, pair in self.add:
+            if ctx.find_req_header(<bytes>lname) is None:
+                ctx.add_req_header(<tuple>pair)
+        for pair in self.append:
+            ctx.add_req_header(<tuple>pair)
         return 0
 
 

@@ -64,3 +64,27 @@ def test_json_body_edits_reach_the_backend_with_their_own_length(backend: Backen
     calls = len(backend.requests)
     r = request(g.port, "POST", "/orders/1", headers=json_ct, body=b'{"x": "' + b"y" * 20_000 + b'"}')
     assert r.status == 413 and len(backend.requests) == calls
+
+
+def test_fixed_header_edits_on_the_lazy_path(backend: Backend, port: int, gateway: Any) -> None:
+    """Fixed header edits run in C (HeaderEditsStep): with only C steps on the route the
+    request's headers stay on the scanned head, and the backend sees the edits, in Kong's
+    order, on every request (a POST's body untouched)."""
+    edits = {"remove": {"headers": ["X-Debug"]}, "replace": {"headers": {"X-Env": "prod"}},
+             "add": {"headers": {"X-Tenant": "acme", "X-Env": "never"}}, "append": {"headers": {"X-Via": "gw"}}}
+    g = gateway(gateway_config(port, backend.url, {
+        "/edit/{id}": {"GET": {"plugins": [{"name": "request-transformer", "config": edits}]},
+                       "POST": {"plugins": [{"name": "request-transformer", "config": edits}]}},
+    }))
+    for method, extra in (("GET", {"X-Env": "dev"}), ("GET", {}), ("POST", {"X-Tenant": "other"})):
+        r = request(g.port, method, "/edit/1", body=b"payload" if method == "POST" else b"",
+                    headers={"X-Debug": "1", "X-Via": "client", **extra})
+        assert r.status == 200, r.body
+        seen = r.json()
+        h = seen["headers"]
+        assert "x-debug" not in h
+        assert h.get("x-env") == ("prod" if "X-Env" in extra else "never")
+        assert h["x-tenant"] == extra.get("X-Tenant", "acme")
+        assert [v for k, v in seen["raw_headers"] if k.lower() == "x-via"] == ["client", "gw"]
+        if method == "POST":
+            assert seen["body"] == "payload"

@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastgw.pipeline import PipelineError
 
@@ -105,3 +107,32 @@ def test_bad_body_settings_are_refused() -> None:
         with pytest.raises(PipelineError) as err:
             transformer(config)
         assert any(message in e for e in err.value.errors), err.value.errors
+
+
+_NAMES = ["X-A", "x-b", "X-C"]
+_edit_names = st.lists(st.sampled_from(_NAMES), unique=True, max_size=2)
+_edit_pairs = st.dictionaries(st.sampled_from(_NAMES), st.sampled_from(["1", "two", ""]), max_size=2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(remove=_edit_names, replace=_edit_pairs, add=_edit_pairs, append=_edit_pairs,
+       headers=st.lists(st.tuples(st.sampled_from([b"X-A", b"x-a", b"X-B", b"x-c", b"Accept"]),
+                                  st.sampled_from([b"v", b"w"])), max_size=5))
+def test_fixed_header_edits_in_c_match_the_plugin(remove, replace, add, append, headers):
+    """Header edits with fixed values run in C (HeaderEditsStep); for any edits and any
+    request headers they leave the list the plugin's own on_request leaves."""
+    config = {"remove": {"headers": remove}, "replace": {"headers": replace},
+              "add": {"headers": add}, "append": {"headers": append}}
+    pipe = transformer(config)
+    (plugin,) = pipe.plugins
+    assert type(plugin.native).__name__ == "HeaderEditsStep"
+    c_ctx, py_ctx = make_ctx(headers=list(headers)), make_ctx(headers=list(headers))
+    assert run(pipe, c_ctx) is False                  # the chain runs the C step
+    assert type(plugin).on_request(plugin, py_ctx) == 0
+    assert list(c_ctx.headers) == list(py_ctx.headers)
+
+
+def test_edits_that_read_the_request_stay_in_python():
+    for config in ({"add": {"headers": {"X-Id": "{id}"}}}, {"rename": {"headers": {"X-A": "X-B"}}},
+                   {"add": {"query": {"a": "1"}}}, {"add": {"body": {"a": 1}}}, {"add": {"headers": {"X-A": "é€"}}}):
+        assert transformer(config).plugins[0].native is None, config
