@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .util import hdrs, make_ctx, make_pipeline, run
+from .util import counting_fallbacks, hdrs, make_ctx, make_pipeline, run
 
 CFG = {"origins": ["https://app.example.com", "https://*.shop.example", "~^https://[a-z]+\\.dev\\.example$"],
        "credentials": True, "exposed_headers": ["X-Total"], "max_age": 600}
@@ -71,15 +71,8 @@ def test_the_c_step_adds_what_the_plugin_adds(monkeypatch):
     headers (in order), and the known origins are the step's."""
     from fastgw.plugins import cors
 
-    real_step = cors.CorsStep
     fallbacks: list[int] = []
-
-    def counted(fallback, *args):
-        def call(ctx):
-            fallbacks.append(1)
-            return fallback(ctx)
-        return real_step(call, *args)
-
+    counted = counting_fallbacks(cors.CorsStep, fallbacks)
     for cfg in (CFG, {"origins": ["*"]}, {"origins": ["*"], "exposed_headers": ["X-A", "X-B"]}):
         monkeypatch.setattr(cors, "CorsStep", counted)
         c_pipe = make_pipeline([{"name": "cors", "config": cfg}])

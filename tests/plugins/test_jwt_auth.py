@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from fastgw.pipeline import PipelineError
 
-from .util import error_of, hdrs, make_ctx, make_pipeline, run
+from .util import counting_fallbacks, error_of, hdrs, make_ctx, make_pipeline, run
 
 SECRET = "alice-shared-secret-" + "0123456789" * 5
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -444,15 +444,7 @@ def test_the_c_step_and_the_python_path_give_the_same_requests(monkeypatch):
     settings = [{"name": "jwt", "config": {"claims_to_headers": {"sub": "X-User", "groups": "X-Groups"},
                                            "header_names": ["authorization", "x-token"]}}]
     fallbacks: list[int] = []
-    real_step = jwt_auth.JwtHitStep
-
-    def counted(fallback, *args):
-        def call(ctx):
-            fallbacks.append(1)
-            return fallback(ctx)
-        return real_step(call, *args)
-
-    monkeypatch.setattr(jwt_auth, "JwtHitStep", counted)
+    monkeypatch.setattr(jwt_auth, "JwtHitStep", counting_fallbacks(jwt_auth.JwtHitStep, fallbacks))
     c_pipe = make_pipeline(settings, CONSUMERS)
     monkeypatch.setattr(jwt_auth, "JwtHitStep", lambda fallback, *args: fallback)
     py_pipe = make_pipeline(settings, CONSUMERS)
@@ -504,16 +496,8 @@ def test_jwks_url_route_in_c_hands_on_what_needs_a_fetch(monkeypatch):
     verified under the old keys go to the plugin."""
     from fastgw.plugins import jwt_auth
 
-    real_step = jwt_auth.JwtHitStep
     fallbacks: list[int] = []
-
-    def counted(fallback, *args):
-        def call(ctx):
-            fallbacks.append(1)
-            return fallback(ctx)
-        return real_step(call, *args)
-
-    monkeypatch.setattr(jwt_auth, "JwtHitStep", counted)
+    monkeypatch.setattr(jwt_auth, "JwtHitStep", counting_fallbacks(jwt_auth.JwtHitStep, fallbacks))
     hits: list[int] = []
 
     async def scenario() -> list[tuple[int, int, int]]:

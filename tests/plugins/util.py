@@ -72,3 +72,16 @@ def hdrs(pairs: list[tuple[bytes, bytes]]) -> dict[str, str]:
 def error_of(ctx: RequestContext) -> str:
     import orjson
     return orjson.loads(ctx.answer_body)["error"]
+
+
+def counting_fallbacks(step_type: Any, calls: list[int]) -> Any:
+    """Stands in for a C step's class (monkeypatched into the plugin's module): builds the
+    real step with a fallback that notes in ``calls`` each request it hands to the plugin's
+    Python path, so a test tells the step's answers from the plugin's."""
+    def build(fallback: Any, *args: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            calls.append(1)
+            return fallback(ctx)
+        return step_type(call, *args)
+    return build
+
