@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import time
 
@@ -11,6 +12,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastgw.pipeline import PipelineError
 
@@ -556,3 +559,43 @@ def test_c_steps_run_in_an_async_pipeline():
         assert (b"Access-Control-Allow-Origin", b"https://a.example") in ctx.response_headers_add
     ctx = make_ctx(peer="10.9.9.9", headers=[(b"Host", b"a"), (b"Authorization", f"Bearer {token}".encode())])
     assert asyncio.run(apipe.run_request_async(ctx)) is True and ctx.answer_status == 403
+
+
+_TOKEN = jwt.encode(claims(exp=int(time.time()) + 3600), SECRET, algorithm="HS256")
+_SPACE = st.sampled_from([b"", b" ", b"  ", b"\t", b" \t ", b"\x0b", b"\x85", b"\xa0", b"\x1c"])
+
+
+@functools.cache
+def _c_and_python_pipes() -> tuple:
+    """The same jwt settings built twice: with its C step, and with the Python path only;
+    both remember _TOKEN."""
+    from fastgw.plugins import jwt_auth
+
+    settings_ = [{"name": "jwt", "config": {"header_names": ["authorization", "x-token"]}}]
+    pipes = []
+    for step in (jwt_auth.JwtHitStep, lambda fallback, *args: fallback):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(jwt_auth, "JwtHitStep", step)
+            pipe = make_pipeline(settings_, CONSUMERS)
+        assert check(pipe, _TOKEN)[0] is False
+        pipes.append(pipe)
+    assert type(_plugin(pipes[0]).on_request).__name__ == "JwtHitStep"
+    return tuple(pipes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(prefix=st.sampled_from([b"Bearer ", b"bearer ", b"BEARER ", b"BeArEr ", b"Bearer", b"Bearer\t", b"Basic ",
+                               b"", b"Bearer  "]),
+       before=_SPACE, after=_SPACE, token=st.sampled_from([_TOKEN, _TOKEN[:-1], _TOKEN + "x", ""]),
+       name=st.sampled_from([b"Authorization", b"authorization", b"X-Token"]))
+def test_any_authorization_value_gets_the_same_verdict_in_c_and_in_python(prefix, before, after, token, name):
+    """Whatever surrounds the token (case of ``Bearer``, white space the two read
+    differently, latin-1 bytes), the C step and the plugin's Python path give the same
+    answer and the same request (the step hands what it reads otherwise to Python)."""
+    value = prefix + before + token.encode() + after
+    got = []
+    for pipe in _c_and_python_pipes():
+        ctx = make_ctx(headers=[(b"Host", b"a"), (name, value)])
+        answered = run(pipe, ctx)
+        got.append((answered, ctx.answer_status, list(ctx.headers), getattr(ctx.consumer, "name", None)))
+    assert got[0] == got[1]
