@@ -27,7 +27,6 @@ cdef class JwtHitStep(NativeStep):
     the route's JwksCache) a hit also needs the keys' generation the token was verified
     under, and past the keys' ``ttl`` starts their background refresh, as the plugin does."""
 
-    cdef object fallback
     cdef object jwks              # the plugin's JwksCache, or None
     cdef dict items               # VerifiedTokens.items: token (str) -> Verified
     cdef bytes header             # lower-case name of the header the token comes in
@@ -43,9 +42,6 @@ cdef class JwtHitStep(NativeStep):
         self.bearer_only = header == b"authorization"
         self.hide = (header,) if hide else ()
         self.strip = strip
-
-    cpdef object deferred(self, RequestContext ctx):
-        return self.fallback(ctx)
 
     cdef int request(self, RequestContext ctx) except -1:
         cdef bytes value = ctx.find_req_header(self.header)

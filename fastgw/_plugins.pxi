@@ -57,8 +57,11 @@ cdef class NativeStep:
     """A built-in plugin's per-request work in C (override the phases it implements).
 
     ``request`` returns 0 (pass) or 1 (answered), or STEP_PYTHON to hand the request to
-    ``deferred``, the plugin's Python phase, whose result may be an awaitable (the chain
-    then waits for it, as for any Python step)."""
+    ``deferred``: ``fallback``, the plugin's Python phase (a step that answers only the
+    requests its plugin has seen the like of: cors, ip-restriction, jwt), whose result may
+    be an awaitable (the chain then waits for it, as for any Python step)."""
+
+    cdef object fallback         # the plugin's Python on_request, for STEP_PYTHON (else None)
 
     cdef int request(self, RequestContext ctx) except -1:
         return 0
@@ -67,7 +70,9 @@ cdef class NativeStep:
         return 0
 
     cpdef object deferred(self, RequestContext ctx):
-        raise NotImplementedError("this step never hands a request on")
+        if self.fallback is None:
+            raise NotImplementedError("this step never hands a request on")
+        return self.fallback(ctx)
 
     def on_request(self, RequestContext ctx):
         return self(ctx)
@@ -517,7 +522,6 @@ cdef class PeerVerdictStep(NativeStep):
     refused here; a new one goes to the plugin's ``on_request`` (``fallback``), which
     parses it, matches the CIDR lists and fills the memo."""
 
-    cdef object fallback
     cdef dict verdicts
     cdef int status
     cdef str message
@@ -531,7 +535,7 @@ cdef class PeerVerdictStep(NativeStep):
     cdef int request(self, RequestContext ctx) except -1:
         verdict = self.verdicts.get(ctx.peer_ip)
         if verdict is None:
-            return self.fallback(ctx)
+            return STEP_PYTHON
         if verdict is True:
             return 0
         return ctx.error(self.status, self.message)
@@ -548,7 +552,6 @@ cdef class CorsStep(NativeStep):
     answer. An OPTIONS request or a new origin goes to the plugin's ``on_request``
     (``fallback``), which answers preflights, matches origins and fills the memo."""
 
-    cdef object fallback
     cdef dict seen
     cdef bint vary
     cdef bint star              # any origin and no credentials: Allow-Origin is "*"
@@ -565,13 +568,13 @@ cdef class CorsStep(NativeStep):
         cdef bytes origin
         cdef list add
         if ctx.method == "OPTIONS":
-            return self.fallback(ctx)
+            return STEP_PYTHON
         origin = ctx.find_req_header(b"origin")
         verdict = None
         if origin is not None:
             verdict = self.seen.get(origin)
             if verdict is None:
-                return self.fallback(ctx)
+                return STEP_PYTHON
         add = ctx.response_headers_add
         if self.vary:
             add.append((b"Vary", b"Origin"))

@@ -56,8 +56,10 @@ def parse_nets(values: list[str], field: str) -> tuple[Net, ...]:
     return tuple(nets)
 
 
-def parse_ip(text: str) -> Addr | None:
-    """An address (IPv4-mapped IPv6 turned into IPv4), or None if unparsable."""
+def parse_ip(text: str | None) -> Addr | None:
+    """An address (IPv4-mapped IPv6 turned into IPv4), or None if unparsable (or none)."""
+    if not isinstance(text, str):
+        return None
     text = text.strip()
     if text.startswith("[") and "]" in text:  # "[::1]:port"
         text = text[1:text.index("]")]
@@ -102,13 +104,13 @@ class Plugin(BasePlugin):
         self.trusted = parse_nets(config["trusted_proxies"], "trusted_proxies")
         self.status = config["status"]
         self.message = config["message"]
-        # PERF: verdicts for recent callers (bounded); addresses repeat a lot. Without
-        # trusted proxies the caller is the peer, and a peer judged before is answered in C
-        # (PeerVerdictStep reads ``_peers``; cleared, never replaced, when full).
-        self._cache: dict[tuple[str, tuple[str, ...]], bool] = {}
-        self._peers: dict[str, bool] = {}
+        # PERF: verdicts for recent callers (bounded); addresses repeat a lot. The key is
+        # the peer, and with trusted proxies (peer, X-Forwarded-For values). Without them a
+        # peer judged before is answered in C (PeerVerdictStep reads ``_verdicts``: it is
+        # cleared when full, never replaced).
+        self._verdicts: dict[Any, bool] = {}
         if not self.trusted:
-            self.on_request = PeerVerdictStep(types.MethodType(Plugin.on_request, self), self._peers,
+            self.on_request = PeerVerdictStep(types.MethodType(Plugin.on_request, self), self._verdicts,
                                               self.status, self.message)
 
     def allowed(self, addr: Addr | None) -> bool:
@@ -120,25 +122,15 @@ class Plugin(BasePlugin):
 
     def on_request(self, ctx: Any) -> int:
         peer = ctx.peer_ip
-        if not self.trusted:
-            verdict = self._peers.get(peer)
-            if verdict is None:
-                verdict = self.allowed(parse_ip(peer) if isinstance(peer, str) else None)
-                if len(self._peers) >= _MEMO_MAX:
-                    self._peers.clear()
-                self._peers[peer] = verdict
-            return CONTINUE if verdict else ctx.error(self.status, self.message)
-        xff: tuple[str, ...] = ()
-        if self.trusted:
-            xff = tuple(ctx.get_headers("x-forwarded-for"))
-        key = (peer, xff)
-        verdict = self._cache.get(key)
+        xff: tuple[str, ...] = tuple(ctx.get_headers("x-forwarded-for")) if self.trusted else ()
+        key = (peer, xff) if self.trusted else peer
+        verdict = self._verdicts.get(key)
         if verdict is None:
             addr = client_address(peer, list(xff), self.trusted)
             verdict = self.allowed(addr)
-            if len(self._cache) >= _MEMO_MAX:
-                self._cache.clear()
-            self._cache[key] = verdict
+            if len(self._verdicts) >= _MEMO_MAX:
+                self._verdicts.clear()
+            self._verdicts[key] = verdict
             if addr is not None and xff:
                 ctx.client_ip = str(addr)
         elif xff:

@@ -81,7 +81,7 @@ def test_the_peer_memo_is_bounded(monkeypatch):
 
     monkeypatch.setattr(ip_restriction, "_MEMO_MAX", 8)
     pipe = make_pipeline([{"name": "ip-restriction", "config": {"allow": ["10.0.0.0/8"]}}])
-    memo = pipe.plugins[0]._peers
+    memo = pipe.plugins[0]._verdicts
     for i in range(20):
         assert run(pipe, make_ctx(peer=f"10.0.0.{i}")) is False
         assert len(memo) <= 8
