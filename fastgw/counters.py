@@ -11,19 +11,22 @@ window around ``now`` and returns the new counts (a negative ``delta`` takes an 
   the region of ``fastgw.shared``): every worker adds to the same counts, with atomic
   compare-and-swap; None when the table has no room for a counter.
 - :class:`LocalCounters`, the same in a dict for one process (tests, no region).
-- :class:`RedisCounters`, one ``INCRBY`` (and an ``EXPIRE … NX``) per counter in one round
-  trip: the counts of every node sharing the Redis. ``hit`` returns an awaitable; None
-  when Redis fails or does not answer in time.
+- :class:`RedisCounters`, one script call (``EVALSHA``) a request over fastgw.resp's
+  pipelined connection: the counts of every node sharing the Redis, checked against the
+  limits and stored in one atomic step. ``hit`` returns a future; None when Redis fails or
+  does not answer in time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastgw import _core
+from fastgw.resp import RespError
 from fastgw.sparselog import SparseLog
 
 log = logging.getLogger("fastgw.counters")
@@ -85,25 +88,87 @@ class LocalCounters:
         return out
 
 
+# Counts a request in every window of its caller when it is within every limit (else counts
+# nothing), atomically: KEYS one per limit; ARGV delta, then a limit and a TTL per key.
+# Returns the counts this request sees (its own included, stored or not).
+_TAKE = b"""
+local delta = tonumber(ARGV[1])
+local out, over = {}, false
+for i = 1, #KEYS do
+  local n = (tonumber(redis.call('GET', KEYS[i])) or 0) + delta
+  if n < 0 then n = 0 end
+  out[i] = n
+  if n > tonumber(ARGV[2 * i]) then over = true end
+end
+if not over then
+  for i = 1, #KEYS do
+    redis.call('SET', KEYS[i], out[i], 'KEEPTTL')
+    if redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], ARGV[2 * i + 1]) end
+  end
+end
+return out
+"""
+_TAKE_SHA = hashlib.sha1(_TAKE).hexdigest().encode()
+_NO_LIMIT = 1 << 53
+
+
 class RedisCounters:
+    """Counts in the Redis every node shares, one round trip a request (fastgw.resp)."""
+
     def __init__(self, client: Any, key_prefix: str = "fastgw:") -> None:
         self._client = client
-        self._prefix = key_prefix + "rl:"
+        self._prefix = key_prefix.encode() + b"rl:{"
         self._down = SparseLog(log)
+        self._keys: dict[bytes, bytes] = {}    # PERF: a caller's key stem, hashed once
 
-    def hit(self, items: Items, now: float, delta: int = 1) -> Awaitable[list[int] | None]:
-        return self._hit(items, now, delta)
-
-    async def _hit(self, items: Items, now: float, delta: int) -> list[int] | None:
-        pipe = self._client.pipeline(transaction=False)
+    def hit(self, items: Items, now: float, delta: int = 1, limits: Sequence[int] | None = None,
+            then: Callable[[list[int] | None], Any] | None = None) -> asyncio.Future[Any]:
+        """Add ``delta`` to each counter; with ``limits`` (one per item), only when every
+        count stays within its limit (a refused request is not counted, with no second
+        round trip and no window between the add and its take-back). The future's result
+        is the counts (None: Redis failed or was too slow), or what ``then`` makes of them
+        (PERF: the rate-limiting plugin's verdict, with no second future)."""
+        wall = int(now)
+        args: list[bytes | int] = [b"EVALSHA", _TAKE_SHA, len(items)]
         for name, period in items:
+            stem = self._keys.get(name)
+            if stem is None:
+                if len(self._keys) >= 65536:
+                    self._keys.clear()
+                # Hash-tagged: one caller's windows land in one Redis Cluster slot.
+                stem = self._keys[name] = self._prefix + hashlib.blake2b(name, digest_size=16).hexdigest().encode() + b"}:"
+            args.append(b"%s%d:%d" % (stem, period, window_end(now, period)))
+        args.append(delta)
+        for i, (_name, period) in enumerate(items):
             end = window_end(now, period)
-            key = f"{self._prefix}{hashlib.blake2b(name, digest_size=16).hexdigest()}:{period}:{end}"
-            pipe.incrby(key, delta)
-            pipe.expire(key, end - int(now) + 1, nx=True)
-        try:
-            replies = await pipe.execute()
-        except Exception as exc:  # noqa: BLE001 - any failure of the store: the plugin decides
+            args.append(_NO_LIMIT if limits is None else limits[i])
+            args.append(end - wall + 1)
+        done = self._client.loop().create_future()
+        self._client.call(*args).add_done_callback(lambda reply: self._answer(reply, done, args, then))
+        return done
+
+    def _answer(self, reply: asyncio.Future[Any], done: asyncio.Future[Any], args: list[Any],
+                then: Callable[[list[int] | None], Any] | None) -> None:
+        if done.done():             # cancelled: the request went away
+            return
+        counts: list[int] | None = None
+        exc = None if reply.cancelled() else reply.exception()
+        if exc is None and not reply.cancelled():
+            counts = [int(n) for n in reply.result()]
+        elif isinstance(exc, RespError) and str(exc).startswith("NOSCRIPT"):
+            # The script cache was flushed (SCRIPT FLUSH, a restart): EVAL caches it again.
+            args = [b"EVAL", _TAKE, *args[2:]]
+            self._client.call(*args).add_done_callback(lambda again: self._answer(again, done, args, then))
+            return
+        else:
             self._down.error("rate-limit counters: Redis unavailable (%s: %s)", type(exc).__name__, exc)
-            return None
-        return [max(0, int(n)) for n in replies[0::2]]
+        if then is None:
+            done.set_result(counts)
+            return
+        try:
+            done.set_result(then(counts))
+        except Exception as failed:  # noqa: BLE001 - the waiting step fails with it (500)
+            done.set_exception(failed)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

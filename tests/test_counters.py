@@ -14,6 +14,7 @@ import pytest
 from fastgw import _core
 from fastgw.counters import LocalCounters, RedisCounters, window_end
 from fastgw.replay import redis_client
+from fastgw.resp import RespClient
 from fastgw.shared import SharedRegion
 
 
@@ -119,19 +120,64 @@ def test_window_end_is_aligned_on_the_clock() -> None:
 
 def test_redis_counters_are_shared_by_nodes(redis: Any) -> None:
     async def scenario() -> None:
-        a = RedisCounters(redis_client({"url": redis.url, "timeout": 1.0}), "t:")
-        b = RedisCounters(redis_client({"url": redis.url, "timeout": 1.0}), "t:")
+        a = RedisCounters(RespClient(redis.url, 1.0), "t:")
+        b = RedisCounters(RespClient(redis.url, 1.0), "t:")
+        look = redis_client({"url": redis.url, "timeout": 1.0})
         try:
             now = 1_700_000_030.0
             assert await a.hit([(b"alice", 60), (b"alice", 3600)], now, 1) == [1, 1]
             assert await b.hit([(b"alice", 60), (b"alice", 3600)], now, 1) == [2, 2]
             assert await b.hit([(b"alice", 60)], now + 60, 1) == [1]            # the next minute
-            keys = await a._client.keys("t:rl:*")
-            ttls = sorted([await a._client.ttl(k) for k in keys])
+            keys = await look.keys("t:rl:*")
+            ttls = sorted([await look.ttl(k) for k in keys])
             assert len(keys) == 3 and all(0 < t <= 3600 for t in ttls)
+            # One caller's windows share a Redis Cluster hash slot (a hash tag).
+            assert len({k.split(b"{")[1].split(b"}")[0] for k in keys}) == 1
         finally:
-            await a._client.aclose()
-            await b._client.aclose()
+            await a.aclose()
+            await b.aclose()
+            await look.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_redis_counters_refuse_atomically_and_do_not_count_the_refused(redis: Any) -> None:
+    async def scenario() -> None:
+        c = RedisCounters(RespClient(redis.url, 1.0), "t:")
+        try:
+            now = 1_700_000_030.0
+            items = [(b"bob", 1), (b"bob", 60)]
+            # 50 requests at once against a limit of 5 a minute: 5 get in, whatever the
+            # interleaving (the check and the add are one step in Redis).
+            got = await asyncio.gather(*(c.hit(items, now, 1, (100, 5)) for _ in range(50)))
+            within = [counts for counts in got if counts[1] <= 5]
+            assert len(within) == 5 and sorted(counts[1] for counts in within) == [1, 2, 3, 4, 5]
+            assert all(counts[1] == 6 for counts in got if counts[1] > 5)   # what a refused one sees
+            # The refused ones were not counted: the per-second window holds 5 too.
+            assert await c.hit(items, now, 0) == [5, 5]
+            # A refusal by one limit leaves the other untouched.
+            assert await c.hit([(b"carol", 1), (b"carol", 60)], now, 1, (0, 10)) == [1, 1]
+            assert await c.hit([(b"carol", 1), (b"carol", 60)], now, 0) == [0, 0]
+            # then: the future's result is what it makes of the counts
+            assert await c.hit([(b"dave", 60)], now, 1, (5,), lambda counts: ("seen", counts)) == ("seen", [1])
+        finally:
+            await c.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_redis_counters_load_their_script_again_after_a_flush(redis: Any) -> None:
+    async def scenario() -> None:
+        c = RedisCounters(RespClient(redis.url, 1.0), "t:")
+        look = RespClient(redis.url, 1.0)
+        try:
+            assert await c.hit([(b"eve", 60)], 1_700_000_030.0, 1, (10,)) == [1]
+            await look.call("SCRIPT", "FLUSH")
+            assert await c.hit([(b"eve", 60)], 1_700_000_030.0, 1, (10,)) == [2]
+            assert await c.hit([(b"eve", 60)], 1_700_000_030.0, 1, (10,)) == [3]
+        finally:
+            await c.aclose()
+            await look.aclose()
 
     asyncio.run(scenario())
 
@@ -140,10 +186,12 @@ def test_redis_counters_down_answer_none(redis: Any) -> None:
     redis.stop()
 
     async def scenario() -> None:
-        c = RedisCounters(redis_client({"url": redis.url, "timeout": 0.2}))
+        c = RedisCounters(RespClient(redis.url, 0.2))
         try:
             assert await c.hit([(b"x", 60)], 1000.0, 1) is None
+            # `then` hears it too (the plugin's verdict on no counts)
+            assert await c.hit([(b"x", 60)], 1000.0, 1, (5,), lambda counts: counts is None) is True
         finally:
-            await c._client.aclose()
+            await c.aclose()
 
     asyncio.run(scenario())

@@ -21,7 +21,9 @@ API outage) and is refused with 503 without it.
 
 The rules (who the caller is, the verdict, the headers) run in C (``RateLimitStep``,
 fastgw/_ratelimit.pxi); with ``policy: node`` so does the counting, and this module only
-fetches the counts of the other stores.
+fetches the counts of the other stores. With ``policy: redis`` one script call checks and
+counts (``RedisCounters``): the step returns a future whose result is the verdict, and the
+server goes on from its callback.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from fastgw._core import RateLimitStep
-from fastgw.counters import LocalCounters, NodeCounters
+from fastgw.counters import LocalCounters, NodeCounters, RedisCounters
 from fastgw.plugins.base import CONTINUE, HEADER_NAME, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
 
@@ -103,6 +105,9 @@ class Plugin(BasePlugin):
             self.rules.on_no_room = self.store.no_room
             self.native = self.rules
         self.periods = tuple(period for _, period, _ in self.limits)
+        # Redis judges and counts in one step (a refused request is never added): no take-back.
+        self.atomic = isinstance(self.store, RedisCounters)
+        self.limit_values = tuple(limit for _, _, limit in self.limits)
 
     def on_request(self, ctx: Any) -> int | Awaitable[int]:
         if self.native is not None:
@@ -110,6 +115,10 @@ class Plugin(BasePlugin):
         name = self.rules.caller_name(ctx)
         items = [(name, period) for period in self.periods]
         now = time.time()
+        if self.atomic:
+            # PERF: a future whose result is the verdict; the server goes on from its callback.
+            return self.store.hit(items, now, 1, self.limit_values,
+                                  lambda counts: self._decide(ctx, items, now, counts)[0])
         counts = self.store.hit(items, now, 1)
         if counts is None or isinstance(counts, list):
             return self._decide(ctx, items, now, counts)[0]
@@ -130,6 +139,8 @@ class Plugin(BasePlugin):
         verdict = self.rules.decide(ctx, counts, now)
         if not verdict:
             return CONTINUE, None
+        if self.atomic:
+            return verdict, None
         # A refused request is not counted: a client that keeps knocking gets in again as
         # soon as the window that refused it ends.
         back = self.store.hit(items, now, -1)

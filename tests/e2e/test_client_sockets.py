@@ -562,6 +562,66 @@ def test_a_fin_that_came_with_the_last_bytes_is_seen() -> None:
     assert got == b"last words" and eof
 
 
+def test_bytes_and_fin_that_come_while_reading_is_paused_are_read_on_resume() -> None:
+    """pause_reading leaves the socket in the epoll set (no epoll_ctl either way): an edge
+    that comes while paused is noted and read on resume, and a resume with nothing new makes
+    no read. Fails when an edge seen while paused is dropped (tried)."""
+    import asyncio
+
+    import uvloop
+    from fastgw._core import FdTransport, Poller, Timed
+
+    class Reader(_Reader, Timed):
+        pass
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        poller = Poller(loop, read_size=65536)
+        reader = Reader(True, False)                     # paused from the start
+        FdTransport.connect(poller, socket.AF_INET, lsock.getsockname(), reader)
+        tr = await reader.made
+        peer, _ = lsock.accept()
+        try:
+            peer.sendall(b"first")
+            await asyncio.sleep(0.1)
+            assert reader.got == b""                     # paused: the edge came and was noted
+            tr.resume_reading()
+            await asyncio.sleep(0.1)
+            assert reader.got == b"first"
+            tr.pause_reading()
+            peer.sendall(b"second")                      # a new edge while paused again
+            await asyncio.sleep(0.1)
+            assert reader.got == b"first"
+            tr.resume_reading()
+            await asyncio.sleep(0.1)
+            assert reader.got == b"firstsecond"
+            reads = reader.reads
+            tr.pause_reading()
+            tr.resume_reading()                          # nothing new: no read
+            await asyncio.sleep(0.05)
+            assert reader.reads == reads
+            tr.pause_reading()
+            peer.shutdown(socket.SHUT_WR)                # the peer's FIN while paused
+            await asyncio.sleep(0.1)
+            assert not reader.eof.done()
+            tr.resume_reading()
+            assert await asyncio.wait_for(reader.eof, 2) == b"firstsecond"
+        finally:
+            peer.close()
+            tr.abort()
+            await asyncio.sleep(0.05)
+            poller.close()
+
+    try:
+        uvloop.run(main())
+    finally:
+        lsock.close()
+
+
 @pytest.mark.skipif(not hasattr(socket, "TCP_DEFER_ACCEPT"), reason="Linux only")
 def test_listening_sockets_defer_accept_until_data() -> None:
     from fastgw.workers import open_listener
