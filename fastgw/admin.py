@@ -182,11 +182,18 @@ def render_metrics(region: StatsRegion) -> str:
 _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
 
 
+def redis_client(settings: dict[str, Any]) -> Any:
+    """A ``redis.asyncio`` client for a config's ``redis`` section (connects on first use;
+    ``timeout`` bounds connects and commands)."""
+    import redis.asyncio
+
+    timeout = float(settings.get("timeout", 0.25))
+    return redis.asyncio.Redis.from_url(settings["url"], socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
 async def purge_redis(settings: dict[str, Any], service: str | None, stage: str | None) -> int:
     """Delete proxy-cache entries from the config's Redis (the keys name their route:
     ``<prefix>pc:<service>/<stage>/<METHOD> <path>|...``). Returns how many."""
-    from fastgw.replay import redis_client
-
     prefix = settings.get("key_prefix", "fastgw:") + "pc:"
     scope = "" if service is None else service + "/" + ("" if stage is None else stage + "/")
     pattern = _GLOB_SPECIAL.sub(r"\\\1", prefix + scope) + "*"

@@ -171,4 +171,5 @@ class RedisCounters:
             done.set_exception(failed)
 
     async def aclose(self) -> None:
+        """Close the client (tests; a worker closes its shared client itself)."""
         await self._client.aclose()

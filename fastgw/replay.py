@@ -13,8 +13,9 @@ same contract in a dict.
 
 Many nodes: with a top-level ``redis`` in the config, workers use
 :class:`RedisReplayGuard` instead (``SET <prefix>replay:<hash> 1 NX EX <ttl>``, one atomic
-command, so a signature is accepted once by all the nodes together); its ``first_use``
-returns an awaitable, and a Redis that fails or does not answer in time gives None: the
+command over fastgw.resp's client, so a signature is accepted once by all the nodes
+together); its ``first_use`` returns a future, and a Redis that fails or does not answer
+in time gives None: the
 request is refused (fail closed), never let through unchecked.
 
 When the node's table has no room left for a token (its 64 slots are all live),
@@ -23,11 +24,12 @@ When the node's table has no room left for a token (its 64 slots are all live),
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Callable
 from typing import Any
 
 from fastgw import _core
@@ -87,34 +89,43 @@ class LocalReplayGuard:
 
 
 class RedisReplayGuard:
-    """The contract over a Redis that every node shares; ``first_use`` is awaitable."""
+    """The contract over a Redis that every node shares (fastgw.resp's client);
+    ``first_use`` returns a future."""
 
     def __init__(self, client: Any, key_prefix: str = "fastgw:") -> None:
         self._client = client
-        self._prefix = key_prefix + "replay:"
+        self._prefix = key_prefix.encode() + b"replay:"
         self._down = SparseLog(log)
 
-    def first_use(self, token: bytes, ttl: float) -> Awaitable[bool | None]:
-        return self._first_use(token, ttl)
+    def first_use(self, token: bytes, ttl: float,
+                  then: Callable[[bool | None], Any] | None = None) -> asyncio.Future[Any]:
+        """A future of True (first use), False (seen) or None (Redis failed or was too slow:
+        the caller refuses), or of what ``then`` makes of that (PERF: hmac-auth's verdict,
+        with no second future)."""
+        key = self._prefix + hashlib.blake2b(token, digest_size=16).hexdigest().encode()
+        done = self._client.loop().create_future()
+        reply = self._client.call(b"SET", key, b"1", b"NX", b"EX", min(MAX_TTL, max(1, math.ceil(ttl))))
+        reply.add_done_callback(lambda r: self._answer(r, done, then))
+        return done
 
-    async def _first_use(self, token: bytes, ttl: float) -> bool | None:
-        key = self._prefix + hashlib.blake2b(token, digest_size=16).hexdigest()
-        try:
-            done = await self._client.set(key, b"1", nx=True, ex=min(MAX_TTL, max(1, math.ceil(ttl))))
-        except Exception as exc:  # noqa: BLE001 - any failure of the store: refuse (fail closed)
+    def _answer(self, reply: asyncio.Future[Any], done: asyncio.Future[Any],
+                then: Callable[[bool | None], Any] | None) -> None:
+        if done.done():             # cancelled: the request went away
+            return
+        first: bool | None = None
+        exc = None if reply.cancelled() else reply.exception()
+        if exc is None and not reply.cancelled():
+            first = reply.result() is not None          # +OK, or nil when the key was there
+        else:  # any failure of the store: refuse (fail closed)
             self._down.error("replay guard: Redis unavailable (%s: %s); signed requests are refused",
                              type(exc).__name__, exc)
-            return None
-        return bool(done)
-
-
-def redis_client(settings: dict[str, Any]) -> Any:
-    """A ``redis.asyncio`` client for a config's ``redis`` section (connects on first use;
-    ``timeout`` bounds connects and commands)."""
-    import redis.asyncio
-
-    timeout = float(settings.get("timeout", 0.25))
-    return redis.asyncio.Redis.from_url(settings["url"], socket_timeout=timeout, socket_connect_timeout=timeout)
+        if then is None:
+            done.set_result(first)
+            return
+        try:
+            done.set_result(then(first))
+        except Exception as failed:  # noqa: BLE001 - the waiting step fails with it (500)
+            done.set_exception(failed)
 
 
 # Every plugin instance of a process without a region shares this one, so a token used on

@@ -1,9 +1,11 @@
-"""A lean Redis client for state a request waits on (rate-limit counts with policy redis).
+"""A lean Redis client for the state requests wait on: rate-limit counts (policy redis),
+hmac-auth's replay guard, proxy-cache's Redis store. One per worker (``redis`` in the
+plugins' services).
 
 PERF: redis-py's asyncio client spends ~80 µs of the worker's CPU on a pipelined command
-pair (command objects, a connection pool and its lock, a coroutine per call); the request
-waiting on it cost 6× a whole proxied request. This client keeps one connection per
-worker and speaks RESP2 itself:
+pair (command objects, a connection pool and its lock, a coroutine per call); a request
+waiting on it cost 6× a whole proxied request. This client keeps one connection and
+speaks RESP2 itself:
 
 - ``call(*args)`` encodes the command into the turn's buffer and returns a future; every
   command of a loop turn goes out in one ``write`` (one ``send``), and replies are matched
@@ -12,15 +14,17 @@ worker and speaks RESP2 itself:
   ``SELECT`` from the URL go first. A connection that fails, or whose oldest command is
   not answered within ``timeout``, is closed and every command on it fails
   (``ConnectionError`` / ``TimeoutError``): replies come in order, so one lost reply makes
-  the rest unmatchable. After a failed connect, calls fail at once for ``retry_after``
-  seconds instead of each waiting for a connect timeout (a Redis outage must not hold
-  every request for ``timeout``).
+  the rest unmatchable. The calls made while a connect is on its way wait for that one.
+  After a connect that timed out (a host that drops packets), a failed TLS setup or a
+  refused handshake, calls fail at once for ``retry_after`` seconds instead of each
+  waiting for a connect timeout (a Redis outage must not hold every request for
+  ``timeout``); a connect refused at once is tried again by the next call.
 - URLs as the config's ``redis.url``: ``redis://[user:password@]host:port/db``,
   ``rediss://`` (TLS; ``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``,
   ``ssl_keyfile``, ``ssl_check_hostname`` in the query) and ``unix:///path?db=N``.
 
-The rest of fastgw's Redis use (replay guard, proxy-cache store) is off the hot path or
-already amortized, and keeps redis-py.
+redis-py parses those URLs here, and serves the admin API's cache purge (``SCAN``), which
+no request waits on.
 """
 
 from __future__ import annotations
@@ -204,8 +208,6 @@ class RespClient:
         if self._conn is not None and not self._flush_soon:
             self._flush_soon = True
             loop.call_soon(self._flush)
-        if self._timer is None:
-            self._arm()
         return fut
 
     def _flush(self) -> None:
@@ -216,6 +218,9 @@ class RespClient:
         data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
         self._out.clear()
         conn.transport.write(data)
+        if self._timer is None:
+            # (Commands queued while connecting wait on the connect's own timeout first.)
+            self._arm()
 
     # -- connection ------------------------------------------------------------------
 
@@ -232,8 +237,12 @@ class RespClient:
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
             self._connecting = None
             reason = exc if str(exc) else type(exc).__name__
-            self._down_until = time.monotonic() + self.retry_after
             self._down_reason = ConnectionError(f"redis: cannot connect to {self._where()}: {reason}")
+            if isinstance(exc, (asyncio.TimeoutError, TimeoutError, ssl.SSLError)):
+                # A connect that hangs (or a TLS setup that fails) would hold every request
+                # that tries it: fail at once for a while. One refused at once is tried
+                # again by the next call, so a Redis back up is used at once.
+                self._down_until = time.monotonic() + self.retry_after
             self._fail_all(self._down_reason)
             return
         if self._closed:

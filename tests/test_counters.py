@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from fastgw import _core
+from fastgw.admin import redis_client
 from fastgw.counters import LocalCounters, RedisCounters, window_end
-from fastgw.replay import redis_client
 from fastgw.resp import RespClient
 from fastgw.shared import SharedRegion
 

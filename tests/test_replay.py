@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from fastgw import _core
-from fastgw.replay import LocalReplayGuard, RedisReplayGuard, redis_client
+from fastgw.replay import LocalReplayGuard, RedisReplayGuard
+from fastgw.resp import RespClient
 from fastgw.shared import SharedRegion
 from fastgw.stats import remove_stale_regions
 
@@ -160,16 +161,21 @@ def test_stale_regions_of_dead_supervisors_are_removed(tmp_path: Path) -> None:
 
 def test_redis_guard_is_one_set_for_every_node(redis: Any) -> None:
     async def scenario() -> None:
-        node_a = RedisReplayGuard(redis_client({"url": redis.url, "timeout": 1.0}), "t1:")
-        node_b = RedisReplayGuard(redis_client({"url": redis.url, "timeout": 1.0}), "t1:")
+        node_a = RedisReplayGuard(RespClient(redis.url, 1.0), "t1:")
+        node_b = RedisReplayGuard(RespClient(redis.url, 1.0), "t1:")
         try:
             assert await node_a.first_use(b"sig-1", 30) is True
             assert await node_b.first_use(b"sig-1", 30) is False     # the other node sees it
             assert await node_b.first_use(b"sig-2", 7.2) is True
-            keys = await node_a._client.keys("t1:replay:*")
-            assert len(keys) == 2
-            ttls = sorted([await node_a._client.ttl(k) for k in keys])
-            assert 7 <= ttls[0] <= 8 and 29 <= ttls[1] <= 30           # remembered for its ttl only
+            # the same signature twice in one turn: one of them gets in
+            both = await asyncio.gather(node_a.first_use(b"sig-3", 30), node_b.first_use(b"sig-3", 30))
+            assert sorted(both) == [False, True]
+            # then: the future's result is what it makes of the verdict
+            assert await node_a.first_use(b"sig-4", 30, lambda first: ("verdict", first)) == ("verdict", True)
+            keys = await node_a._client.call("KEYS", "t1:replay:*")
+            assert len(keys) == 4
+            ttls = sorted([await node_a._client.call("TTL", k) for k in keys])
+            assert 7 <= ttls[0] <= 8 and 29 <= ttls[-1] <= 30           # remembered for its ttl only
         finally:
             await node_a._client.aclose()
             await node_b._client.aclose()
@@ -181,7 +187,7 @@ def test_redis_guard_fails_closed(redis: Any, caplog: pytest.LogCaptureFixture) 
     redis.stop()
 
     async def scenario() -> None:
-        guard = RedisReplayGuard(redis_client({"url": redis.url, "timeout": 0.2}))
+        guard = RedisReplayGuard(RespClient(redis.url, 0.2))
         try:
             assert await guard.first_use(b"sig", 30) is None
             assert await guard.first_use(b"sig", 30) is None

@@ -284,22 +284,51 @@ def test_nonsense_from_the_server_fails_the_connection() -> None:
         server.close()
 
 
-def test_after_a_refused_connect_calls_fail_at_once_until_retry_after() -> None:
-    port = free_port()          # nothing listens
+def test_a_connect_that_hangs_makes_calls_fail_at_once_until_retry_after() -> None:
+    # A listening socket whose accept queue is full: the kernel drops further SYNs, so a
+    # connect hangs as one to a host that drops packets does.
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    filler = socket.create_connection(lsock.getsockname(), timeout=1)
 
     async def scenario() -> None:
-        c = RespClient(f"redis://127.0.0.1:{port}/0", timeout=1.0, retry_after=0.3)
-        with pytest.raises(ConnectionError, match="cannot connect"):
-            await c.call("PING")
+        c = RespClient(f"redis://127.0.0.1:{lsock.getsockname()[1]}/0", timeout=0.3, retry_after=0.5)
+        t0 = time.monotonic()
+        first, second = c.call("PING"), c.call("PING")       # both wait on one connect
+        for f in (first, second):
+            with pytest.raises(ConnectionError, match="cannot connect"):
+                await f
+        assert 0.2 < time.monotonic() - t0 < 2.0
         fast = c.call("PING")
         assert fast.done()                    # no connect tried: failed before any await
         with pytest.raises(ConnectionError, match="unavailable"):
             await fast
-        await asyncio.sleep(0.35)
+        await asyncio.sleep(0.55)
         later = c.call("PING")
         assert not later.done()               # tries again
         with pytest.raises(ConnectionError, match="cannot connect"):
             await later
+        await c.aclose()
+
+    try:
+        run(scenario())
+    finally:
+        filler.close()
+        lsock.close()
+
+
+def test_a_refused_connect_is_tried_again_by_the_next_call() -> None:
+    port = free_port()          # nothing listens
+
+    async def scenario() -> None:
+        c = RespClient(f"redis://127.0.0.1:{port}/0", timeout=1.0, retry_after=5.0)
+        with pytest.raises(ConnectionError, match="cannot connect.*(refused|Errno 111)"):
+            await c.call("PING")
+        again = c.call("PING")
+        assert not again.done()
+        with pytest.raises(ConnectionError, match="cannot connect"):
+            await again
         await c.aclose()
 
     run(scenario())

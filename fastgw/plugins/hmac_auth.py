@@ -31,14 +31,13 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Awaitable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 from fastgw.consumers import ConsumerTable
 from fastgw.plugins.base import CONTINUE, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
-from fastgw.replay import LOCAL_GUARD
+from fastgw.replay import LOCAL_GUARD, RedisReplayGuard
 
 NAME = "hmac-auth"
 PRIORITY = 1030
@@ -120,6 +119,7 @@ class Plugin(BasePlugin):
         self.challenge = [(b"WWW-Authenticate",
                            f'hmac realm="{config["realm"]}", headers="{" ".join(self.enforce)}"'.encode("latin-1"))]
         self.replay = scope.services.get("replay") or LOCAL_GUARD
+        self.replay_waits = isinstance(self.replay, RedisReplayGuard)
 
     def _deny(self, ctx: Any, message: str) -> int:
         return ctx.error(401, message, self.challenge)
@@ -165,13 +165,11 @@ class Plugin(BasePlugin):
             if not body_digest_ok(ctx, body):
                 return self._deny(ctx, "Body digest does not match")
         # The signature stays usable until its Date leaves the window: remember it that long.
-        first = self.replay.first_use(params["signature"].encode("latin-1"), sent + self.skew - now + 1)
-        if first is None or first is True or first is False:
-            return self._after_replay_check(ctx, first, consumer)
-        return self._await_replay_check(ctx, first, consumer)   # Redis: the request waits
-
-    async def _await_replay_check(self, ctx: Any, pending: Awaitable[bool | None], consumer: Any) -> int:
-        return self._after_replay_check(ctx, await pending, consumer)
+        token, ttl = params["signature"].encode("latin-1"), sent + self.skew - now + 1
+        if self.replay_waits:
+            # Redis: the request waits on a future whose result is the verdict.
+            return self.replay.first_use(token, ttl, lambda first: self._after_replay_check(ctx, first, consumer))
+        return self._after_replay_check(ctx, self.replay.first_use(token, ttl), consumer)
 
     def _after_replay_check(self, ctx: Any, first: bool | None, consumer: Any) -> int:
         if first is None:           # SECURITY: no room / no store to record it: refuse

@@ -65,7 +65,6 @@ proxy-cache), so only callers who pass them see a stored answer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import hashlib
 import itertools
@@ -326,13 +325,12 @@ def _purge_seen() -> int:
 class RedisStore:
     """Stored answers in Redis: one key per answer (a digest of the route's prefix and the
     cache key), msgpack-encoded, expiring with the answer's freshness. Ages use the wall
-    clock, since every node reads them."""
+    clock, since every node reads them. ``client``: the worker's fastgw.resp client."""
 
     def __init__(self, client: Any, prefix: bytes) -> None:
         self._client = client
         self._prefix = prefix
         self._down = SparseLog(log)
-        self._writes: set[asyncio.Task[None]] = set()
 
     def _key(self, key: tuple) -> bytes:
         return self._prefix + hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest().encode()
@@ -341,8 +339,8 @@ class RedisStore:
         """Take the fill lock of ``key`` for ``ttl`` seconds: True when this request is the one
         to ask the backend (also when Redis can't say: then every request asks)."""
         try:
-            return bool(await self._client.set(self._key(key) + _LOCK_SUFFIX, b"1", nx=True,
-                                               px=max(1, int(ttl * 1000))))
+            return await self._client.call(b"SET", self._key(key) + _LOCK_SUFFIX, b"1", b"NX",
+                                           b"PX", max(1, int(ttl * 1000))) is not None
         except Exception as exc:  # noqa: BLE001 - no lock: the backend is asked, as without one
             self._down.error("proxy-cache: Redis unavailable (%s: %s); answers come from the backend",
                              type(exc).__name__, exc)
@@ -350,11 +348,7 @@ class RedisStore:
 
     def unlock(self, key: tuple) -> None:
         """Give the fill lock up (the answer was not stored): the waiters stop waiting."""
-        self._spawn(self._unlock(self._key(key) + _LOCK_SUFFIX))
-
-    async def _unlock(self, rlock: bytes) -> None:
-        with contextlib.suppress(Exception):     # it expires on its own
-            await self._client.delete(rlock)
+        self._client.call(b"DEL", self._key(key) + _LOCK_SUFFIX).add_done_callback(_unheard)
 
     async def wait_filled(self, key: tuple, timeout: float) -> Entry | None:
         """The answer another worker or node is asking the backend for, once stored; None when
@@ -367,21 +361,16 @@ class RedisStore:
             if entry is not None:
                 return entry
             try:
-                if not await self._client.exists(rlock):
+                if not await self._client.call(b"EXISTS", rlock):
                     # stored just before the lock went, or not at all
                     return _fresh(await self.get(key), time.time())
             except Exception:  # noqa: BLE001 - Redis gone: ask the backend
                 return None
         return None
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-
     async def get(self, key: tuple) -> Entry | None:
         try:
-            raw = await self._client.get(self._key(key))
+            raw = await self._client.call(b"GET", self._key(key))
         except Exception as exc:  # noqa: BLE001 - any failure of the store is a miss
             self._down.error("proxy-cache: Redis unavailable (%s: %s); answers come from the backend",
                              type(exc).__name__, exc)
@@ -391,19 +380,26 @@ class RedisStore:
         return _unpack(raw)
 
     def put(self, key: tuple, entry: Entry, lifetime: float, unlock: bool = False) -> None:
-        """Store ``entry`` (in a task) for ``lifetime`` seconds (its freshness and its
-        stale_if_error window); ``unlock``: then give up the fill lock, in that order, so a
-        waiter that sees the lock gone finds the answer."""
-        self._spawn(self._put(self._key(key), _pack(entry), lifetime, unlock))
+        """Store ``entry`` for ``lifetime`` seconds (its freshness and its stale_if_error
+        window); ``unlock``: then give up the fill lock. One connection carries both in that
+        order, so a waiter that sees the lock gone finds the answer. Nothing waits for them."""
+        rkey = self._key(key)
+        self._client.call(b"SET", rkey, _pack(entry), b"PX", max(1, int(lifetime * 1000))) \
+            .add_done_callback(self._stored)
+        if unlock:
+            self._client.call(b"DEL", rkey + _LOCK_SUFFIX).add_done_callback(_unheard)
 
-    async def _put(self, rkey: bytes, raw: bytes, lifetime: float, unlock: bool) -> None:
-        try:
-            await self._client.set(rkey, raw, px=max(1, int(lifetime * 1000)))
-        except Exception as exc:  # noqa: BLE001 - not stored: the next request is a miss
+    def _stored(self, reply: asyncio.Future[Any]) -> None:
+        exc = None if reply.cancelled() else reply.exception()
+        if exc is not None:     # not stored: the next request is a miss
             self._down.error("proxy-cache: Redis unavailable (%s: %s); answers come from the backend",
                              type(exc).__name__, exc)
-        if unlock:
-            await self._unlock(rkey + _LOCK_SUFFIX)
+
+
+def _unheard(reply: asyncio.Future[Any]) -> None:
+    """A command whose failure changes nothing (a lock that expires on its own)."""
+    if not reply.cancelled():
+        reply.exception()
 
 
 class _Fill:
