@@ -38,7 +38,7 @@ sys.path.insert(0, str(BENCH))
 import benchlib  # noqa: E402
 import run as runner  # noqa: E402
 
-SCENARIOS = ("plain", "post", "gateway", "routes", "close", "cache", "jwt")
+SCENARIOS = ("plain", "post", "gateway", "routes", "close", "cache", "jwt", "ratelimit")
 CONNECTIONS = 8
 JWT_TOKENS = benchlib.jwt_tokens()
 PRICED_GROUP = "bench"      # the scenario's consumer's group when plugins are added (--add-plugin)

@@ -66,7 +66,11 @@ from benchlib import (
     which,
 )
 
-ALL_SCENARIOS = ("plain", "post", "gateway", "routes", "close", "cache", "jwt")
+ALL_SCENARIOS = ("plain", "post", "gateway", "routes", "close", "cache", "jwt", "ratelimit")
+# ratelimit: requests counted per client address (in the node's shared memory: nginx's
+# limit_req zone, HAProxy's stick table, fastgw's rate-limiting with policy node), a limit
+# no run reaches; /api/limited allows one request a minute, for the check.
+RATE_LIMIT = 1_000_000_000
 ALL_PROXIES = ("fastgw", "nginx", "haproxy", "caddy", "aiohttp")
 # fastgw doing the same job with its own bookkeeping switched off, to price it (issue: the
 # counters may cost at most 5%): "-nostats" without the stats counters, "-bare" without
@@ -112,6 +116,14 @@ def nginx_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
             proxy_set_header X-Request-Id $request_id;
             add_header X-Request-Id $request_id always;
             add_header X-Gateway bench always;"""
+    if scenario == "ratelimit":
+        auth = (f"limit_req_zone $binary_remote_addr zone=rl:10m rate={RATE_LIMIT}r/s;\n"
+                "    limit_req_zone $binary_remote_addr zone=tiny:1m rate=1r/m;\n"
+                "    limit_req_status 429;")
+        # nginx counts in milliseconds: two requests within one would exceed any rate
+        # without a burst allowance.
+        extra = """
+            limit_req zone=rl burst=1000000 nodelay;"""
     if scenario == "cache":
         # The cache in files under the work folder, its keys in shared memory (nginx's way).
         auth = (f"proxy_cache_path {wd}/nginx-cache levels=1:2 keys_zone=bench:16m max_size=64m "
@@ -130,6 +142,8 @@ def nginx_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
         locations += "\n        location / { return 404; }"
     else:
         locations = f"        location / {{ {proxy} }}"
+    if scenario == "ratelimit":
+        locations += "\n        location = /api/limited { limit_req zone=tiny; proxy_pass http://up; }"
     conf = f"""
 worker_processes 1;
 daemon off;
@@ -186,6 +200,14 @@ def haproxy_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
             "    http-request deny deny_status 401 unless { var(txn.exp),sub(txn.now) -m int gt 0 }",
             "    http-request del-header Authorization",
         ]
+    elif scenario == "ratelimit":
+        fe = [
+            "    stick-table type ip size 100k expire 60s store http_req_rate(60s)",
+            "    http-request track-sc0 src",
+            f"    http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt {RATE_LIMIT} }}",
+            "    http-request track-sc1 src table tiny if { path /api/limited }",
+            "    http-request deny deny_status 429 if { path /api/limited } { sc_http_req_rate(1) gt 1 }",
+        ]
     elif scenario == "routes":
         (wd / "routes.lst").write_text("".join(f"/r{i}/items/\n" for i in range(NROUTES)))
         fe = [f"    http-request deny deny_status 404 unless {{ path_beg -f {wd}/routes.lst }}"]
@@ -218,6 +240,8 @@ def haproxy_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
         *be,
         f"    server s1 127.0.0.1:{up} maxconn 1000",
         *cache,
+        *(["backend tiny", "    stick-table type ip size 1k expire 60s store http_req_rate(60s)"]
+          if scenario == "ratelimit" else []),
         "",
     ])
     path = wd / "haproxy.cfg"
@@ -231,6 +255,8 @@ def caddy_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
         raise NotApplicable("no cache in stock Caddy (it is a plugin)")
     if scenario == "jwt":
         raise NotApplicable("no JWT check in stock Caddy (it is a plugin)")
+    if scenario == "ratelimit":
+        raise NotApplicable("no rate limiting in stock Caddy (it is a plugin)")
     rp = f"reverse_proxy 127.0.0.1:{up}"
     body = f"        {rp}"
     if scenario == "gateway":
@@ -274,6 +300,8 @@ def aiohttp_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
         raise NotApplicable("a plain proxy: no cache")
     if scenario == "jwt":
         raise NotApplicable("a plain proxy: no JWT check")
+    if scenario == "ratelimit":
+        raise NotApplicable("a plain proxy: no rate limiting")
     cmd = [python_bin(), str(BENCH / "aiohttp_proxy.py"), "--port", str(port),
            "--upstream", f"http://127.0.0.1:{up}"]
     if scenario == "gateway":
@@ -303,6 +331,13 @@ def fastgw_config(scenario: str, port: int, up: int, wd: Path, admin_port: int, 
     }
     if scenario == "cache":
         service["plugins"] = [{"name": "proxy-cache"}]      # node-wide memory, ttl 60 s
+    if scenario == "ratelimit":
+        # The same job as the others': a count per client address, no headers about it.
+        def limit(minute: int) -> dict:
+            return {"name": "rate-limiting", "config": {"minute": minute, "limit_by": "ip",
+                                                        "hide_client_headers": True}}
+        service["plugins"] = [limit(RATE_LIMIT)]
+        resources["/api/limited"] = {"GET": {"plugins": [limit(1)]}}
     if scenario == "jwt":
         cfg["consumers"] = [{"name": "bench", "credentials": {"jwt": [{"iss": "bench", "secret": JWT_SECRET}]}}]
         service["plugins"] = [{"name": "jwt"}]              # HS256 by the consumer's credential
@@ -413,6 +448,14 @@ def check(scenario: str, port: int) -> str | None:
                 a = http_call(port, "GET", "/api/orders/123", {"Authorization": f"Bearer {token}"})
                 if a.status != 200 or a.body != GET_BODY:
                     return f"with a token -> {a.status} {a.body[:80]!r}"
+        elif scenario == "ratelimit":
+            for _ in range(3):
+                a = http_call(port, "GET", "/api/orders/123")
+                if a.status != 200 or a.body != GET_BODY:
+                    return f"GET /api/orders/123 -> {a.status} {a.body[:80]!r}"
+            seen = [http_call(port, "GET", "/api/limited").status for _ in range(3)]
+            if seen[0] != 200 or 429 not in seen[1:]:
+                return f"GET /api/limited (1 a minute) three times -> {seen}, not 200 then 429"
         elif scenario == "routes":
             for path in ("/r0/items/1", "/r500/items/abc", f"/r{NROUTES - 1}/items/99999"):
                 a = http_call(port, "GET", path)

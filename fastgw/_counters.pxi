@@ -20,7 +20,8 @@
 
 DEF _CT_WINDOW = 32                    # slots a key may live in (8 cache lines)
 DEF _CT_COUNT_BITS = 44
-DEF _CT_COUNT_MASK = 0xFFFFFFFFFFF     # 2**44 - 1
+DEF _CT_COUNT_MASK = 0xFFFFFFFFFFF     # 2**44 - 1 (cast it in expressions: a bare literal this
+                                       # wide makes Cython compute with Python ints)
 
 COUNTERS_WINDOW = _CT_WINDOW
 
@@ -98,12 +99,12 @@ cdef class CounterTable:
                 return -1
             while True:
                 v = fgw_rp_load(&self._slots[2 * slot + 1])
-                count = <long long>(v & _CT_COUNT_MASK) if _ct_live(v, now) and (v >> _CT_COUNT_BITS) == exp else 0
+                count = <long long>(v & <uint64_t>_CT_COUNT_MASK) if _ct_live(v, now) and (v >> _CT_COUNT_BITS) == exp else 0
                 count += delta
                 if count < 0:
                     count = 0
-                elif count > _CT_COUNT_MASK:
-                    count = _CT_COUNT_MASK
+                elif count > <long long>_CT_COUNT_MASK:
+                    count = <long long>_CT_COUNT_MASK
                 nv = (exp << _CT_COUNT_BITS) | <uint64_t>count
                 if fgw_rp_cas(&self._slots[2 * slot + 1], v, nv):
                     break
@@ -115,11 +116,11 @@ cdef class CounterTable:
                 v = fgw_rp_load(&self._slots[2 * slot + 1])
                 if not (_ct_live(v, now) and (v >> _CT_COUNT_BITS) == exp):
                     break
-                count = <long long>(v & _CT_COUNT_MASK) - delta
+                count = <long long>(v & <uint64_t>_CT_COUNT_MASK) - delta
                 if count < 0:
                     count = 0
-                elif count > _CT_COUNT_MASK:
-                    count = _CT_COUNT_MASK
+                elif count > <long long>_CT_COUNT_MASK:
+                    count = <long long>_CT_COUNT_MASK
                 if fgw_rp_cas(&self._slots[2 * slot + 1], v, (exp << _CT_COUNT_BITS) | <uint64_t>count):
                     break
 
@@ -134,6 +135,6 @@ cdef class CounterTable:
             if fgw_rp_load(&self._slots[2 * i]) == k:
                 v = fgw_rp_load(&self._slots[2 * i + 1])
                 if _ct_live(v, now) and (v >> _CT_COUNT_BITS) == (end & _RP_EXP_MASK):
-                    return <long long>(v & _CT_COUNT_MASK)
+                    return <long long>(v & <uint64_t>_CT_COUNT_MASK)
                 return 0
         return 0

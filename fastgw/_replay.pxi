@@ -74,7 +74,7 @@ cdef class ReplaySet:
         """Record a token for ``ttl`` seconds from ``now`` (monotonic seconds) unless it is
         already recorded: REPLAY_FIRST_USE, REPLAY_USED, or REPLAY_FULL (nothing recorded).
         ``home`` picks the token's slots, ``fingerprint`` (44 bits used) identifies it."""
-        cdef uint64_t fp = (fingerprint & _RP_FP_MASK) | 1
+        cdef uint64_t fp = (fingerprint & <uint64_t>_RP_FP_MASK) | 1
         cdef uint64_t word, w, free_w = 0
         cdef uint64_t start = home & self._mask
         cdef uint64_t i, mine

@@ -177,3 +177,20 @@ def test_settings_are_checked() -> None:
         make_pipeline([{"name": "rate-limiting", "config": {"minute": 5, "policy": "redis"}}],
                       services={"counters": new_store()})
     assert "top-level redis" in str(err.value.errors)
+
+
+def test_callers_beyond_the_step_memo_are_counted_as_before() -> None:
+    """The C step keeps each caller's counter name and slots (at most 4 096, then forgets
+    them all): 5 000 callers, then the first ones again, each counted on its own."""
+    pipe = limiter({"minute": 2, "limit_by": "header", "header_name": "X-Tenant"})
+    for i in range(5000):
+        assert run(pipe, make_ctx(headers=[(b"X-Tenant", b"t%d" % i)])) is False
+    for i in range(3):
+        assert run(pipe, make_ctx(headers=[(b"X-Tenant", b"t%d" % i)])) is False     # the second
+        assert run(pipe, make_ctx(headers=[(b"X-Tenant", b"t%d" % i)])) is True      # the third: 429
+    pipe = limiter({"minute": 1, "limit_by": "ip"})
+    for i in range(5000):
+        assert run(pipe, make_ctx(peer=f"10.1.{i // 250}.{i % 250}")) is False
+    assert run(pipe, make_ctx(peer="10.1.0.0")) is True
+    assert run(pipe, make_ctx(peer="10.1.19.249")) is True
+    assert run(pipe, make_ctx(peer="10.2.0.0")) is False
