@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastgw import _core
-from fastgw.resp import RespError
+from fastgw.resp import RespError, settle
 from fastgw.sparselog import SparseLog
 
 log = logging.getLogger("fastgw.counters")
@@ -162,13 +162,7 @@ class RedisCounters:
             return
         else:
             self._down.error("rate-limit counters: Redis unavailable (%s: %s)", type(exc).__name__, exc)
-        if then is None:
-            done.set_result(counts)
-            return
-        try:
-            done.set_result(then(counts))
-        except Exception as failed:  # noqa: BLE001 - the waiting step fails with it (500)
-            done.set_exception(failed)
+        settle(done, counts, then)
 
     async def aclose(self) -> None:
         """Close the client (tests; a worker closes its shared client itself)."""

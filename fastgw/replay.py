@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastgw import _core
+from fastgw.resp import settle
 from fastgw.sparselog import SparseLog
 
 MAX_TTL = _core.REPLAY_MAX_TTL
@@ -119,13 +120,7 @@ class RedisReplayGuard:
         else:  # any failure of the store: refuse (fail closed)
             self._down.error("replay guard: Redis unavailable (%s: %s); signed requests are refused",
                              type(exc).__name__, exc)
-        if then is None:
-            done.set_result(first)
-            return
-        try:
-            done.set_result(then(first))
-        except Exception as failed:  # noqa: BLE001 - the waiting step fails with it (500)
-            done.set_exception(failed)
+        settle(done, first, then)
 
 
 # Every plugin instance of a process without a region shares this one, so a token used on

@@ -9,6 +9,7 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -219,29 +220,41 @@ class FakeServer:
         self.sock.close()
 
 
-def test_a_silent_server_times_out_and_the_next_call_connects_again() -> None:
-    held: list[socket.socket] = []
-    server = FakeServer(held.append)          # accepts, reads nothing, answers nothing
-    try:
-        async def scenario() -> None:
-            c = RespClient(f"redis://127.0.0.1:{server.port}/0", timeout=0.2)
-            t0 = time.monotonic()
-            futs = [c.call("PING"), c.call("PING")]
-            for f in futs:
-                with pytest.raises(TimeoutError, match="no answer"):
-                    await f
-            assert time.monotonic() - t0 < 2.0
-            with pytest.raises(TimeoutError):
-                await c.call("PING")
-            assert server.accepted == 2           # the timed-out connection was dropped
-            await c.aclose()
+@pytest.fixture
+def fake_server() -> Iterator[Callable[[Any], FakeServer]]:
+    """Start a FakeServer (closed after the test)."""
+    made: list[FakeServer] = []
 
-        run(scenario())
-    finally:
+    def start(behave: Any) -> FakeServer:
+        made.append(FakeServer(behave))
+        return made[-1]
+
+    yield start
+    for server in made:
         server.close()
 
 
-def test_a_connection_closed_by_the_server_fails_its_commands(redis: RedisServer) -> None:
+def test_a_silent_server_times_out_and_the_next_call_connects_again(fake_server: Any) -> None:
+    held: list[socket.socket] = []
+    server = fake_server(held.append)          # accepts, reads nothing, answers nothing
+
+    async def scenario() -> None:
+        c = RespClient(f"redis://127.0.0.1:{server.port}/0", timeout=0.2)
+        t0 = time.monotonic()
+        futs = [c.call("PING"), c.call("PING")]
+        for f in futs:
+            with pytest.raises(TimeoutError, match="no answer"):
+                await f
+        assert time.monotonic() - t0 < 2.0
+        with pytest.raises(TimeoutError):
+            await c.call("PING")
+        assert server.accepted == 2           # the timed-out connection was dropped
+        await c.aclose()
+
+    run(scenario())
+
+
+def test_a_connection_closed_by_the_server_fails_its_commands(fake_server: Any) -> None:
     def answer_one_then_close(conn: socket.socket) -> None:
         conn.recv(1024)
         conn.sendall(b"+PONG\r\n")
@@ -249,39 +262,35 @@ def test_a_connection_closed_by_the_server_fails_its_commands(redis: RedisServer
         conn.recv(1024)
         conn.close()
 
-    server = FakeServer(answer_one_then_close)
-    try:
-        async def scenario() -> None:
-            c = RespClient(f"redis://127.0.0.1:{server.port}/0", timeout=2.0)
-            assert await c.call("PING") == b"PONG"
-            await asyncio.sleep(0.1)
-            with pytest.raises(ConnectionError, match="connection lost"):
-                await c.call("PING")
-            await c.aclose()
+    server = fake_server(answer_one_then_close)
 
-        run(scenario())
-    finally:
-        server.close()
+    async def scenario() -> None:
+        c = RespClient(f"redis://127.0.0.1:{server.port}/0", timeout=2.0)
+        assert await c.call("PING") == b"PONG"
+        await asyncio.sleep(0.1)
+        with pytest.raises(ConnectionError, match="connection lost"):
+            await c.call("PING")
+        await c.aclose()
+
+    run(scenario())
 
 
-def test_nonsense_from_the_server_fails_the_connection() -> None:
+def test_nonsense_from_the_server_fails_the_connection(fake_server: Any) -> None:
     def nonsense(conn: socket.socket) -> None:
         conn.recv(1024)
         conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
         time.sleep(0.5)
         conn.close()
 
-    server = FakeServer(nonsense)
-    try:
-        async def scenario() -> None:
-            c = RespClient(f"redis://127.0.0.1:{server.port}/0", timeout=2.0)
-            with pytest.raises(ConnectionError, match="not a RESP2 reply"):
-                await c.call("PING")
-            await c.aclose()
+    server = fake_server(nonsense)
 
-        run(scenario())
-    finally:
-        server.close()
+    async def scenario() -> None:
+        c = RespClient(f"redis://127.0.0.1:{server.port}/0", timeout=2.0)
+        with pytest.raises(ConnectionError, match="not a RESP2 reply"):
+            await c.call("PING")
+        await c.aclose()
+
+    run(scenario())
 
 
 def test_a_connect_that_hangs_makes_calls_fail_at_once_until_retry_after() -> None:
