@@ -682,7 +682,6 @@ cdef class FdTransport:
             self.reading = False
 
     cpdef resume_reading(self):
-        cdef unsigned int missed
         if not self.reading and not self.closing and not self.closed:
             self.reading = True
             if not (self.mask & EPOLLIN):
@@ -690,8 +689,9 @@ cdef class FdTransport:
                 self._update()          # re-armed: bytes already waiting are reported at once
             elif self.missed or not self.drained:
                 # As uvloop's resume_reading, no data is delivered from inside this call.
-                missed, self.missed = self.missed, 0
-                self.poller.loop.call_soon(self._read_on, (missed & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0)
+                # ``missed`` is cleared by the read itself: paused again before it runs,
+                # the next resume still knows.
+                self.poller.loop.call_soon(self._read_on, (self.missed & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0)
 
     def is_closing(self):
         return self.closing or self.closed

@@ -1409,8 +1409,7 @@ cdef class ClientConnection(Connection):
                     state = 1
                 else:
                     state = chain.continue_request(ctx, ctx._resume_at)
-            if state == 2:                  # a later step waits in turn
-                self._resume(P_PLUGIN)
+            if state == 2:                  # a later step waits in turn (reading stays paused)
                 self._start_phase_task(self.route.pipeline, ctx, True)
                 return
         except Exception as exc:
