@@ -750,13 +750,13 @@ cdef class RequestIdStep(NativeStep):
         cdef bytes incoming = ctx.pop_req_header(self.header_lc)
         cdef bytes trace = ctx.pop_req_header(b"traceparent")
         if incoming is not None and self.trust and valid_request_id(incoming):
-            ctx.request_id = incoming.decode("ascii")
+            ctx._request_id = incoming.decode("ascii")
             rid_b = incoming
         else:
-            rid = ctx.request_id
+            rid = ctx._request_id if type(ctx._request_id) is str else None
             if not rid:
                 rid = next_request_id()
-                ctx.request_id = rid
+                ctx._request_id = rid
             rid_b = (<str>rid).encode("ascii")
         pair = (self.header, rid_b)        # immutable: shared by both lists
         ctx.add_req_header(pair)

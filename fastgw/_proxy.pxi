@@ -1299,7 +1299,7 @@ cdef class ClientConnection(Connection):
         cdef RequestContext ctx = new_context(
             method_str(req.method), self.norm_path, req.query,
             None if route.ctx_lazy else req.forward_headers(), req, self._peer_str(),
-            self.fwd.scheme, route, values, self._rid(), "1.1" if req.version == 11 else "1.0")
+            self.fwd.scheme, route, values, self.request_id, "1.1" if req.version == 11 else "1.0")
         ctx.body_size = req.content_length if not req.chunked else -1
         ctx.start_time = self.t_start
         return ctx
@@ -1524,8 +1524,13 @@ cdef class ClientConnection(Connection):
 
     cdef str _rid(self):
         """This request's id: the gateway's, or the one a plugin (request-id) put in ctx."""
-        if self.ctx is not None and type(self.ctx.request_id) is str and self.ctx.request_id:
-            return <str>self.ctx.request_id
+        cdef object rid
+        if self.ctx is not None:
+            rid = self.ctx._request_id
+            if rid is None:
+                return self.ctx.rid()          # made now: nothing asked for it before
+            if type(rid) is str and rid:
+                return <str>rid
         if self.request_id is None:
             self.request_id = next_request_id()
         return self.request_id

@@ -69,3 +69,20 @@ def test_header_named_in_connection_is_not_seen_by_steps(lazy: bool) -> None:
     raw = (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: x-secret\r\nX-Secret: s\r\n\r\n")
     results, up = _context_view_check(raw, [("find", b"x-secret")], lazy)
     assert results == [None] and b"x-secret: s" not in up.lower()
+
+
+def test_a_request_id_is_made_when_first_asked_for_and_then_kept() -> None:
+    """The server makes no id for a request nothing asks about (PERF); asked, it is the
+    gateway's kind of id, the same on every read; one set by a plugin wins."""
+    from types import SimpleNamespace
+
+    from fastgw._core import RequestContext
+
+    ctx = RequestContext("GET", "/a", b"", [], "127.0.0.1", "http", SimpleNamespace(param_names=()), (), None)
+    first = ctx.request_id
+    assert isinstance(first, str) and first and ctx.request_id == first
+    assert ctx.error(404, "nothing") and first.encode() in bytes(ctx.answer_body)
+    other = RequestContext("GET", "/a", b"", [], "127.0.0.1", "http", SimpleNamespace(param_names=()), (), None)
+    assert other.request_id != first
+    other.request_id = "from-a-plugin"
+    assert other.request_id == "from-a-plugin"
