@@ -142,8 +142,8 @@ cdef class RequestContext:
         self.http_version = http_version
         self._init_empty()
 
-    cdef inline str rid(self):
-        """``request_id`` from C (no attribute lookup)."""
+    cdef inline object rid(self):
+        """``request_id`` from C (no attribute lookup); whatever a plugin set, not only str."""
         if self._request_id is None:
             self._request_id = next_request_id()
         return self._request_id
@@ -154,9 +154,7 @@ cdef class RequestContext:
         trusted header), else a new gateway id made on first use. PERF: most routes never
         read it (no access log, no request-id plugin, no error): making one costs ~500
         instructions."""
-        if self._request_id is None:
-            self._request_id = next_request_id()
-        return self._request_id
+        return self.rid()
 
     @request_id.setter
     def request_id(self, value):

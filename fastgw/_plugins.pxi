@@ -179,6 +179,14 @@ cdef class StepChain:
         self.begin(ctx)
         return self.continue_request(ctx, 0)
 
+    cpdef int resume_request(self, RequestContext ctx, object verdict) except -1:
+        """A waiting step's result came (``verdict``, truthy: it answered): as
+        ``start_request`` from there (1, 0, or 2: a later step waits in turn)."""
+        if verdict:
+            self.answered(ctx)
+            return 1
+        return self.continue_request(ctx, ctx._resume_at)
+
     cpdef int continue_request(self, RequestContext ctx, int start) except -1:
         """The steps from index ``start`` on (``start_request`` without ``begin``)."""
         cdef Py_ssize_t i, n = len(self.req)
@@ -753,8 +761,8 @@ cdef class RequestIdStep(NativeStep):
             ctx._request_id = incoming.decode("ascii")
             rid_b = incoming
         else:
-            rid = ctx._request_id if type(ctx._request_id) is str else None
-            if not rid:
+            rid = ctx.rid()
+            if not rid or type(rid) is not str:       # a plugin's "" (or not a str): ours
                 rid = next_request_id()
                 ctx._request_id = rid
             rid_b = (<str>rid).encode("ascii")

@@ -1404,11 +1404,7 @@ cdef class ClientConnection(Connection):
             except BaseException:           # the step's own failure (or a cancel not ours)
                 state = 1 if chain.crashed(ctx) else 0
             else:
-                if answered:
-                    chain.answered(ctx)
-                    state = 1
-                else:
-                    state = chain.continue_request(ctx, ctx._resume_at)
+                state = chain.resume_request(ctx, answered)
             if state == 2:                  # a later step waits in turn (reading stays paused)
                 self._start_phase_task(self.route.pipeline, ctx, True)
                 return
@@ -1526,9 +1522,7 @@ cdef class ClientConnection(Connection):
         """This request's id: the gateway's, or the one a plugin (request-id) put in ctx."""
         cdef object rid
         if self.ctx is not None:
-            rid = self.ctx._request_id
-            if rid is None:
-                return self.ctx.rid()          # made now: nothing asked for it before
+            rid = self.ctx.rid()               # (made now if nothing asked for it before)
             if type(rid) is str and rid:
                 return <str>rid
         if self.request_id is None:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastgw import _core
-from fastgw.resp import RespError, settle
+from fastgw.resp import RespError, reply_error, settle
 from fastgw.sparselog import SparseLog
 
 log = logging.getLogger("fastgw.counters")
@@ -129,18 +129,18 @@ class RedisCounters:
         is the counts (None: Redis failed or was too slow), or what ``then`` makes of them
         (PERF: the rate-limiting plugin's verdict, with no second future)."""
         wall = int(now)
+        ends = [window_end(now, period) for _name, period in items]
         args: list[bytes | int] = [b"EVALSHA", _TAKE_SHA, len(items)]
-        for name, period in items:
+        for (name, period), end in zip(items, ends, strict=True):
             stem = self._keys.get(name)
             if stem is None:
                 if len(self._keys) >= 65536:
                     self._keys.clear()
                 # Hash-tagged: one caller's windows land in one Redis Cluster slot.
                 stem = self._keys[name] = self._prefix + hashlib.blake2b(name, digest_size=16).hexdigest().encode() + b"}:"
-            args.append(b"%s%d:%d" % (stem, period, window_end(now, period)))
+            args.append(b"%s%d:%d" % (stem, period, end))
         args.append(delta)
-        for i, (_name, period) in enumerate(items):
-            end = window_end(now, period)
+        for i, end in enumerate(ends):
             args.append(_NO_LIMIT if limits is None else limits[i])
             args.append(end - wall + 1)
         done = self._client.loop().create_future()
@@ -152,8 +152,8 @@ class RedisCounters:
         if done.done():             # cancelled: the request went away
             return
         counts: list[int] | None = None
-        exc = None if reply.cancelled() else reply.exception()
-        if exc is None and not reply.cancelled():
+        exc = reply_error(reply)
+        if exc is None:
             counts = [int(n) for n in reply.result()]
         elif isinstance(exc, RespError) and str(exc).startswith("NOSCRIPT"):
             # The script cache was flushed (SCRIPT FLUSH, a restart): EVAL caches it again.

@@ -185,9 +185,7 @@ class Pipeline:
                 raise
             except Exception:
                 return chain.crashed(ctx)
-            if answered:
-                return chain.answered(ctx)
-            state = chain.continue_request(ctx, ctx._resume_at)
+            state = chain.resume_request(ctx, answered)
             if state != 2:
                 return state == 1
 

@@ -15,8 +15,7 @@ Many nodes: with a top-level ``redis`` in the config, workers use
 :class:`RedisReplayGuard` instead (``SET <prefix>replay:<hash> 1 NX EX <ttl>``, one atomic
 command over fastgw.resp's client, so a signature is accepted once by all the nodes
 together); its ``first_use`` returns a future, and a Redis that fails or does not answer
-in time gives None: the
-request is refused (fail closed), never let through unchecked.
+in time gives None: the request is refused (fail closed), never let through unchecked.
 
 When the node's table has no room left for a token (its 64 slots are all live),
 :meth:`ReplayGuard.first_use` answers None too, and the plugin refuses the request (503).
@@ -33,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastgw import _core
-from fastgw.resp import settle
+from fastgw.resp import reply_error, settle
 from fastgw.sparselog import SparseLog
 
 MAX_TTL = _core.REPLAY_MAX_TTL
@@ -114,8 +113,8 @@ class RedisReplayGuard:
         if done.done():             # cancelled: the request went away
             return
         first: bool | None = None
-        exc = None if reply.cancelled() else reply.exception()
-        if exc is None and not reply.cancelled():
+        exc = reply_error(reply)
+        if exc is None:
             first = reply.result() is not None          # +OK, or nil when the key was there
         else:  # any failure of the store: refuse (fail closed)
             self._down.error("replay guard: Redis unavailable (%s: %s); signed requests are refused",

@@ -49,6 +49,11 @@ def settle(done: asyncio.Future[Any], value: Any, then: Callable[[Any], Any] | N
         done.set_exception(failed)
 
 
+def reply_error(reply: asyncio.Future[Any]) -> BaseException | None:
+    """What a done command's future failed with (a cancel included), or None."""
+    return asyncio.CancelledError() if reply.cancelled() else reply.exception()
+
+
 class RespError(Exception):
     """An error reply (``-ERR ...``) of one command; the connection stays usable."""
 

@@ -86,3 +86,5 @@ def test_a_request_id_is_made_when_first_asked_for_and_then_kept() -> None:
     assert other.request_id != first
     other.request_id = "from-a-plugin"
     assert other.request_id == "from-a-plugin"
+    other.request_id = 7                    # whatever a plugin sets is kept as it was
+    assert other.request_id == 7

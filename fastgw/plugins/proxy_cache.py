@@ -80,6 +80,7 @@ from fastgw._core import CacheEntry, CacheHitStep, CacheLogStep
 from fastgw.cache_region import UNKNOWN, digest, tag
 from fastgw.plugins.base import CONTINUE, HEADER_NAME, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
+from fastgw.resp import reply_error
 from fastgw.sparselog import SparseLog
 
 log = logging.getLogger("fastgw.proxy_cache")
@@ -390,7 +391,7 @@ class RedisStore:
             self._client.call(b"DEL", rkey + _LOCK_SUFFIX).add_done_callback(_unheard)
 
     def _stored(self, reply: asyncio.Future[Any]) -> None:
-        exc = None if reply.cancelled() else reply.exception()
+        exc = reply_error(reply)
         if exc is not None:     # not stored: the next request is a miss
             self._down.error("proxy-cache: Redis unavailable (%s: %s); answers come from the backend",
                              type(exc).__name__, exc)
@@ -398,8 +399,7 @@ class RedisStore:
 
 def _unheard(reply: asyncio.Future[Any]) -> None:
     """A command whose failure changes nothing (a lock that expires on its own)."""
-    if not reply.cancelled():
-        reply.exception()
+    reply_error(reply)
 
 
 class _Fill:
