@@ -329,6 +329,25 @@ cdef class _Buf:
         self.put_int(v)
         return 0
 
+    cdef int add_field(self, bytes name, bytes value) except -1:
+        """Append ``name: value\r\n``, or nothing when the name or the value holds a byte
+        no field value may hold (CR, LF, NUL, another control; a tab is allowed: RFC 9110
+        5.5). SECURITY: a plugin's or a config's value can never split the head or smuggle
+        a header line. PERF: one word-wise scan each and one capacity check (was two
+        memchr each and four appends)."""
+        cdef const char* np = PyBytes_AS_STRING(name)
+        cdef const char* vp = PyBytes_AS_STRING(value)
+        cdef Py_ssize_t nn = PyBytes_GET_SIZE(name), vn = PyBytes_GET_SIZE(value)
+        # (a bytes object's buffer ends with a NUL, which stops _value_end's byte loop)
+        if _value_end(np, 0, nn) != nn or _value_end(vp, 0, vn) != vn:
+            return 0
+        self.reserve(nn + vn + 4)
+        self.put(np, nn)
+        self.put(b": ", 2)
+        self.put(vp, vn)
+        self.put(b"\r\n", 2)
+        return 0
+
     cdef inline bytes take(self):
         return PyBytes_FromStringAndSize(self.p, self.n)
 
@@ -1257,12 +1276,7 @@ cdef bytes build_upstream_head(RequestHead h, bytes method, bytes path_query, by
         for name, value in headers:
             c = _classify(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
             if c == H_KEEP or c == H_CONSUMER:
-                if _has_crlf(value) or _has_crlf(name):
-                    continue      # SECURITY: a plugin value can never inject a header line
-                b.add_b(name)
-                b.add(b": ", 2)
-                b.add_b(value)
-                b.add(b"\r\n", 2)
+                b.add_field(name, value)   # SECURITY: a plugin value can never inject a header line
             elif c == H_XFF:
                 xff = _comma_join(xff, value)
             elif c == H_VIA:
@@ -1297,12 +1311,6 @@ cdef bytes build_upstream_head(RequestHead h, bytes method, bytes path_query, by
             b.add(b"\r\n", 2)
     b.add(b"\r\n", 2)
     return b.take()
-
-
-cdef inline bint _has_crlf(bytes v):
-    cdef const char* p = PyBytes_AS_STRING(v)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(v)
-    return memchr(p, 13, n) != NULL or memchr(p, 10, n) != NULL
 
 
 DEF CLOSE_NO = 0
@@ -1376,25 +1384,15 @@ cdef int fill_response_head(ResponseHead r, list headers, list add, int status, 
                 b.add(b"\r\n", 2)
     else:
         for name, value in headers:
-            if _has_crlf(value) or _has_crlf(name):
-                continue
             if forwardable_response_header(name):
-                b.add_b(name)
-                b.add(b": ", 2)
-                b.add_b(value)
-                b.add(b"\r\n", 2)
+                b.add_field(name, value)
         # The framing stays the backend's: plugins don't see or change Content-Length.
         if r.cl_idx >= 0 and keep_cl:
             b.add(p + r.name_s[r.cl_idx], r.val_e[r.cl_idx] - r.name_s[r.cl_idx])
             b.add(b"\r\n", 2)
     if add:
         for name, value in add:
-            if _has_crlf(value) or _has_crlf(name):
-                continue
-            b.add_b(name)
-            b.add(b": ", 2)
-            b.add_b(value)
-            b.add(b"\r\n", 2)
+            b.add_field(name, value)
     if chunked_out:
         b.add(b"Transfer-Encoding: chunked\r\n", 28)
     if status == 101 and r.upgrade_idx >= 0:
@@ -1442,12 +1440,7 @@ cpdef bytes build_answer(int status, list headers, bytes body, int conn_mode, bi
     b.add(b"\r\n", 2)
     if headers:
         for name, value in headers:
-            if _has_crlf(value) or _has_crlf(name):
-                continue
-            b.add_b(name)
-            b.add(b": ", 2)
-            b.add_b(value)
-            b.add(b"\r\n", 2)
+            b.add_field(name, value)
     if status != 204 and status != 304 and status >= 200:
         b.add(b"Content-Length: ", 16)
         b.add_int(PyBytes_GET_SIZE(body))

@@ -3,7 +3,7 @@ remove_headers) against plain-Python oracles, on random header lists."""
 
 from __future__ import annotations
 
-from fastgw._core import find_header, pop_header, remove_headers
+from fastgw._core import build_answer, find_header, pop_header, remove_headers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -53,3 +53,20 @@ def test_forward_headers_reuses_equal_pairs_of_the_previous_request_on_a_head() 
     third = parse_request_head(b"GET /c HTTP/1.1\r\nApikey: k1\r\nHost: h\r\n\r\n", first).forward_headers()
     assert third == [(b"Apikey", b"k1"), (b"Host", b"h")]
     assert third[0] is not two[2]
+
+
+def field_ok(b: bytes) -> bool:
+    """Bytes a field value may hold (RFC 9110 5.5): visible ASCII, space, tab, obs-text."""
+    return all(c == 9 or 32 <= c < 127 or c >= 128 for c in b)
+
+
+@settings(max_examples=400, deadline=None)
+@given(fields=st.lists(st.tuples(st.binary(max_size=20), st.binary(max_size=20)), max_size=4))
+def test_a_field_goes_out_whole_or_not_at_all(fields: list[tuple[bytes, bytes]]) -> None:
+    """Every head the gateway writes takes plugin/config fields through one writer: a
+    field whose name or value holds CR, LF, NUL or another control byte (not a tab) is
+    dropped, any other goes out as ``name: value``, so no value can split the head."""
+    head = build_answer(200, list(fields), b"", 0, False).split(b"\r\n\r\n", 1)[0]
+    lines = head.split(b"\r\n")[1:]
+    want = [n + b": " + v for n, v in fields if field_ok(n) and field_ok(v)]
+    assert lines == want + [b"Content-Length: 0"]

@@ -89,6 +89,24 @@ def test_the_tightest_limit_is_the_one_in_ratelimit_headers() -> None:
     assert added["x-ratelimit-remaining-second"] == "99"
 
 
+def test_header_values_on_both_sides_of_the_shared_cache_and_each_period_its_own_name() -> None:
+    """Header pairs for values below 1 024 are built once a process and shared by every
+    route (one cache a header name); those above are built each time: both read right, and
+    a period's cached pair never answers for another period at the same value."""
+    pipe = limiter({"minute": 1026, "hour": 1026})
+    second = limiter({"second": 1026})
+    for left in (1025, 1024, 1023, 1022):
+        ctx = make_ctx(peer="10.0.0.1")
+        assert run(pipe, ctx) is False
+        added = dict(ctx.response_headers_add)
+        assert added[b"X-RateLimit-Remaining-Minute"] == added[b"X-RateLimit-Remaining-Hour"] == b"%d" % left
+        assert added[b"RateLimit-Remaining"] == b"%d" % left
+        ctx = make_ctx(peer="10.0.0.1")
+        assert run(second, ctx) is False
+        assert dict(ctx.response_headers_add)[b"X-RateLimit-Remaining-Second"] == b"%d" % left
+        assert b"X-RateLimit-Remaining-Minute" not in dict(ctx.response_headers_add)
+
+
 def test_limit_by_consumer_header_or_ip() -> None:
     pipe = limiter({"minute": 1})
     alice = make_ctx(peer="10.0.0.1")
