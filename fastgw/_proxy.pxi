@@ -1392,11 +1392,15 @@ cdef class ClientConnection(Connection):
         answered), then the steps after it, then answer or dispatch, as _run_async."""
         cdef RequestContext ctx = self.ctx
         cdef int state
-        if fut is not self.async_task:      # stopped meanwhile: the client went, or timed out
+        if fut is not self.async_task or self.state == S_CLOSED:
+            # Stopped meanwhile (the client went, or timed out): a coroutine the step
+            # handed on as its next wait is closed, never awaited.
+            if not fut.cancelled() and fut.exception() is None and hasattr(fut.result(), "close"):
+                fut.result().close()
+            if fut is self.async_task:
+                self.async_task = None
             return
         self.async_task = None
-        if self.state == S_CLOSED:
-            return
         chain = self.route.chain
         try:
             try:

@@ -72,6 +72,7 @@ import logging
 import time
 import types
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -80,7 +81,7 @@ from fastgw._core import CacheEntry, CacheHitStep, CacheLogStep
 from fastgw.cache_region import UNKNOWN, digest, tag
 from fastgw.plugins.base import CONTINUE, HEADER_NAME, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
-from fastgw.resp import reply_error
+from fastgw.resp import reply_error, settle
 from fastgw.sparselog import SparseLog
 
 log = logging.getLogger("fastgw.proxy_cache")
@@ -332,9 +333,18 @@ class RedisStore:
         self._client = client
         self._prefix = prefix
         self._down = SparseLog(log)
+        self._keys: dict[tuple, bytes] = {}
 
     def _key(self, key: tuple) -> bytes:
-        return self._prefix + hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest().encode()
+        """``key``'s name in Redis (remembered, at most _NAMES_MAX: PERF: the digest of its
+        repr costs more than the rest of a hit's lookup)."""
+        name = self._keys.get(key)
+        if name is None:
+            if len(self._keys) >= _NAMES_MAX:
+                self._keys.clear()
+            name = self._keys[key] = \
+                self._prefix + hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest().encode()
+        return name
 
     async def lock(self, key: tuple, ttl: float) -> bool:
         """Take the fill lock of ``key`` for ``ttl`` seconds: True when this request is the one
@@ -369,16 +379,26 @@ class RedisStore:
                 return None
         return None
 
-    async def get(self, key: tuple) -> Entry | None:
-        try:
-            raw = await self._client.call(b"GET", self._key(key))
-        except Exception as exc:  # noqa: BLE001 - any failure of the store is a miss
+    def get(self, key: tuple, then: Callable[[Entry | None], Any] | None = None) -> asyncio.Future[Any]:
+        """A future of the answer stored under ``key`` (None: none, or Redis failed: any
+        failure of the store is a miss), or of what ``then`` makes of it (PERF: the
+        lookup's verdict, with no second future and no task)."""
+        done = self._client.loop().create_future()
+        self._client.call(b"GET", self._key(key)).add_done_callback(lambda reply: self._got(reply, done, then))
+        return done
+
+    def _got(self, reply: asyncio.Future[Any], done: asyncio.Future[Any],
+             then: Callable[[Entry | None], Any] | None) -> None:
+        if done.done():             # cancelled: the request went away
+            return
+        entry = None
+        exc = reply_error(reply)
+        if exc is not None:
             self._down.error("proxy-cache: Redis unavailable (%s: %s); answers come from the backend",
                              type(exc).__name__, exc)
-            return None
-        if raw is None:
-            return None
-        return _unpack(raw)
+        elif reply.result() is not None:
+            entry = _unpack(reply.result())
+        settle(done, entry, then)
 
     def put(self, key: tuple, entry: Entry, lifetime: float, unlock: bool = False) -> None:
         """Store ``entry`` for ``lifetime`` seconds (its freshness and its stale_if_error
@@ -632,7 +652,7 @@ class Plugin(BasePlugin):
         else:
             purges = _purge_seen()                  # first: applies a purge to this worker's store
             if self.remote is not None and lookup:
-                return self._remote_lookup(ctx, key, purges)
+                return self.remote.get(key, lambda stale: self._looked_up(ctx, key, purges, stale))
         now = time.monotonic()
         entry = self._stored(key, now) if lookup else None
         if entry is not None and entry.expires > now:
@@ -691,29 +711,35 @@ class Plugin(BasePlugin):
         elif self.remote is not None:
             self.remote.unlock(key)
 
-    async def _remote_lookup(self, ctx: Any, key: tuple, purges: int) -> int:
-        assert self.remote is not None
-        stale = await self.remote.get(key)
-        if _fresh(stale, time.time()) is not None:
-            return _answer_hit(ctx, stale, time.time())
-        locked = False
+    def _looked_up(self, ctx: Any, key: tuple, purges: int, stale: Entry | None) -> Any:
+        """What Redis had for ``key`` came back: a fresh answer is the verdict at once (no
+        task); else ask the backend, or wait for whoever does (a coroutine the request then
+        waits on, or the miss's verdict)."""
+        now = time.time()
+        if _fresh(stale, now) is not None:
+            return _answer_hit(ctx, stale, now)
         if self.lock_timeout > 0 and ctx.method == "GET" and self._in_flight(key, time.monotonic()) is None:
             # No request of this worker is asking: is one of another worker or node?
-            locked = await self.remote.lock(key, self.lock_timeout)
-            if locked:
-                # Another request may have stored the answer and given the lock up since our
-                # first look: look once more before asking the backend.
-                entry = _fresh(await self.remote.get(key), time.time())
-                if entry is not None:
-                    self.remote.unlock(key)
-                    return _answer_hit(ctx, entry, time.time())
-            else:
-                entry = await self.remote.wait_filled(key, self.lock_timeout)
-                if entry is not None and self._purges() == purges:
-                    return _answer_hit(ctx, entry, time.time())
-                return self._miss(ctx, key, True, purges, stale=stale)     # not stored, or too slow: ask
-        result = self._miss_or_wait(ctx, key, purges, time.monotonic(), locked, stale)
-        return await result if asyncio.iscoroutine(result) else result
+            return self._remote_fill_or_wait(ctx, key, purges, stale)
+        return self._miss_or_wait(ctx, key, purges, time.monotonic(), False, stale)
+
+    async def _remote_fill_or_wait(self, ctx: Any, key: tuple, purges: int, stale: Entry | None) -> int:
+        """Take the fill lock in Redis and ask the backend, or wait for the worker or node
+        that holds it to store the answer."""
+        assert self.remote is not None
+        if await self.remote.lock(key, self.lock_timeout):
+            # Another request may have stored the answer and given the lock up since our
+            # first look: look once more before asking the backend.
+            entry = _fresh(await self.remote.get(key), time.time())
+            if entry is not None:
+                self.remote.unlock(key)
+                return _answer_hit(ctx, entry, time.time())
+            result = self._miss_or_wait(ctx, key, purges, time.monotonic(), True, stale)
+            return await result if asyncio.iscoroutine(result) else result
+        entry = await self.remote.wait_filled(key, self.lock_timeout)
+        if entry is not None and self._purges() == purges:
+            return _answer_hit(ctx, entry, time.time())
+        return self._miss(ctx, key, True, purges, stale=stale)     # not stored, or too slow: ask
 
     def _in_flight(self, key: tuple, now: float) -> tuple[asyncio.Future[Entry | None], float] | None:
         """(what to wait on, when it was asked) of the request of this worker already asking

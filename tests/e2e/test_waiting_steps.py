@@ -40,6 +40,12 @@ def test_the_future_verdict_decides(gw: Any, backend: Backend) -> None:
     r = request(gw.port, "GET", "/wait/c", {"X-Wait": "raise"})
     assert r.status == 500 and r.json()["error"] == "internal plugin error"
     assert len(backend.requests) == 1
+    # The future's result is a coroutine: the step waits on it next (a task), then goes on.
+    r = request(gw.port, "GET", "/wait/d", {"X-Wait": "then-pass"})
+    assert r.status == 200 and r.json()["headers"].get("x-waited") == "twice", r.body
+    r = request(gw.port, "GET", "/wait/e", {"X-Wait": "then-answer"})
+    assert r.status == 409 and r.json()["error"] == "refused after waiting twice"
+    assert len(backend.requests) == 2
     # A step after the waited one waits in turn, on a coroutine (a task).
     r = request(gw.port, "GET", "/twice")
     assert r.status == 200 and r.json()["headers"].get("x-waited") == "yes"

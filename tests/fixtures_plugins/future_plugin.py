@@ -1,7 +1,9 @@
 """A plugin whose request step returns an asyncio future (not a coroutine), resolved
 ``delay`` seconds later as the request's ``X-Wait`` header says: ``pass`` (the request
 goes on, with ``X-Waited: yes`` added), ``answer`` (403 from the gateway), ``raise`` (the
-step fails). A future cancelled before it is resolved (the client went away, the step
+step fails), ``then-pass`` / ``then-answer`` (the future's result is a coroutine, which
+waits ``delay`` more and then passes with ``X-Waited: twice`` or answers 409: the step
+waits on it next, as proxy-cache's Redis lookup hands on its miss). A future cancelled before it is resolved (the client went away, the step
 timed out) is noted in ``cancel_file``. For the e2e tests of the server's future path."""
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class Plugin(BasePlugin):
                 fut.set_result(ctx.error(403, "refused after waiting"))
             elif how == "raise":
                 fut.set_exception(RuntimeError("the awaited thing failed"))
+            elif how.startswith("then-"):
+                fut.set_result(self._then(ctx, how))
             else:
                 ctx.set_header("x-waited", "yes")
                 fut.set_result(CONTINUE)
@@ -53,3 +57,10 @@ class Plugin(BasePlugin):
 
         fut.add_done_callback(cancelled)
         return fut
+
+    async def _then(self, ctx: Any, how: str) -> int:
+        await asyncio.sleep(float(self.config["delay"]))
+        if how == "then-answer":
+            return ctx.error(409, "refused after waiting twice")
+        ctx.set_header("x-waited", "twice")
+        return CONTINUE
