@@ -6,15 +6,15 @@
 #   NativeStep (a built-in plugin's C part, called through its vtable) or any Python
 #   callable (``plugin.on_request`` etc. of a custom plugin). fastgw.pipeline.Pipeline
 #   builds one per route and the server calls it directly (``Route.chain``).
-# - NativeStep subclasses: key-auth, acl, ip-restriction's known peers, cors on requests
-#   from known origins, request-transformer's fixed header edits, request-id,
+# - NativeStep subclasses: key-auth, basic-auth's verified credentials, acl,
+#   ip-restriction's known peers, cors on requests from known origins, request-transformer's fixed header edits, request-id,
 #   response-headers. Their Python modules
 #   (fastgw/plugins/*.py) keep the schema and settings; they build the step at config load
 #   and delegate their phase methods to it, so each behaviour is written once, here.
 # - KeyIndex: API keys -> consumers, looked up by a keyed SipHash-2-4 of the key.
 
 from cpython.mem cimport PyMem_Calloc
-from libc.stdint cimport uint8_t
+from libc.stdint cimport uint8_t, uint64_t
 
 import logging as _plogging
 
@@ -493,6 +493,100 @@ cdef class KeyAuthStep(NativeStep):
                 for name, probe in self.query_names:
                     if probe in ctx.query:
                         ctx.remove_query_arg(name)
+        return 0
+
+
+# ---------------------------------------------------------------------------------------
+# basic-auth
+# ---------------------------------------------------------------------------------------
+
+DEF _BA_REMEMBERED_MAX = 10000      # verified credentials a route remembers (then starts over)
+cdef tuple _BA_HEADER = (b"authorization",)
+
+
+@cython.final  # PERF: its methods are called directly (no vtable)
+cdef class BasicAuthStep(NativeStep):
+    """basic-auth's request phase for credentials this worker has verified before: the
+    consumer set and (``hide``) the header removed, in C. Every other request goes to
+    ``fallback``, the plugin's on_request (no or bad header, credentials never verified or
+    no longer remembered: a bcrypt/scrypt check on its threads, which ``remember``s a
+    success for ``ttl`` seconds). PERF: ~3.5 µs a request less than that check's cached
+    path in Python (a header list built, a base64 decode and an HMAC).
+
+    The token is read as the plugin reads it: ``Basic `` in any case, then trimmed of
+    ASCII white space. SECURITY: credentials are remembered by ``mark``, a 128-bit keyed
+    digest of the token (two SipHash-2-4 under a random 256-bit key of this step's own),
+    never as the password or its base64."""
+
+    cdef uint64_t k0, k1, k2, k3
+    cdef readonly dict remembered   # mark (16 bytes) -> (consumer, expiry on the monotonic clock)
+    cdef double ttl
+    cdef bint hide
+
+    def __init__(self, fallback, double ttl, bint hide):
+        cdef bytes seed = _os.urandom(32)
+        cdef const uint8_t* s = <const uint8_t*>PyBytes_AS_STRING(seed)
+        cdef uint64_t k[4]
+        cdef int i, j
+        for i in range(4):
+            k[i] = 0
+            for j in range(8):
+                k[i] |= (<uint64_t>s[8 * i + j]) << (8 * j)
+        self.k0, self.k1, self.k2, self.k3 = k[0], k[1], k[2], k[3]
+        self.fallback = fallback
+        self.remembered = {}
+        self.ttl = ttl
+        self.hide = hide
+
+    cdef bytes _mark(self, const uint8_t* p, Py_ssize_t n):
+        cdef uint64_t d[2]
+        d[0] = siphash24(self.k0, self.k1, p, n)
+        d[1] = siphash24(self.k2, self.k3, p, n)
+        return PyBytes_FromStringAndSize(<char*>d, 16)
+
+    cpdef bytes mark(self, bytes token):
+        """What ``token`` (the header's value after ``Basic ``, trimmed) is remembered by."""
+        return self._mark(<const uint8_t*>PyBytes_AS_STRING(token), PyBytes_GET_SIZE(token))
+
+    cpdef object recall(self, bytes mark):
+        """The consumer whose credentials ``mark`` stands for, verified less than ``ttl``
+        seconds ago; else None."""
+        found = self.remembered.get(mark)
+        if found is None or <double>(<tuple>found)[1] <= _mono():
+            return None
+        return (<tuple>found)[0]
+
+    def remember(self, bytes mark, consumer):
+        """``mark``'s credentials were verified, for ``consumer`` (nothing when ttl is 0)."""
+        if self.ttl <= 0:
+            return
+        if len(self.remembered) >= _BA_REMEMBERED_MAX:
+            self.remembered.clear()
+        self.remembered[mark] = (consumer, _mono() + self.ttl)
+
+    cdef int request(self, RequestContext ctx) except -1:
+        cdef bytes value = ctx.find_req_header(b"authorization")
+        cdef const char* p
+        cdef Py_ssize_t i = 6, n
+        if value is None or self.ttl <= 0:
+            return STEP_PYTHON
+        p = PyBytes_AS_STRING(value)
+        n = PyBytes_GET_SIZE(value)
+        if not (n > 6 and (p[0] | 32) == 98 and (p[1] | 32) == 97 and (p[2] | 32) == 115
+                and (p[3] | 32) == 105 and (p[4] | 32) == 99 and p[5] == 32):
+            return STEP_PYTHON                            # not "basic "
+        while i < n and _is_ascii_ws(<unsigned char>p[i]):
+            i += 1
+        while n > i and _is_ascii_ws(<unsigned char>p[n - 1]):
+            n -= 1
+        if i == n:
+            return STEP_PYTHON
+        consumer = self.recall(self._mark(<const uint8_t*>p + i, n - i))
+        if consumer is None:
+            return STEP_PYTHON
+        ctx.consumer = consumer
+        if self.hide:
+            ctx.remove_req_headers(_BA_HEADER)
         return 0
 
 

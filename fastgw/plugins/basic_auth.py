@@ -7,9 +7,10 @@ removed before forwarding by default.
 
 PERF/SECURITY: a bcrypt/scrypt check costs milliseconds of CPU (~250 ms at bcrypt cost
 12), so it runs on a small thread pool, never on the event loop, with at most
-``MAX_PENDING_CHECKS`` waiting per route (then 429); a verified (user, password) pair is
-remembered as an HMAC digest under a per-process secret (never the password) for
-``cache_ttl`` seconds, and then costs no check at all; an unknown user is checked against a dummy
+``MAX_PENDING_CHECKS`` waiting per route (then 429); verified credentials are remembered
+by a keyed digest (never the password) for ``cache_ttl`` seconds, and then cost no check
+at all: such a request is answered in C (``BasicAuthStep``), every other one reaches
+``on_request`` here; an unknown user is checked against a dummy
 hash made with the parameters most of the configured hashes use (bcrypt cost, scrypt N, r,
 p), so the answer time does not reveal which user names exist.
 """
@@ -22,13 +23,14 @@ import binascii
 import hashlib
 import hmac
 import os
-import time
+import types
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import bcrypt
 
+from fastgw._core import BasicAuthStep
 from fastgw.consumers import ConsumerTable
 from fastgw.plugins.base import CONTINUE, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
@@ -92,6 +94,8 @@ def verify_password(password: bytes, stored: str) -> bool:
     return bcrypt.checkpw(password, stored.encode("ascii"))
 
 
+_ASCII_WS = " \t\n\r\x0b\x0c"
+
 # Hash checks run on a few threads of their own (bcrypt and hashlib.scrypt release the GIL),
 # made on first use in each worker process (threads do not survive a fork).
 CHECK_THREADS = 2
@@ -115,13 +119,13 @@ class Plugin(BasePlugin):
         self.hide = config["hide_credentials"]
         self.ttl = float(config["cache_ttl"])
         self.challenge = [(b"WWW-Authenticate", f'Basic realm="{config["realm"]}"'.encode("latin-1"))]
-        self._secret = os.urandom(32)
-        self._cache: dict[bytes, float] = {}
         self._dummy = dummy_hash_like([stored for _c, stored in self.table.basic.values()])
         self._inflight: dict[bytes, asyncio.Future[bool]] = {}
         self.pending = 0          # hash checks queued or running for this route
+        # The verified credentials, and the requests that carry them, in C; the rest here.
+        self.native = BasicAuthStep(types.MethodType(Plugin.on_request, self), self.ttl, self.hide)
 
-    def _start_check(self, mark: bytes, password: bytes, stored: str) -> asyncio.Future[bool]:
+    def _start_check(self, mark: bytes, password: bytes, stored: str, consumer: Any) -> asyncio.Future[bool]:
         """``verify_password`` on the check threads (PERF: a cost-12 bcrypt check is ~250 ms of
         CPU; on the loop, every request of the worker would wait for it). Requests with the
         same credentials while it runs share it (one check, not one per request, when many
@@ -133,40 +137,40 @@ class Plugin(BasePlugin):
         def done(f: asyncio.Future[bool]) -> None:
             self.pending -= 1
             self._inflight.pop(mark, None)
-            if self.ttl > 0 and stored is not self._dummy and not f.cancelled() \
-                    and f.exception() is None and f.result():
-                if len(self._cache) > 10000:
-                    self._cache.clear()
-                self._cache[mark] = time.monotonic() + self.ttl
+            if consumer is not None and not f.cancelled() and f.exception() is None and f.result():
+                self.native.remember(mark, consumer)
 
         fut.add_done_callback(done)
         return fut
 
     def on_request(self, ctx: Any) -> Any:
-        """CONTINUE or ANSWERED at once when the header is bad or the credentials are cached;
-        else a coroutine that waits for the hash check (the chain goes on after it)."""
+        """ANSWERED at once when the header is bad (or too many checks wait), CONTINUE when
+        the credentials were verified lately; else a coroutine that waits for the hash check
+        (the chain goes on after it)."""
         auth = ctx.get_header("authorization")
         if auth is None or auth[:6].lower() != "basic ":
             return ctx.error(401, "Unauthorized", self.challenge)
+        token = auth[6:].strip(_ASCII_WS).encode("latin-1")    # (as BasicAuthStep reads it)
         try:
-            raw = base64.b64decode(auth[6:].strip(), validate=True)
+            raw = base64.b64decode(token, validate=True)
         except (binascii.Error, ValueError):
             return ctx.error(401, "Invalid authentication credentials", self.challenge)
         user_b, sep, password = raw.partition(b":")
         if not sep:
             return ctx.error(401, "Invalid authentication credentials", self.challenge)
         hit = self.table.basic.get(user_b.decode("utf-8", "replace"))
-        mark = hmac.new(self._secret, raw, hashlib.sha256).digest()
-        if hit is not None and self.ttl > 0:
-            expiry = self._cache.get(mark)
-            if expiry is not None and expiry > time.monotonic():
-                return self._pass(ctx, hit[0])
+        mark = self.native.mark(token)
+        if hit is not None:
+            consumer = self.native.recall(mark)
+            if consumer is not None:
+                return self._pass(ctx, consumer)
         fut = self._inflight.get(mark)
         if fut is None:
             if self.pending >= MAX_PENDING_CHECKS:
                 return ctx.error(429, "Too many password checks in progress", [(b"Retry-After", b"1")])
             # SECURITY: an unknown user gets the same work (a dummy hash of the same cost).
-            fut = self._start_check(mark, password, self._dummy if hit is None else hit[1])
+            fut = self._start_check(mark, password, self._dummy if hit is None else hit[1],
+                                    None if hit is None else hit[0])
         return self._after_check(ctx, fut, None if hit is None else hit[0])
 
     async def _after_check(self, ctx: Any, fut: asyncio.Future[bool], consumer: Any) -> int:

@@ -297,6 +297,12 @@ def test_basic_auth(env):
     bad = base64.b64encode(b"carol:wrong").decode()
     resp = call(env, "GET", "/basic", {"Authorization": f"Basic {ok}"})[0]
     assert resp.status == 200 and "authorization" not in resp.json()["headers"]
+    first = resp.json()["headers"]
+    # Verified once: the same credentials are answered by the C step, with the same result.
+    resp = call(env, "GET", "/basic", {"Authorization": f"BASIC  {ok} "})[0]
+    assert resp.status == 200 and "authorization" not in resp.json()["headers"]
+    assert {k: v for k, v in resp.json()["headers"].items() if k.startswith("x-consumer")} == \
+        {k: v for k, v in first.items() if k.startswith("x-consumer")} != {}
     resp, seen = call(env, "GET", "/basic", {"Authorization": f"Basic {bad}"})
     assert resp.status == 401 and not seen
 

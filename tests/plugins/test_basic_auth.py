@@ -163,3 +163,60 @@ def test_cached_credentials_are_answered_without_waiting():
         return out
 
     assert asyncio.run(states()) == [2, 0]
+
+
+def _counting_checks(monkeypatch) -> list[bytes]:
+    from fastgw.plugins import basic_auth
+
+    checked: list[bytes] = []
+    real = basic_auth.verify_password
+    monkeypatch.setattr(basic_auth, "verify_password", lambda pw, h: checked.append(pw) or real(pw, h))
+    return checked
+
+
+def test_remembered_credentials_are_answered_in_c_however_the_scheme_is_spelled(monkeypatch):
+    """A verified token is remembered by the C step: the same token again, with the scheme
+    in another case or white space around it, passes with no check and no Python step (the
+    request stays on the lazy header path); another password for the same user does not."""
+    from fastgw._core import BasicAuthStep
+
+    checked = _counting_checks(monkeypatch)
+    pipe = make_pipeline([{"name": "basic-auth"}], CONSUMERS)
+    step = pipe.plugins[0].native
+    assert isinstance(step, BasicAuthStep)
+    assert run(pipe, make_ctx(headers=basic("alice", "alice-pw"))) is False and checked == [b"alice-pw"]
+    token = base64.b64encode(b"alice:alice-pw")
+    for value in (b"Basic " + token, b"BASIC " + token, b"basic  " + token + b" \t"):
+        ctx = make_ctx(headers=[(b"Host", b"a"), (b"Authorization", value), (b"Accept", b"*/*")])
+        assert pipe.chain.start_request(ctx) == 0 and ctx.consumer.name == "alice"
+        assert "authorization" not in hdrs(ctx.headers) and "accept" in hdrs(ctx.headers)
+    assert checked == [b"alice-pw"]
+    ctx = make_ctx(headers=basic("alice", "alice-pw "))
+    assert run(pipe, ctx) is True and ctx.answer_status == 401 and checked == [b"alice-pw", b"alice-pw "]
+
+
+def test_credentials_are_remembered_by_a_keyed_digest_for_cache_ttl(monkeypatch):
+    """SECURITY: what the step keeps is a 16-byte digest under a key of its own (two routes
+    remember the same password apart), never the password or its base64; a remembered
+    check lasts ``cache_ttl`` seconds, and ``cache_ttl: 0`` checks every request."""
+    import time
+
+    checked = _counting_checks(monkeypatch)
+    short = make_pipeline([{"name": "basic-auth", "config": {"cache_ttl": 0.2}}], CONSUMERS)
+    other = make_pipeline([{"name": "basic-auth"}], CONSUMERS)
+    token = base64.b64encode(b"bob:bob-pw")
+    for pipe in (short, other):
+        assert run(pipe, make_ctx(headers=basic("bob", "bob-pw"))) is False
+    a, b = short.plugins[0].native, other.plugins[0].native
+    assert len(a.mark(token)) == 16 and a.mark(token) != b.mark(token) and a.mark(token) == a.mark(token)
+    assert a.recall(a.mark(token)).name == "bob" and b.recall(a.mark(token)) is None
+    kept = repr(a.remembered)
+    assert b"bob-pw" not in kept.encode() and token.decode() not in kept
+    assert run(short, make_ctx(headers=basic("bob", "bob-pw"))) is False and len(checked) == 2
+    time.sleep(0.25)
+    assert a.recall(a.mark(token)) is None
+    assert run(short, make_ctx(headers=basic("bob", "bob-pw"))) is False and len(checked) == 3
+    never = make_pipeline([{"name": "basic-auth", "config": {"cache_ttl": 0}}], CONSUMERS)
+    for _ in range(2):
+        assert run(never, make_ctx(headers=basic("bob", "bob-pw"))) is False
+    assert len(checked) == 5 and not never.plugins[0].native.remembered
