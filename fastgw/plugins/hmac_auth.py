@@ -67,6 +67,26 @@ SCHEMA: dict[str, Any] = {
 }
 
 _PARAM = re.compile(r'\s*([a-zA-Z]+)\s*=\s*"([^"]*)"\s*(?:,|$)')
+_DATES_MAX = 256
+_dates: dict[str, float | None] = {}
+_UNSEEN = object()
+
+
+def date_seconds(value: str) -> float | None:
+    """The HTTP date ``value`` as POSIX seconds; None when it is no date. PERF: clients
+    sign each request with the Date of its second, so the same few strings come request
+    after request, and email.utils parses one in ~6 µs (a third of this plugin's cost):
+    the last ones are remembered (at most _DATES_MAX, then forgotten at once)."""
+    found = _dates.get(value, _UNSEEN)
+    if found is _UNSEEN:
+        try:
+            found = parsedate_to_datetime(value).timestamp()
+        except (TypeError, ValueError):
+            found = None
+        if len(_dates) >= _DATES_MAX:
+            _dates.clear()
+        _dates[value] = found
+    return found  # type: ignore[return-value]
 
 
 def parse_authorization(value: str) -> dict[str, str] | None:
@@ -139,9 +159,8 @@ class Plugin(BasePlugin):
         date = ctx.get_header("x-date") or ctx.get_header("date")
         if date is None or ("date" not in names and "x-date" not in names):
             return self._deny(ctx, "Signed Date header required")
-        try:
-            sent = parsedate_to_datetime(date).timestamp()
-        except (TypeError, ValueError):
+        sent = date_seconds(date)
+        if sent is None:
             return self._deny(ctx, "Invalid Date header")
         now = time.time()
         if abs(now - sent) > self.skew:
@@ -150,7 +169,7 @@ class Plugin(BasePlugin):
         if text is None:
             return self._deny(ctx, "A signed header is missing")
         consumer, secret = hit
-        expected = base64.b64encode(hmac.new(secret, text.encode("utf-8"), alg).digest()).decode()
+        expected = base64.b64encode(hmac.digest(secret, text.encode("utf-8"), alg)).decode()
         if not hmac.compare_digest(expected, params["signature"]):
             return self._deny(ctx, "Invalid signature")
         if self.check_body:

@@ -151,3 +151,29 @@ def test_clock_skew_is_bounded():
     with pytest.raises(PipelineError) as err:
         make_pipeline([{"name": "hmac-auth", "config": {"clock_skew": 86401}}], CONSUMERS)
     assert "clock_skew" in str(err.value.errors)
+
+
+def test_dates_are_read_once_and_remembered_within_bounds():
+    """The Date of a signed request is parsed once per distinct value (clients send the same
+    second's Date many times) and reads as email.utils reads it; a flood of distinct values
+    keeps the memo bounded."""
+    from email.utils import parsedate_to_datetime
+
+    from fastgw.plugins import hmac_auth
+
+    now = formatdate(time.time(), usegmt=True)
+    for value in (now, now, "Tue, 07 Jun 2024 20:51:35 GMT", "Tue, 07 Jun 2024 20:51:35 +0200", "nonsense", ""):
+        want = None
+        try:
+            want = parsedate_to_datetime(value).timestamp()
+        except (TypeError, ValueError):
+            pass
+        assert hmac_auth.date_seconds(value) == want
+        assert value in hmac_auth._dates
+    for i in range(3 * hmac_auth._DATES_MAX):
+        hmac_auth.date_seconds(formatdate(1_700_000_000 + i, usegmt=True))
+    assert len(hmac_auth._dates) <= hmac_auth._DATES_MAX
+    pipe = make_pipeline([{"name": "hmac-auth"}], CONSUMERS)
+    ctx = make_ctx(headers=[(b"Date", b"nonsense"), (b"Authorization",
+                                                     b'hmac username="alice", headers="date request-line", signature="x"')])
+    assert run(pipe, ctx) is True and error_of(ctx) == "Invalid Date header"
