@@ -6,7 +6,8 @@
 #   NativeStep (a built-in plugin's C part, called through its vtable) or any Python
 #   callable (``plugin.on_request`` etc. of a custom plugin). fastgw.pipeline.Pipeline
 #   builds one per route and the server calls it directly (``Route.chain``).
-# - NativeStep subclasses: key-auth, basic-auth's verified credentials, acl,
+# - NativeStep subclasses: key-auth, basic-auth's verified credentials, hmac-auth's plainly
+#   signed requests, acl,
 #   ip-restriction's known peers, cors on requests from known origins, request-transformer's fixed header edits, request-id,
 #   response-headers. Their Python modules
 #   (fastgw/plugins/*.py) keep the schema and settings; they build the step at config load
@@ -14,6 +15,8 @@
 # - KeyIndex: API keys -> consumers, looked up by a keyed SipHash-2-4 of the key.
 
 from cpython.mem cimport PyMem_Calloc
+from cpython.unicode cimport PyUnicode_DecodeLatin1
+from libc.math cimport fabs
 from libc.stdint cimport uint8_t, uint64_t
 
 import logging as _plogging
@@ -501,7 +504,7 @@ cdef class KeyAuthStep(NativeStep):
 # ---------------------------------------------------------------------------------------
 
 DEF _BA_REMEMBERED_MAX = 10000      # verified credentials a route remembers (then starts over)
-cdef tuple _BA_HEADER = (b"authorization",)
+cdef tuple _AUTHORIZATION = (b"authorization",)   # (for remove_req_headers)
 
 
 @cython.final  # PERF: its methods are called directly (no vtable)
@@ -586,7 +589,244 @@ cdef class BasicAuthStep(NativeStep):
             return STEP_PYTHON
         ctx.consumer = consumer
         if self.hide:
-            ctx.remove_req_headers(_BA_HEADER)
+            ctx.remove_req_headers(_AUTHORIZATION)
+        return 0
+
+
+# ---------------------------------------------------------------------------------------
+# hmac-auth
+# ---------------------------------------------------------------------------------------
+
+cdef _Buf _hm_buf = _Buf()
+cdef const char* _HM_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+cdef inline bint _hm_ws(char c) noexcept:
+    return c == 32 or c == 9
+
+
+cdef inline bint _hm_alpha(char c) noexcept:
+    return (65 <= c <= 90) or (97 <= c <= 122)
+
+
+cdef dict _hm_params(bytes value):
+    """The parameters of an ``hmac k="v", ...`` Authorization value in its plain form (ASCII
+    throughout, SP/HTAB around the parts, a comma between them), as the plugin's reading
+    gives them; None for anything else, which the plugin's own (lenient) reading decides."""
+    cdef const char* p = PyBytes_AS_STRING(value)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(value)
+    cdef Py_ssize_t i = 5, ks, ke, vs
+    cdef dict out = {}
+    if not (n > 5 and (p[0] | 32) == 104 and (p[1] | 32) == 109 and (p[2] | 32) == 97
+            and (p[3] | 32) == 99 and p[4] == 32):
+        return None                                       # not "hmac "
+    while True:
+        while i < n and _hm_ws(p[i]):
+            i += 1
+        if i == n:
+            return out
+        ks = i
+        while i < n and _hm_alpha(p[i]):
+            i += 1
+        ke = i
+        if ke == ks:
+            return None
+        while i < n and _hm_ws(p[i]):
+            i += 1
+        if i == n or p[i] != 61:                          # '='
+            return None
+        i += 1
+        while i < n and _hm_ws(p[i]):
+            i += 1
+        if i == n or p[i] != 34:                          # '"'
+            return None
+        i += 1
+        vs = i
+        while i < n and p[i] != 34:
+            if <unsigned char>p[i] < 32 or <unsigned char>p[i] > 126:
+                return None
+            i += 1
+        if i == n:
+            return None
+        out[PyUnicode_DecodeLatin1(p + ks, ke - ks, NULL)] = PyUnicode_DecodeLatin1(p + vs, i - vs, NULL)
+        i += 1
+        while i < n and _hm_ws(p[i]):
+            i += 1
+        if i < n:
+            if p[i] != 44:                                # ','
+                return None
+            i += 1
+
+
+cdef inline bint _hm_ascii(const char* p, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if <unsigned char>p[i] >= 128:
+            return False
+    return True
+
+
+cdef bint _hm_b64_equal(bytes raw, bytes want):
+    """``base64(raw) == want``, in time that depends on the lengths only (SECURITY)."""
+    cdef const unsigned char* r = <const unsigned char*>PyBytes_AS_STRING(raw)
+    cdef const unsigned char* w = <const unsigned char*>PyBytes_AS_STRING(want)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw), i = 0, j = 0
+    cdef unsigned char acc = 0
+    cdef unsigned char enc[4]
+    cdef unsigned long v
+    cdef int k, m
+    if PyBytes_GET_SIZE(want) != 4 * ((n + 2) // 3):
+        return False
+    while i < n:
+        m = <int>(n - i) if n - i < 3 else 3
+        v = (<unsigned long>r[i]) << 16
+        if m > 1:
+            v |= (<unsigned long>r[i + 1]) << 8
+        if m > 2:
+            v |= r[i + 2]
+        enc[0] = _HM_B64[(v >> 18) & 63]
+        enc[1] = _HM_B64[(v >> 12) & 63]
+        enc[2] = _HM_B64[(v >> 6) & 63] if m > 1 else 61
+        enc[3] = _HM_B64[v & 63] if m > 2 else 61
+        for k in range(4):
+            acc |= enc[k] ^ w[j + k]
+        i += 3
+        j += 4
+    return acc == 0
+
+
+@cython.final  # PERF: its methods are called directly (no vtable)
+cdef class HmacAuthStep(NativeStep):
+    """hmac-auth's request phase for a request signed in the plain form, in C: the
+    Authorization parameters read, the signed Date within the clock skew, the signing
+    string built, the HMAC checked, the signature's first use recorded, the consumer set
+    and the header hidden. Everything else, and every request it would refuse but for a
+    used signature, goes to ``fallback`` (the plugin's on_request), which answers as it
+    always has: a value with non-ASCII bytes (which the plugin signs as UTF-8 of their
+    Latin-1 reading), a parameter list in another form, a bad or missing signature, an
+    unknown user or algorithm. PERF: ~8 µs a request less than the plugin in Python."""
+
+    cdef dict users            # ConsumerTable.hmac: username -> (consumer, secret bytes)
+    cdef dict algs             # accepted algorithm name -> hashlib constructor
+    cdef tuple enforce         # names that must be signed
+    cdef double skew
+    cdef bint hide
+    cdef list challenge
+    cdef object replay         # first_use(token, ttl) -> True / False / None, at once
+    cdef object dates          # the plugin's date_seconds (str -> POSIX seconds or None)
+    cdef object make_pads      # the plugin's hmac_pads(secret, constructor) -> (inner, outer)
+    cdef dict pads             # (secret, constructor) -> make_pads' answer (at most 4 096)
+
+    def __init__(self, fallback, dict users, dict algs, tuple enforce, double skew, bint hide,
+                 list challenge, replay, dates, make_pads):
+        self.fallback = fallback
+        self.users = users
+        self.algs = algs
+        self.enforce = enforce
+        self.skew = skew
+        self.hide = hide
+        self.challenge = challenge
+        self.replay = replay
+        self.dates = dates
+        self.make_pads = make_pads
+        self.pads = {}
+
+    cdef bytes _hmac(self, bytes secret, object alg, bytes msg):
+        """HMAC(secret, msg) from the key's pad states (PERF: 0.6 µs; OpenSSL's one-shot
+        HMAC sets the key up each time: 1.4 µs)."""
+        key = (secret, alg)
+        pads = self.pads.get(key)
+        if pads is None:
+            if len(self.pads) >= 4096:
+                self.pads.clear()
+            pads = self.pads[key] = self.make_pads(secret, alg)
+        inner = (<tuple>pads)[0].copy()
+        inner.update(msg)
+        outer = (<tuple>pads)[1].copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+    cdef int request(self, RequestContext ctx) except -1:
+        cdef bytes auth = ctx.find_req_header(b"authorization")
+        cdef bytes date, value, piece
+        cdef _Buf b = _hm_buf
+        cdef list names
+        cdef double now, sent
+        if auth is None:
+            return STEP_PYTHON
+        params = _hm_params(auth)
+        if params is None:
+            return STEP_PYTHON
+        user = params.get("username")
+        signature = params.get("signature")
+        if user is None or signature is None:
+            return STEP_PYTHON
+        hit = self.users.get(user)
+        alg = self.algs.get(params.get("algorithm", "hmac-sha256"))
+        if hit is None or alg is None:
+            return STEP_PYTHON
+        names = (<str>params.get("headers", "date")).lower().split()
+        for name in self.enforce:
+            if name not in names:
+                return STEP_PYTHON
+        date = ctx.find_req_header(b"x-date") or ctx.find_req_header(b"date")
+        if date is None or ("date" not in names and "x-date" not in names):
+            return STEP_PYTHON
+        found = self.dates(PyUnicode_DecodeLatin1(PyBytes_AS_STRING(date), PyBytes_GET_SIZE(date), NULL))
+        if found is None:
+            return STEP_PYTHON
+        sent = found
+        now = _wall()
+        if fabs(now - sent) > self.skew:
+            return STEP_PYTHON
+        # The signing string, as the plugin builds it (ASCII only: see the class docstring).
+        b.reset()
+        for k, name in enumerate(names):
+            if k:
+                b.add(b"\n", 1)
+            if name == "request-line":
+                piece = ctx._path_b if ctx._path_b is not None else None
+                if piece is None:
+                    path = ctx.path
+                    if type(path) is not str or not (<str>path).isascii():
+                        return STEP_PYTHON
+                    piece = (<str>path).encode("ascii")
+                method = ctx.method
+                version = ctx.http_version
+                query = ctx.query
+                if type(method) is not str or type(version) is not str or not (<str>method).isascii() \
+                        or not (<str>version).isascii() or (query and type(query) is not bytes):
+                    return STEP_PYTHON
+                b.add_b((<str>method).encode("ascii"))
+                b.add(b" ", 1)
+                b.add_b(piece)
+                if query:
+                    b.add(b"?", 1)
+                    b.add_b(<bytes>query)
+                b.add(b" HTTP/", 6)
+                b.add_b((<str>version).encode("ascii"))
+            else:
+                value = ctx.find_req_header((<str>name).encode("latin-1"))
+                if value is None:
+                    return STEP_PYTHON
+                b.add_b((<str>name).encode("latin-1"))
+                b.add(b": ", 2)
+                b.add_b(value)
+        if not _hm_ascii(b.p, b.n):
+            return STEP_PYTHON
+        consumer, secret = hit
+        expected = self._hmac(<bytes>secret, alg, b.take())
+        if not _hm_b64_equal(<bytes>expected, (<str>signature).encode("ascii")):
+            return STEP_PYTHON
+        # The signature stays usable until its Date leaves the window: remember it that long.
+        first = self.replay.first_use((<str>signature).encode("latin-1"), sent + self.skew - now + 1)
+        if first is None:           # SECURITY: no room to record it: refuse
+            return ctx.error(503, "replay guard unavailable")
+        if not first:
+            return ctx.error(401, "Signature already used", self.challenge)
+        ctx.consumer = consumer
+        if self.hide:
+            ctx.remove_req_headers(_AUTHORIZATION)
         return 0
 
 

@@ -9,8 +9,12 @@ import time
 from email.utils import formatdate
 
 import pytest
+from fastgw._core import HmacAuthStep
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastgw.pipeline import PipelineError
+from fastgw.plugins import hmac_auth
 from fastgw.replay import LocalReplayGuard
 from fastgw.shared import SharedRegion
 
@@ -177,3 +181,125 @@ def test_dates_are_read_once_and_remembered_within_bounds():
     ctx = make_ctx(headers=[(b"Date", b"nonsense"), (b"Authorization",
                                                      b'hmac username="alice", headers="date request-line", signature="x"')])
     assert run(pipe, ctx) is True and error_of(ctx) == "Invalid Date header"
+
+
+# -- the C step (HmacAuthStep) against the plugin's Python, on random signed requests ------
+
+_HM_NAMES = ["date", "x-date", "request-line", "accept", "x-note"]
+
+
+@st.composite
+def hm_requests(draw):  # type: ignore[no-untyped-def]
+    """A request signed (or not quite) every way the step reads or hands on."""
+    names = draw(st.lists(st.sampled_from(_HM_NAMES[1:]), max_size=3, unique=True))
+    if draw(st.integers(0, 4)):
+        names = ["date", *names]
+    offset = draw(st.sampled_from([0, 0, 0, -5, -200, -400, 400]))
+    date = formatdate(time.time() + offset, usegmt=True)
+    date_value = draw(st.sampled_from([date] * 6 + ["nonsense", ""]))
+    headers: list[tuple[bytes, bytes]] = [(b"Date", date_value.encode())]
+    if "x-date" in names or not draw(st.integers(0, 3)):
+        headers.append((b"X-Date", draw(st.sampled_from([date, date, ""])).encode()))
+    headers.append((b"Accept", draw(st.sampled_from([b"*/*", b"*/*", b"caf\xe9", b"text/plain "]))))
+    if "x-note" in names or draw(st.booleans()):
+        headers.append((b"X-Note", draw(st.sampled_from([b"a", b"b, c", b"\xff"]))))
+    query = draw(st.sampled_from([b"", b"a=1", b"q=caf\xc3\xa9"]))
+    user = draw(st.sampled_from(["alice"] * 5 + ["mallory"]))
+    alg = draw(st.sampled_from(["hmac-sha256"] * 3 + ["hmac-sha512"] * 2 + ["hmac-md5"]))
+    secret = draw(st.sampled_from([SECRET] * 5 + ["wrong-secret-0123456789"]))
+    lines = []
+    for n in names:
+        if n == "request-line":
+            lines.append(f"GET /orders/1{'?' + query.decode('latin-1') if query else ''} HTTP/1.1")
+        else:
+            found = [v.decode("latin-1") for k, v in headers if k.decode().lower() == n]
+            if found:
+                lines.append(f"{n}: {found[0]}")
+    digest = {"hmac-sha256": hashlib.sha256, "hmac-sha512": hashlib.sha512}.get(alg, hashlib.sha256)
+    sig = base64.b64encode(hmac.new(secret.encode(), "\n".join(lines).encode(), digest).digest()).decode()
+    sig = draw(st.sampled_from([sig] * 5 + [sig[:-2] + "xx", ""]))
+    params = [f'username="{user}"', f'algorithm="{alg}"', f'headers="{" ".join(names)}"', f'signature="{sig}"']
+    params = draw(st.permutations(params))
+    if draw(st.booleans()):
+        params = [p for p in params if not p.startswith("algorithm")]
+    sep = draw(st.sampled_from([", ", ",", " , ", ",\t"]))
+    scheme = draw(st.sampled_from(["hmac ", "HMAC ", "Hmac  "]))
+    tail = draw(st.sampled_from([""] * 4 + [",", " ", " junk", ", x=y", ', x="y"']))
+    auth = scheme + sep.join(params) + tail
+    headers.append((b"Authorization", auth.encode("latin-1")))
+    return query, headers
+
+
+def counted_step(plugin):  # type: ignore[no-untyped-def]
+    """A HmacAuthStep like ``plugin``'s whose hand-ons to the plugin's Python are counted."""
+    handed_on: list[object] = []
+
+    def fallback(ctx):  # type: ignore[no-untyped-def]
+        handed_on.append(ctx)
+        return hmac_auth.Plugin.on_request(plugin, ctx)
+
+    step = HmacAuthStep(fallback, plugin.table.hmac, plugin.algs, plugin.enforce, float(plugin.skew), plugin.hide,
+                        plugin.challenge, plugin.replay, hmac_auth.date_seconds, hmac_auth.hmac_pads)
+    return step, handed_on
+
+
+def test_plainly_signed_requests_are_checked_in_c():
+    """A request signed in the plain form passes in C, and its replay is refused there; a
+    bad signature, an unknown user or a lenient spelling go to the plugin's Python."""
+    pipe = make_pipeline([{"name": "hmac-auth"}], CONSUMERS)
+    step, handed_on = counted_step(pipe.plugins[0])
+    for alg in ("hmac-sha256", "hmac-sha512"):
+        headers = signed(query=b"a=1", alg=alg).headers
+        ctx = make_ctx(query=b"a=1", headers=list(headers))
+        assert step(ctx) == 0 and ctx.consumer.name == "alice" and not _authorization(ctx)
+        again = make_ctx(query=b"a=1", headers=list(headers))
+        assert step(again) == 1 and again.answer_status == 401 and error_of(again) == "Signature already used"
+    assert handed_on == []
+    for ctx in (signed(secret="wrong-secret-0123456789"),
+                make_ctx(headers=[(b"Authorization", b'hmac username="mallory", signature="x"')])):
+        assert step(ctx) == 1 and ctx.answer_status == 401 and error_of(ctx) == "Invalid signature"
+    assert len(handed_on) == 2
+
+
+def _authorization(ctx):  # type: ignore[no-untyped-def]
+    return [v for k, v in ctx.headers if k.lower() == b"authorization"]
+
+
+@pytest.mark.parametrize("enforce", [[], ["date", "request-line"]])
+@settings(max_examples=250, deadline=None)
+@given(req=hm_requests())
+def test_the_c_step_answers_as_the_plugin_does(enforce, req):
+    """Every request gets from the pipeline (HmacAuthStep in C, the plugin's Python for what
+    it hands on) what the plugin's Python alone gives it: pass or the same status and
+    error, the same consumer, the header hidden alike. Each side has its own replay guard,
+    fed the same requests in the same order."""
+    query, headers = req
+    entry = {"name": "hmac-auth", "config": {"enforce_headers": enforce}}
+    with_c = make_pipeline([entry], CONSUMERS)
+    python = make_pipeline([entry], CONSUMERS).plugins[0]
+    assert isinstance(with_c.plugins[0].native, HmacAuthStep)
+    step, handed_on = counted_step(with_c.plugins[0])
+    for _ in range(2):          # the second time, a good signature is a replay
+        a = make_ctx(query=query, headers=list(headers))
+        b = make_ctx(query=query, headers=list(headers))
+        answered = bool(step(a))
+        assert answered == bool(hmac_auth.Plugin.on_request(python, b))
+        assert (a.answer_status, a.answer_body) == (b.answer_status, b.answer_body)
+        assert getattr(a.consumer, "name", None) == getattr(b.consumer, "name", None)
+        assert _authorization(a) == _authorization(b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(secret=st.binary(max_size=200), msg=st.binary(max_size=300),
+       alg=st.sampled_from([hashlib.sha256, hashlib.sha384, hashlib.sha512]))
+def test_hmac_from_pad_states_is_hmac(secret, msg, alg):
+    """The step's HMAC (the key's pads taken in once, then copies) is RFC 2104's, keys
+    longer than the hash's block included."""
+    from fastgw.plugins.hmac_auth import hmac_pads
+
+    inner, outer = hmac_pads(secret, alg)
+    i = inner.copy()
+    i.update(msg)
+    o = outer.copy()
+    o.update(i.digest())
+    assert o.digest() == hmac.new(secret, msg, alg).digest()
