@@ -17,6 +17,11 @@ table; with a top-level ``redis``, all the nodes check one set there). When the 
 record a signature (its table is full, Redis is down or slow) the request gets 503: it is
 never let through unchecked.
 
+PERF: a request signed in the plain form is checked in C (``HmacAuthStep`` in
+fastgw/_plugins.pxi, which follows ``on_request`` below step by step); everything else,
+and any request the step would refuse but for a replay, reaches ``on_request``. With
+``redis`` or ``validate_request_body`` every request does.
+
 Body digest: with ``validate_request_body`` the digest header must be signed and the
 pipeline declares ``needs_body``: the server buffers the body (up to the pipeline's
 ``max_body``) into ``ctx.body`` before the request phase, and the digest is checked
