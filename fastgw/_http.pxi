@@ -335,9 +335,15 @@ cdef class _Buf:
         5.5). SECURITY: a plugin's or a config's value can never split the head or smuggle
         a header line. PERF: one word-wise scan each and one capacity check (was two
         memchr each and four appends)."""
-        cdef const char* np = PyBytes_AS_STRING(name)
-        cdef const char* vp = PyBytes_AS_STRING(value)
-        cdef Py_ssize_t nn = PyBytes_GET_SIZE(name), vn = PyBytes_GET_SIZE(value)
+        cdef const char* np
+        cdef const char* vp
+        cdef Py_ssize_t nn, vn
+        if name is None or value is None:    # (a plugin's pair with no value: dropped too)
+            return 0
+        np = PyBytes_AS_STRING(name)
+        vp = PyBytes_AS_STRING(value)
+        nn = PyBytes_GET_SIZE(name)
+        vn = PyBytes_GET_SIZE(value)
         # (a bytes object's buffer ends with a NUL, which stops _value_end's byte loop)
         if _value_end(np, 0, nn) != nn or _value_end(vp, 0, vn) != vn:
             return 0

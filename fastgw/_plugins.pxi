@@ -713,6 +713,8 @@ cdef class HmacAuthStep(NativeStep):
     cdef bint hide
     cdef list challenge
     cdef object replay         # first_use(token, ttl) -> True / False / None, at once
+    cdef ReplaySet rtable      # the node's guard's table (claimed here), or None
+    cdef bytes rkey            # its region's key
     cdef object dates          # the plugin's date_seconds (str -> POSIX seconds or None)
     cdef object make_pads      # the plugin's hmac_pads(secret, constructor) -> (inner, outer)
     cdef dict pads             # (secret, constructor) -> make_pads' answer (at most 4 096)
@@ -727,6 +729,10 @@ cdef class HmacAuthStep(NativeStep):
         self.hide = hide
         self.challenge = challenge
         self.replay = replay
+        table = getattr(replay, "table", None)
+        if isinstance(table, ReplaySet):     # the node's guard (fastgw.replay.ReplayGuard)
+            self.rtable = table
+            self.rkey = replay.key
         self.dates = dates
         self.make_pads = make_pads
         self.pads = {}
@@ -819,7 +825,12 @@ cdef class HmacAuthStep(NativeStep):
         if not _hm_b64_equal(<bytes>expected, (<str>signature).encode("ascii")):
             return STEP_PYTHON
         # The signature stays usable until its Date leaves the window: remember it that long.
-        first = self.replay.first_use((<str>signature).encode("latin-1"), sent + self.skew - now + 1)
+        token = (<str>signature).encode("latin-1")
+        if self.rtable is not None:
+            verdict = self.rtable.first_use(self.rkey, token, sent + self.skew - now + 1)
+            first = verdict == REPLAY_FIRST_USE if verdict != REPLAY_FULL else self.replay.judge(verdict)
+        else:
+            first = self.replay.first_use(token, sent + self.skew - now + 1)
         if first is None:           # SECURITY: no room to record it: refuse
             return ctx.error(503, "replay guard unavailable")
         if not first:

@@ -14,7 +14,8 @@
 # its home slot: a live word with its fingerprint there means "used"; otherwise it claims
 # the first free one, and a window with none free answers "full" (the caller fails closed).
 
-from libc.stdint cimport uint32_t, uint64_t
+from libc.math cimport ceil
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 cdef extern from *:
     """
@@ -111,6 +112,22 @@ cdef class ReplaySet:
                 if _rp_live(w, now) and (w >> _RP_EXP_BITS) == fp:
                     return REPLAY_USED
         return REPLAY_FIRST_USE
+
+    cpdef int first_use(self, bytes key, bytes token, double ttl) except -1:
+        """``claim`` for ``token``, slotted under the region's 32-byte ``key``, for ``ttl``
+        seconds from now (rounded up; 1 .. REPLAY_MAX_TTL), on the system-wide monotonic
+        clock: REPLAY_FIRST_USE, REPLAY_USED or REPLAY_FULL."""
+        cdef uint64_t home, fp
+        cdef double seconds = ceil(ttl)
+        if key is None or PyBytes_GET_SIZE(key) != 32 or token is None:
+            raise ValueError("replay set: a 32-byte key and a token")
+        _rl_slot(<const uint8_t*>PyBytes_AS_STRING(key), <const uint8_t*>PyBytes_AS_STRING(token),
+                 PyBytes_GET_SIZE(token), 0, &home, &fp)
+        if not seconds >= 1:
+            seconds = 1
+        elif seconds > REPLAY_MAX_TTL:
+            seconds = REPLAY_MAX_TTL
+        return self.claim(home, fp, <uint32_t>(<long long>_mono()), <uint32_t>seconds)
 
     def live_count(self, uint32_t now):
         """How many tokens are recorded and not yet expired (a full scan: tests, admin)."""

@@ -48,12 +48,22 @@ class ReplayGuard:
         self._key = key
         self._full = SparseLog(log)
 
+    @property
+    def table(self) -> _core.ReplaySet:
+        return self._table
+
+    @property
+    def key(self) -> bytes:
+        return self._key
+
     def first_use(self, token: bytes, ttl: float) -> bool | None:
         """True the first time ``token`` is seen within ``ttl`` seconds, False after that,
         None when there is no room to record it (the caller must refuse the request)."""
-        home, fingerprint = _core.table_slot(self._key, token, 0)
-        seconds = min(MAX_TTL, max(1, math.ceil(ttl)))
-        verdict = self._table.claim(home, fingerprint, int(time.monotonic()) & 0xFFFFFFFF, seconds)
+        return self.judge(self._table.first_use(self._key, token, ttl))
+
+    def judge(self, verdict: int) -> bool | None:
+        """``first_use``'s answer for the table's ``verdict`` (HmacAuthStep claims in C and
+        asks this only when the table is full: the log line is written here)."""
         if verdict == _core.REPLAY_FULL:
             self._full.error("replay guard: no room for a signature (%d slots); signed requests are "
                              "refused until older ones expire", self._table.capacity)

@@ -70,3 +70,10 @@ def test_a_field_goes_out_whole_or_not_at_all(fields: list[tuple[bytes, bytes]])
     lines = head.split(b"\r\n")[1:]
     want = [n + b": " + v for n, v in fields if field_ok(n) and field_ok(v)]
     assert lines == want + [b"Content-Length: 0"]
+
+
+def test_a_field_without_a_value_is_dropped() -> None:
+    """A plugin's pair with None for a name or value is left out (it cannot be written),
+    and the fields around it go out."""
+    head = build_answer(200, [(b"X-A", b"1"), (b"X-B", None), (None, b"v"), (b"X-C", b"3")], b"", 0, False)
+    assert head.split(b"\r\n")[1:4] == [b"X-A: 1", b"X-C: 3", b"Content-Length: 0"]

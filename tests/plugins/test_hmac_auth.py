@@ -303,3 +303,22 @@ def test_hmac_from_pad_states_is_hmac(secret, msg, alg):
     o = outer.copy()
     o.update(i.digest())
     assert o.digest() == hmac.new(secret, msg, alg).digest()
+
+
+def test_the_c_step_claims_in_the_node_table(tmp_path):
+    """With the node's guard the step claims a signature in the shared table itself: the
+    first use passes and is recorded there, a second (from any route or worker) is refused,
+    and the plugin's Python sees the claim too."""
+    region = SharedRegion.create(replay_slots=64, counter_slots=64, directory=str(tmp_path))
+    try:
+        guard = region.replay_guard()
+        pipe = make_pipeline([{"name": "hmac-auth"}], CONSUMERS, services={"replay": guard})
+        step, handed_on = counted_step(pipe.plugins[0])
+        headers = signed(query=b"a=2").headers
+        assert step(make_ctx(query=b"a=2", headers=list(headers))) == 0 and guard.live_count() == 1
+        again = make_ctx(query=b"a=2", headers=list(headers))
+        assert step(again) == 1 and error_of(again) == "Signature already used" and not handed_on
+        token = dict(headers)[b"Authorization"].split(b'signature="')[1][:-1]
+        assert guard.first_use(token, 60) is False
+    finally:
+        region.close()
