@@ -949,35 +949,147 @@ cdef class CorsStep(NativeStep):
 # request-transformer
 # ---------------------------------------------------------------------------------------
 
+# A template's parts, as fastgw/plugins/template.py numbers them.
+DEF _TPL_LIT = 0
+DEF _TPL_PARAM = 1
+DEF _TPL_HEADER = 2
+DEF _TPL_QUERY = 3
+DEF _TPL_CONSUMER = 4
+DEF _TPL_GROUPS = 5
+DEF _TPL_RID = 6
+
+cdef _Buf _tpl_buf = _Buf()
+
+
+cdef inline int _tpl_add_clean(_Buf b, bytes v) except -1:
+    """Append ``v`` less its control bytes (0-31, 127), as Template.render drops them."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(v)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(v), i
+    b.reserve(n)
+    for i in range(n):
+        if p[i] >= 32 and p[i] != 127:
+            b.p[b.n] = <char>p[i]
+            b.n += 1
+    return 0
+
+
+cdef object _tpl_latin1(object value):
+    """A str request value as the plugin writes it (Latin-1), or None when it can't be."""
+    if type(value) is not str:
+        return None
+    try:
+        return (<str>value).encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+
+
+cdef object _tpl_render(tuple parts, RequestContext ctx):
+    """A header value template (``(kind, argument)`` parts: literals as Latin-1 bytes, header
+    names lower-case bytes) rendered for ``ctx`` as the plugin's Template.render and
+    ctx.add_header write it; None when a value can't be written that way (the plugin's
+    Python then answers as it always has)."""
+    cdef _Buf b = _tpl_buf
+    cdef int kind
+    cdef Py_ssize_t i
+    b.reset()
+    for part in parts:
+        kind = (<tuple>part)[0]
+        arg = (<tuple>part)[1]
+        if kind == _TPL_LIT:
+            b.add_b(<bytes>arg)
+            continue
+        if kind == _TPL_PARAM:
+            values = ctx.values
+            i = <Py_ssize_t>arg
+            if i >= len(values):
+                continue
+            v = values[i]
+            if type(v) is not bytes:
+                return None
+        elif kind == _TPL_HEADER:
+            v = ctx.find_req_header(<bytes>arg)
+            if v is None:
+                continue
+        elif kind == _TPL_QUERY:
+            v = _tpl_latin1(ctx.query_args.get(arg, ""))
+        elif kind == _TPL_CONSUMER or kind == _TPL_GROUPS:
+            consumer = ctx.consumer
+            if consumer is None:
+                continue
+            if type(consumer) is not Consumer:
+                return None
+            v = _tpl_latin1((<Consumer>consumer).name if kind == _TPL_CONSUMER
+                            else ",".join((<Consumer>consumer).groups))
+        else:
+            rid = ctx.rid()
+            if not rid:
+                continue
+            v = _tpl_latin1(rid)
+        if v is None:
+            return None
+        _tpl_add_clean(b, <bytes>v)
+    return b.take()
+
+
 cdef class HeaderEditsStep(NativeStep):
-    """request-transformer when it only edits headers, with fixed values (no template reads
-    the request) and no rename: Kong's order, as the plugin's on_request does it: ``remove``
-    every copy, ``replace`` (only a header that is there: its copies become one), ``add``
-    (only one that is not there), ``append``; on the request in either mode."""
+    """request-transformer when it only edits headers (no rename, no query or body edit),
+    with values fixed or rendered from templates: Kong's order, as the plugin's on_request
+    does it: every template rendered first (they read the request as it came), then
+    ``remove`` every copy, ``replace`` (only a header that is there: its copies become
+    one), ``add`` (only one that is not there), ``append``; on the request in either mode.
+    A value a template can't render as the plugin writes it (not Latin-1, a consumer or
+    request id a custom plugin set to another type) hands the request to ``fallback``."""
 
     cdef tuple remove       # lower-case names
     cdef tuple replace      # ((lname,), (name, value))
     cdef tuple add          # (lname, (name, value))
     cdef tuple append       # (name, value)
+    cdef bint dynamic       # some value is a template: a tuple of parts, not bytes
 
-    def __init__(self, tuple remove, tuple replace, tuple add, tuple append):
+    def __init__(self, tuple remove, tuple replace, tuple add, tuple append, fallback=None):
         self.remove = remove
         self.replace = replace
         self.add = add
         self.append = append
+        self.fallback = fallback
+        self.dynamic = any(type(pair[1]) is tuple
+                           for pair in ([e[1] for e in replace] + [e[1] for e in add] + list(append)))
+        if self.dynamic and fallback is None:
+            raise ValueError("HeaderEditsStep: templates need the plugin's on_request as fallback")
+
+    cdef object _rendered(self, tuple entries, int at, RequestContext ctx):
+        """``entries`` with each template value rendered (the pair at index ``at``)."""
+        cdef list out = []
+        cdef tuple pair
+        for entry in entries:
+            pair = <tuple>(entry if at < 0 else (<tuple>entry)[at])
+            if type(pair[1]) is tuple:
+                value = _tpl_render(<tuple>pair[1], ctx)
+                if value is None:
+                    return None
+                pair = (pair[0], value)
+            out.append(pair if at < 0 else ((<tuple>entry)[0], pair))
+        return tuple(out)
 
     cdef int request(self, RequestContext ctx) except -1:
         cdef tuple names
+        cdef tuple replace = self.replace, add = self.add, append = self.append
+        if self.dynamic:
+            replace = self._rendered(replace, 1, ctx)
+            add = self._rendered(add, 1, ctx) if replace is not None else None
+            append = self._rendered(append, -1, ctx) if add is not None else None
+            if append is None:
+                return STEP_PYTHON
         if self.remove:
             ctx.remove_req_headers(self.remove)
-        for names, pair in self.replace:
+        for names, pair in replace:
             if ctx.find_req_header(<bytes>names[0]) is not None:
                 ctx.remove_req_headers(names)
                 ctx.add_req_header(<tuple>pair)
-        for lname, pair in self.add:
+        for lname, pair in add:
             if ctx.find_req_header(<bytes>lname) is None:
                 ctx.add_req_header(<tuple>pair)
-        for pair in self.append:
+        for pair in append:
             ctx.add_req_header(<tuple>pair)
         return 0
 

@@ -21,6 +21,7 @@ its own Content-Length.
 
 from __future__ import annotations
 
+import types
 from typing import Any
 from urllib.parse import quote, unquote_plus
 
@@ -30,7 +31,7 @@ from fastgw._core import HeaderEditsStep
 from fastgw.plugins.base import CONTINUE, HEADER_NAME, HEADER_VALUE, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
 from fastgw.plugins.json_edits import JsonEdits, is_json
-from fastgw.plugins.template import compile_template, param_names
+from fastgw.plugins.template import PART_HEADER, PART_LITERAL, compile_template, param_names
 
 NAME = "request-transformer"
 PRIORITY = 801          # after authentication, acl and rate limiting (as Kong)
@@ -135,21 +136,22 @@ class Plugin(BasePlugin):
         self.native = self._header_step()
 
     def _header_step(self) -> HeaderEditsStep | None:
-        """PERF: header edits alone, with fixed values and no rename, run in C (the same
-        edits as on_request); None when anything needs the Python path."""
-        templates = (*self.replace_h, *self.add_h, *self.append_h)
-        if self.body_edits is not None or self.touches_query or self.rename_h \
-                or not all(t.is_static for _, t in templates):
+        """PERF: header edits alone (no rename), with fixed values or templates, run in C
+        (the same edits as on_request, which gets what the step can't render); None when
+        anything needs the Python path."""
+        if self.body_edits is not None or self.touches_query or self.rename_h:
             return None
         try:
-            def pair(name: str, t: Any) -> tuple[bytes, bytes]:
-                return name.encode("latin-1"), t.static.encode("latin-1")
+            def pair(name: str, t: Any) -> tuple[bytes, Any]:
+                return name.encode("latin-1"), t.static.encode("latin-1") if t.is_static else tuple(
+                    (kind, arg.encode("latin-1") if kind in (PART_LITERAL, PART_HEADER) else arg) for kind, arg in t.parts)
 
             return HeaderEditsStep(
                 tuple(n.lower().encode("latin-1") for n in self.remove_h),
                 tuple(((n.lower().encode("latin-1"),), pair(n, t)) for n, t in self.replace_h),
                 tuple((n.lower().encode("latin-1"), pair(n, t)) for n, t in self.add_h),
-                tuple(pair(n, t) for n, t in self.append_h))
+                tuple(pair(n, t) for n, t in self.append_h),
+                types.MethodType(Plugin.on_request, self))
         except UnicodeEncodeError:
             return None                 # not latin-1: on_request's own path (and its error)
 

@@ -29,7 +29,9 @@ _TOKEN = re.compile(r"\$\{([a-z_]+)(?:\.([^}]+))?\}|\{([A-Za-z_][A-Za-z0-9_]*)\*
 _VARS = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\*?\}")
 _CONTROL = dict.fromkeys([*range(0, 32), 127])
 
+# A part's kind (HeaderEditsStep in fastgw/_plugins.pxi renders the same numbers in C).
 _LIT, _PARAM, _HEADER, _QUERY, _CONSUMER, _GROUPS, _RID = range(7)
+PART_LITERAL, PART_HEADER = _LIT, _HEADER
 
 
 class TemplateError(ValueError):

@@ -132,7 +132,72 @@ def test_fixed_header_edits_in_c_match_the_plugin(remove, replace, add, append, 
     assert list(c_ctx.headers) == list(py_ctx.headers)
 
 
-def test_edits_that_read_the_request_stay_in_python():
-    for config in ({"add": {"headers": {"X-Id": "{id}"}}}, {"rename": {"headers": {"X-A": "X-B"}}},
-                   {"add": {"query": {"a": "1"}}}, {"add": {"body": {"a": 1}}}, {"add": {"headers": {"X-A": "é€"}}}):
+def test_renames_query_and_body_edits_stay_in_python():
+    for config in ({"rename": {"headers": {"X-A": "X-B"}}}, {"add": {"query": {"a": "1"}}},
+                   {"add": {"body": {"a": 1}}}, {"add": {"headers": {"X-A": "é€"}}}):
         assert transformer(config).plugins[0].native is None, config
+
+
+_TEMPLATES = ["{id}", "t-${header.x-a}", "${header.x-b}/${query.q}", "${consumer.name}:${consumer.groups}",
+              "${request_id}", "fixed", "${query.absent}", "é ${header.accept} {id}"]
+
+
+@settings(max_examples=250, deadline=None)
+@given(remove=_edit_names,
+       replace=st.dictionaries(st.sampled_from(_NAMES), st.sampled_from(_TEMPLATES), max_size=2),
+       add=st.dictionaries(st.sampled_from(_NAMES), st.sampled_from(_TEMPLATES), max_size=2),
+       append=st.dictionaries(st.sampled_from(_NAMES), st.sampled_from(_TEMPLATES), max_size=2),
+       headers=st.lists(st.tuples(st.sampled_from([b"X-A", b"x-a", b"X-B", b"Accept"]),
+                                  st.sampled_from([b"v", b"w\x01x", b"caf\xe9", b""])), max_size=5),
+       query=st.sampled_from([b"", b"q=1", b"q=caf%C3%A9", b"q=%E2%82%AC", b"q=a%0Db"]),
+       value=st.sampled_from([b"42", b"4%2F2", b"\x07"]),
+       consumer=st.sampled_from([None, ("ada", ("g1", "g2")), ("Zoë", ()), ("日本", ("x",))]),
+       rid=st.sampled_from(["rid-1", ""]))
+def test_templated_header_edits_in_c_match_the_plugin(remove, replace, add, append, headers, query, value,
+                                                      consumer, rid):
+    """Header edits whose values are templates run in C too (HeaderEditsStep renders them
+    first, as the plugin does); for any request the result is the plugin's own: the same
+    header list, or, for a value the plugin writes another way (a consumer name that is not
+    Latin-1), the plugin's own answer, which the step hands the request to."""
+    from fastgw.consumers import Consumer
+
+    config = {"remove": {"headers": remove}, "replace": {"headers": replace},
+              "add": {"headers": add}, "append": {"headers": append}}
+    pipe = transformer(config)
+    (plugin,) = pipe.plugins
+    assert type(plugin.native).__name__ == "HeaderEditsStep"
+    outcomes = []
+    for side in ("c", "python"):
+        ctx = make_ctx(headers=list(headers), query=query, values=(value,))
+        ctx.request_id = rid
+        if consumer is not None:
+            ctx.consumer = Consumer(consumer[0], consumer[1])
+        try:
+            result = plugin.native(ctx) if side == "c" else type(plugin).on_request(plugin, ctx)
+            outcomes.append((result, list(ctx.headers)))
+        except UnicodeEncodeError as exc:       # (the plugin's way with a name it can't write)
+            outcomes.append(("raised", type(exc)))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_templates_render_in_c_without_the_plugins_python(monkeypatch):
+    """A templated header edit is rendered in C: the plugin's Python is not called (it is
+    when a value is one the step can't write as the plugin does: a consumer name that is
+    not Latin-1)."""
+    from fastgw.consumers import Consumer
+    from fastgw.plugins import request_transformer
+
+    calls: list[int] = []
+    python = request_transformer.Plugin.on_request
+    monkeypatch.setattr(request_transformer.Plugin, "on_request",
+                        lambda self, ctx: calls.append(1) or python(self, ctx))
+    pipe = transformer({"remove": {"headers": ["X-A"]},
+                        "add": {"headers": {"X-Who": "${consumer.name}/{id}/${header.x-a}/${query.q}/${request_id}"}}})
+    ctx = make_ctx(headers=[(b"X-A", b"v\x01w")], query=b"q=caf%C3%A9", values=(b"42",))
+    ctx.consumer = Consumer("Zoë", ())
+    ctx.request_id = "r-9"
+    assert run(pipe, ctx) is False and calls == []
+    assert ctx.get_header("x-who") == "Zoë/42/vw/café/r-9" and ctx.get_header("x-a") is None
+    ctx = make_ctx(values=(b"1",))
+    ctx.consumer = Consumer("日本", ())
+    assert run(pipe, ctx) is True and calls == [1] and ctx.answer_status == 500
