@@ -7,8 +7,8 @@
 #   callable (``plugin.on_request`` etc. of a custom plugin). fastgw.pipeline.Pipeline
 #   builds one per route and the server calls it directly (``Route.chain``).
 # - NativeStep subclasses: key-auth, basic-auth's verified credentials, hmac-auth's plainly
-#   signed requests, acl,
-#   ip-restriction's known peers, cors on requests from known origins, request-transformer's fixed header edits, request-id,
+#   signed requests, acl, ip-restriction's known peers, cors on requests from known
+#   origins, request-transformer's header edits (templates rendered here), request-id,
 #   response-headers. Their Python modules
 #   (fastgw/plugins/*.py) keep the schema and settings; they build the step at config load
 #   and delegate their phase methods to it, so each behaviour is written once, here.
