@@ -217,6 +217,17 @@ cdef class RequestContext:
             v = find_header(self._added, lname)
         return v
 
+    cdef tuple find_req_headers(self, bytes lname):
+        """Every value of request header ``lname`` (lower-case), in order."""
+        cdef list out
+        if self._head is None:
+            out = [v for k, v in <list>self._headers if (<bytes>k).lower() == lname]
+        else:
+            out = list(self._head.view_find_all(lname))
+            if self._added is not None:
+                out.extend([v for k, v in self._added if (<bytes>k).lower() == lname])
+        return PyList_AsTuple(out)
+
     cdef bytes pop_req_header(self, bytes lname):
         """Remove every ``lname`` request header; the first value, or None."""
         cdef bytes v, w
@@ -408,8 +419,9 @@ cdef RequestContext new_context(str method, bytes path, bytes query, list header
 def _context_view_check(bytes raw_head, list ops, bint lazy):
     """Tests: scan ``raw_head``, run header ``ops`` through a context in lazy or list mode as
     the built-in steps do, and build the backend's head as the server does. Returns (the
-    ops' results, the backend head). An op: ("find", lname), ("pop", lname),
-    ("remove", (lname, ...)), ("add", (name, value)) or ("list",) (reads ``ctx.headers``)."""
+    ops' results, the backend head). An op: ("find", lname), ("findall", lname), ("pop",
+    lname), ("remove", (lname, ...)), ("add", (name, value)) or ("list",) (reads
+    ``ctx.headers``)."""
     cdef RequestHead h = parse_request_head(raw_head)
     cdef RequestContext ctx = new_context(
         "GET", h.path, h.query, None if lazy else h.forward_headers(), h, "10.0.0.1", "http",
@@ -419,6 +431,8 @@ def _context_view_check(bytes raw_head, list ops, bint lazy):
         kind = op[0]
         if kind == "find":
             results.append(ctx.find_req_header(op[1]))
+        elif kind == "findall":
+            results.append(ctx.find_req_headers(op[1]))
         elif kind == "pop":
             results.append(ctx.pop_req_header(op[1]))
         elif kind == "remove":

@@ -487,6 +487,18 @@ cdef class RequestHead:
                 return _bslice(self.buf, self.val_s[i], self.val_e[i])
         return None
 
+    cdef tuple view_find_all(self, bytes lname):
+        """Every value of listed header ``lname`` (lower-case), in order."""
+        cdef const char* p = PyBytes_AS_STRING(self.buf)
+        cdef list out = None
+        cdef int i
+        for i in range(self.n):
+            if self._listed_named(i, p, lname):
+                if out is None:
+                    out = []
+                out.append(_bslice(self.buf, self.val_s[i], self.val_e[i]))
+        return () if out is None else PyList_AsTuple(out)
+
     cdef bytes view_pop(self, bytes lname):
         """Remove every listed ``lname`` header; the first value, or None."""
         cdef const char* p = PyBytes_AS_STRING(self.buf)

@@ -19,6 +19,7 @@ VALUES = st.sampled_from([b"a", b"b", b"k1", b"10.1.1.1", b"1.0 p", b""])
 HEADERS = st.lists(st.tuples(st.sampled_from(NAMES), VALUES), max_size=10)
 OPS = st.lists(st.one_of(
     st.tuples(st.just("find"), LNAMES),
+    st.tuples(st.just("findall"), LNAMES),
     st.tuples(st.just("pop"), LNAMES),
     st.tuples(st.just("remove"), st.lists(LNAMES, min_size=1, max_size=3).map(tuple)),
     st.tuples(st.just("add"), st.tuples(st.sampled_from(NAMES), VALUES)),

@@ -13,7 +13,7 @@ import ipaddress
 import types
 from typing import Any
 
-from fastgw._core import PeerVerdictStep
+from fastgw._core import ForwardedVerdictStep, PeerVerdictStep
 from fastgw.plugins.base import CONTINUE, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
 
@@ -105,13 +105,14 @@ class Plugin(BasePlugin):
         self.status = config["status"]
         self.message = config["message"]
         # PERF: verdicts for recent callers (bounded); addresses repeat a lot. The key is
-        # the peer, and with trusted proxies (peer, X-Forwarded-For values). Without them a
-        # peer judged before is answered in C (PeerVerdictStep reads ``_verdicts``: it is
-        # cleared when full, never replaced).
-        self._verdicts: dict[Any, bool] = {}
-        if not self.trusted:
-            self.on_request = PeerVerdictStep(types.MethodType(Plugin.on_request, self), self._verdicts,
-                                              self.status, self.message)
+        # the peer (-> allowed), and with trusted proxies (peer, X-Forwarded-For values as
+        # bytes) (-> (allowed, the caller's address or None)). A caller judged before is
+        # answered in C (PeerVerdictStep, ForwardedVerdictStep: they read ``_verdicts``,
+        # which is cleared when full, never replaced).
+        self._verdicts: dict[Any, Any] = {}
+        fallback = types.MethodType(Plugin.on_request, self)
+        self.on_request = (ForwardedVerdictStep if self.trusted else PeerVerdictStep)(
+            fallback, self._verdicts, self.status, self.message)
 
     def allowed(self, addr: Addr | None) -> bool:
         if addr is None:
@@ -122,21 +123,27 @@ class Plugin(BasePlugin):
 
     def on_request(self, ctx: Any) -> int:
         peer = ctx.peer_ip
-        xff: tuple[str, ...] = tuple(ctx.get_headers("x-forwarded-for")) if self.trusted else ()
-        key = (peer, xff) if self.trusted else peer
-        verdict = self._verdicts.get(key)
-        if verdict is None:
-            addr = client_address(peer, list(xff), self.trusted)
-            verdict = self.allowed(addr)
-            if len(self._verdicts) >= _MEMO_MAX:
-                self._verdicts.clear()
-            self._verdicts[key] = verdict
-            if addr is not None and xff:
-                ctx.client_ip = str(addr)
-        elif xff:
-            addr = client_address(peer, list(xff), self.trusted)
-            if addr is not None:
-                ctx.client_ip = str(addr)
+        if self.trusted:
+            xff = tuple(v.encode("latin-1") for v in ctx.get_headers("x-forwarded-for"))
+            key: Any = (peer, xff)
+            found = self._verdicts.get(key)
+            if found is None:
+                addr = client_address(peer, [v.decode("latin-1") for v in xff], self.trusted)
+                found = (self.allowed(addr), str(addr) if addr is not None and xff else None)
+                self._remember(key, found)
+            verdict, client = found
+            if client is not None:
+                ctx.client_ip = client
+        else:
+            verdict = self._verdicts.get(peer)
+            if verdict is None:
+                verdict = self.allowed(client_address(peer, [], ()))
+                self._remember(peer, verdict)
         if not verdict:
             return ctx.error(self.status, self.message)
         return CONTINUE
+
+    def _remember(self, key: Any, verdict: Any) -> None:
+        if len(self._verdicts) >= _MEMO_MAX:
+            self._verdicts.clear()
+        self._verdicts[key] = verdict

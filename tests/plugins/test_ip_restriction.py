@@ -71,9 +71,35 @@ def test_known_peers_are_judged_in_c_as_the_plugin_judges_them(monkeypatch):
             ctx = make_ctx(peer=peer)
             assert (ctx.answer_status if run(pipe, ctx) else 200) == expected, peer
     assert len(judged) == len(peers)                  # each peer judged once, then from the memo
-    # with trusted proxies the caller may be in X-Forwarded-For: the plugin's own path
-    pipe = make_pipeline([{"name": "ip-restriction", "config": dict(cfg, trusted_proxies=["127.0.0.1"])}])
-    assert type(pipe.plugins[0].on_request).__name__ == "method"
+
+
+def test_callers_behind_trusted_proxies_are_judged_in_c_as_the_plugin_judges_them(monkeypatch):
+    """With trusted proxies a (peer, X-Forwarded-For lines) judged once is answered by
+    ForwardedVerdictStep from the plugin's memo, ``client_ip`` set as the plugin sets it;
+    other lines (another hop, another order, a second line) are judged anew."""
+    from fastgw.plugins import ip_restriction
+
+    cfg = {"allow": ["1.2.3.0/24"], "trusted_proxies": ["127.0.0.1", "10.0.0.0/8"]}
+    pipe = make_pipeline([{"name": "ip-restriction", "config": cfg}])
+    (plugin,) = pipe.plugins
+    assert type(plugin.on_request).__name__ == "ForwardedVerdictStep"
+    judged = []
+    real = ip_restriction.client_address
+    monkeypatch.setattr(ip_restriction, "client_address",
+                        lambda peer, xff, trusted: judged.append((peer, tuple(xff))) or real(peer, xff, trusted))
+    cases = [("127.0.0.1", [b"9.9.9.9, 1.2.3.4, 10.0.0.7"], 200, "1.2.3.4"),
+             ("127.0.0.1", [b"1.2.3.4, 6.6.6.6"], 403, "6.6.6.6"),
+             ("127.0.0.1", [b"6.6.6.6", b"1.2.3.9"], 200, "1.2.3.9"),      # two lines: the last hop counts
+             ("127.0.0.1", [b"1.2.3.9", b"6.6.6.6"], 403, "6.6.6.6"),
+             ("127.0.0.1", [], 403, "127.0.0.1"),                          # no line: the peer
+             ("5.5.5.5", [b"1.2.3.4"], 403, "5.5.5.5"),                   # an untrusted peer's lines: ignored
+             ("127.0.0.1", [b"garbage"], 403, "127.0.0.1")]
+    for _ in range(3):
+        for peer, lines, expected, client in cases:
+            ctx = make_ctx(peer=peer, headers=[(b"Host", b"a"), *((b"X-Forwarded-For", v) for v in lines)])
+            assert (ctx.answer_status if run(pipe, ctx) else 200) == expected, (peer, lines)
+            assert ctx.client_ip == client, (peer, lines)
+    assert len(judged) == len(cases)                 # each judged once, then from the memo
 
 
 def test_the_peer_memo_is_bounded(monkeypatch):
