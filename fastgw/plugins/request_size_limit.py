@@ -2,16 +2,17 @@
 
 The limit is the plugin's ``request_body_limit``, published as ``Pipeline.max_body`` so the
 server answers 413 as soon as the ``Content-Length`` or the streamed bytes pass it, without
-buffering; ``on_request`` repeats the Content-Length check so the limit holds even on a
-server path that skips it.
+buffering; the request step repeats the Content-Length check so the limit holds even on a
+server path that skips it (in C: ``BodySizeStep``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastgw.plugins.base import CONTINUE, PluginScope
+from fastgw._core import BodySizeStep
 from fastgw.plugins.base import Plugin as BasePlugin
+from fastgw.plugins.base import PluginScope
 
 NAME = "request-size-limit"
 PRIORITY = 951
@@ -34,8 +35,7 @@ class Plugin(BasePlugin):
     def __init__(self, config: dict[str, Any], scope: PluginScope) -> None:
         super().__init__(config, scope)
         self.request_body_limit = config["allowed_payload_size"] * _UNITS[config["size_unit"]]
+        self.native = BodySizeStep(self.request_body_limit)
 
     def on_request(self, ctx: Any) -> int:
-        if ctx.body_size > self.request_body_limit:
-            return ctx.error(413, "Request size limit exceeded")
-        return CONTINUE
+        return self.native.on_request(ctx)

@@ -18,3 +18,14 @@ def test_limit():
 
 def test_default_is_128_megabytes():
     assert make_pipeline([{"name": "request-size-limit"}]).max_body == 128 * 1024 * 1024
+
+
+def test_the_check_runs_in_c_and_keeps_the_route_on_the_lazy_path():
+    from fastgw._core import BodySizeStep
+
+    pipe = make_pipeline([{"name": "request-size-limit", "config": {"allowed_payload_size": 1, "size_unit": "kilobytes"}},
+                          {"name": "request-id"}])
+    assert any(isinstance(p.native, BodySizeStep) for p in pipe.plugins) and pipe.chain.native_only
+    ctx = make_ctx(method="POST")
+    ctx.body_size = 1025
+    assert run(pipe, ctx) is True and ctx.answer_status == 413
