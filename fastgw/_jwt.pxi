@@ -52,9 +52,8 @@ cdef class JwtHitStep(NativeStep):
             return STEP_PYTHON
         p = PyBytes_AS_STRING(value)
         n = PyBytes_GET_SIZE(value)
-        if (n >= 7 and (p[0] | 32) == 98 and (p[1] | 32) == 101 and (p[2] | 32) == 97
-                and (p[3] | 32) == 114 and (p[4] | 32) == 101 and (p[5] | 32) == 114 and p[6] == 32):
-            i = 7                                         # "bearer "
+        if n >= 7 and _ieq(p, 7, b"bearer ", 7):
+            i = 7
         elif self.bearer_only:
             return STEP_PYTHON
         while i < n and _jwt_ws(p[i]):

@@ -576,9 +576,8 @@ cdef class BasicAuthStep(NativeStep):
             return STEP_PYTHON
         p = PyBytes_AS_STRING(value)
         n = PyBytes_GET_SIZE(value)
-        if not (n > 6 and (p[0] | 32) == 98 and (p[1] | 32) == 97 and (p[2] | 32) == 115
-                and (p[3] | 32) == 105 and (p[4] | 32) == 99 and p[5] == 32):
-            return STEP_PYTHON                            # not "basic "
+        if not (n > 6 and _ieq(p, 6, b"basic ", 6)):
+            return STEP_PYTHON
         while i < n and _is_ascii_ws(<unsigned char>p[i]):
             i += 1
         while n > i and _is_ascii_ws(<unsigned char>p[n - 1]):
@@ -618,9 +617,8 @@ cdef dict _hm_params(bytes value):
     cdef Py_ssize_t n = PyBytes_GET_SIZE(value)
     cdef Py_ssize_t i = 5, ks, ke, vs
     cdef dict out = {}
-    if not (n > 5 and (p[0] | 32) == 104 and (p[1] | 32) == 109 and (p[2] | 32) == 97
-            and (p[3] | 32) == 99 and p[4] == 32):
-        return None                                       # not "hmac "
+    if not (n > 5 and _ieq(p, 5, b"hmac ", 5)):
+        return None
     while True:
         while i < n and _hm_ws(p[i]):
             i += 1
