@@ -125,8 +125,8 @@ cdef class ReplaySet:
                  PyBytes_GET_SIZE(token), 0, &home, &fp)
         if not seconds >= 1:
             seconds = 1
-        elif seconds > REPLAY_MAX_TTL:
-            seconds = REPLAY_MAX_TTL
+        elif seconds > _RP_LIVE_MAX - 1:          # (REPLAY_MAX_TTL)
+            seconds = _RP_LIVE_MAX - 1
         return self.claim(home, fp, <uint32_t>(<long long>_mono()), <uint32_t>seconds)
 
     def live_count(self, uint32_t now):
