@@ -790,7 +790,7 @@ cdef class HmacAuthStep(NativeStep):
             if k:
                 b.add(b"\n", 1)
             if name == "request-line":
-                piece = ctx._path_b if ctx._path_b is not None else None
+                piece = ctx._path_b
                 if piece is None:
                     path = ctx.path
                     if type(path) is not str or not (<str>path).isascii():
