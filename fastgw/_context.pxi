@@ -21,7 +21,16 @@ DEF CTX_ANSWERED = 1
 
 
 cdef inline bytes _ctx_b(value):
-    return value if type(value) is bytes else (<str>value).encode("latin-1")
+    """A plugin's header name, value or query as bytes: a str as Latin-1 (a header value
+    read from the request, decoded Latin-1, goes back as the same bytes), or as UTF-8 when
+    it holds a character Latin-1 has not (a consumer's name, a decoded query argument in a
+    template: such a request got a 500 before)."""
+    if type(value) is bytes:
+        return value
+    try:
+        return (<str>value).encode("latin-1")
+    except UnicodeEncodeError:
+        return (<str>value).encode("utf-8")
 
 
 _CTX_CONTROL = dict.fromkeys([*range(0, 32), 127])

@@ -1024,7 +1024,8 @@ cdef inline int _tpl_add_clean(_Buf b, bytes v) except -1:
 
 
 cdef object _tpl_latin1(object value):
-    """A str request value as the plugin writes it (Latin-1), or None when it can't be."""
+    """A str request value as Latin-1 bytes, or None when it has a character Latin-1 has
+    not (the plugin then writes the whole value as UTF-8: see _ctx_b)."""
     if type(value) is not str:
         return None
     try:
@@ -1087,8 +1088,9 @@ cdef class HeaderEditsStep(NativeStep):
     does it: every template rendered first (they read the request as it came), then
     ``remove`` every copy, ``replace`` (only a header that is there: its copies become
     one), ``add`` (only one that is not there), ``append``; on the request in either mode.
-    A value a template can't render as the plugin writes it (not Latin-1, a consumer or
-    request id a custom plugin set to another type) hands the request to ``fallback``."""
+    A value a template can't render as the plugin writes it (text beyond Latin-1, which
+    makes the whole value UTF-8; a consumer or request id a custom plugin set to another
+    type) hands the request to ``fallback``."""
 
     cdef tuple remove       # lower-case names
     cdef tuple replace      # ((lname,), (name, value))

@@ -200,4 +200,14 @@ def test_templates_render_in_c_without_the_plugins_python(monkeypatch):
     assert ctx.get_header("x-who") == "Zoë/42/vw/café/r-9" and ctx.get_header("x-a") is None
     ctx = make_ctx(values=(b"1",))
     ctx.consumer = Consumer("日本", ())
-    assert run(pipe, ctx) is True and calls == [1] and ctx.answer_status == 500
+    assert run(pipe, ctx) is False and calls == [1]
+    assert dict(ctx.headers)[b"X-Who"] == "日本/1///rid-1".encode()      # (UTF-8)
+
+
+def test_text_beyond_latin_1_goes_out_as_utf_8():
+    """A template value with a character Latin-1 has not (a decoded query argument, a
+    consumer's name) is written as UTF-8: a client's ``?q=%E2%82%AC`` got a 500 before."""
+    pipe = transformer({"add": {"headers": {"X-Q": "${query.q}", "X-A": "${header.x-a}"}}})
+    ctx = make_ctx(headers=[(b"X-A", b"caf\xe9")], query=b"q=%E2%82%AC")
+    assert run(pipe, ctx) is False
+    assert dict(ctx.headers)[b"X-Q"] == "€".encode() and dict(ctx.headers)[b"X-A"] == b"caf\xe9"
