@@ -10,10 +10,6 @@ from cpython.dict cimport PyDict_Copy
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 
 
-cdef inline bint _jwt_ws(char c) noexcept:
-    return c == 32 or (9 <= c <= 13)
-
-
 cdef class JwtHitStep(NativeStep):
     """The plugin's request edits for a remembered, unexpired token: the claim headers a
     client may not send removed, the token hidden, the consumer set, ``jwt_claims`` (a copy)
@@ -56,10 +52,7 @@ cdef class JwtHitStep(NativeStep):
             i = 7
         elif self.bearer_only:
             return STEP_PYTHON
-        while i < n and _jwt_ws(p[i]):
-            i += 1
-        while n > i and _jwt_ws(p[n - 1]):
-            n -= 1
+        _trim_ascii_ws(p, &i, &n)
         if i == n:
             return STEP_PYTHON
         found = self.items.get(PyUnicode_DecodeLatin1(p + i, n - i, NULL))

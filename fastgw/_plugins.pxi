@@ -453,6 +453,15 @@ cdef inline bint _is_ascii_ws(unsigned char c) noexcept:
     return c == 32 or (9 <= c <= 13)
 
 
+cdef inline void _trim_ascii_ws(const char* p, Py_ssize_t* i, Py_ssize_t* n) noexcept:
+    """Narrow p[i:n] to what lies between its leading and trailing ASCII white space (a
+    credential after its scheme: basic-auth's and jwt's steps)."""
+    while i[0] < n[0] and _is_ascii_ws(<unsigned char>p[i[0]]):
+        i[0] += 1
+    while n[0] > i[0] and _is_ascii_ws(<unsigned char>p[n[0] - 1]):
+        n[0] -= 1
+
+
 cdef class KeyAuthStep(NativeStep):
     """Key from a header (first of ``header_names``), else from the query; 401 if unknown."""
 
@@ -578,10 +587,7 @@ cdef class BasicAuthStep(NativeStep):
         n = PyBytes_GET_SIZE(value)
         if not (n > 6 and _ieq(p, 6, b"basic ", 6)):
             return STEP_PYTHON
-        while i < n and _is_ascii_ws(<unsigned char>p[i]):
-            i += 1
-        while n > i and _is_ascii_ws(<unsigned char>p[n - 1]):
-            n -= 1
+        _trim_ascii_ws(p, &i, &n)
         if i == n:
             return STEP_PYTHON
         consumer = self.recall(self._mark(<const uint8_t*>p + i, n - i))
