@@ -1002,7 +1002,7 @@ cdef class CorsStep(NativeStep):
 
 
 # ---------------------------------------------------------------------------------------
-# request-transformer
+# request-transformer (and header value templates, which response-headers renders too)
 # ---------------------------------------------------------------------------------------
 
 # A template's parts, as fastgw/plugins/template.py numbers them.
@@ -1029,22 +1029,24 @@ cdef inline int _tpl_add_clean(_Buf b, bytes v) except -1:
     return 0
 
 
-cdef object _tpl_latin1(object value):
-    """A str request value as Latin-1 bytes, or None when it has a character Latin-1 has
-    not (the plugin then writes the whole value as UTF-8: see _ctx_b)."""
+cdef object _tpl_utf8(object value):
+    """A str as UTF-8 bytes; None for another type or a lone surrogate (the template's
+    Python then writes it, as ``render_header`` does)."""
     if type(value) is not str:
         return None
     try:
-        return (<str>value).encode("latin-1")
+        return (<str>value).encode("utf-8")
     except UnicodeEncodeError:
         return None
 
 
 cdef object _tpl_render(tuple parts, RequestContext ctx):
-    """A header value template (``(kind, argument)`` parts: literals as Latin-1 bytes, header
-    names lower-case bytes) rendered for ``ctx`` as the plugin's Template.render and
-    ctx.add_header write it; None when a value can't be written that way (the plugin's
-    Python then answers as it always has)."""
+    """A header value template rendered for ``ctx`` as Template.render_header writes it
+    (``(kind, argument)`` parts from Template.native_parts: literals as UTF-8 bytes, header
+    names as lower-case bytes): the client's bytes as they came, text as UTF-8, the request
+    id as ``_ctx_b`` writes it, control bytes dropped from request values. None when a
+    value is of a type only the template's Python writes (a consumer or request id a custom
+    plugin set to another type)."""
     cdef _Buf b = _tpl_buf
     cdef int kind
     cdef Py_ssize_t i
@@ -1068,20 +1070,22 @@ cdef object _tpl_render(tuple parts, RequestContext ctx):
             if v is None:
                 continue
         elif kind == _TPL_QUERY:
-            v = _tpl_latin1(ctx.query_args.get(arg, ""))
+            v = _tpl_utf8(ctx.query_args.get(arg, ""))
         elif kind == _TPL_CONSUMER or kind == _TPL_GROUPS:
             consumer = ctx.consumer
             if consumer is None:
                 continue
             if type(consumer) is not Consumer:
                 return None
-            v = _tpl_latin1((<Consumer>consumer).name if kind == _TPL_CONSUMER
-                            else ",".join((<Consumer>consumer).groups))
+            v = _tpl_utf8((<Consumer>consumer).name if kind == _TPL_CONSUMER
+                          else ",".join((<Consumer>consumer).groups))
         else:
             rid = ctx.rid()
             if not rid:
                 continue
-            v = _tpl_latin1(rid)
+            if type(rid) is not str:
+                return None
+            v = _ctx_b(rid)
         if v is None:
             return None
         _tpl_add_clean(b, <bytes>v)
@@ -1094,9 +1098,8 @@ cdef class HeaderEditsStep(NativeStep):
     does it: every template rendered first (they read the request as it came), then
     ``remove`` every copy, ``replace`` (only a header that is there: its copies become
     one), ``add`` (only one that is not there), ``append``; on the request in either mode.
-    A value a template can't render as the plugin writes it (text beyond Latin-1, which
-    makes the whole value UTF-8; a consumer or request id a custom plugin set to another
-    type) hands the request to ``fallback``."""
+    A value only the template's Python can write (a consumer or request id a custom plugin
+    set to another type) hands the request to ``fallback``."""
 
     cdef tuple remove       # lower-case names
     cdef tuple replace      # ((lname,), (name, value))
@@ -1303,9 +1306,15 @@ cdef class RequestIdStep(NativeStep):
 # response-headers
 # ---------------------------------------------------------------------------------------
 
-cdef inline bytes _header_value(object value, RequestContext ctx):
-    """A static value as is, a template rendered for this request."""
-    return <bytes>value if type(value) is bytes else value.render(ctx).encode("utf-8")
+cdef bytes _header_value(object value, RequestContext ctx):
+    """A static value as is; a template ``(native parts, template)`` rendered for this
+    request, in C, or by the template's Python for a value only it writes."""
+    if type(value) is bytes:
+        return <bytes>value
+    rendered = _tpl_render(<tuple>(<tuple>value)[0], ctx)
+    if rendered is None:
+        rendered = (<tuple>value)[1].render_header(ctx)
+    return <bytes>rendered
 
 
 cdef class ResponseHeadersStep(NativeStep):

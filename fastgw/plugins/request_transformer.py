@@ -31,7 +31,7 @@ from fastgw._core import HeaderEditsStep
 from fastgw.plugins.base import CONTINUE, HEADER_NAME, HEADER_VALUE, PluginScope
 from fastgw.plugins.base import Plugin as BasePlugin
 from fastgw.plugins.json_edits import JsonEdits, is_json
-from fastgw.plugins.template import PART_HEADER, PART_LITERAL, compile_template, param_names
+from fastgw.plugins.template import compile_template, param_names
 
 NAME = "request-transformer"
 PRIORITY = 801          # after authentication, acl and rate limiting (as Kong)
@@ -141,25 +141,21 @@ class Plugin(BasePlugin):
         anything needs the Python path."""
         if self.body_edits is not None or self.touches_query or self.rename_h:
             return None
-        try:
-            def pair(name: str, t: Any) -> tuple[bytes, Any]:
-                return name.encode("latin-1"), t.static.encode("latin-1") if t.is_static else tuple(
-                    (kind, arg.encode("latin-1") if kind in (PART_LITERAL, PART_HEADER) else arg) for kind, arg in t.parts)
+        def pair(name: str, t: Any) -> tuple[bytes, Any]:
+            return name.encode("latin-1"), t.render_header(None) if t.is_static else t.native_parts()
 
-            return HeaderEditsStep(
-                tuple(n.lower().encode("latin-1") for n in self.remove_h),
-                tuple(((n.lower().encode("latin-1"),), pair(n, t)) for n, t in self.replace_h),
-                tuple((n.lower().encode("latin-1"), pair(n, t)) for n, t in self.add_h),
-                tuple(pair(n, t) for n, t in self.append_h),
-                types.MethodType(Plugin.on_request, self))
-        except UnicodeEncodeError:
-            return None                 # not latin-1: on_request's own path (and its error)
+        return HeaderEditsStep(
+            tuple(n.lower().encode("latin-1") for n in self.remove_h),
+            tuple(((n.lower().encode("latin-1"),), pair(n, t)) for n, t in self.replace_h),
+            tuple((n.lower().encode("latin-1"), pair(n, t)) for n, t in self.add_h),
+            tuple(pair(n, t) for n, t in self.append_h),
+            types.MethodType(Plugin.on_request, self))
 
     def on_request(self, ctx: Any) -> int:
         # Templates read the request as it came: render every value before changing anything.
-        replace_h = [(n, t.render(ctx)) for n, t in self.replace_h]
-        add_h = [(n, t.render(ctx)) for n, t in self.add_h]
-        append_h = [(n, t.render(ctx)) for n, t in self.append_h]
+        replace_h = [(n, t.render_header(ctx)) for n, t in self.replace_h]
+        add_h = [(n, t.render_header(ctx)) for n, t in self.add_h]
+        append_h = [(n, t.render_header(ctx)) for n, t in self.append_h]
         if self.body_edits is not None:
             self._body(ctx)
         if self.touches_query:

@@ -5,7 +5,9 @@ copy, ``add`` adds only when the response lacks the header. Values are templates
 (``{orderId}``, ``${stage.x}``, ``${header.x}``, ``${query.x}``, ``${consumer.name}``,
 ``${request_id}``) compiled at config load. Applies to backend responses and to the
 gateway's own answers (the pipeline makes ``ctx.response_headers`` the answer's headers).
-The per-request work runs in C (``ResponseHeadersStep`` in fastgw/_plugins.pxi).
+A value's bytes are ``Template.render_header``'s: a request header's or path variable's
+bytes echoed as the client sent them, text as UTF-8. The per-request work runs in C
+(``ResponseHeadersStep`` in fastgw/_plugins.pxi, templates rendered by ``_tpl_render``).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class Plugin(BasePlugin):
             out = []
             for name, value in mapping.items():
                 t = compile_template(value, params, variables)
-                out.append((name.encode("latin-1"), t.static.encode("utf-8") if t.is_static else t))
+                out.append((name.encode("latin-1"), t.render_header(None) if t.is_static else (t.native_parts(), t)))
             return tuple(out)
 
         self.set = compiled(config["set"])

@@ -41,6 +41,8 @@ EDITS = {
 JWT_CLAIMS = {"name": "jwt", "config": {"claims_to_headers": {"sub": "X-User"}}}
 LAZY_AUTH = {"name": "key-auth", "config": {"key_names": ["apikey", "X-Api-Key"]}}
 LAZY_ECHO = {"name": "response-headers", "config": {"add": {"X-Tenant-Echo": "${header.x-tenant}"}}}
+BYTES_ECHO = {"name": "response-headers", "config": {"set": {"X-Echo": "${header.x-name}|{name}|é"}}}
+NO_KEY = {"name": "key-auth", "enabled": False}
 
 RESOURCES: dict[str, Any] = {
     "/orders": {
@@ -78,6 +80,8 @@ RESOURCES: dict[str, Any] = {
     # The same chain with a log-only Python plugin works on the header list: both must
     # send the backend the same headers.
     "/lazy": {"GET": {"plugins": [LAZY_AUTH, LAZY_ECHO]}},
+    "/echo": {"/{name}": {"GET": {"plugins": [NO_KEY, BYTES_ECHO]}},
+              "/list/{name}": {"GET": {"plugins": [NO_KEY, BYTES_ECHO, {"name": "e2eplug.logged"}]}}},
     "/lazy-list": {"GET": {"plugins": [LAZY_AUTH, LAZY_ECHO, {"name": "e2eplug.logged"}]}},
 }
 
@@ -362,6 +366,18 @@ def test_built_in_chain_edits_the_request_headers_on_the_scan_as_on_the_list(env
     assert resp.headers["x-tenant-echo"] == "t1"
     # A key that is not known is refused the same way.
     assert call(env, "GET", path, {"apikey": "nope-nope"})[0].status == 401
+
+
+@pytest.mark.parametrize("path", ["/echo/caf%C3%A9", "/echo/list/caf%C3%A9"])
+def test_response_header_templates_echo_the_clients_bytes(env, path):
+    """A template echoing a request header and a path variable gives the client back the
+    bytes it sent (its Latin-1 0xE9 once came back as UTF-8's C3 A9); the template's own
+    text goes out as UTF-8. On the scanned head and on the header list alike."""
+    with RawClient(env[0].port) as client:
+        client.send(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Name: caf\xe9\r\n\r\n")
+        head, _ = recv_head(client.sock)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert b"\r\nX-Echo: caf\xe9|caf%C3%A9|\xc3\xa9\r\n" in head + b"\r\n", head
 
 
 def test_plain_path_forwards_every_x_forwarded_for_line_as_one_list(env):

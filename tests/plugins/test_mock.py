@@ -48,3 +48,16 @@ def test_settings_are_checked() -> None:
         with pytest.raises(PipelineError) as err:
             mock(config)
         assert message in str(err.value.errors), config
+
+
+def test_header_text_is_utf_8_and_the_clients_bytes_go_back_as_they_came() -> None:
+    """A mocked header's text beyond Latin-1 (a consumer's name) was written as "??"; a
+    request header's byte 0xE9 echoed back stays 0xE9."""
+    from fastgw.consumers import Consumer
+
+    pipe = mock({"body": "ok", "headers": {"X-Who": "${consumer.name} ${header.x-name}", "X-Lit": "Café"}})
+    ctx = make_ctx(headers=[(b"X-Name", b"caf\xe9")])
+    ctx.consumer = Consumer("日本", ())
+    assert run(pipe, ctx) is True
+    h = dict(ctx.answer_headers)
+    assert h[b"X-Who"] == "日本 ".encode() + b"caf\xe9" and h[b"X-Lit"] == "Café".encode()

@@ -134,8 +134,13 @@ def test_fixed_header_edits_in_c_match_the_plugin(remove, replace, add, append, 
 
 def test_renames_query_and_body_edits_stay_in_python():
     for config in ({"rename": {"headers": {"X-A": "X-B"}}}, {"add": {"query": {"a": "1"}}},
-                   {"add": {"body": {"a": 1}}}, {"add": {"headers": {"X-A": "é€"}}}):
+                   {"add": {"body": {"a": 1}}}):
         assert transformer(config).plugins[0].native is None, config
+    # Text beyond Latin-1 runs in C too (as UTF-8).
+    pipe = transformer({"add": {"headers": {"X-A": "é€ {id}"}}})
+    ctx = make_ctx(values=(b"7",))
+    assert type(pipe.plugins[0].native).__name__ == "HeaderEditsStep" and run(pipe, ctx) is False
+    assert dict(ctx.headers)[b"X-A"] == "é€ 7".encode()
 
 
 _TEMPLATES = ["{id}", "t-${header.x-a}", "${header.x-b}/${query.q}", "${consumer.name}:${consumer.groups}",
@@ -181,9 +186,8 @@ def test_templated_header_edits_in_c_match_the_plugin(remove, replace, add, appe
 
 
 def test_templates_render_in_c_without_the_plugins_python(monkeypatch):
-    """A templated header edit is rendered in C: the plugin's Python is not called (it is
-    when a value is one the step can't write as the plugin does: a consumer name that is
-    not Latin-1)."""
+    """A templated header edit is rendered in C: the plugin's Python is not called, for
+    text beyond Latin-1 too (it is for a consumer a custom plugin set to another type)."""
     from fastgw.consumers import Consumer
     from fastgw.plugins import request_transformer
 
@@ -197,17 +201,33 @@ def test_templates_render_in_c_without_the_plugins_python(monkeypatch):
     ctx.consumer = Consumer("Zoë", ())
     ctx.request_id = "r-9"
     assert run(pipe, ctx) is False and calls == []
-    assert ctx.get_header("x-who") == "Zoë/42/vw/café/r-9" and ctx.get_header("x-a") is None
+    assert dict(ctx.headers)[b"X-Who"] == "Zoë/42/vw/café/r-9".encode() and ctx.get_header("x-a") is None
     ctx = make_ctx(values=(b"1",))
     ctx.consumer = Consumer("日本", ())
+    assert run(pipe, ctx) is False and calls == []
+    assert dict(ctx.headers)[b"X-Who"] == "日本/1///rid-1".encode()
+    ctx = make_ctx(values=(b"1",))
+    ctx.consumer = type("CustomConsumer", (Consumer,), {})("ada", ())     # (a custom plugin's)
     assert run(pipe, ctx) is False and calls == [1]
-    assert dict(ctx.headers)[b"X-Who"] == "日本/1///rid-1".encode()      # (UTF-8)
+    assert dict(ctx.headers)[b"X-Who"] == b"ada/1///rid-1"
 
 
-def test_text_beyond_latin_1_goes_out_as_utf_8():
-    """A template value with a character Latin-1 has not (a decoded query argument, a
-    consumer's name) is written as UTF-8: a client's ``?q=%E2%82%AC`` got a 500 before."""
-    pipe = transformer({"add": {"headers": {"X-Q": "${query.q}", "X-A": "${header.x-a}"}}})
-    ctx = make_ctx(headers=[(b"X-A", b"caf\xe9")], query=b"q=%E2%82%AC")
-    assert run(pipe, ctx) is False
-    assert dict(ctx.headers)[b"X-Q"] == "€".encode() and dict(ctx.headers)[b"X-A"] == b"caf\xe9"
+def test_text_goes_out_as_utf_8_and_the_clients_bytes_as_they_came():
+    """A template's text (its own, a decoded query argument, a consumer's name) is written
+    as UTF-8, as the consumer's identity headers are; a request header's bytes go on as the
+    client sent them, in the same value too (a client's ``?q=%E2%82%AC`` got a 500 once,
+    and "Zoë ${header.x-a}" once wrote the header's byte 0xE9 as UTF-8)."""
+    from fastgw.consumers import Consumer
+
+    pipe = transformer({"add": {"headers": {"X-Q": "${query.q}", "X-A": "${header.x-a}",
+                                            "X-Both": "é ${consumer.name} ${header.x-a}", "X-Lit": "Café"}}})
+    for native in (True, False):
+        ctx = make_ctx(headers=[(b"X-A", b"caf\xe9")], query=b"q=%E2%82%AC")
+        ctx.consumer = Consumer("日本", ())
+        if native:
+            assert run(pipe, ctx) is False
+        else:
+            assert type(pipe.plugins[0]).on_request(pipe.plugins[0], ctx) == 0
+        got = dict(ctx.headers)
+        assert got[b"X-Q"] == "€".encode() and got[b"X-A"] == b"caf\xe9" and got[b"X-Lit"] == "Café".encode()
+        assert got[b"X-Both"] == "é 日本 ".encode() + b"caf\xe9"
