@@ -156,9 +156,10 @@ DEF _CE_OVERHEAD = 256         # bytes counted per entry beyond its body and hea
 @cython.final
 cdef class CacheEntry:
     """One stored answer of proxy-cache (``fastgw.plugins.proxy_cache.Entry``): its status,
-    header fields, body, ETag, when stored, until when fresh and until when it may stand in
-    for a backend that fails (``stale_until``; on one clock), the Age it came with, and the
-    bytes it is counted as."""
+    header fields, body, ETag, when stored, until when fresh, until when it may stand in
+    for a backend that fails (``stale_until``) and answer while another request asks the
+    backend for a new one (``updating_until``), until when it is kept (the later of the
+    two; all on one clock), the Age it came with, and the bytes it is counted as."""
 
     cdef public int status
     cdef public list headers
@@ -167,11 +168,13 @@ cdef class CacheEntry:
     cdef public double stored
     cdef public double expires
     cdef public double stale_until
+    cdef public double updating_until
+    cdef public double kept_until
     cdef public long long age0
     cdef public Py_ssize_t size
 
     def __init__(self, int status, list headers, bytes body, etag, double stored, double expires, long long age0,
-                 double stale_until=0.0):
+                 double stale_until=0.0, double updating_until=0.0):
         self.status = status
         self.headers = headers
         self.body = body
@@ -179,6 +182,8 @@ cdef class CacheEntry:
         self.stored = stored
         self.expires = expires
         self.stale_until = stale_until if stale_until > expires else expires
+        self.updating_until = updating_until if updating_until > expires else expires
+        self.kept_until = self.stale_until if self.stale_until > self.updating_until else self.updating_until
         self.age0 = age0
         cdef Py_ssize_t n = PyBytes_GET_SIZE(body) + _CE_OVERHEAD
         for pair in headers:
@@ -245,7 +250,7 @@ cdef class CacheHitStep:
             return self.fallback(ctx)     # gone, a new record, or one to keep: the plugin does it
         cdef CacheEntry entry = <CacheEntry>(<tuple>known)[1]
         if entry.expires <= now:
-            return self.fallback(ctx)     # kept past its freshness (stale_if_error): not a hit
+            return self.fallback(ctx)     # kept past its freshness (stale windows): not a hit
         cdef double age = now - entry.stored
         cdef list headers = list(entry.headers)
         headers.append((_CH_AGE, str(entry.age0 + (<long long>age if age > 0 else 0)).encode("ascii")))

@@ -113,7 +113,7 @@ def render_cache_metrics(info: dict[str, Any]) -> str:
     out = []
     for name, kind, text, key in (
             ("fastgw_cache_capacity_bytes", "gauge", "Size of proxy-cache's node store.", "capacity_bytes"),
-            ("fastgw_cache_answers", "gauge", "Answers the node store holds (fresh, or kept for stale_if_error).",
+            ("fastgw_cache_answers", "gauge", "Answers the node store holds (fresh, or kept for a stale window).",
              "answers"),
             ("fastgw_cache_written_bytes_total", "counter", "Bytes ever written to the node store's ring.",
              "written_bytes"),

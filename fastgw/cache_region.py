@@ -207,7 +207,7 @@ class CacheRegion:
 
     def lookup(self, key: bytes, now: float, known_pos: int = UNKNOWN) -> tuple[int, bytes | None, bool] | None:
         """``key``'s answer while kept at ``now`` (monotonic; until its slot's ``expires``: its
-        freshness and any stale_if_error window): ``(position, payload, older half)``, the
+        freshness and any stale window): ``(position, payload, older half)``, the
         payload None when the record is the one at ``known_pos`` (the caller has it decoded);
         ``older half``: the caller may :meth:`keep` it. None when there is none."""
         found = self._reader.lookup(key, now, known_pos)
@@ -294,7 +294,7 @@ class CacheRegion:
 
     def info(self) -> dict[str, int]:
         """What the admin API shows: the ring's size, the answers it holds (fresh, or kept
-        for stale_if_error), the bytes ever written to it and the purges so far."""
+        for a stale window), the bytes ever written to it and the purges so far."""
         return {"capacity_bytes": self.capacity, "answers": len(self),
                 "written_bytes": _U64.unpack_from(self._mm, _HEAD_AT)[0], "purges": self.purges}
 

@@ -29,6 +29,15 @@ and dropped), the kept answer stands in (``X-Cache-Status: Stale``, as nginx's
 own ``stale-if-error=N`` sets its window, and ``must-revalidate`` or ``proxy-revalidate``
 rule it out (RFC 9111 5.2.2.2).
 
+With ``stale_while_revalidate`` (seconds, default 0) an answer is also kept that long past
+its freshness to answer while one request asks the backend for a new one: the first
+request to find it stale takes the fill lock and goes to the backend (a miss), and every
+request for it meanwhile, of any worker (with ``policy: redis``, of any node), is answered
+at once with the stale one (``X-Cache-Status: Updating``, as nginx's ``proxy_cache_use_stale
+updating``) instead of waiting for the new answer (RFC 5861 3). It works through the fill
+lock, so not with ``lock_timeout: 0``. An answer's own ``stale-while-revalidate=N`` sets its
+window, and ``must-revalidate`` or ``proxy-revalidate`` rule it out.
+
 With ``policy: memory`` (the default) the answers are the node's: every worker reads and
 writes one shared-memory store (fastgw/cache_region.py), bounded by ``max_memory`` bytes
 (the largest setting of the memory-policy routes; the oldest stored out first, and an answer
@@ -119,6 +128,13 @@ SCHEMA: dict[str, Any] = {
                                           "an error (500, 502, 503, 504): X-Cache-Status: Stale (0: "
                                           "never; an answer's own stale-if-error, must-revalidate or "
                                           "proxy-revalidate wins)."},
+        "stale_while_revalidate": {"type": "number", "minimum": 0, "default": 0,
+                                   "description": "Seconds past its freshness a stored answer is kept to answer "
+                                                  "while one request asks the backend for a new one: "
+                                                  "X-Cache-Status: Updating for the others, who do not wait "
+                                                  "(0: never; needs lock_timeout above 0; an answer's own "
+                                                  "stale-while-revalidate, must-revalidate or proxy-revalidate "
+                                                  "wins)."},
         "lock_timeout": {"type": "number", "minimum": 0, "default": 5,
                          "description": "Seconds a request for an answer another request of the node (with "
                                         "policy redis: of any node) is already asking the backend for "
@@ -129,6 +145,7 @@ SCHEMA: dict[str, Any] = {
 
 _HIT = (b"X-Cache-Status", b"Hit")
 _STALE = (b"X-Cache-Status", b"Stale")
+_UPDATING = (b"X-Cache-Status", b"Updating")
 _LOCK_SUFFIX = b":fill"        # policy redis: the fill lock's key, beside the answer's
 _POLL = 0.05                   # seconds between looks at Redis while another request fills
 _NODE_POLL = 0.01              # seconds between looks at the node's store while another worker fills
@@ -164,8 +181,9 @@ def _seconds(arg: str | None) -> int | None:
     return int(arg)
 
 
-# One stored answer: status, headers, body, etag, stored, expires, age0, stale_until (and
-# size, what it is counted as), a C class so the request path's CacheHitStep reads it directly.
+# One stored answer: status, headers, body, etag, stored, expires, age0, stale_until,
+# updating_until (and kept_until, the later of the two, and size, what it is counted as), a C
+# class so the request path's CacheHitStep reads it directly.
 Entry = CacheEntry
 
 
@@ -190,15 +208,18 @@ def _route_prefix(spec: Any, settings: bytes) -> str:
 
 def _pack(entry: Entry) -> bytes:
     return msgpack.packb([entry.status, entry.headers, entry.body, entry.etag, entry.stored, entry.age0,
-                          entry.expires, entry.stale_until])
+                          entry.expires, entry.stale_until, entry.updating_until])
 
 
 def _unpack(raw: bytes) -> Entry | None:
     try:
-        status, headers, body, etag, stored, age0, expires, stale_until = msgpack.unpackb(raw)
+        fields = msgpack.unpackb(raw)
+        status, headers, body, etag, stored, age0, expires, stale_until = fields[:8]
+        updating_until = fields[8] if len(fields) > 8 else 0.0    # (stored by a version without it)
+        return Entry(status, [tuple(h) for h in headers], body, etag, stored, expires, age0, stale_until,
+                     updating_until)
     except Exception:  # noqa: BLE001 - not an entry of this version: a miss
         return None
-    return Entry(status, [tuple(h) for h in headers], body, etag, stored, expires, age0, stale_until)
 
 
 class Store:
@@ -213,12 +234,12 @@ class Store:
         return len(self._items)
 
     def get(self, key: tuple, now: float) -> Entry | None:
-        """The entry while fresh, or while it may stand in for a failing backend (the caller
-        tells the two apart by ``expires``)."""
+        """The entry while fresh, or while kept past its freshness for its stale windows (the
+        caller tells them apart by ``expires``)."""
         entry = self._items.get(key)
         if entry is None:
             return None
-        if entry.stale_until <= now:
+        if entry.kept_until <= now:
             self._drop(key)
             return None
         self._items.move_to_end(key)
@@ -427,7 +448,7 @@ class _Fill:
     stores it once its whole body has been passed on to the client (RequestContext.response_tap)."""
 
     __slots__ = ("plugin", "key", "purges", "waiters", "locked", "stale", "status", "headers", "etag",
-                 "lifetime", "grace", "age0")
+                 "lifetime", "grace", "updating", "age0")
 
     def __init__(self, plugin: Plugin, key: tuple, purges: int,
                  waiters: asyncio.Future[Entry | None] | None = None, locked: bool = False,
@@ -485,6 +506,7 @@ class _Fill:
             return False
         lifetime: float = p.ttl
         grace: float = p.stale_if_error
+        updating: float = p.stale_while_revalidate
         max_age: float | None = None
         expires = date = None
         etag = None
@@ -504,9 +526,12 @@ class _Fill:
                 if "no-store" in d or "no-cache" in d or "private" in d:
                     return False
                 if "must-revalidate" in d or "proxy-revalidate" in d:
-                    grace = 0.0                  # RFC 9111 5.2.2.2: never served stale
-                elif "stale-if-error" in d:
-                    grace = float(_seconds(d.get("stale-if-error")) or 0)    # RFC 5861 4: the origin's word
+                    grace = updating = 0.0       # RFC 9111 5.2.2.2: never served stale
+                else:                            # RFC 5861 3 and 4: the origin's word
+                    if "stale-if-error" in d:
+                        grace = float(_seconds(d.get("stale-if-error")) or 0)
+                    if "stale-while-revalidate" in d:
+                        updating = float(_seconds(d.get("stale-while-revalidate")) or 0)
                 s = _seconds(d.get("s-maxage")) if "s-maxage" in d else _seconds(d.get("max-age"))
                 if s is not None:
                     if s == 0:
@@ -534,6 +559,7 @@ class _Fill:
         self.etag = etag
         self.lifetime = lifetime
         self.grace = grace
+        self.updating = updating
         self.age0 = age0
         return self.lifetime > 0
 
@@ -541,13 +567,13 @@ class _Fill:
         """The answer to store, its times on its store's clock (Plugin.now)."""
         now = self.plugin.now()
         return Entry(self.status, self.headers, body, self.etag, now, now + self.lifetime, self.age0,
-                     now + self.lifetime + self.grace)
+                     now + self.lifetime + self.grace, now + self.lifetime + self.updating)
 
     def finish(self, body: bytes) -> None:
         p = self.plugin
         if p.node is not None:
             entry = self._entry(body)
-            pos = p.node.put(self.key, _pack(entry), entry.stale_until, p.tags[0], p.tags[1], self.purges,
+            pos = p.node.put(self.key, _pack(entry), entry.kept_until, p.tags[0], p.tags[1], self.purges,
                              unlock=self.locked)
             self.locked = False  # given up with the answer stored (or not: a purge came)
             if pos is not None:
@@ -559,7 +585,7 @@ class _Fill:
             return               # asked for before a purge: the purge must not be undone
         entry = self._entry(body)
         if p.remote is not None:
-            p.remote.put(self.key, entry, self.lifetime + self.grace, unlock=self.locked)
+            p.remote.put(self.key, entry, self.lifetime + max(self.grace, self.updating), unlock=self.locked)
             self.locked = False  # given up after the answer is stored
         else:
             p.store.put((p.owner, self.key), entry)
@@ -594,6 +620,7 @@ class Plugin(BasePlugin):
         self.max_answer = int(config["max_body"])
         self.lock_timeout = float(config["lock_timeout"])
         self.stale_if_error = float(config["stale_if_error"])
+        self.stale_while_revalidate = float(config["stale_while_revalidate"])
         global _LOCK_MAX
         _LOCK_MAX = max(_LOCK_MAX, self.lock_timeout)
         settings = repr((sorted(self.statuses), self.vary, self.cache_control)).encode()
@@ -645,8 +672,9 @@ class Plugin(BasePlugin):
             return CONTINUE
         key: Any = (ctx.path, ctx.query, getattr(consumer, "name", consumer),
                     tuple(ctx.get_header(name) for name in self.vary))
-        # An answer found past its freshness (kept for stale_if_error) is a miss, but goes with
-        # the request: it answers if the backend fails (_Fill.upstream_failed).
+        # An answer found past its freshness (kept for its stale windows) is a miss, but goes
+        # with the request: it answers if the backend fails (_Fill.upstream_failed), or at once
+        # while another request asks the backend for a new one (_updating).
         if self.node is not None:
             key = self._name(key)                   # the answer's name in the node's store
         else:
@@ -684,8 +712,8 @@ class Plugin(BasePlugin):
         return self.node.purges if self.node is not None else _purge_seen()
 
     def _stored(self, key: Any, now: float) -> Entry | None:
-        """The answer stored under ``key`` (memory policies) while fresh or within its
-        stale_if_error window (``expires`` tells), or None."""
+        """The answer stored under ``key`` (memory policies) while fresh or kept for its
+        stale windows (``expires`` tells), or None."""
         if self.node is None:
             return self.store.get((self.owner, key), now)
         known = _DECODED.get(key)
@@ -736,6 +764,8 @@ class Plugin(BasePlugin):
                 return _answer_hit(ctx, entry, time.time())
             result = self._miss_or_wait(ctx, key, purges, time.monotonic(), True, stale)
             return await result if asyncio.iscoroutine(result) else result
+        if self._updating(stale, purges):
+            return _answer_stored(ctx, stale, time.time(), _UPDATING)
         entry = await self.remote.wait_filled(key, self.lock_timeout)
         if entry is not None and self._purges() == purges:
             return _answer_hit(ctx, entry, time.time())
@@ -749,6 +779,11 @@ class Plugin(BasePlugin):
             return pending
         return None
 
+    def _updating(self, stale: Entry | None, purges: int) -> bool:
+        """``stale`` may answer while another request asks the backend for a new one: within
+        its stale-while-revalidate window (RFC 5861 3), and no purge since it was read."""
+        return stale is not None and stale.updating_until > self.now() and self._purges() == purges
+
     def _miss_or_wait(self, ctx: Any, key: tuple, purges: int, now: float, locked: bool = False,
                       stale: Entry | None = None) -> Any:
         """Not stored (or only ``stale``): wait for the answer another request is already
@@ -758,11 +793,15 @@ class Plugin(BasePlugin):
         if pending is not None:
             if locked:                  # another request of this worker fills: it needs no lock of ours
                 self.unlock(key)
+            if self._updating(stale, purges):
+                return _answer_stored(ctx, stale, self.now(), _UPDATING)
             return self._wait(ctx, key, purges, pending[0], pending[1] + self.lock_timeout - now, stale)
         waiters = None
         if self.lock_timeout > 0 and ctx.method == "GET":     # (a HEAD's answer has no body to store)
             if self.node is not None:
                 if not self.node.lock(key, now + self.lock_timeout, now):
+                    if self._updating(stale, purges):
+                        return _answer_stored(ctx, stale, now, _UPDATING)
                     return self._node_wait(ctx, key, purges, now + self.lock_timeout, stale)
                 # Another worker may have stored the answer and given the lock up since our
                 # first look: look once more before asking the backend.
@@ -821,12 +860,17 @@ def _age(entry: Entry, now: float) -> bytes:
 
 
 def _answer_hit(ctx: Any, entry: Entry, now: float) -> int:
-    """Answer with a stored entry (``now`` on the clock its ``stored`` was read from)."""
+    """Answer with a fresh stored entry (``now`` on the clock its ``stored`` was read from)."""
+    return _answer_stored(ctx, entry, now, _HIT)
+
+
+def _answer_stored(ctx: Any, entry: Entry, now: float, status: tuple[bytes, bytes]) -> int:
+    """Answer with a stored entry, ``status`` its X-Cache-Status field."""
     age = _age(entry, now)
     inm = ctx.get_header("if-none-match")
     if inm is not None and entry.etag is not None and entry.status == 200 and _etag_matches(inm, entry.etag):
         # RFC 9110 15.4.5: the fields a 200 would carry that describe the validator.
         keep = [(n, v) for n, v in entry.headers
                 if n.lower() in (b"etag", b"cache-control", b"expires", b"date", b"vary", b"content-location")]
-        return ctx.answer(304, b"", keep + [(b"Age", age), _HIT])
-    return ctx.answer(entry.status, entry.body, entry.headers + [(b"Age", age), _HIT])
+        return ctx.answer(304, b"", keep + [(b"Age", age), status])
+    return ctx.answer(entry.status, entry.body, entry.headers + [(b"Age", age), status])

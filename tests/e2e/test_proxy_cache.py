@@ -677,3 +677,85 @@ def test_a_worker_restarted_without_the_node_store_file_serves_on_its_own(port: 
     assert "this worker keeps its own answers" in g.log()
     statuses = [request(g.port, "GET", "/kept").headers["x-cache-status"] for _ in range(3)]
     assert statuses == ["Miss", "Hit", "Hit"]          # its own store
+
+
+def _timed_at_once(ports: list[int], path: str, n: int) -> list[tuple[Any, float]]:
+    """``n`` GETs of ``path`` at once over ``ports`` (each tagged ``X-Tag: r<i>``, which the
+    backend echoes): (answer, seconds it took)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> tuple[Any, float]:
+        t0 = time.monotonic()
+        r = request(ports[i % len(ports)], "GET", path, {"X-Tag": f"r{i}"})
+        return r, time.monotonic() - t0
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def _tag(r: Any) -> str:
+    return r.json()["headers"]["x-tag"]
+
+
+def test_stale_while_revalidate_answers_at_once_while_one_request_refreshes(
+        backend: Backend, port: int, gateway: Any) -> None:
+    """Past its freshness, within stale_while_revalidate: the first request asks the
+    backend (a miss, 0.8 s), every other one, of either worker, gets the stale answer at
+    once (Updating) instead of waiting; then the new answer is the hit."""
+    g = cached_gateway(gateway, backend, port, stale_while_revalidate=30)
+    path = respond("Cache-Control: max-age=1", extra="&ms=800")
+    first = request(g.port, "GET", path, {"X-Tag": "first"})
+    assert first.headers["x-cache-status"] == "Miss"
+    time.sleep(1.1)                                     # stale now
+    calls = backend_calls(backend, "/respond")
+    answers = _timed_at_once([g.port], path, 8)
+    assert backend_calls(backend, "/respond") == calls + 1
+    statuses = sorted(r.headers["x-cache-status"] for r, _ in answers)
+    assert statuses == ["Miss"] + ["Updating"] * 7, statuses
+    for r, took in answers:
+        assert r.status == 200
+        if r.headers["x-cache-status"] == "Updating":
+            assert _tag(r) == "first" and int(r.headers["age"]) >= 1 and took < 0.6, took
+        else:
+            refreshed = _tag(r)
+            assert refreshed != "first" and took >= 0.8
+    after = request(g.port, "GET", path, {"X-Tag": "later"})
+    assert after.headers["x-cache-status"] == "Hit" and _tag(after) == refreshed
+
+
+def test_stale_while_revalidate_not_for_an_answer_that_must_revalidate(
+        backend: Backend, port: int, gateway: Any) -> None:
+    """must-revalidate (RFC 9111 5.2.2.2) and the answer's own stale-while-revalidate=0 rule
+    the stale answer out: the others wait for the new one (Hit), as without the setting."""
+    g = cached_gateway(gateway, backend, port, stale_while_revalidate=30)
+    for header in ("Cache-Control: max-age=1, must-revalidate", "Cache-Control: max-age=1, stale-while-revalidate=0"):
+        path = respond(header, extra="&ms=500")
+        assert request(g.port, "GET", path).headers["x-cache-status"] == "Miss"
+        time.sleep(1.1)
+        answers = _timed_at_once([g.port], path, 4)
+        statuses = sorted(r.headers["x-cache-status"] for r, _ in answers)
+        assert statuses == ["Hit"] * 3 + ["Miss"], (header, statuses)
+
+
+def test_with_redis_stale_while_revalidate_spans_the_nodes(backend: Backend, gateway: Any, redis: RedisServer) -> None:
+    """policy redis: one request of either node refreshes (it holds the lock in Redis); the
+    others, on both nodes, are answered with the stale answer at once."""
+    nodes = []
+    for _ in range(2):
+        cfg = gateway_config(free_port(), backend.url, {"/{path*}": {"GET": {"plugins": [
+            {"name": "proxy-cache", "config": {"policy": "redis", "stale_while_revalidate": 30}}]}}})
+        cfg["redis"] = {"url": redis.url, "timeout": 0.5}
+        nodes.append(gateway(cfg, workers=2))
+    path = respond("Cache-Control: max-age=1", extra="&ms=800")
+    assert request(nodes[0].port, "GET", path, {"X-Tag": "first"}).headers["x-cache-status"] == "Miss"
+    deadline = time.monotonic() + 5                      # stored in a task, after the answer
+    while request(nodes[1].port, "GET", path).headers["x-cache-status"] != "Hit":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.1)
+    calls = backend_calls(backend, "/respond")
+    answers = _timed_at_once([n.port for n in nodes], path, 8)
+    assert backend_calls(backend, "/respond") == calls + 1
+    statuses = sorted(r.headers["x-cache-status"] for r, _ in answers)
+    assert statuses == ["Miss"] + ["Updating"] * 7, statuses
+    assert all(_tag(r) == "first" and took < 0.6 for r, took in answers if r.headers["x-cache-status"] == "Updating")

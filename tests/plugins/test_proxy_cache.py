@@ -258,3 +258,71 @@ def test_a_worker_on_its_own_store_answers_stale_when_the_backend_fails() -> Non
         ctx.response_tap.release(None)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(("answer_headers", "updating", "grace"), [
+    ([], 20.0, 0.0),                                                              # the setting
+    ([(b"Cache-Control", b"max-age=5, stale-while-revalidate=7")], 7.0, 0.0),     # the origin's word
+    ([(b"Cache-Control", b"max-age=5, stale-while-revalidate=7, stale-if-error=3")], 7.0, 3.0),
+    ([(b"Cache-Control", b"max-age=5, must-revalidate, stale-while-revalidate=7")], 0.0, 0.0),
+    ([(b"Cache-Control", b"max-age=5, proxy-revalidate")], 0.0, 0.0),
+])
+def test_stale_while_revalidate_window(answer_headers: list[tuple[bytes, bytes]], updating: float,
+                                       grace: float) -> None:
+    plugin = cache({"stale_while_revalidate": 20}).plugins[0]
+    fill = _Fill(plugin, ("k",), 0)
+    assert fill.start(200, answer_headers, 10)
+    assert (fill.updating, fill.grace) == (updating, grace)
+    entry = fill._entry(b"x")
+    assert entry.updating_until == entry.expires + updating and entry.stale_until == entry.expires + grace
+    assert entry.kept_until == entry.expires + max(updating, grace)
+
+
+def test_entries_pack_with_their_windows_and_older_records_still_read() -> None:
+    import msgpack
+
+    from fastgw.plugins.proxy_cache import _pack, _unpack
+
+    entry = Entry(200, [(b"A", b"1")], b"body", b'"e"', 10.0, 20.0, 3, 25.0, 50.0)
+    back = _unpack(_pack(entry))
+    assert back is not None
+    assert (back.status, back.headers, back.body, back.etag, back.stored, back.expires, back.age0,
+            back.stale_until, back.updating_until, back.kept_until) == (
+        200, [(b"A", b"1")], b"body", b'"e"', 10.0, 20.0, 3, 25.0, 50.0, 50.0)
+    # A record stored before updating_until existed (eight fields): no such window.
+    old = _unpack(msgpack.packb([200, [[b"A", b"1"]], b"body", None, 10.0, 3, 20.0, 25.0]))
+    assert old is not None and old.updating_until == 20.0 and old.kept_until == 25.0
+    assert _unpack(b"\x93\x01\x02\x03") is None
+
+
+def test_a_worker_on_its_own_store_answers_stale_while_one_request_refreshes() -> None:
+    """Without the supervisor: past freshness, the first request is the miss that asks the
+    backend; one for the same answer meanwhile gets the stale one at once (Updating), not
+    a wait; once the new answer is stored, it is the hit."""
+    import asyncio
+    import time
+
+    pipe = cache({"ttl": 0.2, "stale_while_revalidate": 30})
+    plugin = pipe.plugins[0]
+    assert plugin.node is None
+
+    async def main() -> None:
+        ctx = make_ctx(path="/swr/1")
+        assert plugin.on_request(ctx) == 0
+        ctx.response_tap.start(200, [], 3)
+        ctx.response_tap.finish(b"old")
+        time.sleep(0.25)
+        asking = make_ctx(path="/swr/1")
+        assert plugin.on_request(asking) == 0 and hdrs(asking.response_headers_add)["x-cache-status"] == "Miss"
+        meanwhile = make_ctx(path="/swr/1")
+        assert plugin.on_request(meanwhile) != 0                    # answered, no coroutine to wait on
+        assert meanwhile.answer_body == b"old" and hdrs(meanwhile.answer_headers)["x-cache-status"] == "Updating"
+        head = make_ctx(method="HEAD", path="/swr/1")
+        assert plugin.on_request(head) != 0 and hdrs(head.answer_headers)["x-cache-status"] == "Updating"
+        asking.response_tap.start(200, [], 3)
+        asking.response_tap.finish(b"new")
+        after = make_ctx(path="/swr/1")
+        assert plugin.on_request(after) != 0
+        assert after.answer_body == b"new" and hdrs(after.answer_headers)["x-cache-status"] == "Hit"
+
+    asyncio.run(main())
