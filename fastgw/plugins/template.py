@@ -66,11 +66,14 @@ class Template:
     def render_url(self, ctx: Any) -> str:
         """As ``render``, for a URL's path and query: path variables go in as routed (their
         percent-encoded form, with no '/' in a ``{var}``), every other request value
-        percent-encoded whole, so none can add a segment, a '..', a query or a fragment."""
+        percent-encoded whole, so none can add a segment, a '..', a query or a fragment: a
+        request header's bytes as the client sent them (as a stage's ``backend_path`` does),
+        text (a decoded query argument, the consumer's name) as UTF-8."""
         if self.is_static:
             return self.static
         return "".join(arg if kind == _LIT else _value(kind, arg, ctx) if kind == _PARAM
-                       else quote(_value(kind, arg, ctx), safe="") for kind, arg in self.parts)
+                       else quote(_value(kind, arg, ctx), safe="", encoding="latin-1" if kind == _HEADER else "utf-8")
+                       for kind, arg in self.parts)
 
     def render_header(self, ctx: Any) -> bytes:
         """The bytes a header value rendered from this template gets. Bytes the client sent

@@ -38,3 +38,12 @@ def test_render_url_encodes_every_request_value_but_path_variables():
     # the path variable as routed (already encoded), a stage value as configured
     assert t.render_url(ctx) == "/u/7%2F8/a/b?h=..%2Fx%3Fy%23z%26w%3D1&q=a%20b%2F&c=al%20ice"
     assert compile_template("/static?x=1", (), {}).render_url(ctx) == "/static?x=1"
+
+
+def test_render_url_keeps_the_clients_bytes_and_writes_text_as_utf_8():
+    """A request header's byte 0xE9 goes into the URL as %E9 (as backend_path's templates
+    write it; it was %C3%A9), a decoded query argument and a consumer's name as UTF-8."""
+    t = compile_template("/u?h=${header.x-t}&q=${query.q}&c=${consumer.name}", (), {})
+    ctx = make_ctx(headers=[(b"X-T", b"caf\xe9")], query=b"q=caf%C3%A9")
+    ctx.consumer = Consumer("日本", ())
+    assert t.render_url(ctx) == "/u?h=caf%E9&q=caf%C3%A9&c=%E6%97%A5%E6%9C%AC"
