@@ -10,7 +10,7 @@ from email.utils import formatdate
 
 import pytest
 from fastgw._core import HmacAuthStep
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastgw.pipeline import PipelineError
@@ -239,7 +239,8 @@ def counted_step(plugin):  # type: ignore[no-untyped-def]
         return hmac_auth.Plugin.on_request(plugin, ctx)
 
     step = HmacAuthStep(fallback, plugin.table.hmac, plugin.algs, plugin.enforce, float(plugin.skew), plugin.hide,
-                        plugin.challenge, plugin.replay, hmac_auth.date_seconds, hmac_auth.hmac_pads)
+                        plugin.challenge, plugin.replay, hmac_auth.date_seconds, hmac_auth.hmac_pads,
+                        plugin.replay_waits)
     return step, handed_on
 
 
@@ -322,3 +323,82 @@ def test_the_c_step_claims_in_the_node_table(tmp_path):
         assert guard.first_use(token, 60) is False
     finally:
         region.close()
+
+
+@pytest.mark.parametrize("enforce", [[], ["date", "request-line"]])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(req=hm_requests())
+def test_with_the_guard_in_redis_the_c_step_answers_as_the_plugin_does(redis, enforce, req):
+    """With the replay guard in Redis the step checks the signature in C and the request
+    waits on the guard's answer, the verdict its result: for every request, what the
+    plugin's Python alone gives it (two guards on one Redis, each its own key prefix)."""
+    import asyncio
+    import uuid
+
+    from fastgw.replay import RedisReplayGuard
+    from fastgw.resp import RespClient
+
+    query, headers = req
+    entry = {"name": "hmac-auth", "config": {"enforce_headers": enforce}}
+    prefix = uuid.uuid4().hex
+
+    async def settled(result):  # type: ignore[no-untyped-def]
+        return await result if hasattr(result, "__await__") else result
+
+    async def main() -> None:
+        clients = [RespClient(redis.url, 1.0), RespClient(redis.url, 1.0)]
+        try:
+            with_c = make_pipeline([entry], CONSUMERS, services={"replay": RedisReplayGuard(clients[0], prefix + "c:")})
+            python = make_pipeline([entry], CONSUMERS,
+                                   services={"replay": RedisReplayGuard(clients[1], prefix + "p:")}).plugins[0]
+            assert with_c.plugins[0].replay_waits and isinstance(with_c.plugins[0].native, HmacAuthStep)
+            step, _ = counted_step(with_c.plugins[0])
+            for _ in range(2):          # the second time, a good signature is a replay
+                a = make_ctx(query=query, headers=list(headers))
+                b = make_ctx(query=query, headers=list(headers))
+                answered = bool(await settled(step(a)))
+                assert answered == bool(await settled(hmac_auth.Plugin.on_request(python, b)))
+                assert (a.answer_status, a.answer_body) == (b.answer_status, b.answer_body)
+                assert getattr(a.consumer, "name", None) == getattr(b.consumer, "name", None)
+                assert _authorization(a) == _authorization(b)
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_with_the_guard_in_redis_a_plainly_signed_request_waits_from_c(redis):
+    """The step hands nothing on: the request waits on the guard's future (the chain's
+    waiting state), and its result is the verdict; the replay is refused the same way, and
+    a Redis that is gone refuses (503), fail closed."""
+    import asyncio
+
+    from fastgw.replay import RedisReplayGuard
+    from fastgw.resp import RespClient
+
+    async def main() -> None:
+        client = RespClient(redis.url, 0.3)
+        try:
+            pipe = make_pipeline([{"name": "hmac-auth"}], CONSUMERS, services={"replay": RedisReplayGuard(client)})
+            step, handed_on = counted_step(pipe.plugins[0])
+            headers = signed(query=b"a=3").headers
+            ctx = make_ctx(query=b"a=3", headers=list(headers))
+            waiting = step(ctx)
+            assert asyncio.isfuture(waiting) and not handed_on                   # waits, from C
+            assert await waiting == 0 and ctx.consumer.name == "alice" and not _authorization(ctx)
+            # In the route's chain: the waiting state, then resumed with the verdict.
+            headers = signed(query=b"a=5").headers
+            ctx = make_ctx(query=b"a=5", headers=list(headers))
+            assert pipe.chain.start_request(ctx) == 2 and asyncio.isfuture(ctx._waiting)
+            assert pipe.chain.resume_request(ctx, await ctx._waiting) == 0 and ctx.consumer.name == "alice"
+            again = make_ctx(query=b"a=5", headers=list(headers))
+            waiting = step(again)
+            assert await waiting == 1 and error_of(again) == "Signature already used" and not handed_on
+            redis.stop()
+            gone = make_ctx(query=b"a=4", headers=list(signed(query=b"a=4").headers))
+            assert await step(gone) == 1 and gone.answer_status == 503
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
