@@ -640,7 +640,10 @@ cdef class UpstreamPool:
     cdef bint dns                         # the target is a host name (re-resolved)
     cdef double resolved_until
     cdef object resolving                 # the lookup in progress (a Task) or None
-    cdef readonly double down_until       # passed over until then (Backend.pick_live)
+    cdef double own_until                 # passed over until then (Backend.pick_live), without a
+                                          # shared mark
+    cdef uint64_t* shared_until           # the node's mark of this target (_marks.pxi), or NULL
+    cdef object marks                     # the PassiveMarks it is in (keeps the mapping alive)
     cdef public bint checked_down         # failed its active health checks (fastgw/health.py)
     cdef readonly int fails               # failed connects in the window ending at fail_window_end
     cdef double fail_window_end
@@ -717,19 +720,46 @@ cdef class UpstreamPool:
             self.fails = 0
             self.fail_window_end = now + fail_timeout
         self.fails += 1
-        if max_fails > 0 and self.fails >= max_fails and self.down_until <= now:
-            self.down_until = now + fail_timeout
+        if max_fails > 0 and self.fails >= max_fails and self.until() <= now:
+            if self.shared_until != NULL:
+                _mk_raise(self.shared_until, now + fail_timeout)     # for every worker of the node
+            else:
+                self.own_until = now + fail_timeout
             _log.warning("upstream %s:%d: passed over for %g s after %d failed connection(s)",
                          self.host, self.port, fail_timeout, self.fails)
 
+    cdef inline double until(self) noexcept:
+        """Until when failed connects pass the target over: the node's mark when it has one
+        (written by whichever worker saw them), else this worker's own."""
+        return _mk_read(self.shared_until) if self.shared_until != NULL else self.own_until
+
     cdef inline bint passed_over(self, double now) noexcept:
         """Failed connects (max_fails) or active health checks keep it out of the picks."""
-        return self.down_until > now or self.checked_down
+        return self.until() > now or self.checked_down
 
     cdef inline void connected(self) noexcept:
-        """A new connection succeeded: the target is healthy again."""
+        """A new connection succeeded: the target is healthy again (for the node too)."""
         self.fails = 0
-        self.down_until = 0.0
+        self.own_until = 0.0
+        if self.shared_until != NULL and _mk_read(self.shared_until) != 0.0:
+            fgw_rp_store(self.shared_until, 0)
+
+    @property
+    def down_until(self):
+        """Until when the target is passed over after failed connects (monotonic seconds)."""
+        return self.until()
+
+    def passed_over_now(self):
+        """Whether a pick would pass this target over now (for tests and tools)."""
+        return self.passed_over(_mono())
+
+    def fail_connect(self, int max_fails, double fail_timeout):
+        """Count a failed connection as the proxy does (for tests)."""
+        self.connect_failed(max_fails, fail_timeout)
+
+    def connect_succeeded(self):
+        """A new connection succeeded, as the proxy records it (for tests)."""
+        self.connected()
 
     cdef UpstreamConnection acquire(self, ClientConnection client):
         cdef UpstreamConnection c

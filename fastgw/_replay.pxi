@@ -17,21 +17,7 @@
 from libc.math cimport ceil
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
-cdef extern from *:
-    """
-    /* Sequentially consistent: a claim (store) followed by a look at the other slots
-       (loads) is the Dekker pattern; acquire/release alone would let two claimers each
-       miss the other's word on a weakly ordered CPU (x86's locked cmpxchg is a full
-       barrier anyway). */
-    static inline uint64_t fgw_rp_load(uint64_t *p) {
-        return __atomic_load_n(p, __ATOMIC_SEQ_CST);
-    }
-    static inline int fgw_rp_cas(uint64_t *p, uint64_t expected, uint64_t desired) {
-        return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-    }
-    """
-    uint64_t fgw_rp_load(uint64_t *p) nogil
-    bint fgw_rp_cas(uint64_t *p, uint64_t expected, uint64_t desired) nogil
+# (fgw_rp_load / fgw_rp_cas: the atomics of _shm.pxi)
 
 DEF _RP_EXP_BITS = 20
 DEF _RP_EXP_MASK = 0xFFFFF             # 2**20 - 1

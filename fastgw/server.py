@@ -146,11 +146,26 @@ class Worker:
                 self.servers.append(await self.loop.create_server(factory, sock=sock, ssl=ctx, backlog=4096))
         if self.access_log is not None and hasattr(self.access_log, "start"):
             self.access_log.start(self.loop)
+        if self.shared_region is not None:
+            self._share_passive_marks(self.shared_region.passive_marks())
         if self.runtime.health is not None:
             if self.shared_region is not None:
                 # One prober per node (worker 0); the others follow its verdicts.
                 self.runtime.health.share(self.shared_region.health_table(), prober=self.index == 0)
             self.runtime.health.start(self.loop)
+
+    def _share_passive_marks(self, marks: _core.PassiveMarks) -> None:
+        """Every target's passive mark is the node's (fastgw/_marks.pxi): a target one worker
+        passes over after failed connections is passed over by all of them."""
+        from fastgw.shared import target_key
+
+        full = 0
+        for backend in self.runtime.backends:
+            for pool in backend.pools:
+                if not marks.share(pool, target_key(pool)):
+                    full += 1
+        if full:
+            log.warning("passive marks: the node's table is full; %d target(s) keep their marks to this worker", full)
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, finish in-flight requests, close idle connections, then stop."""

@@ -1,5 +1,5 @@
 """Node-wide state in shared memory: hmac-auth's replay set, the rate-limit counters, the
-cache purges and the active health checks' verdicts.
+cache purges, the active health checks' verdicts and the targets' passive marks.
 
 The supervisor creates one region (a file in ``/dev/shm``, like the stats region) for its
 whole life and passes its name to every worker (``--shared``); each worker attaches and
@@ -8,10 +8,11 @@ hands its plugins the node's guards through ``PluginScope.services`` (``"replay"
 tables with atomic compare-and-swap, so what they hold is true for the node. Layout::
 
     header (4096 B)   magic, version, health slots, replay slots, counter slots, 32-byte
-                      random key; at PURGE_OFFSET the last cache purge (see below)
+                      random key, mark slots; at PURGE_OFFSET the last cache purge (see below)
     replay table      replay_slots x u64            (fastgw/_replay.pxi)
     counter table     counter_slots x 2 u64         (fastgw/_counters.pxi)
     health table      health_slots x 2 u64          (:class:`HealthTable`)
+    marks table       mark_slots x 2 u64            (fastgw/_marks.pxi)
 
 Sizes: 2**21 replay slots (16 MB of address space: about a million live signatures) and
 2**18 counter slots (4 MB: about 130 000 live counters, a counter being one caller in one
@@ -27,6 +28,10 @@ scope, or on everything when it missed a purge in between.
 Active health checks (fastgw/health.py) are run by one worker of the node, which writes
 each target's verdict (in use, or passed over) in the health table; the other workers read
 it. A new generation's workers start from the verdicts the last one left.
+
+Passive marks: a worker that passes a target over after failed connections (``max_fails``)
+writes until when in the marks table, and every worker's picks read it (one memory read), so
+the node's other workers skip the target at once; a new connection that succeeds clears it.
 """
 
 from __future__ import annotations
@@ -42,12 +47,13 @@ from fastgw import _core
 from fastgw.stats import attach_region_file, close_region_file, create_region_file
 
 MAGIC = b"FGWSHRD1"
-VERSION = 2
+VERSION = 3
 HEADER_SIZE = 4096
 REPLAY_SLOTS = 1 << 21
 COUNTER_SLOTS = 1 << 18
 HEALTH_SLOTS = 1 << 10                  # distinct (target, check) pairs checked on a node, at most
-_HEADER = struct.Struct("<8sIIQQ32s")   # magic, version, health slots, replay slots, counter slots, key
+MARK_SLOTS = 1 << 10                    # distinct targets with a passive mark on a node, at most
+_HEADER = struct.Struct("<8sIIQQ32sI")  # magic, version, health slots, replay slots, counter slots, key, mark slots
 PURGE_OFFSET = 1024                     # the last purge: u64 sequence, u32 length, scope JSON
 PURGE_MAX = 2048                        # bytes of scope JSON at most
 _PURGE_HEAD = struct.Struct("<QI")
@@ -66,13 +72,14 @@ class SharedRegion:
     then ``replay_guard()`` and ``counters()``."""
 
     def __init__(self, path: str, fd: int, mm: mmap.mmap, replay_slots: int, counter_slots: int,
-                 key: bytes, owner: bool, health_slots: int = HEALTH_SLOTS) -> None:
+                 key: bytes, owner: bool, health_slots: int = HEALTH_SLOTS, mark_slots: int = MARK_SLOTS) -> None:
         self.path = path
         self._fd = fd
         self._mm = mm
         self.replay_slots = replay_slots
         self.counter_slots = counter_slots
         self.health_slots = health_slots
+        self.mark_slots = mark_slots
         self.key = key
         self.owner = owner
         self._exported = False
@@ -82,8 +89,9 @@ class SharedRegion:
         return self.path
 
     @staticmethod
-    def _size(replay_slots: int, counter_slots: int, health_slots: int = HEALTH_SLOTS) -> int:
-        return HEADER_SIZE + replay_slots * 8 + counter_slots * 16 + health_slots * 16
+    def _size(replay_slots: int, counter_slots: int, health_slots: int = HEALTH_SLOTS,
+              mark_slots: int = MARK_SLOTS) -> int:
+        return HEADER_SIZE + replay_slots * 8 + counter_slots * 16 + health_slots * 16 + mark_slots * 16
 
     @classmethod
     def create(cls, replay_slots: int = REPLAY_SLOTS, counter_slots: int = COUNTER_SLOTS,
@@ -100,18 +108,20 @@ class SharedRegion:
             # A read-only /dev/shm (some containers): the region works from /tmp as well.
             return cls.create(replay_slots, counter_slots, "/tmp")
         key = os.urandom(32)
-        _HEADER.pack_into(mm, 0, MAGIC, VERSION, HEALTH_SLOTS, replay_slots, counter_slots, key)
+        _HEADER.pack_into(mm, 0, MAGIC, VERSION, HEALTH_SLOTS, replay_slots, counter_slots, key, MARK_SLOTS)
         return cls(path, fd, mm, replay_slots, counter_slots, key, owner=True)
 
     @classmethod
     def attach(cls, name: str) -> SharedRegion:
         def fits(fields: tuple, size: int) -> bool:
-            magic, version, health_slots, replay_slots, counter_slots, _ = fields
-            return magic == MAGIC and version == VERSION and cls._size(replay_slots, counter_slots, health_slots) <= size
+            magic, version, health_slots, replay_slots, counter_slots, _, mark_slots = fields
+            return magic == MAGIC and version == VERSION and \
+                cls._size(replay_slots, counter_slots, health_slots, mark_slots) <= size
 
-        fd, mm, (_, _, health_slots, replay_slots, counter_slots, key) = attach_region_file(
+        fd, mm, (_, _, health_slots, replay_slots, counter_slots, key, mark_slots) = attach_region_file(
             name, _HEADER, "shared region", fits)
-        return cls(name, fd, mm, replay_slots, counter_slots, key, owner=False, health_slots=health_slots)
+        return cls(name, fd, mm, replay_slots, counter_slots, key, owner=False, health_slots=health_slots,
+                   mark_slots=mark_slots)
 
     def replay_table(self) -> _core.ReplaySet:
         self._exported = True
@@ -125,6 +135,11 @@ class SharedRegion:
         self._exported = True
         return HealthTable(self._mm, HEADER_SIZE + self.replay_slots * 8 + self.counter_slots * 16,
                            self.health_slots)
+
+    def passive_marks(self) -> _core.PassiveMarks:
+        self._exported = True
+        return _core.PassiveMarks(self._mm, HEADER_SIZE + self.replay_slots * 8 + self.counter_slots * 16
+                                  + self.health_slots * 16, self.mark_slots)
 
     def replay_guard(self) -> object:
         from fastgw.replay import ReplayGuard
@@ -241,3 +256,10 @@ class PurgeWatch:
         except orjson.JSONDecodeError:
             return {}
         return scope if isinstance(scope, dict) else {}
+
+
+def target_key(pool: object) -> int:
+    """A backend target's key in the marks table: its host, port and scheme (the same
+    target named by several stages is one)."""
+    ident = f"{pool.host}:{pool.port}:{'https' if pool.ssl is not None else 'http'}"   # type: ignore[attr-defined]
+    return int.from_bytes(hashlib.blake2b(ident.encode(), digest_size=8).digest(), "little") or 1

@@ -134,6 +134,27 @@ def test_a_connect_timeout_goes_to_the_next_target(backend: Backend, port: int, 
         assert time.monotonic() - t0 < 0.25 * 4
 
 
+def test_a_target_one_worker_passes_over_is_passed_over_by_every_worker(
+        backend: Backend, port: int, gateway: Any) -> None:
+    """The node's passive mark (fastgw/_marks.pxi): the first request to meet the dead
+    target waits its connect timeout and marks it; the other worker's requests skip it at
+    once (without the shared mark each worker would wait once, and log it once)."""
+    with blackhole() as hole:
+        cfg = _config(port, [hole, backend.url], fail_timeout=60)
+        cfg["services"][0]["stages"]["prod"]["timeouts"] = {"connect": 0.4}
+        g = gateway(cfg, workers=2)
+        took = []
+        for i in range(16):                 # each on a new connection: both workers get some
+            t0 = time.monotonic()
+            assert request(g.port, "GET", f"/m/{i}").status == 200
+            took.append(time.monotonic() - t0)
+        assert sum(1 for t in took if t >= 0.35) == 1, took
+        assert took[0] >= 0.35
+        g.wait_log("passed over for 60 s after 1 failed connection")
+        assert g.log().count("passed over for 60 s") == 1
+        assert backend.connections >= 2     # (each worker has its own upstream connections: both served)
+
+
 @pytest.mark.parametrize("targets", [1, 2])
 def test_when_no_target_connects_in_time_the_answer_is_504(targets: int, port: int, gateway: Any) -> None:
     with blackhole() as hole, blackhole() as hole2:
