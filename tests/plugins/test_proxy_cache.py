@@ -230,22 +230,33 @@ def test_stale_if_error_window(answer_headers: list[tuple[bytes, bytes]], grace:
     assert fill.grace == grace
 
 
+def own_store(config: dict[str, Any]) -> Any:
+    """A route's proxy-cache on a worker's own store (no supervisor: no node store)."""
+    plugin = cache(config).plugins[0]
+    assert plugin.node is None
+    return plugin
+
+
+def store(plugin: Any, path: str, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> Any:
+    """A miss for ``path`` whose answer (200, ``body``) is stored; its response tap."""
+    ctx = make_ctx(path=path)
+    assert plugin.on_request(ctx) == 0
+    fill = ctx.response_tap
+    assert fill.start(200, headers or [], len(body))
+    fill.finish(body)
+    return fill
+
+
 def test_a_worker_on_its_own_store_answers_stale_when_the_backend_fails() -> None:
     """Without the supervisor (each worker its own store): kept past freshness for the
     window, a miss meanwhile, and the stand-in for an upstream failure."""
     import asyncio
     import time
 
-    pipe = cache({"ttl": 0.2, "stale_if_error": 30})
-    plugin = pipe.plugins[0]
-    assert plugin.node is None
+    plugin = own_store({"ttl": 0.2, "stale_if_error": 30})
 
     async def main() -> None:
-        ctx = make_ctx(path="/stale/1")
-        assert plugin.on_request(ctx) == 0
-        fill = ctx.response_tap
-        assert fill.start(200, [(b"Content-Type", b"text/plain")], 3)
-        fill.finish(b"old")
+        fill = store(plugin, "/stale/1", b"old", [(b"Content-Type", b"text/plain")])
         assert fill.upstream_failed(make_ctx()) is False            # it had nothing stale
         time.sleep(0.25)
         ctx = make_ctx(path="/stale/1")
@@ -302,15 +313,10 @@ def test_a_worker_on_its_own_store_answers_stale_while_one_request_refreshes() -
     import asyncio
     import time
 
-    pipe = cache({"ttl": 0.2, "stale_while_revalidate": 30})
-    plugin = pipe.plugins[0]
-    assert plugin.node is None
+    plugin = own_store({"ttl": 0.2, "stale_while_revalidate": 30})
 
     async def main() -> None:
-        ctx = make_ctx(path="/swr/1")
-        assert plugin.on_request(ctx) == 0
-        ctx.response_tap.start(200, [], 3)
-        ctx.response_tap.finish(b"old")
+        store(plugin, "/swr/1", b"old")
         time.sleep(0.25)
         asking = make_ctx(path="/swr/1")
         assert plugin.on_request(asking) == 0 and hdrs(asking.response_headers_add)["x-cache-status"] == "Miss"
