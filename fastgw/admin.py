@@ -280,6 +280,38 @@ class SupervisorHooks:
                 out["error"] = f"Redis: {type(exc).__name__}: {exc}"
         return out
 
+    def targets(self) -> list[dict[str, Any]]:
+        """Every backend target of the running config, by service and stage, with what keeps
+        it out of the picks: the node's passive mark (``passed_over_for``: seconds left,
+        0.0 when none; fastgw/_marks.pxi) and, for a stage with health checks, the active
+        verdict (``"healthy"``, ``"unhealthy"``, or ``"unchecked"`` before the first)."""
+        from fastgw.compile import target_address
+        from fastgw.health import CheckSettings, check_ident
+        from fastgw.shared import target_key
+
+        region = getattr(self.sup, "shared_region", None)
+        marks = region.passive_marks() if region is not None else None
+        verdicts = region.health_table() if region is not None else None
+        now = time.monotonic()
+        out: list[dict[str, Any]] = []
+        seen: set[tuple[str, str, str]] = set()
+        for spec in getattr(self.sup.config, "routes", ()) or ():
+            check = spec.backend.get("health_check")
+            for url, weight in zip(spec.targets, spec.weights, strict=True):
+                if (spec.service, spec.stage, url) in seen:
+                    continue
+                seen.add((spec.service, spec.stage, url))
+                host, port, tls = target_address(url)
+                item: dict[str, Any] = {"service": spec.service, "stage": spec.stage, "target": url,
+                                        "weight": weight, "passed_over_for": None, "active": None}
+                if marks is not None:
+                    item["passed_over_for"] = round(max(0.0, marks.until(target_key(host, port, tls)) - now), 3)
+                if check and verdicts is not None:
+                    down = verdicts.get(check_ident(host, port, tls, CheckSettings.from_config(check).path))
+                    item["active"] = "unchecked" if down is None else "unhealthy" if down else "healthy"
+                out.append(item)
+        return out
+
     def health(self) -> dict[str, Any]:
         workers = [
             {"slot": w.slot, "generation": w.generation, "pid": w.pid, "alive": w.alive}
@@ -431,7 +463,8 @@ class AdminServer:
                 return self._json(405, {"error": "method not allowed", "status": 405})
             return self._static(path[len("/dashboard/"):] or "index.html")
         endpoints = {("GET", "/stats"), ("GET", "/metrics"), ("GET", "/routes"), ("GET", "/health"),
-                     ("GET", "/config"), ("GET", "/cache"), ("POST", "/reload"), ("POST", "/cache/purge")}
+                     ("GET", "/config"), ("GET", "/cache"), ("GET", "/targets"), ("POST", "/reload"),
+                     ("POST", "/cache/purge")}
         if (method, path) not in endpoints and ("GET", path) not in endpoints and ("POST", path) not in endpoints:
             return self._json(404, {"error": "not found", "status": 404})
         authorized = self._authorized(headers)
@@ -452,6 +485,8 @@ class AdminServer:
                 return 200, text.encode(), "text/plain; version=0.0.4; charset=utf-8", b""
             if path == "/routes":
                 return self._json(200, {"routes": await self._call("routes")})
+            if path == "/targets":
+                return self._json(200, {"targets": await self._call("targets")})
             if path == "/config":
                 return self._json(200, redact(await self._call("config") or {}))
             if path == "/cache/purge":

@@ -44,14 +44,18 @@ class Runtime:
                 close()
 
 
+def target_address(url: str) -> tuple[str, int, bool]:
+    """A target URL's host, port and whether it is TLS, as its UpstreamPool has them."""
+    parts = urlsplit(url)
+    tls = parts.scheme == "https"
+    return parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80), tls
+
+
 def _target_pool(engine: Engine, url: str, cache: dict[str, UpstreamPool]) -> UpstreamPool:
     pool = cache.get(url)
     if pool is None:
-        parts = urlsplit(url)
-        tls = parts.scheme == "https"
-        ctx = ssl.create_default_context() if tls else None
-        port = parts.port or (443 if tls else 80)
-        pool = UpstreamPool(engine, parts.hostname or "127.0.0.1", port, ctx)
+        host, port, tls = target_address(url)
+        pool = UpstreamPool(engine, host, port, ssl.create_default_context() if tls else None)
         cache[url] = pool
     return pool
 

@@ -72,7 +72,12 @@ async def probe(pool: Any, settings: CheckSettings) -> str | None:
 
 def ident(pool: Any, settings: CheckSettings) -> str:
     """What a verdict is about: the target and the check (another path is another verdict)."""
-    return f"{'https' if pool.ssl else 'http'}://{pool.host}:{pool.port}{settings.path}"
+    return check_ident(pool.host, pool.port, bool(pool.ssl), settings.path)
+
+
+def check_ident(host: str, port: int, tls: bool, path: str) -> str:
+    """``ident`` from a target's address and the check's path (the admin API's way)."""
+    return f"{'https' if tls else 'http'}://{host}:{port}{path}"
 
 
 class HealthChecker:

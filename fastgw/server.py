@@ -162,7 +162,7 @@ class Worker:
         full = 0
         for backend in self.runtime.backends:
             for pool in backend.pools:
-                if not marks.share(pool, target_key(pool)):
+                if not marks.share(pool, target_key(pool.host, pool.port, pool.ssl is not None)):
                     full += 1
         if full:
             log.warning("passive marks: the node's table is full; %d target(s) keep their marks to this worker", full)

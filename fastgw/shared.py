@@ -258,8 +258,8 @@ class PurgeWatch:
         return scope if isinstance(scope, dict) else {}
 
 
-def target_key(pool: object) -> int:
+def target_key(host: str, port: int, tls: bool) -> int:
     """A backend target's key in the marks table: its host, port and scheme (the same
     target named by several stages is one)."""
-    ident = f"{pool.host}:{pool.port}:{'https' if pool.ssl is not None else 'http'}"   # type: ignore[attr-defined]
+    ident = f"{host}:{port}:{'https' if tls else 'http'}"
     return int.from_bytes(hashlib.blake2b(ident.encode(), digest_size=8).digest(), "little") or 1

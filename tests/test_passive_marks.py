@@ -33,15 +33,15 @@ def test_a_mark_made_by_one_worker_is_read_by_another(engine: Any, tmp_path: Any
         b = core.UpstreamPool(engine, "10.0.0.7", 8080)
         elsewhere = core.UpstreamPool(engine, "10.0.0.8", 8080)
         mine, theirs = region.passive_marks(), other.passive_marks()
-        assert mine.share(a, target_key(a)) and theirs.share(b, target_key(b))
-        assert theirs.share(elsewhere, target_key(elsewhere))
+        assert mine.share(a, target_key(a.host, a.port, False)) and theirs.share(b, target_key(b.host, b.port, False))
+        assert theirs.share(elsewhere, target_key(elsewhere.host, elsewhere.port, False))
         assert not a.passed_over_now() and not b.passed_over_now()
         a.fail_connect(2, 30.0)                              # one of max_fails 2: not yet
         assert not b.passed_over_now()
         a.fail_connect(2, 30.0)
         assert a.passed_over_now() and b.passed_over_now() and not elsewhere.passed_over_now()
         assert b.down_until == a.down_until == pytest.approx(time.monotonic() + 30.0, abs=1.0)
-        assert theirs.until(target_key(a)) == a.down_until
+        assert theirs.until(target_key(a.host, a.port, False)) == a.down_until
         b.connect_succeeded()                                # the target is back: for both
         assert not a.passed_over_now() and not b.passed_over_now() and a.down_until == 0.0
     finally:

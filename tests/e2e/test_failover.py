@@ -153,6 +153,14 @@ def test_a_target_one_worker_passes_over_is_passed_over_by_every_worker(
         g.wait_log("passed over for 60 s after 1 failed connection")
         assert g.log().count("passed over for 60 s") == 1
         assert backend.connections >= 2     # (each worker has its own upstream connections: both served)
+        # The admin API says which target is passed over, and for how long (the token needed).
+        admin = cfg["admin"]["port"]
+        assert request(admin, "GET", "/targets").status == 401
+        got = request(admin, "GET", "/targets", headers={"Authorization": "Bearer test-token"}).json()["targets"]
+        by_url = {t["target"]: t for t in got}
+        assert set(by_url) == {hole, backend.url}
+        assert 50 < by_url[hole]["passed_over_for"] <= 60 and by_url[backend.url]["passed_over_for"] == 0.0
+        assert by_url[hole]["active"] is None and by_url[hole]["service"] == "test" and by_url[hole]["weight"] == 1
 
 
 @pytest.mark.parametrize("targets", [1, 2])

@@ -32,13 +32,23 @@ def test_a_black_holed_target_is_passed_over_before_a_request_waits_on_it(backen
         assert time.monotonic() - t0 < 1.5          # no request waited for the 1.5 s connect
 
 
+def _active(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The admin API's active verdict of each target (GET /targets)."""
+    got = request(cfg["admin"]["port"], "GET", "/targets", headers={"Authorization": "Bearer test-token"})
+    return {t["target"]: t["active"] for t in got.json()["targets"]}
+
+
 def test_a_target_that_comes_back_is_used_again(backend: Backend, port: int, gateway: Any) -> None:
     dead = free_port()
-    g = gateway(_config(port, [f"http://127.0.0.1:{dead}", backend.url]))
+    cfg = _config(port, [f"http://127.0.0.1:{dead}", backend.url])
+    g = gateway(cfg)
     g.wait_log("passed over after 1 failed health checks")
     assert {request(g.port, "GET", "/a").json()["backend"] for _ in range(4)} == {"backend"}
+    wait_until(lambda: _active(cfg) == {f"http://127.0.0.1:{dead}": "unhealthy", backend.url: "healthy"},
+               timeout=5, what="the verdicts on the admin API")
     with Backend("revived", port=dead):
         g.wait_log("healthy again (1 passed checks); in use")
+        wait_until(lambda: _active(cfg)[f"http://127.0.0.1:{dead}"] == "healthy", timeout=5, what="revived")
         seen = wait_until(lambda: {request(g.port, "GET", "/b").json()["backend"] for _ in range(4)} == {
             "backend", "revived"}, timeout=5, what="both targets in use")
         assert seen
