@@ -1,5 +1,5 @@
 """The ``fastgw`` command: ``run``, ``validate``, ``routes``, ``stats``, ``reload``, ``purge``,
-``demo`` and the internal ``worker``.
+``targets``, ``demo`` and the internal ``worker``.
 
 Examples::
 
@@ -9,6 +9,7 @@ Examples::
     fastgw demo                              # demo backends + gateway on :8080
     fastgw reload --token T                  # reload through the admin API; errors printed
     fastgw purge shop/prod --token T         # drop that stage's proxy-cache answers
+    fastgw targets --token T                 # each backend target: in use, or passed over and why
 """
 
 from __future__ import annotations
@@ -243,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("purge", help="drop a running gateway's proxy-cache answers (all, or SERVICE[/STAGE])",
                    add_help=False)
+    sub.add_parser("targets", help="show a running gateway's backend targets and whether each is in use",
+                   add_help=False)
 
     p = sub.add_parser("worker", help="internal: one worker process, started by the supervisor")
     p.add_argument("--config", required=True)
@@ -262,9 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "stats":
         return cmd_stats(argv[1:])
-    if argv and argv[0] in ("purge", "reload"):
+    if argv and argv[0] in ("purge", "reload", "targets"):
         from fastgw import cli_admin
 
-        return (cli_admin.purge_main if argv[0] == "purge" else cli_admin.reload_main)(argv[1:])
+        command = {"purge": cli_admin.purge_main, "reload": cli_admin.reload_main,
+                   "targets": cli_admin.targets_main}[argv[0]]
+        return command(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)

@@ -1,7 +1,8 @@
-"""``fastgw purge`` and ``fastgw reload``: commands that act on a running gateway through
-its admin API (``POST /cache/purge``, ``POST /reload``), for scripts and deploy hooks.
+"""``fastgw purge``, ``fastgw reload`` and ``fastgw targets``: commands that act on, or
+look at, a running gateway through its admin API (``POST /cache/purge``, ``POST /reload``,
+``GET /targets``), for scripts, deploy hooks and operators.
 
-Both take ``--admin`` (default ``http://127.0.0.1:9901``) and ``--token`` (default
+They take ``--admin`` (default ``http://127.0.0.1:9901``) and ``--token`` (default
 ``$FASTGW_ADMIN_TOKEN``); they print what the gateway answered and exit 0, or print the
 errors and exit 1 (2 for bad arguments).
 """
@@ -112,4 +113,41 @@ def reload_main(argv: list[str]) -> int:
     except AdminError as exc:
         return _fail("fastgw reload", exc)
     print("reloaded: the new workers serve")
+    return 0
+
+
+def target_state(target: dict[str, Any]) -> str:
+    """Whether a target of ``GET /targets`` is in use, and if not, why."""
+    left = target.get("passed_over_for") or 0.0
+    if left > 0:
+        return f"passed over: failed connections ({left:.1f} s left)"
+    if target.get("active") == "unhealthy":
+        return "passed over: health checks"
+    if target.get("active") == "unchecked":
+        return "in use (not checked yet)"
+    return "in use"
+
+
+def targets_main(argv: list[str]) -> int:
+    """``fastgw targets``: each backend target, by service and stage, and whether it is in use."""
+    p = admin_parser("fastgw targets", "Show a running gateway's backend targets and whether each is in "
+                                       "use: passed over after failed connections (for how long more) or "
+                                       "by its health checks.")
+    p.add_argument("--json", action="store_true", help="print the admin API's JSON instead of a table")
+    args = parse_admin_args(p, argv)
+    if isinstance(args, int):
+        return args
+    try:
+        answer = admin_call(args.admin, args.token, "GET", "/targets")
+    except AdminError as exc:
+        return _fail("fastgw targets", exc)
+    if args.json:
+        print(orjson.dumps(answer).decode())
+        return 0
+    rows = [("SERVICE/STAGE", "TARGET", "WEIGHT", "STATE")] + [
+        (f"{t['service']}/{t['stage']}", t["target"], str(t["weight"]), target_state(t))
+        for t in answer.get("targets", [])]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3])
     return 0

@@ -1,5 +1,5 @@
-"""``fastgw reload`` and ``fastgw purge`` against a running gateway (real subprocesses, real
-admin API): what they print and their exit codes."""
+"""``fastgw reload``, ``fastgw purge`` and ``fastgw targets`` against a running gateway (real
+subprocesses, real admin API): what they print and their exit codes."""
 
 from __future__ import annotations
 
@@ -60,3 +60,24 @@ def test_purge_drops_the_cached_answers(backend: Backend, port: int, gateway: An
     assert request(g.port, "GET", "/x").headers["x-cache-status"] == "Miss"
     down = fastgw("purge", admin=1)
     assert down.returncode == 1 and down.stderr.startswith("fastgw purge: cannot reach http://127.0.0.1:1")
+
+
+def test_targets_shows_which_target_is_passed_over(backend: Backend, port: int, gateway: Any) -> None:
+    from tests.helpers import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    cfg = gateway_config(port, dead, {"/a": {"GET": {}}})
+    cfg["services"][0]["stages"]["prod"]["backend"] = {"targets": [dead, backend.url], "fail_timeout": 30}
+    g = gateway(cfg)
+    admin = cfg["admin"]["port"]
+    assert request(g.port, "GET", "/a").status == 200        # the dead one refused, passed over
+    shown = fastgw("targets", admin=admin)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].split() == ["SERVICE/STAGE", "TARGET", "WEIGHT", "STATE"] and len(lines) == 3
+    assert lines[1].startswith("test/prod") and dead in lines[1]
+    assert "passed over: failed connections (" in lines[1] and lines[1].endswith(" s left)")
+    assert backend.url in lines[2] and lines[2].endswith("  in use")
+    as_json = fastgw("targets", "--json", admin=admin)
+    assert '"target":"' + backend.url + '"' in as_json.stdout
+    assert fastgw("targets", admin=admin, token="wrong").returncode == 1
