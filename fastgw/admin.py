@@ -122,6 +122,26 @@ def render_cache_metrics(info: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def render_target_metrics(targets: list[dict[str, Any]]) -> str:
+    """Prometheus lines for the backend targets (``SupervisorHooks.targets``): whether each
+    is passed over now, and, for stages with health checks, whether it passes them."""
+    if not targets:
+        return ""
+    over = ["# HELP fastgw_target_passed_over 1 while the target is passed over after failed connections "
+            "(the node's passive mark) or by its health checks.",
+            "# TYPE fastgw_target_passed_over gauge"]
+    healthy = ["# HELP fastgw_target_healthy 1 while the target passes its health checks (stages with checks; "
+               "absent before the first).",
+               "# TYPE fastgw_target_healthy gauge"]
+    for t in targets:
+        labels = _labels(service=t["service"], stage=t["stage"], target=t["target"])
+        down = bool(t.get("passed_over_for")) or t.get("active") == "unhealthy"
+        over.append(f"fastgw_target_passed_over{labels} {int(down)}")
+        if t.get("active") in ("healthy", "unhealthy"):
+            healthy.append(f"fastgw_target_healthy{labels} {int(t['active'] == 'healthy')}")
+    return "\n".join(over + (healthy if len(healthy) > 2 else [])) + "\n"
+
+
 def render_metrics(region: StatsRegion) -> str:
     """Prometheus text exposition (0.0.4) of the running totals."""
     totals = region.totals()
@@ -481,7 +501,9 @@ class AdminServer:
             if path == "/metrics":
                 cache = render_cache_metrics(dict(await self._call("cache_info") or {})) \
                     if hasattr(self.hooks, "cache_info") else ""
-                text = (render_metrics(self.region) if self.region is not None else "") + cache
+                targets = render_target_metrics(list(await self._call("targets") or [])) \
+                    if hasattr(self.hooks, "targets") else ""
+                text = (render_metrics(self.region) if self.region is not None else "") + cache + targets
                 return 200, text.encode(), "text/plain; version=0.0.4; charset=utf-8", b""
             if path == "/routes":
                 return self._json(200, {"routes": await self._call("routes")})

@@ -161,6 +161,14 @@ def test_a_target_one_worker_passes_over_is_passed_over_by_every_worker(
         assert set(by_url) == {hole, backend.url}
         assert 50 < by_url[hole]["passed_over_for"] <= 60 and by_url[backend.url]["passed_over_for"] == 0.0
         assert by_url[hole]["active"] is None and by_url[hole]["service"] == "test" and by_url[hole]["weight"] == 1
+        # And on /metrics, for alerts.
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = request(admin, "GET", "/metrics", headers={"Authorization": "Bearer test-token"}).body.decode()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        assert {s.labels["target"]: s.value for s in fams["fastgw_target_passed_over"].samples} == {
+            hole: 1.0, backend.url: 0.0}
+        assert "fastgw_target_healthy" not in fams           # (no health checks here)
 
 
 @pytest.mark.parametrize("targets", [1, 2])

@@ -46,6 +46,14 @@ def test_a_target_that_comes_back_is_used_again(backend: Backend, port: int, gat
     assert {request(g.port, "GET", "/a").json()["backend"] for _ in range(4)} == {"backend"}
     wait_until(lambda: _active(cfg) == {f"http://127.0.0.1:{dead}": "unhealthy", backend.url: "healthy"},
                timeout=5, what="the verdicts on the admin API")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = request(cfg["admin"]["port"], "GET", "/metrics", headers={"Authorization": "Bearer test-token"}).body
+    fams = {f.name: f for f in text_string_to_metric_families(text.decode())}
+    assert {s.labels["target"]: s.value for s in fams["fastgw_target_healthy"].samples} == {
+        f"http://127.0.0.1:{dead}": 0.0, backend.url: 1.0}
+    assert {s.labels["target"]: s.value for s in fams["fastgw_target_passed_over"].samples} == {
+        f"http://127.0.0.1:{dead}": 1.0, backend.url: 0.0}
     with Backend("revived", port=dead):
         g.wait_log("healthy again (1 passed checks); in use")
         wait_until(lambda: _active(cfg)[f"http://127.0.0.1:{dead}"] == "healthy", timeout=5, what="revived")
