@@ -245,12 +245,55 @@
         $("status").textContent = state.range === 300 ? "Live · refreshing every 5 s" :
           "Refreshing every " + Math.round(RANGES[state.range].every / 1000) + " s";
         $("updated").textContent = "Updated " + new Date().toLocaleTimeString();
-        document.body.setAttribute("data-loaded", "1");
+        return loadTargets();
       })
+      .then(function () { document.body.setAttribute("data-loaded", "1"); })
       .catch(function (err) {
         if (err.message !== "unauthorized") $("status").textContent = "Cannot reach the admin API (" + err.message + ")";
       })
       .then(function () { state.inflight = false; });
+  }
+
+  /* The backend targets and whether each is in use (GET /targets): after the stats, so one
+     refresh shows both; a gateway without the endpoint leaves the panel saying so. */
+  function loadTargets() {
+    return fetch("/targets", { headers: { Authorization: "Bearer " + token() }, cache: "no-store" })
+      .then(function (res) { return res.ok ? res.json() : null; })
+      .catch(function () { return null; })
+      .then(function (data) { renderTargets(data ? data.targets : null); });
+  }
+
+  function targetState(t) {
+    if (t.passed_over_for > 0) {
+      return ["rate-bad", "Passed over · failed connections (" + Math.ceil(t.passed_over_for) + " s left)"];
+    }
+    if (t.active === "unhealthy") return ["rate-bad", "Passed over · health checks"];
+    if (t.active === "unchecked") return ["rate-warn", "In use · not checked yet"];
+    return ["rate-ok", t.active === "healthy" ? "In use · healthy" : "In use"];
+  }
+
+  function renderTargets(rows) {
+    var body = $("targets").tBodies[0];
+    body.innerHTML = "";
+    if (!rows) {
+      var none = el("tr", { "class": "empty" });
+      none.appendChild(el("td", { colspan: 4 }, "Not available"));
+      body.appendChild(none);
+      $("targets-count").textContent = "";
+      return;
+    }
+    if (state.stage) rows = rows.filter(function (t) { return t.service + "/" + t.stage === state.stage; });
+    var down = rows.filter(function (t) { return targetState(t)[0] === "rate-bad"; }).length;
+    $("targets-count").textContent = rows.length + " targets" + (down ? " · " + down + " passed over" : "");
+    rows.forEach(function (t) {
+      var tr = el("tr", { "data-target": t.target });
+      tr.appendChild(el("td", { "class": "res" }, t.target));
+      tr.appendChild(el("td", {}, t.service + " · " + t.stage));
+      tr.appendChild(el("td", { "class": "num" }, String(t.weight)));
+      var st = targetState(t);
+      tr.appendChild(el("td", {}, "")).appendChild(el("span", { "class": st[0] }, st[1]));
+      body.appendChild(tr);
+    });
   }
 
   function schedule() {

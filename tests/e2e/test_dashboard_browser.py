@@ -41,6 +41,12 @@ class Hooks:
     def health(self) -> dict:
         return {}
 
+    def targets(self) -> list[dict]:
+        return [{"service": "shop", "stage": "prod", "target": "http://10.0.0.1:8000", "weight": 3,
+                 "passed_over_for": 0.0, "active": "healthy"},
+                {"service": "shop", "stage": "prod", "target": "http://10.0.0.2:8000", "weight": 1,
+                 "passed_over_for": 7.2, "active": "healthy"}]
+
 
 ROUTES = [
     ("shop/prod/GET /orders", 0.02, 12_000),
@@ -132,4 +138,9 @@ def test_dashboard_renders_counts():
         assert nums[2] == f"{e['calls']:,}" and nums[3] == f"{e['2xx']:,}"
         assert nums[4] == f"{e['4xx']:,}" and nums[5] == f"{e['5xx']:,}"
     assert "api.shop.example" in dom
+    # The backend targets panel: each target's state from GET /targets.
+    states = dict(re.findall(r'<tr data-target="([^"]+)">.*?<span class="rate-\w+">([^<]*)</span>', dom))
+    assert states == {"http://10.0.0.1:8000": "In use · healthy",
+                      "http://10.0.0.2:8000": "Passed over · failed connections (8 s left)"}
+    assert text_of("targets-count") == "2 targets · 1 passed over"
     assert "shop · prod" in dom.replace("&nbsp;", " ")
