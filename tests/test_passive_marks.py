@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastgw.shared import SharedRegion, target_key
 
@@ -113,3 +115,29 @@ def _claim_and_mark(name: str, start: Any, index: int) -> None:
         pool.fail_connect(1, 60.0)
         pools.append(pool)
     region.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["fail", "ok"])), max_size=40))
+def test_pools_of_one_target_always_agree(ops: list[tuple[int, str]]) -> None:
+    """Any sequence of failed connections (max_fails 1) and successful ones on pools of
+    three targets, two pools (two workers) each: every pool of a target says what the
+    last event of that target says, and other targets are untouched."""
+    loop = asyncio.new_event_loop()
+    try:
+        engine = core.Engine(loop, None)
+        marks = core.PassiveMarks(mmap.mmap(-1, 64 * 16), 0, 64)
+        pools = [core.UpstreamPool(engine, "10.0.3.1", 80 + i // 2) for i in range(6)]
+        for i, pool in enumerate(pools):
+            assert marks.share(pool, 500 + i // 2)
+        down = [False, False, False]
+        for i, op in ops:
+            if op == "fail":
+                pools[i].fail_connect(1, 60.0)
+                down[i // 2] = True
+            else:
+                pools[i].connect_succeeded()
+                down[i // 2] = False
+            assert [p.passed_over_now() for p in pools] == [down[j // 2] for j in range(6)]
+    finally:
+        loop.close()
