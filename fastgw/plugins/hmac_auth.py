@@ -21,7 +21,8 @@ PERF: a request signed in the plain form is checked in C (``HmacAuthStep`` in
 fastgw/_plugins.pxi, which follows ``on_request`` below step by step); everything else,
 and any request the step would refuse but for a replay, reaches ``on_request``. With
 ``redis`` the step's request waits on the guard's answer in Redis, as on_request's does;
-with ``validate_request_body`` every request goes to ``on_request``.
+with ``validate_request_body`` the step checks the signed body digest too
+(``body_digest_ok``).
 
 Body digest: with ``validate_request_body`` the digest header must be signed and the
 pipeline declares ``needs_body``: the server buffers the body (up to the pipeline's
@@ -163,13 +164,13 @@ class Plugin(BasePlugin):
                            f'hmac realm="{config["realm"]}", headers="{" ".join(self.enforce)}"'.encode("latin-1"))]
         self.replay = scope.services.get("replay") or LOCAL_GUARD
         self.replay_waits = isinstance(self.replay, RedisReplayGuard)
-        if not self.check_body:
-            # PERF: a request signed in the plain form is checked in C (HmacAuthStep), and with
-            # the guard in Redis waits on its answer from there; every other one, and every one
-            # it would refuse, reaches on_request below.
-            self.native = HmacAuthStep(types.MethodType(Plugin.on_request, self), self.table.hmac, self.algs,
-                                       self.enforce, float(self.skew), self.hide, self.challenge, self.replay,
-                                       date_seconds, hmac_pads, self.replay_waits)
+        # PERF: a request signed in the plain form is checked in C (HmacAuthStep), its body's
+        # digest too, and with the guard in Redis it waits on its answer from there; every
+        # other one, and every one it would refuse, reaches on_request below.
+        self.native = HmacAuthStep(types.MethodType(Plugin.on_request, self), self.table.hmac, self.algs,
+                                   self.enforce, float(self.skew), self.hide, self.challenge, self.replay,
+                                   date_seconds, hmac_pads, self.replay_waits,
+                                   body_digest_ok if self.check_body else None)
 
     def _deny(self, ctx: Any, message: str) -> int:
         return ctx.error(401, message, self.challenge)

@@ -240,7 +240,7 @@ def counted_step(plugin):  # type: ignore[no-untyped-def]
 
     step = HmacAuthStep(fallback, plugin.table.hmac, plugin.algs, plugin.enforce, float(plugin.skew), plugin.hide,
                         plugin.challenge, plugin.replay, hmac_auth.date_seconds, hmac_auth.hmac_pads,
-                        plugin.replay_waits)
+                        plugin.replay_waits, hmac_auth.body_digest_ok if plugin.check_body else None)
     return step, handed_on
 
 
@@ -402,3 +402,40 @@ def test_with_the_guard_in_redis_a_plainly_signed_request_waits_from_c(redis):
             await client.aclose()
 
     asyncio.run(main())
+
+
+_BODY_DIGESTS = {
+    "Digest SHA-256": lambda b: (b"Digest", b"SHA-256=" + base64.b64encode(hashlib.sha256(b).digest())),
+    "Digest SHA-512": lambda b: (b"Digest", b"SHA-512=" + base64.b64encode(hashlib.sha512(b).digest())),
+    "Content-Digest": lambda b: (b"Content-Digest", b"sha-256=:" + base64.b64encode(hashlib.sha256(b).digest()) + b":"),
+    "Digest of another body": lambda b: (b"Digest", b"SHA-256=" + base64.b64encode(hashlib.sha256(b + b"x").digest())),
+    "Digest MD5": lambda b: (b"Digest", b"MD5=" + base64.b64encode(hashlib.md5(b).digest())),
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.binary(max_size=64), kind=st.sampled_from(sorted(_BODY_DIGESTS)), signed_digest=st.booleans(),
+       buffered=st.sampled_from(["yes", "yes", "no body", "not buffered"]))
+def test_with_body_validation_the_c_step_answers_as_the_plugin_does(body, kind, signed_digest, buffered):
+    """validate_request_body: the step checks the signed digest against the buffered body;
+    for any body, digest and signing, the answer is the plugin's Python's (pass, or the same
+    status and error), and a request that passes never reaches the Python."""
+    entry = {"name": "hmac-auth", "config": {"validate_request_body": True}}
+    with_c = make_pipeline([entry], CONSUMERS)
+    python = make_pipeline([entry], CONSUMERS).plugins[0]
+    step, handed_on = counted_step(with_c.plugins[0])
+    digest = _BODY_DIGESTS[kind](body)
+    names = ("date", "request-line", digest[0].decode().lower()) if signed_digest else ("date", "request-line")
+    when = time.time()
+    outcomes = []
+    for side in ("c", "python"):
+        ctx = signed(method="POST", names=names, extra=[digest], when=when)
+        if buffered == "yes":
+            ctx.body, ctx.body_size = body, len(body)
+        elif buffered == "not buffered":
+            ctx.body_size = len(body) + 1
+        answered = bool(step(ctx) if side == "c" else hmac_auth.Plugin.on_request(python, ctx))
+        outcomes.append((answered, ctx.answer_status, ctx.answer_body, getattr(ctx.consumer, "name", None)))
+    assert outcomes[0] == outcomes[1]
+    if not outcomes[0][0]:
+        assert handed_on == []                              # passed in C
