@@ -303,7 +303,7 @@ class SupervisorHooks:
     def targets(self) -> list[dict[str, Any]]:
         """Every backend target of the running config, by service and stage, with what keeps
         it out of the picks: the node's passive mark (``passed_over_for``: seconds left,
-        0.0 when none; fastgw/_marks.pxi) and, for a stage with health checks, the active
+        0.0 when none; fastgw/_marks.pxi) and, for a target some stage checks, the active
         verdict (``"healthy"``, ``"unhealthy"``, or ``"unchecked"`` before the first)."""
         from fastgw.compile import target_address
         from fastgw.health import CheckSettings, check_ident
@@ -313,10 +313,18 @@ class SupervisorHooks:
         marks = region.passive_marks() if region is not None else None
         verdicts = region.health_table() if region is not None else None
         now = time.monotonic()
+        routes = getattr(self.sup.config, "routes", ()) or ()
+        # A target (URL) is one pool in a worker, checked with the settings of the first
+        # stage that checks it (fastgw/health.py), and its verdict holds for every stage.
+        check_path: dict[str, str] = {}
+        for spec in routes:
+            check = spec.backend.get("health_check")
+            if check:
+                for url in spec.targets:
+                    check_path.setdefault(url, CheckSettings.from_config(check).path)
         out: list[dict[str, Any]] = []
         seen: set[tuple[str, str, str]] = set()
-        for spec in getattr(self.sup.config, "routes", ()) or ():
-            check = spec.backend.get("health_check")
+        for spec in routes:
             for url, weight in zip(spec.targets, spec.weights, strict=True):
                 if (spec.service, spec.stage, url) in seen:
                     continue
@@ -326,8 +334,8 @@ class SupervisorHooks:
                                         "weight": weight, "passed_over_for": None, "active": None}
                 if marks is not None:
                     item["passed_over_for"] = round(max(0.0, marks.until(target_key(host, port, tls)) - now), 3)
-                if check and verdicts is not None:
-                    down = verdicts.get(check_ident(host, port, tls, CheckSettings.from_config(check).path))
+                if url in check_path and verdicts is not None:
+                    down = verdicts.get(check_ident(host, port, tls, check_path[url]))
                     item["active"] = "unchecked" if down is None else "unhealthy" if down else "healthy"
                 out.append(item)
         return out
