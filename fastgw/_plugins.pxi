@@ -1100,10 +1100,10 @@ cdef object _tpl_utf8(object value):
 cdef object _tpl_render(tuple parts, RequestContext ctx):
     """A header value template rendered for ``ctx`` as Template.render_header writes it
     (``(kind, argument)`` parts from Template.native_parts: literals as UTF-8 bytes, header
-    names as lower-case bytes): the client's bytes as they came, text as UTF-8, the request
-    id as ``_ctx_b`` writes it, control bytes dropped from request values. None when a
-    value is of a type only the template's Python writes (a consumer or request id a custom
-    plugin set to another type)."""
+    and query argument names as bytes): the client's bytes as they came (a query argument's
+    percent-decoded), text as UTF-8, the request id as ``_ctx_b`` writes it, control bytes
+    dropped from request values. None when a value is of a type only the template's Python
+    writes (a consumer or request id a custom plugin set to another type)."""
     cdef _Buf b = _tpl_buf
     cdef int kind
     cdef Py_ssize_t i
@@ -1127,7 +1127,8 @@ cdef object _tpl_render(tuple parts, RequestContext ctx):
             if v is None:
                 continue
         elif kind == _TPL_QUERY:
-            v = _tpl_utf8(ctx.query_args.get(arg, ""))
+            query = ctx.query
+            v = _rt_query_value(<bytes>query if type(query) is bytes else b"", <bytes>arg)
         elif kind == _TPL_CONSUMER or kind == _TPL_GROUPS:
             consumer = ctx.consumer
             if consumer is None:

@@ -1270,6 +1270,13 @@ cdef class Template:
         return f"Template({self.source!r})"
 
 
+def query_value(query, bytes name):
+    """The first value of query argument ``name`` (its bytes, percent-decoded, '+' a space)
+    in the raw ``query``; b"" when absent. What backend_path's and header values'
+    ``${query.x}`` take: the client's bytes, whatever their encoding."""
+    return _rt_query_value(query if type(query) is bytes else b"", name)
+
+
 cdef bytes _rt_query_value(bytes query, bytes name):
     if not query:
         return b""

@@ -6,8 +6,8 @@ may use the settings templates (``{id}``, ``${stage.x}``, ``${header.x}``, ``${q
 ``${consumer.name}``, ``${request_id}``), rendered per request. In ``json`` they are
 rendered inside JSON strings and escaped by the encoder, so no request value can change
 the document's shape; a response with no request value in it is encoded once, at load.
-A header value's bytes are ``Template.render_header``'s: a request header's or path
-variable's bytes as the client sent them, text as UTF-8. The other plugins of the route (authentication, limits, CORS …) run first.
+A header value's bytes are ``Template.render_header``'s: a request header's, path
+variable's or query argument's bytes as the client sent them, text as UTF-8. The other plugins of the route (authentication, limits, CORS …) run first.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ copy, ``add`` adds only when the response lacks the header. Values are templates
 (``{orderId}``, ``${stage.x}``, ``${header.x}``, ``${query.x}``, ``${consumer.name}``,
 ``${request_id}``) compiled at config load. Applies to backend responses and to the
 gateway's own answers (the pipeline makes ``ctx.response_headers`` the answer's headers).
-A value's bytes are ``Template.render_header``'s: a request header's or path variable's
-bytes echoed as the client sent them, text as UTF-8. The per-request work runs in C
+A value's bytes are ``Template.render_header``'s: a request header's, path variable's or
+query argument's bytes echoed as the client sent them, text as UTF-8. The per-request work runs in C
 (``ResponseHeadersStep`` in fastgw/_plugins.pxi, templates rendered by ``_tpl_render``).
 """
 

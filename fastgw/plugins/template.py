@@ -25,9 +25,12 @@ import re
 from typing import Any
 from urllib.parse import quote
 
+from fastgw._core import query_value
+
 _TOKEN = re.compile(r"\$\{([a-z_]+)(?:\.([^}]+))?\}|\{([A-Za-z_][A-Za-z0-9_]*)\*?\}")
 _VARS = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\*?\}")
 _CONTROL = dict.fromkeys([*range(0, 32), 127])
+_CONTROL_BYTES = bytes([*range(0, 32), 127])
 
 # A part's kind (_tpl_render in fastgw/_plugins.pxi renders the same numbers in C).
 _LIT, _PARAM, _HEADER, _QUERY, _CONSUMER, _GROUPS, _RID = range(7)
@@ -67,28 +70,31 @@ class Template:
         """As ``render``, for a URL's path and query: path variables go in as routed (their
         percent-encoded form, with no '/' in a ``{var}``), every other request value
         percent-encoded whole, so none can add a segment, a '..', a query or a fragment: a
-        request header's bytes as the client sent them (as a stage's ``backend_path`` does),
-        text (a decoded query argument, the consumer's name) as UTF-8."""
+        request header's or query argument's bytes as the client sent them (as a stage's
+        ``backend_path`` does), text (the consumer's name) as UTF-8."""
         if self.is_static:
             return self.static
         return "".join(arg if kind == _LIT else _value(kind, arg, ctx) if kind == _PARAM
-                       else quote(_value(kind, arg, ctx), safe="", encoding="latin-1" if kind == _HEADER else "utf-8")
+                       else quote(_client_bytes(kind, arg, ctx) if kind in (_HEADER, _QUERY) else _value(kind, arg, ctx),
+                                  safe="")
                        for kind, arg in self.parts)
 
     def render_header(self, ctx: Any) -> bytes:
         """The bytes a header value rendered from this template gets. Bytes the client sent
-        (a request header, a path variable) go out as they came; text (the template's own,
-        a stage variable, a decoded query argument, the consumer's name and groups) as
-        UTF-8, as the gateway writes a consumer's identity headers; the request id as a
-        plugin's str is written. Control characters are dropped from request values.
+        (a request header, a path variable, a query argument, percent-decoded) go out as
+        they came; text (the template's own, a stage variable, the consumer's name and
+        groups) as UTF-8, as the gateway writes a consumer's identity headers; the request
+        id as a plugin's str is written. Control characters are dropped from request values.
         fastgw/_plugins.pxi's ``_tpl_render`` is the same in C, on ``native_parts``."""
         if self.is_static:
             return self.static.encode("utf-8")
         return b"".join(_header_part(kind, arg, ctx) for kind, arg in self.parts)
 
     def native_parts(self) -> tuple[tuple[int, Any], ...]:
-        """The parts as ``_tpl_render`` takes them: literals as UTF-8, header names as bytes."""
-        return tuple((kind, arg.encode("utf-8") if kind in (_LIT, _HEADER) else arg) for kind, arg in self.parts)
+        """The parts as ``_tpl_render`` takes them: literals as UTF-8, header and query
+        argument names as bytes."""
+        return tuple((kind, arg.encode("utf-8") if kind in (_LIT, _HEADER, _QUERY) else arg)
+                     for kind, arg in self.parts)
 
     def __repr__(self) -> str:
         return f"Template({self.text!r})"
@@ -98,8 +104,8 @@ def _header_part(kind: int, arg: Any, ctx: Any) -> bytes:
     """A template part's bytes in a header value (see Template.render_header)."""
     if kind == _LIT:
         return arg.encode("utf-8")
-    if kind == _PARAM or kind == _HEADER:        # the client's bytes (get_header decodes Latin-1)
-        return _value(kind, arg, ctx).translate(_CONTROL).encode("latin-1")
+    if kind == _PARAM or kind == _HEADER or kind == _QUERY:
+        return _client_bytes(kind, arg, ctx).translate(None, _CONTROL_BYTES)
     if kind == _RID:       # as RequestContext writes a plugin's str (_ctx_b): a client's id keeps its bytes
         text = _value(kind, arg, ctx).translate(_CONTROL)
         try:
@@ -107,6 +113,14 @@ def _header_part(kind: int, arg: Any, ctx: Any) -> bytes:
         except UnicodeEncodeError:
             return text.encode("utf-8")
     return _value(kind, arg, ctx).translate(_CONTROL).encode("utf-8", "replace")
+
+
+def _client_bytes(kind: int, arg: Any, ctx: Any) -> bytes:
+    """A path variable's, request header's or query argument's bytes as the client sent
+    them (the argument's percent-decoded; get_header reads a header as Latin-1)."""
+    if kind == _QUERY:
+        return query_value(ctx.query, arg.encode("utf-8"))
+    return _value(kind, arg, ctx).encode("latin-1")
 
 
 def _value(kind: int, arg: Any, ctx: Any) -> str:

@@ -93,3 +93,17 @@ def test_templates_rendered_in_c_are_the_templates_own_bytes(templates, headers,
     pipe.run_response(ctx)
     expected = [(name.encode(), compile_template(t, ("id",), {}).render_header(ctx)) for name, t in zip(names, templates, strict=True)]
     assert ctx.response_headers == expected
+
+
+def test_a_query_arguments_bytes_go_back_as_the_client_sent_them():
+    """${query.x} is the argument's percent-decoded bytes, whatever their encoding: a
+    Latin-1 form's %E9 stays the byte 0xE9 (decoded as UTF-8 text first, it became U+FFFD's
+    EF BF BD), a UTF-8 one's %C3%A9 stays C3 A9, '+' is a space, control bytes are dropped."""
+    pipe = make_pipeline([{"name": "response-headers", "config": {"set": {"X-Q": "[${query.q}]"}}}])
+    for query, want in ((b"q=caf%E9", b"[caf\xe9]"), (b"q=caf%C3%A9", "[café]".encode()),
+                        (b"a=1&q=a+b%0D%0A&q=second", b"[a b]"), (b"x=1", b"[]")):
+        ctx = make_ctx(query=query)
+        assert run(pipe, ctx) is False
+        ctx.response_headers = []
+        pipe.run_response(ctx)
+        assert dict(ctx.response_headers)[b"X-Q"] == want, query

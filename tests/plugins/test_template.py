@@ -42,8 +42,10 @@ def test_render_url_encodes_every_request_value_but_path_variables():
 
 def test_render_url_keeps_the_clients_bytes_and_writes_text_as_utf_8():
     """A request header's byte 0xE9 goes into the URL as %E9 (as backend_path's templates
-    write it; it was %C3%A9), a decoded query argument and a consumer's name as UTF-8."""
+    write it; it was %C3%A9), a query argument's bytes as they came, a consumer's name as UTF-8."""
     t = compile_template("/u?h=${header.x-t}&q=${query.q}&c=${consumer.name}", (), {})
     ctx = make_ctx(headers=[(b"X-T", b"caf\xe9")], query=b"q=caf%C3%A9")
     ctx.consumer = Consumer("日本", ())
     assert t.render_url(ctx) == "/u?h=caf%E9&q=caf%C3%A9&c=%E6%97%A5%E6%9C%AC"
+    latin1 = make_ctx(query=b"q=caf%E9")          # a Latin-1 form: the byte stays (not %EF%BF%BD)
+    assert compile_template("/u?q=${query.q}", (), {}).render_url(latin1) == "/u?q=caf%E9"
