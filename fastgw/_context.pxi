@@ -23,8 +23,8 @@ DEF CTX_ANSWERED = 1
 cdef inline bytes _ctx_b(value):
     """A plugin's header name, value or query as bytes: a str as Latin-1 (a header value
     read from the request, decoded Latin-1, goes back as the same bytes), or as UTF-8 when
-    it holds a character Latin-1 has not (a consumer's name, a decoded query argument in a
-    template: such a request got a 500 before)."""
+    it holds a character Latin-1 has not (such a request got a 500 before). Settings
+    templates give bytes already (Template.render_header)."""
     if type(value) is bytes:
         return value
     try:

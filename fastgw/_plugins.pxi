@@ -780,7 +780,7 @@ cdef class HmacAuthStep(NativeStep):
         cdef bytes date, value, piece
         cdef _Buf b = _hm_buf
         cdef list names
-        cdef double now, sent
+        cdef double now, sent, ttl
         if auth is None:
             return STEP_PYTHON
         params = _hm_params(auth)
@@ -861,15 +861,15 @@ cdef class HmacAuthStep(NativeStep):
                 return STEP_PYTHON
         # The signature stays usable until its Date leaves the window: remember it that long.
         token = (<str>signature).encode("latin-1")
+        ttl = sent + self.skew - now + 1
         if self.replay_waits:
-            ctx._waiting = self.replay.first_use(token, sent + self.skew - now + 1,
-                                                 _HmacVerdict(self, ctx, consumer))
+            ctx._waiting = self.replay.first_use(token, ttl, _HmacVerdict(self, ctx, consumer))
             return STEP_WAIT
         if self.rtable is not None:
-            verdict = self.rtable.first_use(self.rkey, token, sent + self.skew - now + 1)
+            verdict = self.rtable.first_use(self.rkey, token, ttl)
             first = verdict == REPLAY_FIRST_USE if verdict != REPLAY_FULL else self.replay.judge(verdict)
         else:
-            first = self.replay.first_use(token, sent + self.skew - now + 1)
+            first = self.replay.first_use(token, ttl)
         return self.admit(ctx, first, consumer)
 
     cdef int admit(self, RequestContext ctx, object first, object consumer) except -1:

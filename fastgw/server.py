@@ -159,11 +159,12 @@ class Worker:
         passes over after failed connections is passed over by all of them."""
         from fastgw.shared import target_key
 
+        # (one pool a target URL, which several stages' backends may share)
+        pools = {id(pool): pool for backend in self.runtime.backends for pool in backend.pools}
         full = 0
-        for backend in self.runtime.backends:
-            for pool in backend.pools:
-                if not marks.share(pool, target_key(pool.host, pool.port, pool.ssl is not None)):
-                    full += 1
+        for pool in pools.values():
+            if not marks.share(pool, target_key(pool.host, pool.port, pool.ssl is not None)):
+                full += 1
         if full:
             log.warning("passive marks: the node's table is full; %d target(s) keep their marks to this worker", full)
 
