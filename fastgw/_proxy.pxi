@@ -643,10 +643,11 @@ cdef class UpstreamPool:
     cdef double own_until                 # passed over until then (Backend.pick_live), without a
                                           # shared mark
     cdef uint64_t* shared_until           # the node's mark of this target (_marks.pxi), or NULL
+    cdef uint64_t* shared_tally           # the node's count of its failed connects, or NULL
     cdef object marks                     # the PassiveMarks it is in (keeps the mapping alive)
     cdef public bint checked_down         # failed its active health checks (fastgw/health.py)
-    cdef readonly int fails               # failed connects in the window ending at fail_window_end
-    cdef double fail_window_end
+    cdef int own_fails                    # failed connects in the window ending at fail_window_end,
+    cdef double fail_window_end           # without a shared tally
     cdef readonly int busy                # exchanges in flight: connections lent to a client
 
     def __init__(self, Engine engine, str host, int port, object ssl=None, int max_idle=256,
@@ -713,20 +714,26 @@ cdef class UpstreamPool:
         self.busy = n
 
     cdef int connect_failed(self, int max_fails, double fail_timeout) except -1:
-        """A new connection to this target failed or timed out: count it, and pass the
-        target over for ``fail_timeout`` s once ``max_fails`` fall within that long."""
+        """A new connection to this target failed or timed out: count it (for the node when
+        the target has a slot in the marks table), and pass the target over for
+        ``fail_timeout`` s once ``max_fails`` fall within that long."""
         cdef double now = _mono()
-        if now >= self.fail_window_end:
-            self.fails = 0
-            self.fail_window_end = now + fail_timeout
-        self.fails += 1
-        if max_fails > 0 and self.fails >= max_fails and self.until() <= now:
+        cdef int count
+        if self.shared_tally != NULL:
+            count = _mk_count(self.shared_tally, now, fail_timeout)
+        else:
+            if now >= self.fail_window_end:
+                self.own_fails = 0
+                self.fail_window_end = now + fail_timeout
+            self.own_fails += 1
+            count = self.own_fails
+        if max_fails > 0 and count >= max_fails and self.until() <= now:
             if self.shared_until != NULL:
                 _mk_raise(self.shared_until, now + fail_timeout)     # for every worker of the node
             else:
                 self.own_until = now + fail_timeout
             _log.warning("upstream %s:%d: passed over for %g s after %d failed connection(s)",
-                         self.host, self.port, fail_timeout, self.fails)
+                         self.host, self.port, fail_timeout, count)
 
     cdef inline double until(self) noexcept:
         """Until when failed connects pass the target over: the node's mark when it has one
@@ -738,11 +745,25 @@ cdef class UpstreamPool:
         return self.until() > now or self.checked_down
 
     cdef inline void connected(self) noexcept:
-        """A new connection succeeded: the target is healthy again (for the node too)."""
-        self.fails = 0
-        self.own_until = 0.0
-        if self.shared_until != NULL and _mk_read(self.shared_until) != 0.0:
-            fgw_rp_store(self.shared_until, 0)
+        """A new connection succeeded: the target is healthy again, for the node too (a
+        count or mark another worker left included). Two reads when there is nothing to
+        clear."""
+        if self.shared_until != NULL:
+            if fgw_rp_load(self.shared_until) != 0:
+                fgw_rp_store(self.shared_until, 0)
+            if fgw_rp_load(self.shared_tally) != 0:
+                fgw_rp_store(self.shared_tally, 0)
+        else:
+            self.own_fails = 0
+            self.own_until = 0.0
+
+    @property
+    def fails(self):
+        """Failed connects counted toward ``max_fails`` in the current window: the node's
+        count when the target has a slot in the marks table, else this worker's own."""
+        if self.shared_tally != NULL:
+            return _mk_tally_count(fgw_rp_load(self.shared_tally), _mono())
+        return self.own_fails if _mono() < self.fail_window_end else 0
 
     @property
     def down_until(self):
@@ -2380,8 +2401,7 @@ cdef class UpstreamConnection(Connection):
     def connection_made(self, transport):
         self.connect_task = None
         self._bind(transport)
-        if self.pool.fails:
-            self.pool.connected()
+        self.pool.connected()
         if self.closed:
             transport.close()
             return

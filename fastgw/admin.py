@@ -303,8 +303,10 @@ class SupervisorHooks:
     def targets(self) -> list[dict[str, Any]]:
         """Every backend target of the running config, by service and stage, with what keeps
         it out of the picks: the node's passive mark (``passed_over_for``: seconds left,
-        0.0 when none; fastgw/_marks.pxi) and, for a target some stage checks, the active
-        verdict (``"healthy"``, ``"unhealthy"``, or ``"unchecked"`` before the first)."""
+        0.0 when none; fastgw/_marks.pxi), the node's failed connections to it counted
+        toward ``max_fails`` in the current window (``failed_connects``) and, for a target
+        some stage checks, the active verdict (``"healthy"``, ``"unhealthy"``, or
+        ``"unchecked"`` before the first)."""
         from fastgw.compile import target_address
         from fastgw.health import CheckSettings, check_ident
         from fastgw.shared import target_key
@@ -331,9 +333,12 @@ class SupervisorHooks:
                 seen.add((spec.service, spec.stage, url))
                 host, port, tls = target_address(url)
                 item: dict[str, Any] = {"service": spec.service, "stage": spec.stage, "target": url,
-                                        "weight": weight, "passed_over_for": None, "active": None}
+                                        "weight": weight, "passed_over_for": None, "failed_connects": None,
+                                        "active": None}
                 if marks is not None:
-                    item["passed_over_for"] = round(max(0.0, marks.until(target_key(host, port, tls)) - now), 3)
+                    key = target_key(host, port, tls)
+                    item["passed_over_for"] = round(max(0.0, marks.until(key) - now), 3)
+                    item["failed_connects"] = marks.fails(key)
                 if url in check_path and verdicts is not None:
                     down = verdicts.get(check_ident(host, port, tls, check_path[url]))
                     item["active"] = "unchecked" if down is None else "unhealthy" if down else "healthy"

@@ -123,9 +123,11 @@ def target_state(target: dict[str, Any]) -> str:
         return f"passed over: failed connections ({left:.1f} s left)"
     if target.get("active") == "unhealthy":
         return "passed over: health checks"
-    if target.get("active") == "unchecked":
-        return "in use (not checked yet)"
-    return "in use"
+    notes = ["not checked yet"] if target.get("active") == "unchecked" else []
+    fails = target.get("failed_connects") or 0
+    if fails:
+        notes.append(f"{fails} failed connection{'s' if fails != 1 else ''} counted")
+    return f"in use ({'; '.join(notes)})" if notes else "in use"
 
 
 def targets_main(argv: list[str]) -> int:

@@ -12,7 +12,7 @@ tables with atomic compare-and-swap, so what they hold is true for the node. Lay
     replay table      replay_slots x u64            (fastgw/_replay.pxi)
     counter table     counter_slots x 2 u64         (fastgw/_counters.pxi)
     health table      health_slots x 2 u64          (:class:`HealthTable`)
-    marks table       mark_slots x 2 u64            (fastgw/_marks.pxi)
+    marks table       mark_slots x 4 u64            (fastgw/_marks.pxi)
 
 Sizes: 2**21 replay slots (16 MB of address space: about a million live signatures) and
 2**18 counter slots (4 MB: about 130 000 live counters, a counter being one caller in one
@@ -29,9 +29,11 @@ Active health checks (fastgw/health.py) are run by one worker of the node, which
 each target's verdict (in use, or passed over) in the health table; the other workers read
 it. A new generation's workers start from the verdicts the last one left.
 
-Passive marks: a worker that passes a target over after failed connections (``max_fails``)
-writes until when in the marks table, and every worker's picks read it (one memory read), so
-the node's other workers skip the target at once; a new connection that succeeds clears it.
+Passive marks: every worker counts a target's failed connections in the marks table, so
+``max_fails`` counts the node's failures; the worker that reaches it writes until when the
+target is passed over there, and every worker's picks read it (one memory read), so the
+node's other workers skip the target at once; a new connection that succeeds, in any
+worker, clears the count and the mark.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from fastgw import _core
 from fastgw.stats import attach_region_file, close_region_file, create_region_file
 
 MAGIC = b"FGWSHRD1"
-VERSION = 3
+VERSION = 4
 HEADER_SIZE = 4096
 REPLAY_SLOTS = 1 << 21
 COUNTER_SLOTS = 1 << 18
@@ -91,7 +93,7 @@ class SharedRegion:
     @staticmethod
     def _size(replay_slots: int, counter_slots: int, health_slots: int = HEALTH_SLOTS,
               mark_slots: int = MARK_SLOTS) -> int:
-        return HEADER_SIZE + replay_slots * 8 + counter_slots * 16 + health_slots * 16 + mark_slots * 16
+        return HEADER_SIZE + replay_slots * 8 + counter_slots * 16 + health_slots * 16 + mark_slots * 32
 
     @classmethod
     def create(cls, replay_slots: int = REPLAY_SLOTS, counter_slots: int = COUNTER_SLOTS,

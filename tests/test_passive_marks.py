@@ -1,7 +1,8 @@
-"""The node's passive marks (fastgw/_marks.pxi in the shared region): a target one worker
-passes over after failed connections is passed over by every worker of the node, and a
-new connection that succeeds clears it for all of them. Across processes: tests/e2e/
-test_failover.py."""
+"""The node's passive marks (fastgw/_marks.pxi in the shared region): the node's workers
+count a target's failed connections together, a target one worker passes over after
+``max_fails`` of them is passed over by every worker of the node, and a new connection
+that succeeds, in any worker, clears the count and the mark for all of them. Across
+processes: here (fork) and tests/e2e/test_failover.py."""
 
 from __future__ import annotations
 
@@ -52,12 +53,12 @@ def test_a_mark_made_by_one_worker_is_read_by_another(engine: Any, tmp_path: Any
 
 
 def test_a_mark_ends_and_a_later_one_is_not_shortened(engine: Any) -> None:
-    marks = core.PassiveMarks(mmap.mmap(-1, 64 * 16), 0, 64)
+    marks = core.PassiveMarks(mmap.mmap(-1, 64 * 32), 0, 64)
     a, b = core.UpstreamPool(engine, "10.0.0.9", 80), core.UpstreamPool(engine, "10.0.0.9", 80)
     assert marks.share(a, 5) and marks.share(b, 5)
     a.fail_connect(1, 0.15)
     assert b.passed_over_now()
-    b.fail_connect(1, 30.0)                                  # (b's own count: passed over already)
+    b.fail_connect(1, 30.0)                                  # (counted: passed over already)
     time.sleep(0.2)
     assert not b.passed_over_now()                           # the mark ended
     b.fail_connect(1, 30.0)
@@ -65,17 +66,61 @@ def test_a_mark_ends_and_a_later_one_is_not_shortened(engine: Any) -> None:
     assert a.passed_over_now() and a.down_until > time.monotonic() + 20
 
 
+def test_max_fails_counts_the_failures_of_every_worker(engine: Any, tmp_path: Any) -> None:
+    region = SharedRegion.create(directory=str(tmp_path))
+    other = SharedRegion.attach(region.name)
+    try:
+        key = target_key("10.0.0.7", 8080, False)
+        a, b = core.UpstreamPool(engine, "10.0.0.7", 8080), core.UpstreamPool(engine, "10.0.0.7", 8080)
+        mine, theirs = region.passive_marks(), other.passive_marks()
+        assert mine.share(a, key) and theirs.share(b, key)
+        a.fail_connect(3, 30.0)
+        b.fail_connect(3, 30.0)
+        assert a.fails == b.fails == mine.fails(key) == 2     # one count for the node
+        assert not a.passed_over_now() and not b.passed_over_now()
+        b.fail_connect(3, 30.0)                              # the node's third: each worker met fewer
+        assert a.passed_over_now() and b.passed_over_now() and theirs.fails(key) == 3
+        # A connection that succeeds in a worker that met no failure of its own ends both
+        # the mark and the count, for the node.
+        c = core.UpstreamPool(engine, "10.0.0.7", 8080)
+        assert theirs.share(c, key)
+        c.connect_succeeded()
+        assert not a.passed_over_now() and a.fails == b.fails == mine.fails(key) == 0
+        a.fail_connect(3, 30.0)
+        assert b.fails == 1 and not b.passed_over_now()      # counting starts again from one
+    finally:
+        other.close()
+        region.close()
+
+
+def test_a_count_whose_window_ended_starts_again(engine: Any) -> None:
+    marks = core.PassiveMarks(mmap.mmap(-1, 64 * 32), 0, 64)
+    a, b = core.UpstreamPool(engine, "10.0.0.9", 80), core.UpstreamPool(engine, "10.0.0.9", 80)
+    assert marks.share(a, 5) and marks.share(b, 5)
+    a.fail_connect(2, 0.15)
+    time.sleep(0.2)
+    assert b.fails == 0 and marks.fails(5) == 0              # the window ended
+    b.fail_connect(2, 0.15)                                  # a new window: one of two
+    assert not a.passed_over_now() and a.fails == 1
+    a.fail_connect(2, 0.15)
+    assert a.passed_over_now() and b.passed_over_now()
+
+
 def test_targets_without_room_keep_their_marks_to_themselves(engine: Any) -> None:
-    marks = core.PassiveMarks(mmap.mmap(-1, 16 * 16), 0, 16)
+    marks = core.PassiveMarks(mmap.mmap(-1, 16 * 32), 0, 16)
     for key in range(1, 17):                                 # every slot of key 1's window taken
         assert marks.share(core.UpstreamPool(engine, "10.0.1.1", key), key)
     lone = core.UpstreamPool(engine, "10.0.1.2", 80)
     assert not marks.share(lone, 99)
-    lone.fail_connect(1, 30.0)
-    assert lone.passed_over_now()                            # its own mark, as before
-    assert marks.until(99) == 0.0
+    lone.fail_connect(2, 30.0)
+    assert lone.fails == 1 and not lone.passed_over_now()   # its own count
+    lone.fail_connect(2, 30.0)
+    assert lone.passed_over_now()                            # and its own mark
+    assert marks.until(99) == 0.0 and marks.fails(99) == 0
+    lone.connect_succeeded()
+    assert lone.fails == 0 and not lone.passed_over_now()
     with pytest.raises(ValueError):
-        core.PassiveMarks(mmap.mmap(-1, 16 * 16), 0, 12)      # not a power of two
+        core.PassiveMarks(mmap.mmap(-1, 16 * 32), 0, 12)      # not a power of two
 
 
 def test_workers_claiming_one_target_at_once_share_one_slot(tmp_path: Any) -> None:
@@ -98,6 +143,8 @@ def test_workers_claiming_one_target_at_once_share_one_slot(tmp_path: Any) -> No
         # mark it set the latest time): every key is found where its first claim put it.
         assert all(marks.until(1000 + i) > time.monotonic() + 50 for i in range(4))
         assert marks.until(7) > time.monotonic() + 50
+        # Each counted 500 failures of key 9 at the same time: none lost.
+        assert marks.fails(9) == 4 * 500 and marks.until(9) == 0.0
     finally:
         region.close()
 
@@ -114,30 +161,37 @@ def _claim_and_mark(name: str, start: Any, index: int) -> None:
         assert marks.share(pool, key)
         pool.fail_connect(1, 60.0)
         pools.append(pool)
+    counted = core.UpstreamPool(engine, "10.0.2.1", 9)
+    assert marks.share(counted, 9)
+    for _ in range(500):
+        counted.fail_connect(0, 60.0)                        # max_fails 0: counted, never marked
     region.close()
 
 
 @settings(max_examples=200, deadline=None)
-@given(ops=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["fail", "ok"])), max_size=40))
-def test_pools_of_one_target_always_agree(ops: list[tuple[int, str]]) -> None:
-    """Any sequence of failed connections (max_fails 1) and successful ones on pools of
-    three targets, two pools (two workers) each: every pool of a target says what the
-    last event of that target says, and other targets are untouched."""
+@given(ops=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["fail", "ok"])), max_size=40),
+       max_fails=st.integers(1, 4))
+def test_pools_of_one_target_always_agree(ops: list[tuple[int, str]], max_fails: int) -> None:
+    """Any sequence of failed connections and successful ones on pools of three targets,
+    two pools (two workers) each: a target is passed over once the failures since its last
+    success, in either pool, reach max_fails; every pool of a target agrees on that and on
+    the count, and other targets are untouched."""
     loop = asyncio.new_event_loop()
     try:
         engine = core.Engine(loop, None)
-        marks = core.PassiveMarks(mmap.mmap(-1, 64 * 16), 0, 64)
+        marks = core.PassiveMarks(mmap.mmap(-1, 64 * 32), 0, 64)
         pools = [core.UpstreamPool(engine, "10.0.3.1", 80 + i // 2) for i in range(6)]
         for i, pool in enumerate(pools):
             assert marks.share(pool, 500 + i // 2)
-        down = [False, False, False]
+        count = [0, 0, 0]
         for i, op in ops:
             if op == "fail":
-                pools[i].fail_connect(1, 60.0)
-                down[i // 2] = True
+                pools[i].fail_connect(max_fails, 60.0)
+                count[i // 2] += 1
             else:
                 pools[i].connect_succeeded()
-                down[i // 2] = False
-            assert [p.passed_over_now() for p in pools] == [down[j // 2] for j in range(6)]
+                count[i // 2] = 0
+            assert [p.passed_over_now() for p in pools] == [count[j // 2] >= max_fails for j in range(6)]
+            assert [p.fails for p in pools] == [count[j // 2] for j in range(6)]
     finally:
         loop.close()

@@ -269,6 +269,10 @@
     }
     if (t.active === "unhealthy") return ["rate-bad", "Passed over · health checks"];
     if (t.active === "unchecked") return ["rate-warn", "In use · not checked yet"];
+    if (t.failed_connects > 0) {
+      return ["rate-warn", "In use · " + t.failed_connects + " failed connection" +
+        (t.failed_connects === 1 ? "" : "s") + " counted"];
+    }
     return ["rate-ok", t.active === "healthy" ? "In use · healthy" : "In use"];
   }
 

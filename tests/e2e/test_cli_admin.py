@@ -81,3 +81,16 @@ def test_targets_shows_which_target_is_passed_over(backend: Backend, port: int, 
     as_json = fastgw("targets", "--json", admin=admin)
     assert '"target":"' + backend.url + '"' in as_json.stdout
     assert fastgw("targets", admin=admin, token="wrong").returncode == 1
+
+
+def test_target_state_names_failures_counted_short_of_max_fails() -> None:
+    from fastgw.cli_admin import target_state
+
+    assert target_state({"passed_over_for": 0.0, "failed_connects": 0, "active": None}) == "in use"
+    assert target_state({"passed_over_for": 0.0, "active": "unchecked"}) == "in use (not checked yet)"
+    assert target_state({"passed_over_for": 0.0, "failed_connects": 1, "active": None}) == \
+        "in use (1 failed connection counted)"
+    assert target_state({"passed_over_for": 0.0, "failed_connects": 2, "active": "unchecked"}) == \
+        "in use (not checked yet; 2 failed connections counted)"
+    assert target_state({"passed_over_for": 4.0, "failed_connects": 2, "active": None}) == \
+        "passed over: failed connections (4.0 s left)"

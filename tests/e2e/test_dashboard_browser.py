@@ -43,9 +43,11 @@ class Hooks:
 
     def targets(self) -> list[dict]:
         return [{"service": "shop", "stage": "prod", "target": "http://10.0.0.1:8000", "weight": 3,
-                 "passed_over_for": 0.0, "active": "healthy"},
+                 "passed_over_for": 0.0, "failed_connects": 0, "active": "healthy"},
                 {"service": "shop", "stage": "prod", "target": "http://10.0.0.2:8000", "weight": 1,
-                 "passed_over_for": 7.2, "active": "healthy"}]
+                 "passed_over_for": 7.2, "failed_connects": 1, "active": "healthy"},
+                {"service": "shop", "stage": "prod", "target": "http://10.0.0.3:8000", "weight": 1,
+                 "passed_over_for": 0.0, "failed_connects": 2, "active": None}]
 
 
 ROUTES = [
@@ -141,6 +143,7 @@ def test_dashboard_renders_counts():
     # The backend targets panel: each target's state from GET /targets.
     states = dict(re.findall(r'<tr data-target="([^"]+)">.*?<span class="rate-\w+">([^<]*)</span>', dom))
     assert states == {"http://10.0.0.1:8000": "In use · healthy",
-                      "http://10.0.0.2:8000": "Passed over · failed connections (8 s left)"}
-    assert text_of("targets-count") == "2 targets · 1 passed over"
+                      "http://10.0.0.2:8000": "Passed over · failed connections (8 s left)",
+                      "http://10.0.0.3:8000": "In use · 2 failed connections counted"}
+    assert text_of("targets-count") == "3 targets · 1 passed over"
     assert "shop · prod" in dom.replace("&nbsp;", " ")

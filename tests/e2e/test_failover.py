@@ -171,6 +171,34 @@ def test_a_target_one_worker_passes_over_is_passed_over_by_every_worker(
         assert "fastgw_target_healthy" not in fams           # (no health checks here)
 
 
+def test_max_fails_counts_the_failures_of_every_worker(backend: Backend, port: int, gateway: Any) -> None:
+    """max_fails 3 with 2 workers: the node's third failed connection passes the target
+    over, whichever workers met them (counted per worker, both workers would each wait
+    out three connect timeouts: up to six slow requests)."""
+    with blackhole() as hole:
+        cfg = _config(port, [hole, backend.url], max_fails=3, fail_timeout=60)
+        cfg["services"][0]["stages"]["prod"]["timeouts"] = {"connect": 0.3}
+        g = gateway(cfg, workers=2)
+        admin = cfg["admin"]["port"]
+        took = []
+        for i in range(24):                 # each on a new connection: both workers get some
+            t0 = time.monotonic()
+            assert request(g.port, "GET", f"/m/{i}").status == 200
+            took.append(time.monotonic() - t0)
+            if len(took) == 1:              # one failure counted so far, for the node
+                got = request(admin, "GET", "/targets", headers={"Authorization": "Bearer test-token"}).json()
+                by_url = {t["target"]: t for t in got["targets"]}
+                assert by_url[hole]["failed_connects"] == 1 and by_url[hole]["passed_over_for"] == 0.0
+        assert sum(1 for t in took if t >= 0.25) == 3, took
+        assert backend.connections >= 2     # (both workers served)
+        g.wait_log("passed over for 60 s after 3 failed connection(s)")
+        assert g.log().count("passed over for 60 s") == 1
+        got = request(admin, "GET", "/targets", headers={"Authorization": "Bearer test-token"}).json()["targets"]
+        by_url = {t["target"]: t for t in got}
+        assert by_url[hole]["failed_connects"] == 3 and 50 < by_url[hole]["passed_over_for"] <= 60
+        assert by_url[backend.url]["failed_connects"] == 0
+
+
 @pytest.mark.parametrize("targets", [1, 2])
 def test_when_no_target_connects_in_time_the_answer_is_504(targets: int, port: int, gateway: Any) -> None:
     with blackhole() as hole, blackhole() as hole2:
