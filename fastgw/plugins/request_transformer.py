@@ -5,8 +5,11 @@ In Kong's order: ``remove`` (names), ``rename`` (old -> new, values kept), ``rep
 what is there), ``add`` (only what is not there), ``append`` (always), each for
 ``headers``, ``query`` and ``body``. Values are settings templates (``{id}``, ``${stage.x}``,
 ``${header.x}``, ``${query.x}``, ``${consumer.name}``, ``${request_id}``) read from the
-request as the client sent it, before any change. Query values are percent-encoded; the
-arguments not named keep their bytes. The path is the route's ``backend_path``. Framing
+request as the client sent it, before any change. A query value is percent-encoded
+whole (Template.render_query): a request header's or query argument's bytes as they came
+(a Latin-1 form's ``%E9`` stays ``%E9``), a path variable's decoded bytes (``/a%26b``
+gives ``a%26b``, never a second argument), text as UTF-8; the arguments not named keep
+their bytes. The path is the route's ``backend_path``. Framing
 and connection headers (``Host``, ``Content-Length``, ``Transfer-Encoding``,
 ``Connection`` …) are the gateway's and can't be named.
 
@@ -96,8 +99,9 @@ def _split_query(query: bytes) -> list[tuple[str, bytes]]:
     return out
 
 
-def _pair(name: str, value: str) -> bytes:
-    return (quote(name, safe="") + "=" + quote(value, safe="")).encode("ascii")
+def _pair(name: str, value: bytes) -> bytes:
+    """``name=value`` for the query; ``value`` is percent-encoded already (Template.render_query)."""
+    return quote(name, safe="").encode("ascii") + b"=" + value
 
 
 class Plugin(BasePlugin):
@@ -192,9 +196,9 @@ class Plugin(BasePlugin):
         ctx.replace_body(orjson.dumps(doc))
 
     def _query(self, ctx: Any) -> None:
-        replace = [(n, t.render(ctx)) for n, t in self.replace_q]
-        add = [(n, t.render(ctx)) for n, t in self.add_q]
-        append = [(n, t.render(ctx)) for n, t in self.append_q]
+        replace = [(n, t.render_query(ctx)) for n, t in self.replace_q]
+        add = [(n, t.render_query(ctx)) for n, t in self.add_q]
+        append = [(n, t.render_query(ctx)) for n, t in self.append_q]
         args = [(n, raw) for n, raw in _split_query(ctx.query or b"") if n not in self.remove_q]
         if self.rename_q:
             renamed = []

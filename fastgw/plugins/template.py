@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 from fastgw._core import query_value
 
@@ -90,6 +90,16 @@ class Template:
             return self.static.encode("utf-8")
         return b"".join(_header_part(kind, arg, ctx) for kind, arg in self.parts)
 
+    def render_query(self, ctx: Any) -> bytes:
+        """A query argument's value rendered from this template, percent-encoded whole, so
+        no '&', '=', '+' or '#' of a request value can add an argument or end the query:
+        the bytes a request header or query argument (percent-decoded) came with, a path
+        variable's percent-decoded bytes, text as UTF-8; control characters dropped from
+        request values, as ``render_header`` drops them."""
+        if self.is_static:
+            return quote(self.static, safe="").encode("ascii")
+        return quote(b"".join(_query_part(kind, arg, ctx) for kind, arg in self.parts), safe="").encode("ascii")
+
     def native_parts(self) -> tuple[tuple[int, Any], ...]:
         """The parts as ``_tpl_render`` takes them: literals as UTF-8, header and query
         argument names as bytes."""
@@ -113,6 +123,13 @@ def _header_part(kind: int, arg: Any, ctx: Any) -> bytes:
         except UnicodeEncodeError:
             return text.encode("utf-8")
     return _value(kind, arg, ctx).translate(_CONTROL).encode("utf-8", "replace")
+
+
+def _query_part(kind: int, arg: Any, ctx: Any) -> bytes:
+    """A template part's bytes in a query argument's value (see Template.render_query)."""
+    if kind == _PARAM:     # routed in its percent-encoded form; the argument gets the bytes it stands for
+        return unquote_to_bytes(_client_bytes(kind, arg, ctx)).translate(None, _CONTROL_BYTES)
+    return _header_part(kind, arg, ctx)
 
 
 def _client_bytes(kind: int, arg: Any, ctx: Any) -> bytes:

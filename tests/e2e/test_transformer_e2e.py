@@ -88,3 +88,14 @@ def test_fixed_header_edits_on_the_lazy_path(backend: Backend, port: int, gatewa
         assert [v for k, v in seen["raw_headers"] if k.lower() == "x-via"] == ["client", "gw"]
         if method == "POST":
             assert seen["body"] == "payload"
+
+
+def test_query_values_from_templates_reach_the_backend_as_the_client_sent_them(
+        backend: Backend, port: int, gateway: Any) -> None:
+    """A path variable's '&' stays inside its value, and a Latin-1 form's %E9 stays %E9."""
+    plugins = [{"name": "request-transformer",
+                "config": {"add": {"query": {"who": "{id}", "q2": "${query.q}"}}}}]
+    g = gateway(gateway_config(port, backend.url, {"/files/{id}": {"GET": {"plugins": plugins}}}))
+    r = request(g.port, "GET", "/files/a%26b?q=%E9t%E9")
+    assert r.status == 200, r.body
+    assert r.json()["target"] == "/files/a%26b?q=%E9t%E9&who=a%26b&q2=%E9t%E9"

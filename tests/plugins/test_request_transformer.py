@@ -52,6 +52,21 @@ def test_query_in_order_keeps_untouched_bytes() -> None:
     assert ctx.query_args["search"] == "café" and ctx.query_args["tag"] == "a b&c=d"
 
 
+def test_query_values_carry_the_clients_bytes_and_add_no_argument() -> None:
+    """A query value rendered from a template is percent-encoded whole from the bytes the
+    client sent: a Latin-1 form's %E9 stays %E9 (it once became U+FFFD's %EF%BF%BD), a
+    path variable's %26 gives a value with '&' (it once went out as %2526), and a header's
+    '&' or '=' can't add an argument."""
+    pipe = transformer({"add": {"query": {"q2": "${query.q}", "who": "{id}", "h": "${header.x-a}",
+                                          "mix": "é-{id}-${header.x-a}"}},
+                        "append": {"query": {"lit": "a+b é"}}})
+    ctx = make_ctx(headers=[(b"X-A", b"caf\xe9&x=1")], query=b"q=%E9t%E9", values=(b"a%26b%20c",))
+    run(pipe, ctx)
+    assert ctx.query == (b"q=%E9t%E9&q2=%E9t%E9&who=a%26b%20c&h=caf%E9%26x%3D1"
+                         b"&mix=%C3%A9-a%26b%20c-caf%E9%26x%3D1&lit=a%2Bb%20%C3%A9")
+    assert ctx.query_args["who"] == "a&b c" and "x" not in ctx.query_args
+
+
 def test_templates_read_the_request_as_sent() -> None:
     pipe = transformer({"remove": {"headers": ["X-User"], "query": ["user"]},
                         "add": {"headers": {"X-From": "${header.x-user}/${query.user}"}}})
