@@ -207,8 +207,24 @@ def redis_client(settings: dict[str, Any]) -> Any:
     ``timeout`` bounds connects and commands)."""
     import redis.asyncio
 
+    from fastgw.resp import SENTINEL_SCHEMES, parse_sentinel_url
+
     timeout = float(settings.get("timeout", 0.25))
-    return redis.asyncio.Redis.from_url(settings["url"], socket_timeout=timeout, socket_connect_timeout=timeout)
+    url = settings["url"]
+    if url.split("://", 1)[0] not in SENTINEL_SCHEMES:
+        return redis.asyncio.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    from redis.asyncio.sentinel import Sentinel
+
+    s = parse_sentinel_url(url)
+    tls = {"ssl": True, "ssl_cert_reqs": s.query.get("ssl_cert_reqs", "required"),
+           "ssl_ca_certs": s.query.get("ssl_ca_certs"), "ssl_certfile": s.query.get("ssl_certfile"),
+           "ssl_keyfile": s.query.get("ssl_keyfile"),
+           "ssl_check_hostname": s.query.get("ssl_check_hostname", "").lower() not in ("false", "0", "no")
+           } if s.tls else {}
+    common = {"socket_timeout": timeout, "socket_connect_timeout": timeout, **tls}
+    sentinels = Sentinel(list(s.nodes), sentinel_kwargs={"username": s.sentinel_username,
+                                                          "password": s.sentinel_password, **common}, **common)
+    return sentinels.master_for(s.master, username=s.username, password=s.password, db=s.db)
 
 
 async def purge_redis(settings: dict[str, Any], service: str | None, stage: str | None) -> int:

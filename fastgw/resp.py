@@ -22,6 +22,17 @@ speaks RESP2 itself:
 - URLs as the config's ``redis.url``: ``redis://[user:password@]host:port/db``,
   ``rediss://`` (TLS; ``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``,
   ``ssl_keyfile``, ``ssl_check_hostname`` in the query) and ``unix:///path?db=N``.
+- Redis Sentinel (high availability): ``redis+sentinel://[user:password@]host:port,
+  host:port.../master-name[/db]`` (``rediss+sentinel://``: TLS to the sentinels and the
+  master; ``sentinel_username``, ``sentinel_password`` in the query when the sentinels
+  want AUTH). Each connect asks the sentinels in turn for the master's address
+  (``SENTINEL get-master-addr-by-name``; the first that answers is asked first next
+  time), and checks with ``ROLE`` that the server there is the master: a failover under
+  way is refused (a connect failure) rather than written to a replica. After a failover,
+  the old master's connections are dropped (Sentinel kills them as it demotes it; a
+  ``READONLY`` reply drops it too), and the next call connects to the new master.
+  A ``READONLY`` reply drops the connection whatever the URL: a name whose address moves
+  on failover (a cloud's primary endpoint) is looked up again on the reconnect.
 
 redis-py parses those URLs here, and serves the admin API's cache purge (``SCAN``), which
 no request waits on.
@@ -34,7 +45,9 @@ import collections
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 
 def settle(done: asyncio.Future[Any], value: Any, then: Callable[[Any], Any] | None) -> None:
@@ -124,6 +137,84 @@ def _tls_context(query: dict[str, Any]) -> ssl.SSLContext:
     return ctx
 
 
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class SentinelSettings:
+    """What a ``redis+sentinel://`` URL says (see the module docstring)."""
+
+    nodes: tuple[tuple[str, int], ...]     # the sentinels, in the URL's order
+    master: str                            # the master group's name the sentinels monitor
+    db: int
+    username: str | None                   # the master's AUTH
+    password: str | None
+    sentinel_username: str | None
+    sentinel_password: str | None
+    tls: bool
+    query: dict[str, str]                  # TLS settings, as rediss:// takes them
+
+
+def parse_sentinel_url(url: str) -> SentinelSettings:
+    """A ``redis+sentinel://`` URL's settings; ValueError says what is wrong with it."""
+    parts = urlsplit(url)
+    if parts.scheme not in SENTINEL_SCHEMES:
+        raise ValueError(f"not a {' or '.join(s + '://' for s in SENTINEL_SCHEMES)} URL")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    nodes = []
+    for item in hosts.split(","):
+        host, port = item, str(SENTINEL_PORT)
+        if item.startswith("["):                      # [v6]:port
+            end = item.find("]")
+            rest = item[end + 1:] if end > 0 else "?"
+            if rest and not rest.startswith(":"):
+                raise ValueError(f"bad sentinel address {item!r}")
+            host, port = item[1:end], rest[1:] or port
+        elif ":" in item:
+            host, port = item.rsplit(":", 1)
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad sentinel address {item!r} (host:port, the port 26379 when left out)")
+        nodes.append((host, int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2:
+        raise ValueError("the path must be /master-name or /master-name/db")
+    if len(path) == 2 and not path[1].isdigit():
+        raise ValueError(f"bad database number {path[1]!r}")
+    user, colon, password = userinfo.partition(":")
+    if userinfo and not colon:
+        raise ValueError("credentials must be user:password or :password")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    return SentinelSettings(
+        nodes=tuple(nodes), master=unquote(path[0]), db=int(path[1]) if len(path) == 2 else 0,
+        username=unquote(user) or None, password=unquote(password) or None,
+        sentinel_username=query.pop("sentinel_username", None), sentinel_password=query.pop("sentinel_password", None),
+        tls=parts.scheme == "rediss+sentinel", query=query)
+
+
+def url_error(url: str) -> str | None:
+    """Why a config's ``redis.url`` can't be used, or None (for fastgw.config.validate)."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in ("redis", "rediss", "unix", *SENTINEL_SCHEMES):
+        return "must start with redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://"
+    try:
+        if scheme in SENTINEL_SCHEMES:
+            parse_sentinel_url(url)
+        else:
+            from redis.connection import parse_url
+
+            parse_url(url)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _auth(username: str | None, password: str | None) -> list[tuple[Any, ...]]:
+    if not password:
+        return []
+    return [("AUTH", username, password) if username else ("AUTH", password)]
+
+
 class _Conn(asyncio.Protocol):
     """One connection's reading side: replies go to the client's pending futures in order."""
 
@@ -146,14 +237,24 @@ class _Conn(asyncio.Protocol):
                 if not pending:
                     raise ValueError("a reply to no command")
                 fut = pending.popleft()[0]
-                if fut is None:                    # AUTH / SELECT of the handshake
+                if fut is None:                    # AUTH / SELECT / ROLE of the handshake
                     if type(reply) is RespError:
                         self.client._refused(self, reply)
+                        return
+                    if type(reply) is list and reply and reply[0] != b"master":
+                        self.client._refused(self, RespError(f"ROLE: {reply[0]!r}, not the master "
+                                                             "(a failover under way?)"))
                         return
                     continue
                 if not fut.done():
                     if type(reply) is RespError:
                         fut.set_exception(reply)
+                        if str(reply).startswith("READONLY"):
+                            # The server became a replica (a failover): a new connection
+                            # finds the master (the sentinels, or the name's new address).
+                            self.client._broken(self, ConnectionError(
+                                f"redis: {self.client._where()} is a replica now ({reply})"))
+                            return
                     else:
                         fut.set_result(reply)
         except _Incomplete:
@@ -168,6 +269,23 @@ class _Conn(asyncio.Protocol):
         self.client._broken(self, ConnectionError(f"redis: connection lost ({exc or 'closed by the server'})"))
 
 
+async def _read_replies(reader: asyncio.StreamReader, n: int) -> list[Any]:
+    """The next ``n`` replies on a stream (a sentinel's)."""
+    buf = bytearray()
+    out: list[Any] = []
+    pos = 0
+    while len(out) < n:
+        try:
+            reply, pos = parse(buf, pos)
+            out.append(reply)
+        except _Incomplete:
+            data = await reader.read(65536)
+            if not data:
+                raise ConnectionError("closed before answering") from None
+            buf += data
+    return out
+
+
 class RespClient:
     def __init__(self, url: str, timeout: float = 0.25, retry_after: float = 1.0) -> None:
         self.url = url
@@ -175,17 +293,27 @@ class RespClient:
         self.retry_after = retry_after
         from redis.connection import parse_url  # (only where a redis section is set)
 
-        opts = parse_url(url)
+        self._sentinel: SentinelSettings | None = None
+        self._sentinels: list[tuple[str, int]] = []    # asked in this order; the last to answer first
+        if url.split("://", 1)[0] in SENTINEL_SCHEMES:
+            sentinel = self._sentinel = parse_sentinel_url(url)
+            self._sentinels = list(sentinel.nodes)
+            opts: dict[str, Any] = {**sentinel.query, "username": sentinel.username,
+                                    "password": sentinel.password, "db": sentinel.db}
+            self._host, self._port = "", 0                # the master's, asked for at each connect
+            tls = sentinel.tls
+        else:
+            opts = parse_url(url)
+            self._host = opts.get("host", "localhost")
+            self._port = int(opts.get("port", 6379))
+            tls = url.startswith("rediss://")
         self._path: str | None = opts.get("path")
-        self._host: str = opts.get("host", "localhost")
-        self._port: int = int(opts.get("port", 6379))
-        self._tls = _tls_context(opts) if url.startswith("rediss://") else None
-        self._hello: list[tuple[Any, ...]] = []
-        if opts.get("password"):
-            self._hello.append(("AUTH", opts["username"], opts["password"]) if opts.get("username")
-                               else ("AUTH", opts["password"]))
+        self._tls = _tls_context(opts) if tls else None
+        self._hello: list[tuple[Any, ...]] = _auth(opts.get("username"), opts.get("password"))
         if int(opts.get("db") or 0):
             self._hello.append(("SELECT", int(opts["db"])))
+        if self._sentinel is not None:
+            self._hello.append(("ROLE",))               # the master, not a replica (see _Conn)
         self._conn: _Conn | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._down_until = 0.0
@@ -242,10 +370,54 @@ class RespClient:
 
     # -- connection ------------------------------------------------------------------
 
+    async def _ask_sentinels(self) -> None:
+        """Set the master's address from the first sentinel that knows it; OSError says
+        what each said when none does."""
+        sentinel = self._sentinel
+        assert sentinel is not None
+        hello = [encode(cmd) for cmd in _auth(sentinel.sentinel_username, sentinel.sentinel_password)]
+        said = []
+        self._host, self._port = "", 0
+        for node in list(self._sentinels):
+            host, port = node
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                    host, port, ssl=self._tls, server_hostname=host if self._tls else None), self.timeout)
+            except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+                said.append(f"{host}:{port}: {exc or type(exc).__name__}")
+                continue
+            try:
+                writer.write(b"".join(hello) + encode(("SENTINEL", "get-master-addr-by-name", sentinel.master)))
+                replies = await asyncio.wait_for(_read_replies(reader, len(hello) + 1), self.timeout)
+            except (OSError, asyncio.TimeoutError, ValueError) as exc:
+                said.append(f"{host}:{port}: {exc or type(exc).__name__}")
+                continue
+            finally:
+                writer.close()
+            answer = replies[-1]
+            refused = next((r for r in replies if type(r) is RespError), None)
+            if refused is not None or not (type(answer) is list and len(answer) == 2):
+                said.append(f"{host}:{port}: {refused or 'does not know the master'}")
+                continue
+            self._host, self._port = answer[0].decode(), int(answer[1])
+            if node != self._sentinels[0]:
+                self._sentinels.remove(node)
+                self._sentinels.insert(0, node)
+            return
+        raise OSError(f"no sentinel gave master {sentinel.master!r}'s address ({'; '.join(said)})")
+
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         conn = _Conn(self)
         try:
+            if self._sentinel is not None:
+                try:
+                    await self._ask_sentinels()
+                except OSError:
+                    # No sentinel answers (or none knows the master): like a connect that
+                    # hangs, calls fail at once for a while rather than each waiting.
+                    self._down_until = time.monotonic() + self.retry_after
+                    raise
             if self._path is not None:
                 opening = loop.create_unix_connection(lambda: conn, self._path)
             else:
@@ -284,6 +456,9 @@ class RespClient:
         self._down_until = time.monotonic() + self.retry_after
 
     def _where(self) -> str:
+        if self._sentinel is not None:
+            master = f"master {self._sentinel.master!r}"
+            return f"{master} at {self._host}:{self._port}" if self._port else master
         return self._path if self._path is not None else f"{self._host}:{self._port}"
 
     def _broken(self, conn: _Conn, exc: Exception) -> None:

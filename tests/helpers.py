@@ -634,6 +634,48 @@ class RedisServer:
                 self.proc.wait()
 
 
+def redis_cli(port: int, *args: str) -> bytes:
+    """One command to a local redis-server or sentinel with redis-cli (its raw reply text)."""
+    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, timeout=5, check=True).stdout
+
+
+class SentinelSetup:
+    """A master, a replica of it and one sentinel watching them as ``mymaster`` (real
+    processes: Redis Sentinel high availability for ``redis+sentinel://`` URLs)."""
+
+    def __init__(self, directory: Path) -> None:
+        # (shutdown-on-sigterm now: a master does not wait for its replica when stopped)
+        # (a replica writes the master's snapshot to its --dir)
+        common = ("--shutdown-on-sigterm", "now", "--dir", str(directory))
+        self.master = RedisServer(*common).start()
+        self.replica = RedisServer(*common, "--replicaof", "127.0.0.1", str(self.master.port)).start()
+        self.sentinel_port = free_port()
+        conf = directory / "sentinel.conf"
+        conf.write_text(f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {directory}\n"
+                        f"sentinel monitor mymaster 127.0.0.1 {self.master.port} 1\n"
+                        "sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 3000\n")
+        self.sentinel = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        # Ready when the sentinel has the replica's INFO, linked to the master (a failover
+        # needs such a replica to promote).
+        wait_until(lambda: b"master-link-status\nok" in self._ask_sentinel("sentinel", "replicas", "mymaster"),
+                   timeout=20, interval=0.2, what="the sentinel to know the replica")
+
+    def _ask_sentinel(self, *args: str) -> bytes:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            return redis_cli(self.sentinel_port, *args)
+        return b""
+
+    def master_port(self) -> int:
+        return int(self._ask_sentinel("sentinel", "get-master-addr-by-name", "mymaster").split()[1])
+
+    def stop(self) -> None:
+        self.sentinel.terminate()
+        self.sentinel.wait(5)
+        self.replica.stop()
+        self.master.stop()
+
+
 def gateway_config(
     port: int,
     backend_url: str,

@@ -114,8 +114,18 @@ def test_redis_section() -> None:
     data["redis"] = {"url": "http://10.0.0.9:6379", "timeout": 0}
     assert sorted(errors_of(data)) == [
         "redis.timeout: 0 is less than or equal to the minimum of 0",
-        "redis.url: 'http://10.0.0.9:6379' does not match '^(redis|rediss|unix)://'",
+        "redis.url: must start with redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel:// "
+        "(got 'http://10.0.0.9:6379')",
     ]
+    # URLs the client can't use are refused at load, naming the key, the value and why.
+    data["redis"] = {"url": "redis://10.0.0.9:port/0"}
+    assert errors_of(data) == ["redis.url: Port could not be cast to integer value as 'port' "
+                               "(got 'redis://10.0.0.9:port/0')"]
+    data["redis"] = {"url": "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379"}
+    assert errors_of(data) == ["redis.url: the path must be /master-name or /master-name/db "
+                               "(got 'redis+sentinel://10.0.0.1:26379,10.0.0.2:26379')"]
+    data["redis"] = {"url": "redis+sentinel://:pw@10.0.0.1,10.0.0.2:26380/mymaster/1"}
+    assert load_data(data).redis["url"] == "redis+sentinel://:pw@10.0.0.1,10.0.0.2:26380/mymaster/1"
     data["redis"] = {"host": "10.0.0.9"}
     assert sorted(errors_of(data)) == ["redis.host: unknown key (allowed: url, timeout, key_prefix)", "redis.url: required"]
 

@@ -276,9 +276,21 @@ def _needs_redis(raw: dict[str, Any]) -> list[str]:
             and isinstance(entry.get("config"), dict) and entry["config"].get("policy") == "redis"]
 
 
+def _redis_url_errors(raw: dict[str, Any]) -> list[str]:
+    """A ``redis.url`` the client can't use (a bad port, a sentinel URL without its master)."""
+    redis = raw.get("redis")
+    url = redis.get("url") if isinstance(redis, dict) else None
+    if not isinstance(url, str):
+        return []
+    from fastgw.resp import url_error
+
+    why = url_error(url)
+    return [] if why is None else [f"redis.url: {why} (got {url!r})"]
+
+
 def semantic_errors(raw: dict[str, Any]) -> list[str]:
     """The checks beyond the schema (variables, templates, targets, collisions, plugins)."""
-    errors: list[str] = _needs_redis(raw)
+    errors: list[str] = _needs_redis(raw) + _redis_url_errors(raw)
     consumers = raw.get("consumers")
     if isinstance(consumers, list) and all(isinstance(c, dict) for c in consumers):
         from fastgw.consumers import check_consumers

@@ -3,9 +3,22 @@ policy ``redis``, for every node sharing the Redis."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
-from tests.helpers import Backend, RedisServer, clear_of_window_edge, free_port, gateway_config, request
+import pytest
+
+from tests.helpers import (
+    Backend,
+    RedisServer,
+    SentinelSetup,
+    clear_of_window_edge,
+    free_port,
+    gateway_config,
+    redis_cli,
+    request,
+)
 
 
 def _config(port: int, backend: Backend, **limits: Any) -> dict[str, Any]:
@@ -42,3 +55,21 @@ def test_nodes_sharing_redis_share_a_limit(backend: Backend, gateway: Any, redis
     redis.stop()
     assert request(nodes[0].port, "GET", "/api/after").status == 200
     nodes[0].wait_log("rate-limit counters: Redis unavailable")
+
+
+def test_a_limit_in_redis_through_sentinel(backend: Backend, gateway: Any, tmp_path: Path) -> None:
+    """redis.url through Redis Sentinel: the workers find the master and count there."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    setup = SentinelSetup(tmp_path)
+    try:
+        cfg = _config(free_port(), backend, minute=3, policy="redis")
+        cfg["redis"] = {"url": f"redis+sentinel://127.0.0.1:{free_port()},127.0.0.1:{setup.sentinel_port}/mymaster/1",
+                        "timeout": 0.5}
+        g = gateway(cfg, workers=2)
+        clear_of_window_edge(60)
+        statuses = [request(g.port, "GET", f"/api/{i}", headers={"Connection": "close"}).status for i in range(5)]
+        assert statuses == [200] * 3 + [429] * 2
+        assert b"fastgw:" in redis_cli(setup.master.port, "-n", "1", "--scan")       # counted on the master
+    finally:
+        setup.stop()
