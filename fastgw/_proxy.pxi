@@ -420,7 +420,13 @@ cdef class Backend:
     goes in turn. A request
     whose connection failed goes to the next target, each target once, at most ``tries``
     targets in all (0: every target) and not once it is ``tries_timeout`` seconds old (0:
-    no bound), as nginx's proxy_next_upstream_tries / _timeout."""
+    no bound), as nginx's proxy_next_upstream_tries / _timeout; with ``retry_unanswered``
+    (the default) so does an idempotent request the gateway sent whole whose target closed
+    the connection, or did not answer in the read timeout, before its response head
+    (nginx's default ``proxy_next_upstream error timeout``). A connection the target closed
+    unanswered counts toward its ``max_fails`` as a failed connection does, whatever the
+    method; a read timeout does not (a slow resource says little of the target's health,
+    and must not take every target out)."""
     cdef public list pools
     cdef int rr
     cdef readonly int n
@@ -436,6 +442,7 @@ cdef class Backend:
     cdef Py_ssize_t ring_n
     cdef readonly int tries             # targets tried for one request at most (0: each once)
     cdef readonly double tries_timeout  # no next target once the request is this old (0: none)
+    cdef readonly bint retry_unanswered # an idempotent request unanswered goes to the next target too
     cdef list current                   # smooth WRR: each target's running score
 
     def __cinit__(self):
@@ -448,8 +455,10 @@ cdef class Backend:
         PyMem_Free(self.ring_target)
 
     def __init__(self, list pools, int max_fails=1, double fail_timeout=10.0, list weights=None,
-                 str balance="round_robin", int tries=0, double tries_timeout=0.0, str hash_key="ip"):
+                 str balance="round_robin", int tries=0, double tries_timeout=0.0, str hash_key="ip",
+                 bint retry_unanswered=True):
         self.pools = pools
+        self.retry_unanswered = retry_unanswered
         self.n = len(pools)
         self.rr = 0
         self.max_fails = max_fails
@@ -744,10 +753,11 @@ cdef class UpstreamPool:
         """Failed connects (max_fails) or active health checks keep it out of the picks."""
         return self.until() > now or self.checked_down
 
-    cdef inline void connected(self) noexcept:
-        """A new connection succeeded: the target is healthy again, for the node too (a
-        count or mark another worker left included). Two reads when there is nothing to
-        clear."""
+    cdef inline void answered(self) noexcept:
+        """A new connection to the target got an answer: the target works again, for the
+        node too (a count or mark another worker left included). Not at connect: a target
+        that takes connections and closes them unanswered is failing. Two reads when there
+        is nothing to clear."""
         if self.shared_until != NULL:
             if fgw_rp_load(self.shared_until) != 0:
                 fgw_rp_store(self.shared_until, 0)
@@ -778,9 +788,9 @@ cdef class UpstreamPool:
         """Count a failed connection as the proxy does (for tests)."""
         self.connect_failed(max_fails, fail_timeout)
 
-    def connect_succeeded(self):
-        """A new connection succeeded, as the proxy records it (for tests)."""
-        self.connected()
+    def answer_received(self):
+        """A new connection got an answer, as the proxy records it (for tests)."""
+        self.answered()
 
     cdef UpstreamConnection acquire(self, ClientConnection client):
         cdef UpstreamConnection c
@@ -986,7 +996,8 @@ cdef class ClientConnection(Connection):
     cdef Py_ssize_t pending_size
     cdef UpstreamConnection up
     cdef bytes up_head
-    cdef bint up_retryable
+    cdef bint up_retryable               # a reused connection: sent again once if it was stale
+    cdef bint up_replayable              # idempotent and sent whole: may go to another target
     cdef bytes up_body                   # body bytes sent with up_head, kept for a retry
     cdef bint retried
     cdef int up_tries                    # targets tried for this request (connect failures)
@@ -1156,13 +1167,14 @@ cdef class ClientConnection(Connection):
             if not self._next_upstream(failed):
                 self._upstream_error(504, "upstream connect timed out")
         elif kind == T_READ:
+            failed = self.up.pool if self.up is not None else None
             self._drop_upstream()
             if self.state == S_BODY and not self.resp_started and not (self.paused & P_UPSTREAM):
                 # The body stopped coming while the backend waits for it: the client's doing
                 # (as nginx's client_body_timeout), not the backend's.
                 self.keep_alive = False
                 self._answer_error(408, "request body not received in time")
-            else:
+            elif not self._next_unanswered(failed, False):
                 self._upstream_error(504, "upstream timed out")
         elif kind == T_SEND:
             self._abort_exchange()
@@ -1262,6 +1274,7 @@ cdef class ClientConnection(Connection):
         self.retried = False
         self.up_tries = 0
         self.up_body = None
+        self.up_replayable = False
         self.resp_started = False
         self.dechunk = False
         self.rechunk = False
@@ -1746,9 +1759,10 @@ cdef class ClientConnection(Connection):
             self._resume(P_PENDING)
         # Only an idempotent request (RFC 9110 9.2.2) may be sent again: a POST the backend
         # received before it closed the pooled connection must not run twice.
-        self.up_retryable = self.req_done and self.up.reused and not self.retried and _idempotent(self.req.method)
-        # The whole request (head and body) was sent: keep the body for that retry.
-        self.up_body = body if self.up_retryable else None
+        self.up_replayable = self.req_done and _idempotent(self.req.method)
+        self.up_retryable = self.up_replayable and self.up.reused and not self.retried
+        # The whole request (head and body) was sent: keep the body for a retry.
+        self.up_body = body if self.up_replayable else None
         self.t_up = _mono()
         self.up.send(data, body)
         if not self.req_done and self.state == S_BODY:
@@ -1762,13 +1776,14 @@ cdef class ClientConnection(Connection):
         if not self._next_upstream(failed):
             self._upstream_error(502, "upstream connection failed")
 
-    cdef bint _next_upstream(self, UpstreamPool failed) except -1:
+    cdef bint _next_upstream(self, UpstreamPool failed, bint count=True) except -1:
         """No connection to ``failed``'s target could be made (nothing of the request reached
-        it): count the failure, and send the request to another target while one is left
-        untried (nginx's proxy_next_upstream error timeout), within the backend's ``tries``
-        and ``tries_timeout``. False: answer the error."""
+        it), or it left a request that may be sent again unanswered: count the failure
+        (``count``), and send the request to another target while one is left untried
+        (nginx's proxy_next_upstream error timeout), within the backend's ``tries`` and
+        ``tries_timeout``. False: answer the error."""
         cdef Backend backend = self.route.backend
-        if failed is not None and backend.n > 1:
+        if count and failed is not None and backend.n > 1:
             failed.connect_failed(backend.max_fails, backend.fail_timeout)
         if self.state == S_CLOSED or self.resp_started or self.up_tries >= backend.tries:
             return False
@@ -1778,8 +1793,8 @@ cdef class ClientConnection(Connection):
         self._forward(self._pick_target(failed), False)
         return True
 
-    cdef int _upstream_lost(self, bint got_bytes) except -1:
-        """The upstream connection closed before a complete answer."""
+    cdef int _upstream_lost(self, bint got_bytes, UpstreamPool failed) except -1:
+        """The upstream connection (to ``failed``'s target) closed before a complete answer."""
         self.up = None
         if not got_bytes and self.up_retryable and not self.resp_started:
             # A reused keep-alive connection that the backend had just closed: retry once
@@ -1790,7 +1805,24 @@ cdef class ClientConnection(Connection):
             # A hash backend's request stays with its key's target (a fresh connection).
             self._forward(self._pick_target(None), False)
             return 0
+        if self._next_unanswered(failed, True):
+            return 0
         self._upstream_error(502, "upstream closed the connection")
+
+    cdef bint _next_unanswered(self, UpstreamPool failed, bint closed) except -1:
+        """The target closed the connection (``closed``) or timed out before the response
+        head: an idempotent request sent whole goes to the next target (see Backend); False
+        when it can't (nothing sent to the client may be taken back). A close counts toward
+        the target's max_fails whatever the method; a slow answer does not (one slow
+        resource must not take every target out)."""
+        cdef Backend backend = self.route.backend
+        if self.resp_started or not backend.retry_unanswered:
+            return False
+        if self.up_replayable:
+            return self._next_upstream(failed, closed)
+        if closed and failed is not None and backend.n > 1:
+            failed.connect_failed(backend.max_fails, backend.fail_timeout)
+        return False
 
     cdef int _upstream_error(self, int status, str message) except -1:
         if self.resp_started:
@@ -2401,7 +2433,6 @@ cdef class UpstreamConnection(Connection):
     def connection_made(self, transport):
         self.connect_task = None
         self._bind(transport)
-        self.pool.connected()
         if self.closed:
             transport.close()
             return
@@ -2424,7 +2455,7 @@ cdef class UpstreamConnection(Connection):
             if self.state == U_BODY and self.resp.until_close:
                 client._response_done(False)
             else:
-                client._upstream_lost(self.got_bytes)
+                client._upstream_lost(self.got_bytes, self.pool)
         return 0
 
     def eof_received(self):
@@ -2491,6 +2522,8 @@ cdef class UpstreamConnection(Connection):
             except HttpError as exc:
                 self._fail(client, exc.message)
                 return 0
+            if not self.reused:
+                self.pool.answered()  # a new connection's first answer: the target works
             if resp.status < 200:
                 rest = _bslice(data, end, PyBytes_GET_SIZE(data))
                 if resp.status == 101:

@@ -91,11 +91,13 @@ def compile_config(config: Config, engine: Engine, slot_for: SlotFor | None = No
         tries = int(spec.backend.get("tries", 0))
         tries_timeout = float(spec.backend.get("tries_timeout", 0))
         hash_key = str(spec.backend.get("hash_key", "ip"))
-        backend_key = (spec.targets, spec.weights, max_fails, fail_timeout, balance, tries, tries_timeout, hash_key)
+        retry_unanswered = bool(spec.backend.get("retry_unanswered", True))
+        backend_key = (spec.targets, spec.weights, max_fails, fail_timeout, balance, tries, tries_timeout, hash_key,
+                       retry_unanswered)
         backend = backends.get(backend_key)
         if backend is None:
             backend = Backend([_target_pool(engine, t, pools) for t in spec.targets], max_fails, fail_timeout,
-                              list(spec.weights), balance, tries, tries_timeout, hash_key)
+                              list(spec.weights), balance, tries, tries_timeout, hash_key, retry_unanswered)
             backends[backend_key] = backend
         route.backend = backend
         check = spec.backend.get("health_check")

@@ -32,8 +32,8 @@ it. A new generation's workers start from the verdicts the last one left.
 Passive marks: every worker counts a target's failed connections in the marks table, so
 ``max_fails`` counts the node's failures; the worker that reaches it writes until when the
 target is passed over there, and every worker's picks read it (one memory read), so the
-node's other workers skip the target at once; a new connection that succeeds, in any
-worker, clears the count and the mark.
+node's other workers skip the target at once; the first answer on a new connection to it,
+in any worker, clears the count and the mark.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The node's passive marks (fastgw/_marks.pxi in the shared region): the node's workers
 count a target's failed connections together, a target one worker passes over after
 ``max_fails`` of them is passed over by every worker of the node, and a new connection
-that succeeds, in any worker, clears the count and the mark for all of them. Across
+that gets an answer, in any worker, clears the count and the mark for all of them. Across
 processes: here (fork) and tests/e2e/test_failover.py."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def test_a_mark_made_by_one_worker_is_read_by_another(engine: Any, tmp_path: Any
         assert a.passed_over_now() and b.passed_over_now() and not elsewhere.passed_over_now()
         assert b.down_until == a.down_until == pytest.approx(time.monotonic() + 30.0, abs=1.0)
         assert theirs.until(target_key(a.host, a.port, False)) == a.down_until
-        b.connect_succeeded()                                # the target is back: for both
+        b.answer_received()                                # the target is back: for both
         assert not a.passed_over_now() and not b.passed_over_now() and a.down_until == 0.0
     finally:
         other.close()
@@ -80,11 +80,11 @@ def test_max_fails_counts_the_failures_of_every_worker(engine: Any, tmp_path: An
         assert not a.passed_over_now() and not b.passed_over_now()
         b.fail_connect(3, 30.0)                              # the node's third: each worker met fewer
         assert a.passed_over_now() and b.passed_over_now() and theirs.fails(key) == 3
-        # A connection that succeeds in a worker that met no failure of its own ends both
+        # An answer on a new connection, in a worker that met no failure of its own, ends both
         # the mark and the count, for the node.
         c = core.UpstreamPool(engine, "10.0.0.7", 8080)
         assert theirs.share(c, key)
-        c.connect_succeeded()
+        c.answer_received()
         assert not a.passed_over_now() and a.fails == b.fails == mine.fails(key) == 0
         a.fail_connect(3, 30.0)
         assert b.fails == 1 and not b.passed_over_now()      # counting starts again from one
@@ -117,7 +117,7 @@ def test_targets_without_room_keep_their_marks_to_themselves(engine: Any) -> Non
     lone.fail_connect(2, 30.0)
     assert lone.passed_over_now()                            # and its own mark
     assert marks.until(99) == 0.0 and marks.fails(99) == 0
-    lone.connect_succeeded()
+    lone.answer_received()
     assert lone.fails == 0 and not lone.passed_over_now()
     with pytest.raises(ValueError):
         core.PassiveMarks(mmap.mmap(-1, 16 * 32), 0, 12)      # not a power of two
@@ -189,7 +189,7 @@ def test_pools_of_one_target_always_agree(ops: list[tuple[int, str]], max_fails:
                 pools[i].fail_connect(max_fails, 60.0)
                 count[i // 2] += 1
             else:
-                pools[i].connect_succeeded()
+                pools[i].answer_received()
                 count[i // 2] = 0
             assert [p.passed_over_now() for p in pools] == [count[j // 2] >= max_fails for j in range(6)]
             assert [p.fails for p in pools] == [count[j // 2] for j in range(6)]

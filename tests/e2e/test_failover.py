@@ -54,6 +54,45 @@ def blackhole() -> Iterator[str]:
         listener.close()
 
 
+@contextlib.contextmanager
+def unanswering(mode: str) -> Iterator[tuple[str, list[bytes]]]:
+    """A target that accepts connections and reads each request head, then closes the
+    connection without a word (``"close"``) or never answers (``"silent"``). Yields its URL
+    and the heads it got."""
+    listener = socket.socket()
+    listener.bind((LOOPBACK, 0))
+    listener.listen(16)
+    heads: list[bytes] = []
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            heads.append(data.split(b"\r\n", 1)[0])
+            if mode == "close":
+                conn.close()
+            else:
+                held.append(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{LOOPBACK}:{listener.getsockname()[1]}", heads
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
 def _config(port: int, targets: list[str], **backend: Any) -> dict[str, Any]:
     cfg = gateway_config(port, targets[0])
     cfg["services"][0]["stages"]["prod"]["backend"] = {"targets": targets, **backend}
@@ -86,6 +125,46 @@ def test_a_request_body_goes_whole_to_the_next_target(backend: Backend, port: in
             assert r.status == 200 and r.json()["body"] == body.decode()
             assert c.skipped_interim == 0       # one 100 per request, not one per target tried
     assert [q["path"] for q in backend.requests] == ["/orders", "/upload", "/upload"]
+
+
+def test_an_idempotent_request_a_target_left_unanswered_goes_to_the_next(
+        backend: Backend, port: int, gateway: Any) -> None:
+    """A target that takes the request and closes the connection without an answer: a GET,
+    or a PUT the gateway sent whole, goes to the next target and counts toward max_fails
+    (nginx's proxy_next_upstream error); a POST may have run there, so it is not sent again."""
+    with unanswering("close") as (closer, heads):
+        cfg = _config(port, [closer, backend.url], max_fails=2, fail_timeout=60)
+        g = gateway(cfg)
+        r = request(g.port, "PUT", "/doc/1", body=b"x" * 5000)
+        assert r.status == 200 and r.json()["body"] == "x" * 5000 and r.json()["method"] == "PUT"
+        assert heads == [b"PUT /doc/1 HTTP/1.1"]                       # the closer got it first
+        r = request(g.port, "POST", "/orders", body=b"once")            # the closer's turn again
+        assert r.status == 502 and r.json()["error"] == "upstream closed the connection"
+        assert heads[-1] == b"POST /orders HTTP/1.1"
+        assert [q["path"] for q in backend.requests] == ["/doc/1"]
+        # The second failure (the POST's) reached max_fails 2: the closer is passed over.
+        g.wait_log("passed over for 60 s after 2 failed connection(s)")
+        assert [request(g.port, "GET", f"/g/{i}").status for i in range(4)] == [200] * 4
+        assert len(heads) == 2
+
+
+def test_a_target_that_does_not_answer_in_time_hands_an_idempotent_request_on(
+        backend: Backend, port: int, gateway: Any) -> None:
+    """The read timeout before the response head: the next target answers a GET (nginx's
+    proxy_next_upstream timeout); retry_unanswered false keeps the 504."""
+    with unanswering("silent") as (silent, heads):
+        cfg = _config(port, [silent, backend.url], max_fails=0)
+        cfg["services"][0]["stages"]["prod"]["timeouts"] = {"read": 0.3}
+        g = gateway(cfg)
+        t0 = time.monotonic()
+        r = request(g.port, "GET", "/slowpoke")
+        assert r.status == 200 and r.json()["path"] == "/slowpoke" and 0.25 <= time.monotonic() - t0 < 3
+        assert heads == [b"GET /slowpoke HTTP/1.1"]
+        cfg["services"][0]["stages"]["prod"]["backend"]["retry_unanswered"] = False
+        g.reload(cfg)
+        answers = [request(g.port, "GET", f"/s/{i}") for i in range(2)]     # one of the two to the silent one
+        assert sorted(r.status for r in answers) == [200, 504]
+        assert [r.json()["error"] for r in answers if r.status == 504] == ["upstream timed out"]
 
 
 def test_every_target_down_is_a_502_and_the_worker_serves_on(port: int, gateway: Any) -> None:
