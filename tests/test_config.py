@@ -76,7 +76,7 @@ def test_valid_config_flattens_routes() -> None:
     assert get.hosts == ("api.shop.example",) and get.path_prefix == ""
     assert get.backend_path == "/${stage.version}/orders"
     assert get.targets == ("http://10.0.0.5:8000",)
-    assert get.backend == {"host_header": "client", "max_fails": 1, "fail_timeout": 10, "balance": "round_robin", "tries": 0, "tries_timeout": 0, "hash_key": "ip"}
+    assert get.backend == {"host_header": "client", "max_fails": 1, "fail_timeout": 10, "balance": "round_robin", "tries": 0, "tries_timeout": 0, "hash_key": "ip", "retry_unanswered": True}
     assert get.variables == {"version": "v2"}
     assert get.timeouts == {"connect": 5, "read": 60, "send": 60}
     assert get.plugins == ({"name": DEMO, "config": {"limit": 1, "mode": "a", "nested": {"flag": True}},
@@ -94,7 +94,7 @@ def test_valid_config_flattens_routes() -> None:
         "limit": 5, "mode": "b", "nested": {"flag": True}}
     alpha = by["shop/alpha/GET /orders"]
     assert alpha.path_prefix == "/alpha" and alpha.timeouts == {"connect": 5, "read": 30, "send": 60}
-    assert alpha.backend == {"host_header": "target", "max_fails": 1, "fail_timeout": 10, "balance": "round_robin", "tries": 0, "tries_timeout": 0, "hash_key": "ip"}
+    assert alpha.backend == {"host_header": "target", "max_fails": 1, "fail_timeout": 10, "balance": "round_robin", "tries": 0, "tries_timeout": 0, "hash_key": "ip", "retry_unanswered": True}
 
 
 def test_input_not_modified_and_raw_has_defaults() -> None:
