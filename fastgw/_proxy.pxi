@@ -723,9 +723,10 @@ cdef class UpstreamPool:
         self.busy = n
 
     cdef int connect_failed(self, int max_fails, double fail_timeout) except -1:
-        """A new connection to this target failed or timed out: count it (for the node when
-        the target has a slot in the marks table), and pass the target over for
-        ``fail_timeout`` s once ``max_fails`` fall within that long."""
+        """A new connection to this target failed or timed out, or the target closed one
+        unanswered: count it (for the node when the target has a slot in the marks table),
+        and pass the target over for ``fail_timeout`` s once ``max_fails`` fall within that
+        long."""
         cdef double now = _mono()
         cdef int count
         if self.shared_tally != NULL:
@@ -1816,9 +1817,9 @@ cdef class ClientConnection(Connection):
         the target's max_fails whatever the method; a slow answer does not (one slow
         resource must not take every target out)."""
         cdef Backend backend = self.route.backend
-        if self.resp_started or not backend.retry_unanswered:
+        if self.resp_started:
             return False
-        if self.up_replayable:
+        if self.up_replayable and backend.retry_unanswered:
             return self._next_upstream(failed, closed)
         if closed and failed is not None and backend.n > 1:
             failed.connect_failed(backend.max_fails, backend.fail_timeout)

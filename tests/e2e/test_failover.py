@@ -148,6 +148,17 @@ def test_an_idempotent_request_a_target_left_unanswered_goes_to_the_next(
         assert len(heads) == 2
 
 
+def test_without_retry_unanswered_a_close_still_counts_toward_max_fails(
+        backend: Backend, port: int, gateway: Any) -> None:
+    with unanswering("close") as (closer, heads):
+        g = gateway(_config(port, [closer, backend.url], retry_unanswered=False, fail_timeout=60))
+        r = request(g.port, "GET", "/a")
+        assert r.status == 502 and r.json()["error"] == "upstream closed the connection"
+        g.wait_log("passed over for 60 s after 1 failed connection(s)")
+        assert [request(g.port, "GET", f"/b/{i}").status for i in range(3)] == [200] * 3
+        assert heads == [b"GET /a HTTP/1.1"]
+
+
 def test_a_target_that_does_not_answer_in_time_hands_an_idempotent_request_on(
         backend: Backend, port: int, gateway: Any) -> None:
     """The read timeout before the response head: the next target answers a GET (nginx's
