@@ -52,10 +52,16 @@ def test_a_mark_made_by_one_worker_is_read_by_another(engine: Any, tmp_path: Any
         region.close()
 
 
-def test_a_mark_ends_and_a_later_one_is_not_shortened(engine: Any) -> None:
+def _two_workers_pools(engine: Any, key: int) -> tuple[Any, Any, Any]:
+    """A marks table and two pools of one target (two workers') sharing its slot ``key``."""
     marks = core.PassiveMarks(mmap.mmap(-1, 64 * 32), 0, 64)
     a, b = core.UpstreamPool(engine, "10.0.0.9", 80), core.UpstreamPool(engine, "10.0.0.9", 80)
-    assert marks.share(a, 5) and marks.share(b, 5)
+    assert marks.share(a, key) and marks.share(b, key)
+    return marks, a, b
+
+
+def test_a_mark_ends_and_a_later_one_is_not_shortened(engine: Any) -> None:
+    marks, a, b = _two_workers_pools(engine, 5)
     a.fail_connect(1, 0.15)
     assert b.passed_over_now()
     b.fail_connect(1, 30.0)                                  # (counted: passed over already)
@@ -94,9 +100,7 @@ def test_max_fails_counts_the_failures_of_every_worker(engine: Any, tmp_path: An
 
 
 def test_a_count_whose_window_ended_starts_again(engine: Any) -> None:
-    marks = core.PassiveMarks(mmap.mmap(-1, 64 * 32), 0, 64)
-    a, b = core.UpstreamPool(engine, "10.0.0.9", 80), core.UpstreamPool(engine, "10.0.0.9", 80)
-    assert marks.share(a, 5) and marks.share(b, 5)
+    marks, a, b = _two_workers_pools(engine, 5)
     a.fail_connect(2, 0.15)
     time.sleep(0.2)
     assert b.fails == 0 and marks.fails(5) == 0              # the window ended
