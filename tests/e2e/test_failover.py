@@ -148,6 +148,19 @@ def test_an_idempotent_request_a_target_left_unanswered_goes_to_the_next(
         assert len(heads) == 2
 
 
+def test_pipelined_requests_handed_on_are_answered_in_order(backend: Backend, port: int, gateway: Any) -> None:
+    with unanswering("close") as (closer, heads):
+        g = gateway(_config(port, [closer, backend.url], max_fails=0))    # each request meets the closer first
+        with RawClient(g.port) as c:
+            c.send(b"GET /p1 HTTP/1.1\r\nHost: x\r\n\r\nHEAD /p2 HTTP/1.1\r\nHost: x\r\n\r\n"
+                   b"GET /p3 HTTP/1.1\r\nHost: x\r\n\r\n")
+            r1, r2, r3 = c.read_response(), c.read_response(head_only=True), c.read_response()
+        assert (r1.status, r2.status, r3.status) == (200, 200, 200)
+        assert r1.json()["path"] == "/p1" and r3.json()["path"] == "/p3"
+        assert heads == [b"GET /p1 HTTP/1.1", b"HEAD /p2 HTTP/1.1", b"GET /p3 HTTP/1.1"]
+        assert [q["path"] for q in backend.requests] == ["/p1", "/p2", "/p3"]
+
+
 def test_without_retry_unanswered_a_close_still_counts_toward_max_fails(
         backend: Backend, port: int, gateway: Any) -> None:
     with unanswering("close") as (closer, heads):
