@@ -142,10 +142,28 @@ def render_target_metrics(targets: list[dict[str, Any]]) -> str:
     return "\n".join(over + (healthy if len(healthy) > 2 else [])) + "\n"
 
 
+def _histogram(name: str, labels: dict[str, str], counts: Any, total_us: int, calls: int) -> list[str]:
+    """A Prometheus histogram's lines from a key's latency histogram (cumulative buckets at
+    PROM_EDGES_US, +Inf, sum and count)."""
+    out = []
+    cum = prev = 0
+    hist = counts.hist
+    for edge, idx in zip(PROM_EDGES_US, _EDGE_INDEX, strict=True):
+        cum += sum(hist[prev:idx])
+        prev = idx
+        out.append(f"{name}_bucket{_labels(**labels, le=repr(edge / 1e6))} {cum}")
+    out.append(f"{name}_bucket{_labels(**labels, le='+Inf')} {calls}")
+    out.append(f"{name}_sum{_labels(**labels)} {_num(total_us / 1e6)}")
+    out.append(f"{name}_count{_labels(**labels)} {calls}")
+    return out
+
+
 def render_metrics(region: StatsRegion) -> str:
     """Prometheus text exposition (0.0.4) of the running totals."""
     totals = region.totals()
     req, lat, up, up_calls, bin_, bout, unmatched, consumers = ([] for _ in range(8))
+    redis_calls: list[str] = []
+    redis_lat: list[str] = []
     for key, counts in totals.items():
         v = counts.values
         p = parse_key(key)
@@ -158,16 +176,7 @@ def render_metrics(region: StatsRegion) -> str:
                         req.append(f"fastgw_requests_total{_labels(**base, status_class=cls, source=source)} {n}")
             if not v["calls"]:
                 continue
-            cum = 0
-            hist = counts.hist
-            prev = 0
-            for edge, idx in zip(PROM_EDGES_US, _EDGE_INDEX, strict=True):
-                cum += sum(hist[prev:idx])
-                prev = idx
-                lat.append(f"fastgw_request_duration_seconds_bucket{_labels(**base, le=repr(edge / 1e6))} {cum}")
-            lat.append(f"fastgw_request_duration_seconds_bucket{_labels(**base, le='+Inf')} {v['calls']}")
-            lat.append(f"fastgw_request_duration_seconds_sum{_labels(**base)} {_num(v['total_us'] / 1e6)}")
-            lat.append(f"fastgw_request_duration_seconds_count{_labels(**base)} {v['calls']}")
+            lat += _histogram("fastgw_request_duration_seconds", base, counts, v["total_us"], v["calls"])
             up.append(f"fastgw_upstream_duration_seconds_total{_labels(**base)} {_num(v['upstream_us'] / 1e6)}")
             up_calls.append(f"fastgw_upstream_requests_total{_labels(**base)} {v['calls'] - v['gateway']}")
             bin_.append(f"fastgw_received_bytes_total{_labels(**base)} {v['bytes_in']}")
@@ -178,6 +187,11 @@ def render_metrics(region: StatsRegion) -> str:
                     unmatched.append(f"fastgw_unmatched_requests_total{_labels(host=p['host'], status_class=cls)} {v[cls]}")
         elif p["kind"] == "consumer" and v["calls"]:
             consumers.append(f"fastgw_consumer_requests_total{_labels(consumer=p['consumer'])} {v['calls']}")
+        elif p["kind"] == "redis":
+            redis_calls.append(f"fastgw_redis_commands_total{_labels(result=p['result'])} {v['calls']}")
+            if v["calls"]:
+                redis_lat += _histogram("fastgw_redis_command_duration_seconds", {"result": p["result"]}, counts,
+                                        v["total_us"], v["calls"])
     out: list[str] = []
 
     def family(name: str, kind: str, help_: str, lines: list[str]) -> None:
@@ -195,6 +209,13 @@ def render_metrics(region: StatsRegion) -> str:
     family("fastgw_unmatched_requests_total", "counter", "Requests that matched no route, per stage host.",
            unmatched)
     family("fastgw_consumer_requests_total", "counter", "Requests per authenticated consumer.", consumers)
+    if redis_calls:
+        family("fastgw_redis_commands_total", "counter",
+               "Redis commands requests waited on (rate limits, the replay guard, proxy-cache), by result: "
+               "ok, error (an error reply), failed (no reply: connection failed, too slow, or Redis unavailable).",
+               redis_calls)
+        family("fastgw_redis_command_duration_seconds", "histogram",
+               "How long each Redis command waited for its reply (or its failure).", redis_lat)
     family("fastgw_stats_keys", "gauge", "Stats slots in use.", [f"fastgw_stats_keys {region.keys_used()}"])
     return "\n".join(out) + "\n"
 

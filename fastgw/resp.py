@@ -36,6 +36,12 @@ speaks RESP2 itself:
 
 redis-py parses those URLs here, and serves the admin API's cache purge (``SCAN``), which
 no request waits on.
+
+``observe`` (set by the worker: fastgw.server.redis_observer) hears of every command once,
+with ``OK`` (a reply), ``ERROR`` (an error reply) or ``FAILED`` (no reply: the connection
+failed, was too slow, or Redis is unavailable) and the seconds it waited: the stats region
+counts them, and the admin API's /metrics shows them (``fastgw_redis_commands_total``,
+``fastgw_redis_command_duration_seconds``).
 """
 
 from __future__ import annotations
@@ -65,6 +71,9 @@ def settle(done: asyncio.Future[Any], value: Any, then: Callable[[Any], Any] | N
 def reply_error(reply: asyncio.Future[Any]) -> BaseException | None:
     """What a done command's future failed with (a cancel included), or None."""
     return asyncio.CancelledError() if reply.cancelled() else reply.exception()
+
+
+OK, ERROR, FAILED = 0, 1, 2          # what became of a command (RespClient.observe)
 
 
 class RespError(Exception):
@@ -230,13 +239,16 @@ class _Conn(asyncio.Protocol):
         buf = self.buf
         buf += data
         pos = 0
-        pending = self.client._pending
+        client = self.client
+        pending = client._pending
+        observe = client.observe
+        now = time.monotonic() if observe is not None else 0.0
         try:
             while pos < len(buf):
                 reply, pos = parse(buf, pos)
                 if not pending:
                     raise ValueError("a reply to no command")
-                fut = pending.popleft()[0]
+                fut, sent = pending.popleft()
                 if fut is None:                    # AUTH / SELECT / ROLE of the handshake
                     if type(reply) is RespError:
                         self.client._refused(self, reply)
@@ -246,6 +258,8 @@ class _Conn(asyncio.Protocol):
                                                              "(a failover under way?)"))
                         return
                     continue
+                if observe is not None:
+                    observe(ERROR if type(reply) is RespError else OK, now - sent)
                 if not fut.done():
                     if type(reply) is RespError:
                         fut.set_exception(reply)
@@ -325,6 +339,7 @@ class RespClient:
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self.observe: Callable[[int, float], None] | None = None     # see the module docstring
 
     # -- calls -----------------------------------------------------------------------
 
@@ -347,6 +362,8 @@ class RespClient:
         if self._conn is None and self._connecting is None:
             if time.monotonic() < self._down_until:
                 fut.set_exception(ConnectionError(f"redis: unavailable ({self._down_reason})"))
+                if self.observe is not None:
+                    self.observe(FAILED, 0.0)
                 return fut
             self._connecting = loop.create_task(self._connect())
         self._out.append(encode(args))
@@ -473,9 +490,14 @@ class RespClient:
     def _fail_all(self, exc: Exception) -> None:
         self._out.clear()
         pending, self._pending = self._pending, collections.deque()
-        for fut, _t in pending:
-            if fut is not None and not fut.done():
-                fut.set_exception(exc)
+        observe = self.observe
+        now = time.monotonic()
+        for fut, sent in pending:
+            if fut is not None:
+                if observe is not None:
+                    observe(FAILED, now - sent)
+                if not fut.done():
+                    fut.set_exception(exc)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -87,6 +87,10 @@ class Worker:
                 log.error("proxy-cache: node store %s unavailable (%s); this worker keeps its own answers",
                           cache_name, exc)
         self.services.update(redis_services(config))
+        if slot_for is not None and "redis" in self.services:
+            from fastgw.stats import redis_observer
+
+            self.services["redis"].observe = redis_observer(self.engine.stats, slot_for)
         self.access_log = self._open_access_log(config)
         self.engine.access_log = self.access_log
         self.runtime: Runtime = compile_config(config, self.engine, slot_for, self._scope_factory())

@@ -23,8 +23,10 @@ Writers: two per worker index (``index * 2 + generation % 2``), so an old genera
 is still draining during a reload never shares bytes with its successor. Nothing is ever
 reset: a restarted worker continues into the same memory and the reader sums every
 writer, so totals survive reloads and restarts. Keys (``RouteSpec.key``,
-``~unmatched/{host}``, ``~consumer/{name}``) map to slots by name, first come first
-served, and a slot is never reused, so counters follow the route's name across reloads.
+``~unmatched/{host}``, ``~consumer/{name}``, and ``~redis/{ok,error,failed}`` for the Redis
+commands the workers wait on: :func:`redis_observer`) map to slots by name, first come
+first served, and a slot is never reused, so counters follow the route's name across
+reloads.
 
 Memory: a block is ~770 KB with the defaults (1 h of seconds, 10 s histograms); the file
 is sparse, so only keys that see traffic take RAM (blocks x writers x active keys).
@@ -70,6 +72,8 @@ SERIES_FIELDS = SEC_U32[1:] + SEC_U64
 OVERFLOW_KEY = "~overflow"
 UNMATCHED_PREFIX = "~unmatched/"
 CONSUMER_PREFIX = "~consumer/"
+REDIS_PREFIX = "~redis/"
+REDIS_RESULTS = ("ok", "error", "failed")    # fastgw.resp's OK, ERROR, FAILED
 
 _HEADER = struct.Struct("<8sIIIIIIIQQQQQ")
 _WRITER = struct.Struct("<IIIId")
@@ -202,6 +206,8 @@ def parse_key(key: str) -> dict[str, str]:
         return {"kind": "unmatched", "host": key[len(UNMATCHED_PREFIX):]}
     if key.startswith(CONSUMER_PREFIX):
         return {"kind": "consumer", "consumer": key[len(CONSUMER_PREFIX):]}
+    if key.startswith(REDIS_PREFIX):
+        return {"kind": "redis", "result": key[len(REDIS_PREFIX):]}
     if key.startswith("~"):
         return {"kind": "internal", "name": key[1:]}
     service, _, rest = key.partition("/")
@@ -211,7 +217,8 @@ def parse_key(key: str) -> dict[str, str]:
 
 
 def config_keys(config: Any) -> list[str]:
-    """Every stats key a config uses: routes, unmatched per stage host, consumers."""
+    """Every stats key a config uses: routes, unmatched per stage host, consumers, and the
+    Redis commands' results with a ``redis`` section."""
     keys: list[str] = []
     hosts: list[str] = []
     for spec in getattr(config, "routes", ()) or ():
@@ -226,7 +233,23 @@ def config_keys(config: Any) -> list[str]:
         name = consumer.get("name") if isinstance(consumer, dict) else getattr(consumer, "name", None)
         if name:
             keys.append(CONSUMER_PREFIX + str(name))
+    if getattr(config, "redis", None):
+        keys += [REDIS_PREFIX + r for r in REDIS_RESULTS]
     return keys
+
+
+def redis_observer(writer: Any, slot_for: Callable[[str], int]) -> Callable[[int, float], None]:
+    """A ``RespClient.observe`` that counts each command in the stats region: calls per
+    result (``~redis/ok``, ``~redis/error``, ``~redis/failed``) and how long each waited, in
+    the keys' latency histograms."""
+    slots = tuple(slot_for(REDIS_PREFIX + r) for r in REDIS_RESULTS)
+    statuses = (200, 500, 503)
+    record = writer.record
+
+    def observe(result: int, seconds: float) -> None:
+        record(slots[result], statuses[result], int(seconds * 1e6), 0, 0, 0, 0)
+
+    return observe
 
 
 def _encode_key(key: str) -> bytes:

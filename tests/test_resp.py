@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import threading
 import time
@@ -358,3 +359,42 @@ def test_a_server_back_after_an_outage_is_used_again(redis: RedisServer) -> None
             await c.aclose()
 
     run(scenario())
+
+
+def test_observe_hears_of_every_command_once(redis: RedisServer) -> None:
+    """A reply, an error reply, and no reply (a silent server: the command times out; a
+    refused handshake, then a call while the client waits retry_after) each reach
+    ``observe`` once, with how long the command waited."""
+    from fastgw.resp import ERROR, FAILED, OK
+
+    heard: list[tuple[int, float]] = []
+
+    async def scenario() -> None:
+        c = RespClient(redis.url, timeout=0.5)
+        c.observe = lambda result, seconds: heard.append((result, seconds))
+        try:
+            await c.call("SET", "s", "text")
+            with pytest.raises(RespError):
+                await c.call("INCR", "s")
+            assert redis.proc is not None
+            redis.proc.send_signal(signal.SIGSTOP)          # silent: the command times out
+            try:
+                with pytest.raises(TimeoutError):
+                    await c.call("PING")
+            finally:
+                redis.proc.send_signal(signal.SIGCONT)
+        finally:
+            await c.aclose()
+        wrong = RespClient(f"redis://:nope@127.0.0.1:{redis.port}/0", timeout=0.5, retry_after=30.0)
+        wrong.observe = c.observe
+        try:
+            with pytest.raises(ConnectionError, match="handshake refused"):
+                await wrong.call("PING")
+            with pytest.raises(ConnectionError, match="unavailable"):    # at once, for retry_after
+                await wrong.call("PING")
+        finally:
+            await wrong.aclose()
+
+    run(scenario())
+    assert [r for r, _ in heard] == [OK, ERROR, FAILED, FAILED, FAILED]
+    assert heard[2][1] >= 0.45 and heard[3][1] < 0.45 and heard[4][1] == 0.0

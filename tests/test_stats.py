@@ -239,6 +239,8 @@ def test_config_keys():
     )
     assert config_keys(cfg) == ["s/prod/GET /a", "s/dev/GET /a", "~unmatched/a.example",
                                 "~unmatched/*.b.example", "~unmatched/*", "~consumer/bob"]
+    cfg.redis = {"url": "redis://127.0.0.1:6379/0"}              # the Redis commands' results too
+    assert config_keys(cfg)[-3:] == ["~redis/ok", "~redis/error", "~redis/failed"]
 
 
 def test_summary_and_percentile_edges():

@@ -51,10 +51,27 @@ def test_nodes_sharing_redis_share_a_limit(backend: Backend, gateway: Any, redis
     clear_of_window_edge(60)
     statuses = [request(nodes[i % 2].port, "GET", f"/api/{i}").status for i in range(8)]
     assert statuses == [200] * 4 + [429] * 4
+    # The admin API counts the Redis commands the requests waited on, and how long they took.
+    admin = nodes[0].config["admin"]["port"]
+    redis_metrics = _redis_metrics(admin)
+    assert redis_metrics[("fastgw_redis_commands_total", "ok")] >= 4
+    assert redis_metrics[("fastgw_redis_command_duration_seconds_count", "ok")] == \
+        redis_metrics[("fastgw_redis_commands_total", "ok")]
+    assert redis_metrics.get(("fastgw_redis_commands_total", "failed"), 0) == 0
     # Redis gone: fault-tolerant (the default) lets requests through
     redis.stop()
     assert request(nodes[0].port, "GET", "/api/after").status == 200
     nodes[0].wait_log("rate-limit counters: Redis unavailable")
+    assert _redis_metrics(admin)[("fastgw_redis_commands_total", "failed")] >= 1
+
+
+def _redis_metrics(admin: int) -> dict[tuple[str, str], float]:
+    """(sample name, result label) -> value of the admin API's fastgw_redis_* metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = request(admin, "GET", "/metrics", headers={"Authorization": "Bearer test-token"}).body.decode()
+    return {(s.name, s.labels["result"]): s.value for f in text_string_to_metric_families(text)
+            if f.name.startswith("fastgw_redis_") for s in f.samples if "le" not in s.labels}
 
 
 def test_a_limit_in_redis_through_sentinel(backend: Backend, gateway: Any, tmp_path: Path) -> None:
