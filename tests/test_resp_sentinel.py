@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -196,3 +197,44 @@ def test_the_admin_apis_cache_purge_reaches_the_master_through_the_sentinels(sen
                 "timeout": 1.0}
     assert run(purge_redis(settings, "shop", None)) == 3
     assert redis_cli(sentinel.master.port, "-n", "3", "DBSIZE") == b"0\n"
+
+
+def test_sentinels_that_want_auth_get_it_from_the_query(tmp_path: Path) -> None:
+    """``sentinel_password`` (and the master's own password from the URL's userinfo)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    master = RedisServer("--requirepass", "m-secret", "--dir", str(tmp_path)).start()
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\nrequirepass s-secret\n"
+                    f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
+                    "sentinel auth-pass mymaster m-secret\n")
+    sentinel = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    base = f"redis+sentinel://:m-secret@127.0.0.1:{port}/mymaster"
+
+    async def scenario() -> None:
+        anon = RespClient(base, timeout=1.0)
+        try:
+            with pytest.raises(ConnectionError, match="NOAUTH"):
+                await anon.call("PING")
+        finally:
+            await anon.aclose()
+        c = RespClient(base + "?sentinel_password=s-secret", timeout=1.0)
+        try:
+            assert await c.call("SET", "k", "v") == b"OK"
+        finally:
+            await c.aclose()
+
+    try:
+        wait_until(lambda: b"127.0.0.1" in subprocess.run(
+            ["redis-cli", "-p", str(port), "-a", "s-secret", "--no-auth-warning", "sentinel",
+             "get-master-addr-by-name", "mymaster"], capture_output=True, timeout=5).stdout,
+            timeout=10, what="the sentinel")
+        run(scenario())
+        assert subprocess.run(["redis-cli", "-p", str(master.port), "-a", "m-secret", "--no-auth-warning", "GET", "k"],
+                              capture_output=True, timeout=5).stdout == b"v\n"
+    finally:
+        sentinel.terminate()
+        sentinel.wait(5)
+        master.stop()
