@@ -37,8 +37,9 @@ speaks RESP2 itself:
 redis-py parses those URLs here, and serves the admin API's cache purge (``SCAN``), which
 no request waits on.
 
-``observe`` (set by the worker: fastgw.server.redis_observer) hears of every command once,
-with ``OK`` (a reply), ``ERROR`` (an error reply) or ``FAILED`` (no reply: the connection
+``observe`` (set by the worker: fastgw.stats.redis_observer) hears of every command once,
+with ``OK`` (a reply), ``ERROR`` (an error reply, but ``NOSCRIPT``: an ``EVALSHA``'s
+cue to load its script) or ``FAILED`` (no reply: the connection
 failed, was too slow, or Redis is unavailable) and the seconds it waited: the stats region
 counts them, and the admin API's /metrics shows them (``fastgw_redis_commands_total``,
 ``fastgw_redis_command_duration_seconds``).
@@ -259,7 +260,9 @@ class _Conn(asyncio.Protocol):
                         return
                     continue
                 if observe is not None:
-                    observe(ERROR if type(reply) is RespError else OK, now - sent)
+                    # (NOSCRIPT is the first EVALSHA's answer: the caller loads the script.)
+                    observe(ERROR if type(reply) is RespError and not str(reply).startswith("NOSCRIPT") else OK,
+                            now - sent)
                 if not fut.done():
                     if type(reply) is RespError:
                         fut.set_exception(reply)

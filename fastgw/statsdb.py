@@ -20,6 +20,7 @@ from typing import Any
 
 from fastgw.stats import (
     HIST_N,
+    REDIS_RESULTS,
     SERIES_FIELDS,
     Counts,
     StatsRegion,
@@ -212,7 +213,8 @@ class StatsQuery:
 
     def stats(self, filters: dict[str, str] | None = None, t0: int | None = None, t1: int | None = None,
               step: int | None = None, now: int | None = None) -> dict[str, Any]:
-        """Totals, a time series, per-resource rows, unmatched hosts and consumers."""
+        """Totals, a time series, per-resource rows, unmatched hosts, consumers and the
+        Redis commands' results (ok, error, failed: fastgw.stats.redis_observer)."""
         filters = {k: v for k, v in (filters or {}).items() if v}
         now = int(now if now is not None else time.time())
         t1 = int(t1 if t1 is not None else now + 1)
@@ -225,7 +227,7 @@ class StatsQuery:
         items = self.region.slots.items()
         parsed = {key: parse_key(key) for key, _ in items}
         routes = [(k, s) for k, s in items if parsed[k]["kind"] == "route" and key_matches(parsed[k], filters)]
-        others = [(k, s) for k, s in items if parsed[k]["kind"] in ("unmatched", "consumer")]
+        others = [(k, s) for k, s in items if parsed[k]["kind"] in ("unmatched", "consumer", "redis")]
         per_key = self._per_key(routes + others, t0, t1, step)
         series_pts: dict[int, Counts] = {}
         for key, _ in routes:
@@ -253,7 +255,7 @@ class StatsQuery:
                 continue
             resources.append({"key": key, **parsed[key], **rng.summary(), "running": run.summary()})
         resources.sort(key=lambda r: (r["service"], r["stage"], r["resource"], r["method"]))
-        unmatched, consumers = [], []
+        unmatched, consumers, redis = [], [], []
         for key, slot in others:
             rng = Counts()
             for c in per_key[key].values():
@@ -263,6 +265,8 @@ class StatsQuery:
                 continue
             if parsed[key]["kind"] == "unmatched":
                 unmatched.append({"host": parsed[key]["host"], **rng.summary(), "running": run.summary()})
+            elif parsed[key]["kind"] == "redis":
+                redis.append({"result": parsed[key]["result"], **rng.summary(), "running": run.summary()})
             else:
                 consumers.append({"name": parsed[key]["consumer"], "calls": rng.calls, "running_calls": run.calls})
         services: dict[str, list[str]] = {}
@@ -276,6 +280,8 @@ class StatsQuery:
             "rolled_until": self.db.rolled_until if self.db is not None else None,
             "totals": totals.summary(), "running": running_all.summary(),
             "series": series, "resources": resources, "unmatched": unmatched, "consumers": consumers,
+            "redis": sorted(redis, key=lambda r: REDIS_RESULTS.index(r["result"]) if r["result"] in REDIS_RESULTS
+                            else len(REDIS_RESULTS)),
             "services": services,
         }
 

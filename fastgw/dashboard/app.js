@@ -10,6 +10,7 @@
   var RANGES = { 300: { step: 10, every: 5000 }, 3600: { step: 60, every: 15000 },
     86400: { step: 900, every: 60000 }, 2592000: { step: 21600, every: 300000 } };
   var state = { range: 300, stage: "", timer: null, data: null, inflight: false };
+  var REDIS_RESULT = { ok: "Answered", error: "Error reply", failed: "No reply (failed or too slow)" };
 
   function $(id) { return document.getElementById(id); }
   function el(tag, attrs, text) {
@@ -48,6 +49,11 @@
     return String(Math.round(n));
   }
   function fmtExact(n) { return Math.round(n).toLocaleString("en-US"); }
+  function msText(v) {
+    var t = fmtMs(v);
+    return / s$/.test(t) ? t : t + " ms";
+  }
+
   function fmtMs(v) {
     if (!v) return "0";
     if (v >= 1000) return (v / 1000).toFixed(v >= 10000 ? 0 : 1) + " s";
@@ -352,6 +358,12 @@
     renderMini("unmatched", d.unmatched, function (u) { return [u.host === "*" ? "other hosts" : u.host, fmtExact(u.calls)]; });
     renderMini("consumers", (d.consumers || []).slice().sort(function (a, b) { return b.calls - a.calls; }).slice(0, 8),
       function (c) { return [c.name, fmtExact(c.calls)]; });
+    /* Only with a redis section (its keys exist once a worker has used Redis). */
+    $("redis-panel").classList.toggle("hidden", !(d.redis && d.redis.length));
+    renderMini("redis", d.redis, function (r) {
+      return [REDIS_RESULT[r.result] || r.result, fmtExact(r.calls), "avg " + msText(r.avg_ms),
+        "p99 " + msText(r.p99_ms)];
+    });
   }
 
   function stepName(step) {

@@ -80,6 +80,13 @@ def _traffic(region: StatsRegion, now: int) -> dict[str, dict[str, int]]:
     um = region.slots.slot_for("~unmatched/api.shop.example")
     for sec in range(now - 100, now, 7):
         w0.record_at(sec, um, 404, 90, 0, 0, 60, 1)
+    # Redis commands (fastgw.stats.redis_observer): 400 answered in 0.8 ms, 3 failed at 250 ms.
+    ok, failed = region.slots.slot_for("~redis/ok"), region.slots.slot_for("~redis/failed")
+    region.slots.slot_for("~redis/error")
+    for i in range(400):
+        w1.record_at(now - 200 + i // 4, ok, 200, 800, 0, 0, 0, 0)
+    for i in range(3):
+        w1.record_at(now - 50 + i, failed, 503, 250_000, 0, 0, 0, 0)
     return expect
 
 
@@ -146,4 +153,11 @@ def test_dashboard_renders_counts():
                       "http://10.0.0.2:8000": "Passed over · failed connections (8 s left)",
                       "http://10.0.0.3:8000": "In use · 2 failed connections counted"}
     assert text_of("targets-count") == "3 targets · 1 passed over"
+    # The Redis commands panel: answered and failed, the error replies' row left out (none).
+    redis_table = re.search(r'<table class="mini" id="redis"><tbody>(.*?)</tbody>', dom).group(1)
+    rows = [[unescape(c) for c in re.findall(r"<td[^>]*>([^<]*)</td>", r)]
+            for r in re.findall(r"<tr>(.*?)</tr>", redis_table)]
+    assert [r[:2] for r in rows] == [["Answered", "400"], ["No reply (failed or too slow)", "3"]]
+    assert rows[1][3].startswith("p99 2") and rows[1][3].endswith(" ms") and rows[0][2] == "avg 0.80 ms"
+    assert 'id="redis-panel" class="panel"' in dom or 'class="panel" id="redis-panel"' in dom
     assert "shop · prod" in dom.replace("&nbsp;", " ")

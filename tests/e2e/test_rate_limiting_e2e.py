@@ -58,6 +58,9 @@ def test_nodes_sharing_redis_share_a_limit(backend: Backend, gateway: Any, redis
     assert redis_metrics[("fastgw_redis_command_duration_seconds_count", "ok")] == \
         redis_metrics[("fastgw_redis_commands_total", "ok")]
     assert redis_metrics.get(("fastgw_redis_commands_total", "failed"), 0) == 0
+    stats = request(admin, "GET", "/stats", headers={"Authorization": "Bearer test-token"}).json()
+    assert [r["result"] for r in stats["redis"]] == ["ok"] and stats["redis"][0]["calls"] >= 4   # the dashboard's
+    assert stats["totals"]["calls"] == 4                                                        # (not requests)
     # Redis gone: fault-tolerant (the default) lets requests through
     redis.stop()
     assert request(nodes[0].port, "GET", "/api/after").status == 200
