@@ -91,9 +91,23 @@ class SharedRegion:
         return self.path
 
     @staticmethod
-    def _size(replay_slots: int, counter_slots: int, health_slots: int = HEALTH_SLOTS,
+    def _offsets(replay_slots: int, counter_slots: int, health_slots: int = HEALTH_SLOTS,
+                 mark_slots: int = MARK_SLOTS) -> tuple[int, int, int, int, int]:
+        """Where the replay, counter, health and marks tables start, and where the region
+        ends (the layout in the module docstring)."""
+        counters = HEADER_SIZE + replay_slots * 8
+        health = counters + counter_slots * 16
+        marks = health + health_slots * 16
+        return HEADER_SIZE, counters, health, marks, marks + mark_slots * 32
+
+    @classmethod
+    def _size(cls, replay_slots: int, counter_slots: int, health_slots: int = HEALTH_SLOTS,
               mark_slots: int = MARK_SLOTS) -> int:
-        return HEADER_SIZE + replay_slots * 8 + counter_slots * 16 + health_slots * 16 + mark_slots * 32
+        return cls._offsets(replay_slots, counter_slots, health_slots, mark_slots)[4]
+
+    def _table_at(self, table: int) -> int:
+        """This region's offset of table 0 (replay) to 3 (marks)."""
+        return self._offsets(self.replay_slots, self.counter_slots, self.health_slots, self.mark_slots)[table]
 
     @classmethod
     def create(cls, replay_slots: int = REPLAY_SLOTS, counter_slots: int = COUNTER_SLOTS,
@@ -127,21 +141,19 @@ class SharedRegion:
 
     def replay_table(self) -> _core.ReplaySet:
         self._exported = True
-        return _core.ReplaySet(self._mm, HEADER_SIZE, self.replay_slots)
+        return _core.ReplaySet(self._mm, self._table_at(0), self.replay_slots)
 
     def counter_table(self) -> _core.CounterTable:
         self._exported = True
-        return _core.CounterTable(self._mm, HEADER_SIZE + self.replay_slots * 8, self.counter_slots)
+        return _core.CounterTable(self._mm, self._table_at(1), self.counter_slots)
 
     def health_table(self) -> HealthTable:
         self._exported = True
-        return HealthTable(self._mm, HEADER_SIZE + self.replay_slots * 8 + self.counter_slots * 16,
-                           self.health_slots)
+        return HealthTable(self._mm, self._table_at(2), self.health_slots)
 
     def passive_marks(self) -> _core.PassiveMarks:
         self._exported = True
-        return _core.PassiveMarks(self._mm, HEADER_SIZE + self.replay_slots * 8 + self.counter_slots * 16
-                                  + self.health_slots * 16, self.mark_slots)
+        return _core.PassiveMarks(self._mm, self._table_at(3), self.mark_slots)
 
     def replay_guard(self) -> object:
         from fastgw.replay import ReplayGuard
