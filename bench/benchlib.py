@@ -280,14 +280,30 @@ def process_tree(root: int) -> list[int]:
     return out
 
 
-def tree_cpu_ticks(root: int) -> dict[int, int]:
-    """utime+stime (clock ticks) of every process in ``root``'s tree, by PID."""
+def tree_cpu_split(root: int) -> dict[int, tuple[int, int]]:
+    """(utime, stime) in clock ticks of every process in ``root``'s tree, by PID: the time
+    spent in the process's own code and in the kernel on its behalf (system calls, and the
+    loopback TCP work they do)."""
     out = {}
     for pid in process_tree(root):
         fields = _stat_fields(pid)
         if fields is not None:
-            out[pid] = int(fields[11]) + int(fields[12])
+            out[pid] = (int(fields[11]), int(fields[12]))
     return out
+
+
+def tree_cpu_ticks(root: int) -> dict[int, int]:
+    """utime+stime (clock ticks) of every process in ``root``'s tree, by PID."""
+    return {pid: u + s for pid, (u, s) in tree_cpu_split(root).items()}
+
+
+def cpu_split_between(before: dict[int, tuple[int, int]],
+                      after: dict[int, tuple[int, int]]) -> tuple[float, float]:
+    """(user, kernel) CPU seconds the tree used between two :func:`tree_cpu_split` snapshots
+    (new PIDs count whole)."""
+    user = sum(u - before.get(pid, (0, 0))[0] for pid, (u, _) in after.items())
+    kernel = sum(s - before.get(pid, (0, 0))[1] for pid, (_, s) in after.items())
+    return user / CLK_TCK, kernel / CLK_TCK
 
 
 def cpu_seconds_between(before: dict[int, int], after: dict[int, int]) -> float:

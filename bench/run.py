@@ -50,7 +50,7 @@ from benchlib import (
     RESULTS,
     Procs,
     busy_fraction,
-    cpu_seconds_between,
+    cpu_split_between,
     cpu_times,
     ensure_tools,
     free_port,
@@ -61,7 +61,7 @@ from benchlib import (
     python_bin,
     start_upstream,
     tail,
-    tree_cpu_ticks,
+    tree_cpu_split,
     wait_http,
     which,
 )
@@ -485,6 +485,12 @@ class Sample:
     foreign: float  # share of the proxy core used by other processes during the window
     requests: int
     errors: int
+    # cpu_us split: the proxy's own code (utime) and the kernel's work for it (stime: its
+    # system calls and the loopback TCP processing they carry, the same for every proxy
+    # doing the same reads and writes). nginx cpu_us ÷ a proxy's kernel_us is the
+    # efficiency that proxy would reach if its own code took no time at all.
+    user_us: float = 0.0
+    kernel_us: float = 0.0
 
 
 def run_wrk(script: Path, port: int, seconds: float, procs: Procs, wd: Path) -> dict:
@@ -509,10 +515,11 @@ def run_wrk(script: Path, port: int, seconds: float, procs: Procs, wd: Path) -> 
 
 def measure(proxy_proc: subprocess.Popen, script: Path, port: int, seconds: float, procs: Procs,
             wd: Path) -> Sample:
-    cpu0, tree0 = cpu_times(), tree_cpu_ticks(proxy_proc.pid)
+    cpu0, tree0 = cpu_times(), tree_cpu_split(proxy_proc.pid)
     res = run_wrk(script, port, seconds, procs, wd)
-    cpu1, tree1 = cpu_times(), tree_cpu_ticks(proxy_proc.pid)
-    proxy_cpu = cpu_seconds_between(tree0, tree1)
+    cpu1, tree1 = cpu_times(), tree_cpu_split(proxy_proc.pid)
+    user, kernel = cpu_split_between(tree0, tree1)
+    proxy_cpu = user + kernel
     n = max(1, res["requests"])
     wall = res["duration_us"] / 1e6
     core_busy = busy_fraction(cpu0, cpu1, PROXY_CPU)
@@ -524,6 +531,7 @@ def measure(proxy_proc: subprocess.Popen, script: Path, port: int, seconds: floa
         p50_ms=res["lat_p50_us"] / 1000, p99_ms=res["lat_p99_us"] / 1000,
         cpu_us=proxy_cpu * 1e6 / n, load_busy=busy_fraction(cpu0, cpu1, LOAD_CPU),
         proxy_core_busy=core_busy, foreign=foreign, requests=res["requests"], errors=errors,
+        user_us=user * 1e6 / n, kernel_us=kernel * 1e6 / n,
     )
 
 
@@ -591,6 +599,18 @@ def efficiency(rows: dict[tuple[str, str], Row], scenario: str, proxy: str, vers
     return base.med("cpu_us") / row.med("cpu_us")  # type: ignore[operator]
 
 
+def ceiling(rows: dict[tuple[str, str], Row], scenario: str, proxy: str = "fastgw",
+            versus: str = "nginx") -> float | None:
+    """``versus``'s CPU µs/req ÷ ``proxy``'s kernel µs/req (medians of rounds): the efficiency
+    ``proxy`` would reach if its own code took no time, the kernel's share unchanged. None
+    without both rows (or without a kernel figure)."""
+    base, row = rows.get((scenario, versus)), rows.get((scenario, proxy))
+    if not base or not row or not base.samples or not row.samples:
+        return None
+    kernel = row.med("kernel_us")
+    return base.med("cpu_us") / kernel if kernel else None  # type: ignore[operator]
+
+
 def paired_ratios(rows: dict[tuple[str, str], Row], scenario: str, proxy: str, versus: str = "nginx") -> list[float]:
     """``versus`` µs/req ÷ proxy µs/req for each round where both were measured."""
     base, row = rows.get((scenario, versus)), rows.get((scenario, proxy))
@@ -602,8 +622,8 @@ def paired_ratios(rows: dict[tuple[str, str], Row], scenario: str, proxy: str, v
 def format_table(rows: dict[tuple[str, str], Row], scenarios: list[str], proxies: list[str],
                  args: argparse.Namespace) -> str:
     lines = []
-    head = (f"{'proxy':<15}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU µs/req':>12}{'eff.':>8}"
-            f"{'load core':>11}{'proxy core':>12}  flags")
+    head = (f"{'proxy':<15}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU µs/req':>12}{'user':>7}{'kernel':>8}"
+            f"{'eff.':>8}{'load core':>11}{'proxy core':>12}  flags")
     for sc in scenarios:
         lines.append("")
         lines.append(f"== {sc}: medians of {args.rounds} round(s) x {args.duration:g} s, "
@@ -618,7 +638,8 @@ def format_table(rows: dict[tuple[str, str], Row], scenarios: list[str], proxies
             flags = " ".join(row.flags() + ([] if row.status == "ok" else [row.status]))
             lines.append(
                 f"{px:<15}{row.med('rps'):>9,.0f}{row.med('p50_ms'):>9.2f}{row.med('p99_ms'):>9.2f}"
-                f"{row.med('cpu_us'):>12.1f}{(f'{eff:.2f}x' if eff else '-'):>8}"
+                f"{row.med('cpu_us'):>12.1f}{row.med('user_us'):>7.1f}{row.med('kernel_us'):>8.1f}"
+                f"{(f'{eff:.2f}x' if eff else '-'):>8}"
                 f"{row.med('load_busy') * 100:>10.0f}%{row.med('proxy_core_busy') * 100:>11.0f}%  {flags}")
     lines.append("")
     if "fastgw" in proxies and "nginx" in proxies:
@@ -640,6 +661,15 @@ def format_table(rows: dict[tuple[str, str], Row], scenarios: list[str], proxies
                 rounds = " ".join(f"{r:.2f}" for r in per)
                 lines.append(f"  {sc:<8} {eff:.2f}x  (ratio of medians; median of paired rounds "
                              f"{statistics.median(per):.2f}x; per round: {rounds})")
+    if "fastgw" in proxies and "nginx" in proxies:
+        lines.append("fastgw / nginx ceiling (nginx CPU µs/req ÷ fastgw kernel µs/req: the efficiency with "
+                     "fastgw's own code taking no time; user µs/req fastgw vs nginx):")
+        for sc in scenarios:
+            top = ceiling(rows, sc)
+            if top is not None:
+                fg, ng = rows[(sc, "fastgw")], rows[(sc, "nginx")]
+                lines.append(f"  {sc:<8} {top:.2f}x  (user {fg.med('user_us'):.1f} vs {ng.med('user_us'):.1f} µs; "
+                             f"kernel {fg.med('kernel_us'):.1f} vs {ng.med('kernel_us'):.1f} µs)")
     for variant, what in (("fastgw-nostats", "stats counters"), ("fastgw-bare", "counters + access log")):
         if "fastgw" not in proxies or variant not in proxies:
             continue
@@ -665,8 +695,8 @@ def to_json(rows: dict[tuple[str, str], Row], scenarios: list[str], proxies: lis
             out_rows.append({
                 "scenario": sc, "proxy": px, "status": row.status, "flags": row.flags(),
                 "median": None if not row.samples else {
-                    k: row.med(k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us", "load_busy",
-                                            "proxy_core_busy", "foreign")},
+                    k: row.med(k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us", "user_us", "kernel_us",
+                                            "load_busy", "proxy_core_busy", "foreign")},
                 "efficiency_vs_nginx": eff,
                 "rounds": [s.__dict__ for s in row.samples],
             })
@@ -678,6 +708,7 @@ def to_json(rows: dict[tuple[str, str], Row], scenarios: list[str], proxies: lis
         "fastgw_vs_nginx": {sc: efficiency(rows, sc, "fastgw") for sc in scenarios},
         "fastgw_vs_nginx_paired_rounds": {sc: paired_ratios(rows, sc, "fastgw") for sc in scenarios},
         "fastgw_vs_haproxy": {sc: efficiency(rows, sc, "fastgw", "haproxy") for sc in scenarios},
+        "fastgw_vs_nginx_ceiling": {sc: ceiling(rows, sc) for sc in scenarios},
         "rows": out_rows,
         "notes": notes,
     }

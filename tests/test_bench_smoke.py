@@ -9,6 +9,7 @@ baseline row must be measured).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,11 @@ def test_bench_smoke(tmp_path: Path) -> None:
     nginx = rows[("plain", "nginx")]
     assert nginx["status"] == "ok", nginx
     assert nginx["median"]["rps"] > 0 and nginx["median"]["cpu_us"] > 0
+    # Its CPU split into its own code and the kernel's work for it (loopback TCP: never 0).
+    med = nginx["median"]
+    assert med["kernel_us"] > 0 and med["user_us"] >= 0
+    assert med["user_us"] + med["kernel_us"] == pytest.approx(med["cpu_us"])
+    assert "kernel" in res.stdout
     # fastgw is measured, or its row says why not (n/a while the engine is missing, FAIL on a wrong answer).
     fastgw = rows[("plain", "fastgw")]
     assert fastgw["status"] == "ok" or fastgw["status"].startswith(("n/a", "FAIL")), fastgw
@@ -67,6 +73,33 @@ def test_instructions_smoke(tmp_path: Path) -> None:
     # instrumentation that never switched on) and not millions (startup counted).
     assert 2_000 < data["instructions_per_request"]["gateway"]["this tree"] < 500_000, data
     assert data["added_plugins"] == [acl]      # and every request passed it (drive() wants 200s)
+
+
+def test_cpu_split_and_ceiling() -> None:
+    """The runner's user/kernel split of a process tree's CPU and the ceiling it shows
+    (nginx µs ÷ fastgw kernel µs), from known figures."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import benchlib
+        import run
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    tck = benchlib.CLK_TCK
+    before = {10: (100, 50), 11: (7, 3)}
+    after = {10: (100 + tck, 50 + 3 * tck), 11: (7, 3 + tck), 12: (tck, 0)}   # 12: new, counts whole
+    assert benchlib.cpu_split_between(before, after) == pytest.approx((2.0, 4.0))
+    own = benchlib.tree_cpu_split(os.getpid())
+    assert own[os.getpid()][0] + own[os.getpid()][1] == benchlib.tree_cpu_ticks(os.getpid())[os.getpid()]
+
+    def sample(cpu: float, user: float) -> run.Sample:
+        return run.Sample(rps=1.0, p50_ms=1.0, p99_ms=1.0, cpu_us=cpu, load_busy=0.5, proxy_core_busy=0.5,
+                          foreign=0.0, requests=1, errors=0, user_us=user, kernel_us=cpu - user)
+
+    rows = {("plain", "fastgw"): run.Row("plain", "fastgw", samples=[sample(14.0, 2.0), sample(15.0, 2.0)]),
+            ("plain", "nginx"): run.Row("plain", "nginx", samples=[sample(16.0, 3.0), sample(17.0, 3.0)])}
+    assert run.ceiling(rows, "plain") == pytest.approx(16.5 / 12.5)
+    assert run.efficiency(rows, "plain", "fastgw") == pytest.approx(16.5 / 14.5)
+    assert run.ceiling(rows, "gateway") is None
 
 
 def test_micro_header_rewrite_rows() -> None:

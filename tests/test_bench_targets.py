@@ -55,6 +55,23 @@ def test_run_targets_met_and_missed(targets) -> None:
     assert "NOT met" in c["gateway vs nginx"].text() and "1.190" in c["gateway vs nginx"].text()
 
 
+def test_ceiling_shown_where_a_run_split_user_and_kernel_time(targets) -> None:
+    """nginx µs ÷ fastgw kernel µs, against the 1.2× bound; runs without the split (older
+    files) have no ceiling check."""
+    plain_fg = _row("plain", "fastgw", 14.0, 1.0)
+    plain_fg["median"].update(user_us=2.0, kernel_us=12.0)
+    gw_fg = _row("gateway", "fastgw", 14.0, 1.0)
+    gw_fg["median"].update(user_us=3.0, kernel_us=11.0)
+    data = _run([plain_fg, _row("plain", "nginx", 14.0, 1.0), gw_fg, _row("gateway", "nginx", 13.0, 1.0)],
+                ["plain", "gateway"])
+    c = _by_target(targets.check_run(data, "x.json"))
+    assert c["plain ceiling (no user time)"].value == pytest.approx(14.0 / 12.0)
+    assert not c["plain ceiling (no user time)"].met            # 1.167: out of reach in this run
+    assert c["gateway ceiling (no user time)"].value == pytest.approx(13.0 / 11.0)
+    old = _run([_row("plain", "fastgw", 14.0, 1.0), _row("plain", "nginx", 14.0, 1.0)], ["plain"])
+    assert "plain ceiling (no user time)" not in _by_target(targets.check_run(old, "y.json"))
+
+
 def test_scenarios_without_a_1_2_target_get_the_floor_only(targets) -> None:
     data = _run([_row("post", "fastgw", 10.0, 1.0), _row("post", "nginx", 8.0, 1.0)], ["post"])
     c = _by_target(targets.check_run(data, "x.json"))
