@@ -77,7 +77,12 @@ ALL_PROXIES = ("fastgw", "nginx", "haproxy", "caddy", "aiohttp")
 # counters and access log, "-uvloop" with client sockets on uvloop transports instead of
 # fastgw's own epoll set. Run them with --proxies fastgw,fastgw-nostats,fastgw-bare,nginx.
 FASTGW_VARIANTS = ("fastgw-nostats", "fastgw-bare", "fastgw-uvloop")
-KNOWN_PROXIES = ALL_PROXIES + FASTGW_VARIANTS
+# "pipe": bench/experiments/pipe_proxy.c, a byte pipe in C that makes only the system calls a
+# keep-alive proxy can't avoid and does nothing else (no parsing, no routing): the least
+# CPU per request any proxy can spend here, so nginx µs ÷ pipe µs bounds every proxy's efficiency
+# in the same run. Plain and POST only; run it with --proxies fastgw,nginx,pipe.
+KNOWN_PROXIES = ALL_PROXIES + FASTGW_VARIANTS + ("pipe",)
+PIPE_SOURCE = BENCH / "experiments" / "pipe_proxy.c"
 SCRIPTS = {s: BENCH / f"{s}.lua" for s in ALL_SCENARIOS}
 NROUTES = 1000
 CONNECTIONS = 64
@@ -381,6 +386,21 @@ def fastgw_launch(scenario: str, port: int, up: int, wd: Path, variant: str = ""
                   startup_timeout=30.0)
 
 
+def pipe_launch(scenario: str, port: int, up: int, wd: Path) -> Launch:
+    """bench/experiments/pipe_proxy.c, built with cc into the run's folder."""
+    if scenario not in ("plain", "post"):
+        raise NotApplicable("a byte pipe: it forwards plain GETs and POSTs only")
+    cc = which("cc") or which("gcc")
+    if cc is None:
+        raise NotApplicable("no C compiler (apt-get install build-essential)")
+    exe = wd / "pipe_proxy"
+    if not exe.exists():
+        built = subprocess.run([cc, "-O2", "-o", str(exe), str(PIPE_SOURCE)], capture_output=True, text=True)
+        if built.returncode != 0:
+            raise NotApplicable(f"cc failed: {built.stderr.strip()[-200:]}")
+    return Launch([str(exe), str(port), str(up)])
+
+
 LAUNCHERS: dict[str, Callable[[str, int, int, Path], Launch]] = {
     "fastgw": fastgw_launch,
     "fastgw-nostats": lambda sc, port, up, wd: fastgw_launch(sc, port, up, wd, "nostats"),
@@ -390,6 +410,7 @@ LAUNCHERS: dict[str, Callable[[str, int, int, Path], Launch]] = {
     "haproxy": haproxy_launch,
     "caddy": caddy_launch,
     "aiohttp": aiohttp_launch,
+    "pipe": pipe_launch,
 }
 TOOL_OF = {"nginx": "nginx", "haproxy": "haproxy", "caddy": "caddy"}
 
@@ -670,6 +691,16 @@ def format_table(rows: dict[tuple[str, str], Row], scenarios: list[str], proxies
                 fg, ng = rows[(sc, "fastgw")], rows[(sc, "nginx")]
                 lines.append(f"  {sc:<8} {top:.2f}x  (user {fg.med('user_us'):.1f} vs {ng.med('user_us'):.1f} µs; "
                              f"kernel {fg.med('kernel_us'):.1f} vs {ng.med('kernel_us'):.1f} µs)")
+    if "pipe" in proxies and "nginx" in proxies:
+        lines.append("the bound (nginx CPU µs/req ÷ the C byte pipe's: the most any proxy's efficiency "
+                     "can read here; fastgw's as a share of it):")
+        for sc in scenarios:
+            bound = efficiency(rows, sc, "pipe")
+            if bound is not None:
+                eff = efficiency(rows, sc, "fastgw")
+                share = f"; fastgw {eff:.2f}x, {eff / bound:.0%} of it" if eff else ""
+                per = " ".join(f"{r:.2f}" for r in paired_ratios(rows, sc, "pipe"))
+                lines.append(f"  {sc:<8} {bound:.2f}x (per round: {per}){share}")
     for variant, what in (("fastgw-nostats", "stats counters"), ("fastgw-bare", "counters + access log")):
         if "fastgw" not in proxies or variant not in proxies:
             continue

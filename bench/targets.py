@@ -21,7 +21,10 @@ Shown beside them where a run split each proxy's CPU into its own code (user) an
 kernel's work for it (``user_us``, ``kernel_us``): the ``plain`` and ``gateway`` ceiling,
 nginx µs/req ÷ fastgw's kernel µs/req — the efficiency fastgw would reach if its own code
 took no time at all — against the same 1.2× bound: a run whose ceiling is under it could
-not have met the target whatever fastgw's code did.
+not have met the target whatever fastgw's code did. And where a run measured the C byte
+pipe (``--proxies ...,pipe``: only the system calls a keep-alive proxy can't avoid), its
+bound, nginx µs/req ÷ the pipe's, against the same bound: what a proxy doing no work at
+all reads in that run.
 """
 
 from __future__ import annotations
@@ -97,6 +100,9 @@ def check_run(data: dict, source: str) -> RunChecks | None:
             p99_ng = _median_of(rows[(sc, "nginx")], "p99_ms")
             if p99_fg is not None and p99_ng is not None:
                 out.checks.append(Check(f"{sc} p99 / nginx p99", p99_fg / p99_ng, 1.0, at_most=True))
+        pipe = _median_of(rows.get((sc, "pipe"), {}), "cpu_us")
+        if ng is not None and pipe is not None:
+            out.checks.append(Check(f"{sc} bound (C byte pipe)", ng / pipe, EFFICIENCY_MIN))
         aio = _median_of(rows.get((sc, "aiohttp"), {}), "cpu_us")
         if aio is not None:
             out.checks.append(Check(f"{sc} vs aiohttp", aio / fg, AIOHTTP_MIN))
@@ -160,7 +166,7 @@ def summary(runs: list[RunChecks]) -> list[str]:
     for target, checks in by_target.items():
         met = sum(c.met for c in checks)
         lo, hi = min(c.value for c in checks), max(c.value for c in checks)
-        lines.append(f"{target:<28} met in {met:>2} of {len(checks):>2} runs  (range {lo:.3f}–{hi:.3f})")
+        lines.append(f"{target:<31} met in {met:>2} of {len(checks):>2} runs  (range {lo:.3f}–{hi:.3f})")
     return lines
 
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,68 @@ def test_ratelimit_scenario_checks_each_proxy(tmp_path: Path) -> None:
     rows = {r["proxy"]: r for r in data["rows"]}
     assert all(rows[p]["status"] == "ok" for p in ("fastgw", "nginx", "haproxy")), rows
     assert rows["caddy"]["status"].startswith("n/a"), rows["caddy"]
+
+
+@pytest.mark.skipif(not (_have("cc") or _have("gcc")), reason="no C compiler")
+def test_pipe_proxy_forwards_keep_alive_requests(tmp_path: Path) -> None:
+    """bench/experiments/pipe_proxy.c, the runner's no-work bound: built as the runner builds it,
+    it carries several requests of one keep-alive connection (a GET and a 4 KB POST) to a
+    real backend and their answers back, byte for byte."""
+    import http.client
+    import http.server
+    import socket
+    import threading
+
+    class Backend(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self._answer(self.path.encode())
+
+        def do_POST(self) -> None:
+            self._answer(self.rfile.read(int(self.headers["Content-Length"])))
+
+        def _answer(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    backend = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Backend)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import run
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch = run.pipe_launch("plain", port, backend.server_address[1], tmp_path)
+    with pytest.raises(run.NotApplicable):
+        run.pipe_launch("gateway", port, backend.server_address[1], tmp_path)
+    proc = subprocess.Popen(launch.cmd)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        for i in range(3):
+            conn.request("GET", f"/api/orders/{i}")
+            ans = conn.getresponse()
+            assert (ans.status, ans.read()) == (200, f"/api/orders/{i}".encode())
+        body = bytes(range(256)) * 16
+        conn.request("POST", "/api/orders", body=body)
+        ans = conn.getresponse()
+        assert (ans.status, ans.read()) == (200, body)
+        conn.close()
+    finally:
+        proc.kill()
+        proc.wait()
+        backend.shutdown()

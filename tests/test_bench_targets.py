@@ -70,6 +70,16 @@ def test_ceiling_shown_where_a_run_split_user_and_kernel_time(targets) -> None:
     assert c["gateway ceiling (no user time)"].value == pytest.approx(13.0 / 11.0)
     old = _run([_row("plain", "fastgw", 14.0, 1.0), _row("plain", "nginx", 14.0, 1.0)], ["plain"])
     assert "plain ceiling (no user time)" not in _by_target(targets.check_run(old, "y.json"))
+    assert "plain bound (C byte pipe)" not in _by_target(targets.check_run(old, "y.json"))
+
+
+def test_bound_shown_where_a_run_measured_the_byte_pipe(targets) -> None:
+    data = _run([_row("plain", "fastgw", 14.0, 1.0), _row("plain", "nginx", 15.6, 1.0),
+                 _row("plain", "pipe", 12.0, 1.0), _row("post", "fastgw", 14.0, 1.0),
+                 _row("post", "nginx", 14.0, 1.0), _row("post", "pipe", 12.0, 1.0)], ["plain", "post"])
+    c = _by_target(targets.check_run(data, "x.json"))
+    assert c["plain bound (C byte pipe)"].value == pytest.approx(1.3) and c["plain bound (C byte pipe)"].met
+    assert not c["post bound (C byte pipe)"].met            # 14 / 12 = 1.167
 
 
 def test_scenarios_without_a_1_2_target_get_the_floor_only(targets) -> None:
