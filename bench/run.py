@@ -640,6 +640,14 @@ def paired_ratios(rows: dict[tuple[str, str], Row], scenario: str, proxy: str, v
     return [b.cpu_us / s.cpu_us for b, s in zip(base.samples, row.samples, strict=False) if s.cpu_us > 0]
 
 
+def _block(lines: list[str], header: str, scenarios: list[str], line_for: Callable[[str], str | None]) -> None:
+    """``header`` then a line per scenario that ``line_for`` has one for (none: no block)."""
+    body = [f"  {sc:<8} {text}" for sc in scenarios if (text := line_for(sc)) is not None]
+    if body:
+        lines.append(header)
+        lines.extend(body)
+
+
 def format_table(rows: dict[tuple[str, str], Row], scenarios: list[str], proxies: list[str],
                  args: argparse.Namespace) -> str:
     lines = []
@@ -682,25 +690,27 @@ def format_table(rows: dict[tuple[str, str], Row], scenarios: list[str], proxies
                 rounds = " ".join(f"{r:.2f}" for r in per)
                 lines.append(f"  {sc:<8} {eff:.2f}x  (ratio of medians; median of paired rounds "
                              f"{statistics.median(per):.2f}x; per round: {rounds})")
-    if "fastgw" in proxies and "nginx" in proxies:
-        lines.append("fastgw / nginx ceiling (nginx CPU µs/req ÷ fastgw kernel µs/req: the efficiency with "
-                     "fastgw's own code taking no time; user µs/req fastgw vs nginx):")
-        for sc in scenarios:
-            top = ceiling(rows, sc)
-            if top is not None:
-                fg, ng = rows[(sc, "fastgw")], rows[(sc, "nginx")]
-                lines.append(f"  {sc:<8} {top:.2f}x  (user {fg.med('user_us'):.1f} vs {ng.med('user_us'):.1f} µs; "
-                             f"kernel {fg.med('kernel_us'):.1f} vs {ng.med('kernel_us'):.1f} µs)")
-    if "pipe" in proxies and "nginx" in proxies:
-        lines.append("the bound (nginx CPU µs/req ÷ the C byte pipe's: the most any proxy's efficiency "
-                     "can read here; fastgw's as a share of it):")
-        for sc in scenarios:
-            bound = efficiency(rows, sc, "pipe")
-            if bound is not None:
-                eff = efficiency(rows, sc, "fastgw")
-                share = f"; fastgw {eff:.2f}x, {eff / bound:.0%} of it" if eff else ""
-                per = " ".join(f"{r:.2f}" for r in paired_ratios(rows, sc, "pipe"))
-                lines.append(f"  {sc:<8} {bound:.2f}x (per round: {per}){share}")
+    def ceiling_line(sc: str) -> str | None:
+        top = ceiling(rows, sc)
+        if top is None:
+            return None
+        fg, ng = rows[(sc, "fastgw")], rows[(sc, "nginx")]
+        return (f"{top:.2f}x  (user {fg.med('user_us'):.1f} vs {ng.med('user_us'):.1f} µs; "
+                f"kernel {fg.med('kernel_us'):.1f} vs {ng.med('kernel_us'):.1f} µs)")
+
+    def bound_line(sc: str) -> str | None:
+        bound = efficiency(rows, sc, "pipe")
+        if bound is None:
+            return None
+        eff = efficiency(rows, sc, "fastgw")
+        per = " ".join(f"{r:.2f}" for r in paired_ratios(rows, sc, "pipe"))
+        return f"{bound:.2f}x (per round: {per})" + (f"; fastgw {eff:.2f}x, {eff / bound:.0%} of it" if eff else "")
+
+    if "nginx" in proxies:
+        _block(lines, "fastgw / nginx ceiling (nginx CPU µs/req ÷ fastgw kernel µs/req: the efficiency with "
+               "fastgw's own code taking no time; user µs/req fastgw vs nginx):", scenarios, ceiling_line)
+        _block(lines, "the bound (nginx CPU µs/req ÷ the C byte pipe's: the most any proxy's efficiency "
+               "can read here; fastgw's as a share of it):", scenarios, bound_line)
     for variant, what in (("fastgw-nostats", "stats counters"), ("fastgw-bare", "counters + access log")):
         if "fastgw" not in proxies or variant not in proxies:
             continue
