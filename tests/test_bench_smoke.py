@@ -8,6 +8,7 @@ baseline row must be measured).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -185,8 +186,9 @@ def test_ratelimit_scenario_checks_each_proxy(tmp_path: Path) -> None:
 @pytest.mark.skipif(not (_have("cc") or _have("gcc")), reason="no C compiler")
 def test_pipe_proxy_forwards_keep_alive_requests(tmp_path: Path) -> None:
     """bench/experiments/pipe_proxy.c, the runner's no-work bound: built as the runner builds it,
-    it carries several requests of one keep-alive connection (a GET and a 4 KB POST) to a
-    real backend and their answers back, byte for byte."""
+    it carries several requests of one keep-alive connection (GETs, a 4 KB POST, and a 16 MB
+    one to a backend that waits before reading: sends the socket can't take wait for
+    EPOLLOUT) to a real backend and their answers back, byte for byte."""
     import http.client
     import http.server
     import socket
@@ -199,7 +201,14 @@ def test_pipe_proxy_forwards_keep_alive_requests(tmp_path: Path) -> None:
             self._answer(self.path.encode())
 
         def do_POST(self) -> None:
-            self._answer(self.rfile.read(int(self.headers["Content-Length"])))
+            n = int(self.headers["Content-Length"])
+            if self.path == "/slow":
+                # Read 16 MB only after a pause: the pipe's sends to this backend fill the
+                # socket's buffer, and it must keep the rest and wait for EPOLLOUT.
+                time.sleep(0.3)
+                self._answer(hashlib.sha256(self.rfile.read(n)).hexdigest().encode())
+            else:
+                self._answer(self.rfile.read(n))
 
         def _answer(self, body: bytes) -> None:
             self.send_response(200)
@@ -240,6 +249,13 @@ def test_pipe_proxy_forwards_keep_alive_requests(tmp_path: Path) -> None:
         conn.request("POST", "/api/orders", body=body)
         ans = conn.getresponse()
         assert (ans.status, ans.read()) == (200, body)
+        big = os.urandom(1 << 20) * 16
+        conn.request("POST", "/slow", body=big)
+        ans = conn.getresponse()
+        assert (ans.status, ans.read()) == (200, hashlib.sha256(big).hexdigest().encode())
+        conn.request("GET", "/after")
+        ans = conn.getresponse()
+        assert (ans.status, ans.read()) == (200, b"/after")
         conn.close()
     finally:
         proc.kill()

@@ -12,8 +12,9 @@
 //   /tmp/pipe_proxy LISTEN_PORT UPSTREAM_PORT
 //
 // Edge-triggered sockets read as fastgw reads them: once per readiness, again only after a
-// full buffer. A send that does not take everything keeps the rest and waits for EPOLLOUT,
-// with the other side's reads paused meanwhile (never seen at these sizes).
+// full buffer. A send that does not take everything keeps the rest and asks for EPOLLOUT
+// (only then, as fastgw does), with the other side's reads paused meanwhile (never seen at
+// these sizes).
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -68,6 +69,13 @@ static void close_pair(struct side *s) {
 static struct side *graveyard[4096];
 static int ngrave;
 
+// EPOLLOUT is asked for only while a side has bytes it could not send, as fastgw does.
+static void want(struct side *s, int out) {
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET | (out ? EPOLLOUT : 0), .data.ptr = s};
+    if (epoll_ctl(ep, EPOLL_CTL_MOD, s->fd, &ev) < 0)
+        die("epoll_ctl");
+}
+
 static int send_all(struct side *to, const char *data, size_t n) {
     while (n > 0) {
         ssize_t k = send(to->fd, data, n, MSG_NOSIGNAL);
@@ -80,6 +88,7 @@ static int send_all(struct side *to, const char *data, size_t n) {
                     die("malloc");
                 memcpy(to->pending, data, n);
                 to->pending_len = n;
+                want(to, 1);
                 return 0;
             }
             return -1;
@@ -121,13 +130,15 @@ static void on_writable(struct side *s) {
     s->pending_len = 0;
     if (send_all(s, data, n) < 0)
         close_pair(s);
+    else if (!s->pending_len)
+        want(s, 0);
     free(data);
     if (!s->closed && !s->pending_len)
         on_readable(s->peer);               // resume what waited for this side
 }
 
 static void add(struct side *s) {
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = s};
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = s};
     if (epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &ev) < 0)
         die("epoll_ctl");
 }
