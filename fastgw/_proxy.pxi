@@ -1784,8 +1784,8 @@ cdef class ClientConnection(Connection):
         (nginx's proxy_next_upstream error timeout), within the backend's ``tries`` and
         ``tries_timeout``. False: answer the error."""
         cdef Backend backend = self.route.backend
-        if count and failed is not None and backend.n > 1:
-            failed.connect_failed(backend.max_fails, backend.fail_timeout)
+        if count:
+            self._count_failure(failed)
         if self.state == S_CLOSED or self.resp_started or self.up_tries >= backend.tries:
             return False
         if backend.tries_timeout > 0 and _mono() - self.t_start >= backend.tries_timeout:
@@ -1816,14 +1816,20 @@ cdef class ClientConnection(Connection):
         when it can't (nothing sent to the client may be taken back). A close counts toward
         the target's max_fails whatever the method; a slow answer does not (one slow
         resource must not take every target out)."""
-        cdef Backend backend = self.route.backend
         if self.resp_started:
             return False
-        if self.up_replayable and backend.retry_unanswered:
+        if self.up_replayable and self.route.backend.retry_unanswered:
             return self._next_upstream(failed, closed)
-        if closed and failed is not None and backend.n > 1:
-            failed.connect_failed(backend.max_fails, backend.fail_timeout)
+        if closed:
+            self._count_failure(failed)
         return False
+
+    cdef int _count_failure(self, UpstreamPool failed) except -1:
+        """Count a failure of ``failed``'s target toward the backend's max_fails; as in
+        nginx, the only target of a backend is never passed over, so it counts nothing."""
+        cdef Backend backend = self.route.backend
+        if failed is not None and backend.n > 1:
+            failed.connect_failed(backend.max_fails, backend.fail_timeout)
 
     cdef int _upstream_error(self, int status, str message) except -1:
         if self.resp_started:
